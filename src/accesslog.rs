@@ -1,0 +1,171 @@
+//! The access log: one JSON line per request on stdout (CONTRACT §8).
+//!
+//! Lines are formatted straight into a shared buffer and written out in batches by a
+//! background task (every 100 ms, or sooner when the buffer passes 64 KiB), so a request costs
+//! a short format and no system call. Lines are never split across writes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Text (for people) or JSON lines (for machines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// One request's record.
+pub struct Entry<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub route: &'a str,
+    pub side: &'a str,
+    pub reason: &'a str,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream: &'a str,
+    pub error: Option<&'a str>,
+}
+
+const FLUSH_AT: usize = 64 * 1024;
+
+/// The access log sink.
+pub struct AccessLog {
+    buf: Mutex<String>,
+    format: LogFormat,
+    enabled: bool,
+}
+
+impl AccessLog {
+    pub fn new(format: LogFormat, enabled: bool) -> Arc<AccessLog> {
+        Arc::new(AccessLog {
+            buf: Mutex::new(String::with_capacity(2 * FLUSH_AT)),
+            format,
+            enabled,
+        })
+    }
+
+    /// Starts the task that writes the buffer out periodically.
+    pub fn spawn_flusher(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                me.flush();
+            }
+        });
+    }
+
+    /// Writes out whatever is buffered.
+    pub fn flush(&self) {
+        let out = {
+            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            if b.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *b, String::with_capacity(2 * FLUSH_AT))
+        };
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout must not take the gateway down; the log is best effort.
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+
+    pub fn log(&self, e: &Entry<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let full = {
+            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            match self.format {
+                LogFormat::Json => {
+                    let _ = write!(b, "{{\"ts_ms\":{ms},\"kind\":\"access\",\"request_id\":");
+                    json_str(&mut b, e.request_id);
+                    let _ = write!(b, ",\"method\":");
+                    json_str(&mut b, e.method);
+                    b.push_str(",\"path\":");
+                    json_str(&mut b, e.path);
+                    let _ = write!(
+                        b,
+                        ",\"status\":{},\"duration_ms\":{:.3},\"route\":",
+                        e.status,
+                        e.duration.as_secs_f64() * 1000.0
+                    );
+                    json_str(&mut b, e.route);
+                    b.push_str(",\"side\":");
+                    json_str(&mut b, e.side);
+                    b.push_str(",\"reason\":");
+                    json_str(&mut b, e.reason);
+                    let _ = write!(b, ",\"bytes_in\":{},\"bytes_out\":{},\"upstream\":", e.bytes_in, e.bytes_out);
+                    json_str(&mut b, e.upstream);
+                    if let Some(err) = e.error {
+                        b.push_str(",\"error\":");
+                        json_str(&mut b, err);
+                    }
+                    b.push_str("}\n");
+                }
+                LogFormat::Text => {
+                    let _ = writeln!(
+                        b,
+                        "{} {} {} {:.1}ms route={} side={} ({}) up={} in={} out={} id={}{}",
+                        e.method,
+                        e.path,
+                        e.status,
+                        e.duration.as_secs_f64() * 1000.0,
+                        e.route,
+                        e.side,
+                        e.reason,
+                        e.upstream,
+                        e.bytes_in,
+                        e.bytes_out,
+                        e.request_id,
+                        e.error.map(|x| format!(" error={x}")).unwrap_or_default()
+                    );
+                }
+            }
+            b.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_escaping() {
+        let mut s = String::new();
+        super::json_str(&mut s, "a\"b\\c\n\u{1}");
+        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001\"");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, "a\"b\\c\n\u{1}");
+    }
+}

@@ -1,0 +1,298 @@
+//! The command line (CONTRACT §8): `serve`, `check`, `explain`, `demo`.
+//!
+//! Parses flags, builds the runtime, and calls into the library; prints what a person at a
+//! terminal needs. No gateway logic lives here.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::accesslog::{AccessLog, LogFormat};
+use crate::config::{Config, format_percent};
+use crate::side::{self, Reason, RequestKeys};
+
+#[derive(Parser, Debug)]
+#[command(name = "strangler", version, about = "A strangler-fig gateway: legacy or new, per route, measured")]
+pub struct Cli {
+    /// Log format: JSON lines (default) or text for people.
+    #[arg(long, value_enum, global = true, default_value = "json")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The routes file.
+        #[arg(long, short, default_value = "routes/example.yaml")]
+        config: PathBuf,
+        /// Do not write an access-log line per request.
+        #[arg(long)]
+        no_access_log: bool,
+    },
+    /// Validate a routes file: print every error and warning; exit 1 when invalid.
+    Check { file: PathBuf },
+    /// Show how a request would be routed: canonical path, winning route, side, and why.
+    Explain {
+        file: PathBuf,
+        method: String,
+        /// Path with optional query, as the client sends it.
+        path: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client IP, for routes sticky on it.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: IpAddr,
+    },
+    /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
+    Demo {
+        /// Also print the access log.
+        #[arg(long)]
+        access_log: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Explain {
+            file,
+            method,
+            path,
+            headers,
+            client_ip,
+        } => explain(&file, &method, &path, &headers, client_ip),
+        Command::Serve { config, no_access_log } => {
+            init_tracing(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("{} error(s): the gateway did not start", e.errors.len());
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in &config.warnings {
+                tracing::warn!(warning = %w, "routes file");
+            }
+            run(async move {
+                let log = AccessLog::new(cli.log_format, !no_access_log);
+                let running = crate::server::start(config, log.clone()).await?;
+                wait_for_stop().await;
+                running.stop_accepting();
+                log.flush();
+                Ok(())
+            })
+        }
+        Command::Demo { access_log } => {
+            init_tracing(LogFormat::Text);
+            run(crate::demo::run(LogFormat::Text, access_log))
+        }
+    }
+}
+
+/// Builds the runtime: one thread when `TOKIO_WORKER_THREADS=1` (no cross-thread handoffs at
+/// all), else tokio's multi-thread scheduler.
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_stop() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn check(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} routes, {} services, config hash {})",
+                file.display(),
+                cfg.routes.len(),
+                cfg.services.len(),
+                cfg.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for d in &e.errors {
+                println!("error: {d}");
+            }
+            println!("{}: {} error(s)", file.display(), e.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(file: &Path, method: &str, target: &str, headers: &[String], client_ip: IpAddr) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            for d in &e.errors {
+                println!("error: {d}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("error: {method:?} is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let Some((n, v)) = h.split_once(':') else {
+            eprintln!("error: header {h:?} is not `name: value`");
+            return ExitCode::FAILURE;
+        };
+        match (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+            (Ok(n), Ok(v)) => {
+                map.append(n, v);
+            }
+            _ => {
+                eprintln!("error: header {h:?} is not a valid HTTP header");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let canonical = match crate::canon::canonicalize(path) {
+        Ok(c) => c.into_owned(),
+        Err(e) => {
+            println!("path:       {path}");
+            println!("rejected:   400 bad_request: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    println!("path:       {path}");
+    println!("canonical:  {canonical}");
+    let metrics = crate::metrics::Metrics::new();
+    let table = match crate::table::RouteTable::compile(cfg, &metrics) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cands = table.router.explain(&canonical, &method, &map);
+    for c in &cands {
+        let r = &table.config.routes[c.rule];
+        match &c.outcome {
+            Ok(()) => println!("  {:<9} {:?} ({} {}): wins", "candidate", r.name, c.tier, c.pattern),
+            Err(miss) => println!("  {:<9} {:?} ({} {}): skipped, {miss}", "candidate", r.name, c.tier, c.pattern),
+        }
+    }
+    let winner = cands.iter().find(|c| c.outcome.is_ok()).map(|c| c.rule);
+    let Some(rule) = winner else {
+        println!("route:      default (no rule takes the request)");
+        println!("side:       legacy ({}), {}", Reason::Unmatched.as_str(), table.config.legacy.url);
+        return ExitCode::SUCCESS;
+    };
+    let route = &table.routes[rule];
+    let rc = &table.config.routes[rule];
+    println!(
+        "route:      {} ({} {}, {} condition(s))",
+        rc.name,
+        rc.path.kind(),
+        rc.path.pattern(),
+        rc.condition_count()
+    );
+    let keys = RequestKeys {
+        headers: &map,
+        query,
+        client_ip,
+    };
+    let (side, reason) = side::choose(&route.policy, table.override_header.as_ref(), &keys);
+    let pct = format_percent(route.policy.percent_bp);
+    let why = match reason {
+        Reason::Override => format!(
+            "the override header {} says so",
+            table.override_header.as_ref().map_or("", |h| h.as_str())
+        ),
+        Reason::Percent => format!("percent is {pct}: no draw"),
+        Reason::Sticky => {
+            let key = route.policy.sticky.as_ref().expect("sticky reason implies a key");
+            let b = side::with_key(key, &keys, |k| side::bucket(&route.policy.cohort, k)).unwrap_or(0);
+            format!(
+                "sticky on {key}, cohort {:?}: bucket {b} {} {} (percent {pct})",
+                route.policy.cohort,
+                if b < route.policy.percent_bp { "<" } else { ">=" },
+                route.policy.percent_bp
+            )
+        }
+        Reason::Random => match &route.policy.sticky {
+            Some(k) => format!("the request carries no {k}: a random draw, new with probability {pct}%"),
+            None => format!("no sticky key: a random draw, new with probability {pct}%"),
+        },
+        Reason::Unmatched => String::new(),
+    };
+    let up = table.upstream(route, side);
+    let shown = if reason == Reason::Random { "side (this draw)" } else { "side" };
+    println!(
+        "{shown:<11} {side} ({}): {why}; upstream {}{}",
+        reason.as_str(),
+        up.authority,
+        up.base_path
+    );
+    let _ = Arc::clone(&metrics);
+    ExitCode::SUCCESS
+}

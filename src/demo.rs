@@ -1,0 +1,197 @@
+//! `strangler demo`: the whole product in one process, on the embedded example routes file.
+//!
+//! Starts a demo monolith and two demo services on the loopback ports that
+//! `routes/example.yaml` names, the gateway on that file, and steady traffic from several
+//! users. The new orders service is a little slower and a little more error-prone than the
+//! monolith, so the metrics show a difference. Nothing here is used by `serve`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::accesslog::{AccessLog, LogFormat};
+use crate::config::Config;
+
+/// The example routes file, built into the binary so the demo runs from anywhere.
+pub const EXAMPLE_ROUTES: &str = include_str!("../routes/example.yaml");
+
+/// How a demo upstream behaves.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    name: &'static str,
+    /// Base latency and random extra, in milliseconds.
+    base_ms: u64,
+    jitter_ms: u64,
+    /// Share of requests answered 500, in basis points.
+    error_bp: u32,
+}
+
+async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the demo {}: is something else using it?", b.name))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let delay = b.base_ms + fastrand::u64(0..=b.jitter_ms);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let failed = fastrand::u32(0..10_000) < b.error_bp;
+                    let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                    let body = serde_json::json!({
+                        "served_by": b.name,
+                        "method": req.method().as_str(),
+                        "path": req.uri().path(),
+                        "user": req.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
+                        "ok": !failed,
+                    });
+                    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                    *resp.status_mut() = status;
+                    resp.headers_mut()
+                        .insert("content-type", http::HeaderValue::from_static("application/json"));
+                    resp.headers_mut()
+                        .insert("x-served-by", http::HeaderValue::from_static(b.name));
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.trim_start_matches("http://");
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport
+        .parse()
+        .with_context(|| format!("the demo needs IP:port upstream URLs, found {url}"))
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
+    let config = Config::parse(EXAMPLE_ROUTES, Path::new("routes/example.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    demo_upstream(
+        addr_of(&config.legacy.url)?,
+        Behaviour {
+            name: "monolith",
+            base_ms: 8,
+            jitter_ms: 12,
+            error_bp: 50,
+        },
+    )
+    .await?;
+    for s in &config.services {
+        let b = match s.name.as_str() {
+            // The new orders service: slower, and fails more often than the monolith.
+            "orders" => Behaviour {
+                name: "orders",
+                base_ms: 14,
+                jitter_ms: 30,
+                error_bp: 300,
+            },
+            _ => Behaviour {
+                name: "billing",
+                base_ms: 5,
+                jitter_ms: 8,
+                error_bp: 30,
+            },
+        };
+        demo_upstream(addr_of(&s.url)?, b).await?;
+    }
+    let log = AccessLog::new(format, access_log);
+    let running = crate::server::start(config, log.clone()).await?;
+    let public = running.public_addr;
+    let admin = running.admin_addr;
+    println!();
+    println!("strangler demo is running (Ctrl-C to stop)");
+    println!("  gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')");
+    println!("  metrics:      http://{admin}/metrics");
+    println!("  route table:  http://{admin}/admin/routes");
+    println!("  health:       http://{admin}/healthz  http://{admin}/readyz");
+    println!("  explain:      cargo run --release -- explain routes/example.yaml GET /api/orders/42 -H 'x-user-id: alice'");
+    println!();
+
+    let tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>> = Arc::default();
+    for worker in 0..4 {
+        tokio::spawn(traffic(public, worker, tally.clone()));
+    }
+    let reporter = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let t = tally.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let line: Vec<String> = t
+                    .iter()
+                    .map(|(k, [n, new, err])| format!("{k}: {n} req ({new} new, {err} errors)"))
+                    .collect();
+                println!("demo traffic so far: {}", line.join(" | "));
+            }
+        })
+    };
+    crate::cli::wait_for_stop().await;
+    reporter.abort();
+    running.stop_accepting();
+    log.flush();
+    println!("demo stopped");
+    Ok(())
+}
+
+/// One stream of demo requests from rotating users, about 10 per second.
+async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>>) {
+    const USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut n: u64 = u64::from(worker) * 7;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let user = USERS[fastrand::usize(..USERS.len())];
+        let (method, path, label) = match n % 10 {
+            0..=4 => ("GET", format!("/api/orders/{}", fastrand::u32(1..500)), "orders"),
+            5 => ("POST", "/api/orders".to_string(), "orders-write"),
+            6 | 7 => ("GET", format!("/api/billing/invoices?page={}", n % 5), "billing"),
+            8 => ("GET", format!("/invoices/{}.pdf", fastrand::u32(1..99)), "invoice-pdf"),
+            _ => ("GET", "/home".to_string(), "default"),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{gateway}{path}"))
+            .header("x-user-id", user)
+            .header("cookie", format!("session=s-{user}"));
+        if n % 17 == 0 {
+            req = req.header("x-tenant", "beta");
+        }
+        let Ok(req) = req.body(Full::new(Bytes::new())) else { continue };
+        let Ok(resp) = client.request(req).await else { continue };
+        let status = resp.status();
+        let new = resp
+            .headers()
+            .get("x-served-by")
+            .is_some_and(|v| v != "monolith");
+        let _ = resp.into_body().collect().await;
+        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry(label.to_string()).or_default();
+        e[0] += 1;
+        e[1] += u64::from(new);
+        e[2] += u64::from(status.is_server_error());
+    }
+}

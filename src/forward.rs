@@ -1,0 +1,627 @@
+//! Forwarding (CONTRACT §5): one request from the client to the chosen side and back.
+//!
+//! Owns the request path: canonicalize, route, choose the side, rewrite headers, send through
+//! the pooled client, stream the answer back, and count it. Bodies are never buffered: the
+//! client's body is handed to the upstream request and the upstream's body to the response.
+//! Errors the gateway makes itself are JSON (`error`, `route`, `side`, `request_id`).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::accesslog::{AccessLog, Entry};
+use crate::canon;
+use crate::metrics::{METHODS, UpstreamErrorKind, method_index};
+use crate::side::{self, Reason, RequestKeys, Side};
+use crate::table::{Route, RouteTable};
+
+/// Longest request target accepted (414 beyond).
+pub const MAX_URI_LEN: usize = 8 * 1024;
+/// Largest total size of request headers accepted (431 beyond).
+pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The upstream HTTP client: hyper-util's pooled client, keep-alive per upstream.
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Builds the forwarding client. It never follows redirects, never reads proxy environment
+/// variables, and never adds a `Host` of its own (the forwarder decides `Host`).
+pub fn new_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .set_host(false)
+        .build(connector)
+}
+
+/// What a connection knows of its peer, computed once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            ip_header: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value"),
+        }
+    }
+}
+
+/// The shared state of the request path.
+pub struct Gateway {
+    pub table: ArcSwap<RouteTable>,
+    pub client: UpstreamClient,
+    pub access_log: Arc<AccessLog>,
+}
+
+/// The kinds of error the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    BadRequest,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    UriTooLong,
+    HeadersTooLarge,
+}
+
+impl GatewayError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+    pub fn code(self) -> &'static str {
+        match self {
+            GatewayError::BadRequest => "bad_request",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::UriTooLong => "uri_too_long",
+            GatewayError::HeadersTooLarge => "headers_too_large",
+        }
+    }
+}
+
+/// The JSON body of a gateway-made error.
+pub fn error_body(err: GatewayError, route: Option<&str>, side: Option<Side>, request_id: &str) -> Bytes {
+    let mut s = String::with_capacity(128);
+    s.push_str("{\"error\":\"");
+    s.push_str(err.code());
+    s.push_str("\",\"route\":");
+    match route {
+        Some(r) => crate::accesslog::json_str(&mut s, r),
+        None => s.push_str("null"),
+    }
+    s.push_str(",\"side\":");
+    match side {
+        Some(sd) => crate::accesslog::json_str(&mut s, sd.as_str()),
+        None => s.push_str("null"),
+    }
+    s.push_str(",\"request_id\":");
+    crate::accesslog::json_str(&mut s, request_id);
+    s.push_str("}\n");
+    Bytes::from(s)
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
+/// Removes hop-by-hop headers (§5): `Connection` and the names it lists, and the fixed set.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.remove(header::CONNECTION) {
+        // Only the first value was removed; gather the listed names from every value.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        let mut collect = |v: &HeaderValue| {
+            if let Ok(s) = v.to_str() {
+                for name in s.split(',') {
+                    if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                        listed.push(n);
+                    }
+                }
+            }
+        };
+        collect(&conn);
+        while let Some(more) = h.remove(header::CONNECTION) {
+            collect(&more);
+        }
+        for n in listed {
+            h.remove(n);
+        }
+    }
+    for n in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// What the forwarder records about a request until its response ends.
+struct Completion {
+    table: Arc<RouteTable>,
+    /// Index of the route, or `None` for the default route.
+    route: Option<usize>,
+    side: Side,
+    reason: Reason,
+    method: usize,
+    status: u16,
+    start: Instant,
+    request_id: HeaderValue,
+    path: Box<str>,
+    upstream: usize,
+    bytes_in: u64,
+    bytes_out: u64,
+    error: Option<&'static str>,
+    log: Arc<AccessLog>,
+}
+
+impl Completion {
+    fn route(&self) -> &Route {
+        match self.route {
+            Some(i) => &self.table.routes[i],
+            None => &self.table.default_route,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let route = self.route();
+        route.metrics[self.side.index()].record(self.method, self.status, elapsed.as_secs_f64());
+        let upstream = &self.table.upstreams[self.upstream];
+        self.log.log(&Entry {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: METHODS[self.method],
+            path: &self.path,
+            status: self.status,
+            duration: elapsed,
+            route: &route.name,
+            side: self.side.as_str(),
+            reason: self.reason.as_str(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream: std::str::from_utf8(&upstream.label).unwrap_or("-"),
+            error: self.error,
+        });
+    }
+}
+
+/// A response body: the upstream's, streamed, or one the gateway made. Counts bytes and
+/// records the request when it ends or is dropped.
+pub struct GatewayBody {
+    inner: Inner,
+    done: Option<Completion>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl GatewayBody {
+    /// A complete body with no accounting (admin answers, demo servers).
+    pub fn full(b: impl Into<Bytes>) -> GatewayBody {
+        GatewayBody {
+            inner: Inner::Full(Some(b.into())),
+            done: None,
+        }
+    }
+    pub fn empty() -> GatewayBody {
+        GatewayBody {
+            inner: Inner::Full(None),
+            done: None,
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(done)) = (frame.data_ref(), this.done.as_mut()) {
+                    done.bytes_out += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.done = None,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(done) = this.done.as_mut() {
+                    done.error = Some("upstream body failed");
+                }
+                this.done = None;
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Classifies a failed exchange for the metrics' `kind` label.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    if e.is_connect() {
+        return UpstreamErrorKind::Connect;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(he) = s.downcast_ref::<hyper::Error>() {
+            if he.is_parse() || he.is_parse_status() {
+                return UpstreamErrorKind::Protocol;
+            }
+        }
+        if s.downcast_ref::<std::io::Error>().is_some() {
+            return UpstreamErrorKind::Reset;
+        }
+        source = s.source();
+    }
+    UpstreamErrorKind::Reset
+}
+
+fn total_header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}
+
+/// The client IP for sticky keys: the peer, or, behind trusted proxies, the nearest
+/// untrusted address of `X-Forwarded-For`.
+fn client_ip(table: &RouteTable, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !table.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let mut ip = peer;
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for v in values.iter().rev() {
+        let Ok(s) = v.to_str() else { return ip };
+        for part in s.rsplit(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(a) => {
+                    ip = a;
+                    if !table.trusted_proxies.iter().any(|n| n.contains(&a)) {
+                        return a;
+                    }
+                }
+                Err(_) => return ip,
+            }
+        }
+    }
+    ip
+}
+
+impl Gateway {
+    pub fn new(table: RouteTable, access_log: Arc<AccessLog>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            table: ArcSwap::from_pointee(table),
+            client: new_client(),
+            access_log,
+        })
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Result<Response<GatewayBody>, Infallible> {
+        let start = Instant::now();
+        let table = self.table.load_full();
+        let (mut parts, body) = req.into_parts();
+        let method = method_index(&parts.method);
+
+        let request_id = match parts.headers.get(&X_REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => {
+                let id = new_request_id();
+                parts.headers.insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+
+        let mut c = Completion {
+            table: table.clone(),
+            route: None,
+            side: Side::Legacy,
+            reason: Reason::Unmatched,
+            method,
+            status: 0,
+            start,
+            request_id,
+            path: Box::from(""),
+            upstream: crate::table::LEGACY,
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            log: self.access_log.clone(),
+        };
+
+        // Requests rejected before routing are counted under `default`, legacy.
+        let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > MAX_URI_LEN {
+            return Ok(gateway_error(c, GatewayError::UriTooLong, false));
+        }
+        if total_header_bytes(&parts.headers) > MAX_HEADERS_BYTES {
+            return Ok(gateway_error(c, GatewayError::HeadersTooLarge, false));
+        }
+        if parts.method == Method::CONNECT {
+            return Ok(gateway_error(c, GatewayError::BadRequest, false));
+        }
+        let raw_path = parts.uri.path();
+        let canonical = match canon::canonicalize(raw_path) {
+            Ok(p) => p,
+            Err(_) => {
+                c.path = raw_path.into();
+                return Ok(gateway_error(c, GatewayError::BadRequest, false));
+            }
+        };
+
+        let route_idx = table.router.find(&canonical, &parts.method, &parts.headers);
+        let route = match route_idx {
+            Some(i) => &table.routes[i],
+            None => &table.default_route,
+        };
+        let (side, reason) = match route_idx {
+            None => (Side::Legacy, Reason::Unmatched),
+            Some(_) => {
+                let keys = RequestKeys {
+                    headers: &parts.headers,
+                    query: parts.uri.query(),
+                    client_ip: if matches!(route.policy.sticky, Some(crate::config::StickyKey::ClientIp)) {
+                        client_ip(&table, peer.addr.ip(), &parts.headers)
+                    } else {
+                        peer.addr.ip()
+                    },
+                };
+                side::choose(&route.policy, table.override_header.as_ref(), &keys)
+            }
+        };
+        let upstream_idx = match side {
+            Side::Legacy => crate::table::LEGACY,
+            Side::New => route.new_upstream,
+        };
+        let upstream = &table.upstreams[upstream_idx];
+        c.route = route_idx;
+        c.side = side;
+        c.reason = reason;
+        c.upstream = upstream_idx;
+        c.path = canonical.as_ref().into();
+
+        // The upstream URI: canonical path (plus base path) and the original query.
+        let path_and_query = if upstream.base_path.is_empty() && matches!(canonical, std::borrow::Cow::Borrowed(_)) {
+            parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            let query = parts.uri.query();
+            let mut s = String::with_capacity(upstream.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(&upstream.base_path);
+            s.push_str(&canonical);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            match PathAndQuery::from_maybe_shared(Bytes::from(s)) {
+                Ok(pq) => pq,
+                Err(_) => return Ok(gateway_error(c, GatewayError::BadRequest, true)),
+            }
+        };
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(Scheme::HTTP);
+        uri_parts.authority = Some(upstream.authority.clone());
+        uri_parts.path_and_query = Some(path_and_query);
+        parts.uri = match Uri::from_parts(uri_parts) {
+            Ok(u) => u,
+            Err(_) => return Ok(gateway_error(c, GatewayError::BadRequest, true)),
+        };
+        c.bytes_in = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+
+        self.rewrite_request_headers(&table, &mut parts.headers, peer);
+        if let Some(host) = &upstream.host_override {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        parts.version = Version::HTTP_11;
+
+        let timeout = upstream.timeout;
+        let request_id = c.request_id.clone();
+        let sent = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body))).await;
+        let metrics = &route.metrics[side.index()];
+        match sent {
+            Ok(Ok(resp)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                rparts.headers.insert(X_REQUEST_ID, request_id);
+                c.status = rparts.status.as_u16();
+                Ok(Response::from_parts(
+                    rparts,
+                    GatewayBody {
+                        inner: Inner::Upstream(rbody),
+                        done: Some(c),
+                    },
+                ))
+            }
+            Ok(Err(e)) => {
+                let kind = classify(&e);
+                metrics.upstream_error(kind);
+                c.error = Some(kind.as_str());
+                tracing::debug!(route = %route.name, side = %side, error = %e, "upstream exchange failed");
+                Ok(gateway_error(c, GatewayError::UpstreamUnavailable, true))
+            }
+            Err(_) => {
+                metrics.upstream_error(UpstreamErrorKind::Timeout);
+                c.error = Some("timeout");
+                Ok(gateway_error(c, GatewayError::UpstreamTimeout, true))
+            }
+        }
+    }
+
+    fn rewrite_request_headers(&self, table: &RouteTable, h: &mut HeaderMap, peer: &Peer) {
+        strip_hop_by_hop(h);
+        let trusted = !table.trusted_proxies.is_empty() && table.trusted_proxies.iter().any(|n| n.contains(&peer.addr.ip()));
+        if trusted {
+            let prior: Vec<u8> = {
+                let mut acc = Vec::new();
+                for v in h.get_all(&X_FORWARDED_FOR) {
+                    if !acc.is_empty() {
+                        acc.extend_from_slice(b", ");
+                    }
+                    acc.extend_from_slice(v.as_bytes());
+                }
+                acc
+            };
+            let value = if prior.is_empty() {
+                peer.ip_header.clone()
+            } else {
+                let mut v = prior;
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.ip_header.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip_header.clone())
+            };
+            h.insert(X_FORWARDED_FOR, value);
+            if !h.contains_key(&X_FORWARDED_PROTO) {
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            }
+            if !h.contains_key(&X_FORWARDED_HOST) {
+                if let Some(host) = h.get(header::HOST).cloned() {
+                    h.insert(X_FORWARDED_HOST, host);
+                }
+            }
+        } else {
+            h.insert(X_FORWARDED_FOR, peer.ip_header.clone());
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            match h.get(header::HOST).cloned() {
+                Some(host) => {
+                    h.insert(X_FORWARDED_HOST, host);
+                }
+                None => {
+                    h.remove(&X_FORWARDED_HOST);
+                }
+            }
+        }
+    }
+}
+
+/// Answers a request with a gateway-made error. `routed` says whether a route was chosen.
+fn gateway_error(mut c: Completion, err: GatewayError, routed: bool) -> Response<GatewayBody> {
+    let (route, side) = if routed {
+        (Some(c.route().name.to_string()), Some(c.side))
+    } else {
+        (None, None)
+    };
+    let body = error_body(err, route.as_deref(), side, c.request_id.to_str().unwrap_or("-"));
+    c.status = err.status().as_u16();
+    if c.error.is_none() {
+        c.error = Some(err.code());
+    }
+    let request_id = c.request_id.clone();
+    let mut resp = Response::new(GatewayBody {
+        inner: Inner::Full(Some(body)),
+        done: Some(c),
+    });
+    *resp.status_mut() = err.status();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-1.2_3"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert!(valid_request_id(new_request_id().as_bytes()));
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, keep-alive"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn error_json() {
+        let b = error_body(GatewayError::UpstreamUnavailable, Some("orders-read"), Some(Side::New), "abc");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"], "upstream_unavailable");
+        assert_eq!(v["route"], "orders-read");
+        assert_eq!(v["side"], "new");
+        let b = error_body(GatewayError::BadRequest, None, None, "abc");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["route"].is_null());
+    }
+}

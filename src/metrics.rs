@@ -1,0 +1,247 @@
+//! Prometheus metrics (CONTRACT §7): names, label sets, and the per-route handles.
+//!
+//! Every metric name is a constant here. Label values are bounded: route names from the file
+//! (or `default`), two sides, ten method values, status codes, four error kinds. Handles for a
+//! route and side are resolved when the route table is compiled; the request path only
+//! increments. The one label known only per response, the status code, goes through a small
+//! copy-on-write cache per route and side, so the registry's hashing and locking are paid once
+//! per distinct (method, code), not per request.
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use http::Method;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::side::Side;
+
+pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
+pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "strangler_upstream_errors_total";
+pub const ROUTE_PERCENT: &str = "strangler_route_percent";
+pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
+pub const CONFIG_INFO: &str = "strangler_config_info";
+
+/// The route label of requests no rule takes.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// Buckets of `strangler_request_duration_seconds`, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Method label values; anything else is `OTHER` (index `METHOD_OTHER`).
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
+pub const METHOD_OTHER: usize = 9;
+
+/// Index of a method in `METHODS`.
+#[inline]
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
+        _ => METHOD_OTHER,
+    }
+}
+
+/// How an upstream exchange failed: the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The process-wide registry and metric families.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    route_percent: GaugeVec,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(REQUESTS_TOTAL, "Requests answered, by route, side, method and status code sent"),
+            &["route", "side", "method", "code"],
+        )
+        .expect("static metric definition is valid");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(REQUEST_DURATION, "Time from request start to response end")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "side"],
+        )
+        .expect("static metric definition is valid");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(UPSTREAM_ERRORS_TOTAL, "Failed upstream exchanges, by kind"),
+            &["route", "side", "kind"],
+        )
+        .expect("static metric definition is valid");
+        let route_percent = GaugeVec::new(
+            Opts::new(ROUTE_PERCENT, "Share of a route's requests sent to the new side, in percent"),
+            &["route"],
+        )
+        .expect("static metric definition is valid");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(CONFIG_RELOADS_TOTAL, "Reloads of the routes file, by result"),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        let config_info = IntGaugeVec::new(
+            Opts::new(CONFIG_INFO, "1, labelled with the hash of the routes file in force"),
+            &["hash"],
+        )
+        .expect("static metric definition is valid");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(route_percent.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_info.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Both results exist from the start, so a rate() over them is defined.
+        config_reloads.with_label_values(&["ok"]);
+        config_reloads.with_label_values(&["error"]);
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            route_percent,
+            config_reloads,
+            config_info,
+        })
+    }
+
+    /// Handles for one route and side.
+    pub fn side(self: &Arc<Self>, route: &str, side: Side) -> SideMetrics {
+        SideMetrics {
+            metrics: self.clone(),
+            route: route.into(),
+            side,
+            duration: OnceLock::new(),
+            codes: ArcSwap::from_pointee(Vec::new()),
+            errors: Default::default(),
+        }
+    }
+
+    /// Publishes the percentage in force for a route.
+    pub fn set_route_percent(&self, route: &str, percent: f64) {
+        self.route_percent.with_label_values(&[route]).set(percent);
+    }
+
+    /// Marks `hash` as the config in force (and no other).
+    pub fn set_config_hash(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding into a Vec cannot fail");
+        out
+    }
+}
+
+/// The metric handles of one route and side.
+pub struct SideMetrics {
+    metrics: Arc<Metrics>,
+    route: Box<str>,
+    side: Side,
+    /// Resolved on first use, so routes that see no traffic export no empty series.
+    duration: OnceLock<Histogram>,
+    /// `(method index × 1000 + code, counter)`, grown copy-on-write as new pairs appear.
+    codes: ArcSwap<Vec<(u32, IntCounter)>>,
+    errors: [OnceLock<IntCounter>; 4],
+}
+
+impl SideMetrics {
+    /// Counts one answered request.
+    #[inline]
+    pub fn record(&self, method: usize, code: u16, seconds: f64) {
+        self.duration
+            .get_or_init(|| {
+                self.metrics
+                    .duration
+                    .with_label_values(&[&*self.route, self.side.as_str()])
+            })
+            .observe(seconds);
+        let key = method as u32 * 1000 + u32::from(code);
+        if let Some((_, c)) = self.codes.load().iter().find(|(k, _)| *k == key) {
+            c.inc();
+            return;
+        }
+        self.slow_count(method, code, key);
+    }
+
+    #[cold]
+    fn slow_count(&self, method: usize, code: u16, key: u32) {
+        let counter = self.metrics.requests.with_label_values(&[
+            &*self.route,
+            self.side.as_str(),
+            METHODS[method],
+            &code.to_string(),
+        ]);
+        counter.inc();
+        self.codes.rcu(|v| {
+            let mut v = Vec::clone(v);
+            if !v.iter().any(|(k, _)| *k == key) {
+                v.push((key, counter.clone()));
+            }
+            v
+        });
+    }
+
+    /// Counts one failed upstream exchange.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind.index()]
+            .get_or_init(|| {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&*self.route, self.side.as_str(), kind.as_str()])
+            })
+            .inc();
+    }
+}

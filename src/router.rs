@@ -1,0 +1,490 @@
+//! Route matching (CONTRACT §3): from a canonical path, a method and headers to the winning
+//! rule.
+//!
+//! Rules are grouped by path pattern; a lookup visits groups in precedence order (exact,
+//! templates, prefixes, regexes) and, inside a group, rules with more conditions first, then
+//! file order. The first rule whose conditions hold wins. Finding the candidate groups never
+//! scans the rule list: exact paths and prefixes are hash lookups (one per path segment for
+//! prefixes), templates live in a segment trie, regexes in one `RegexSet`. So the cost grows
+//! with the length of the path, not with the number of rules.
+//!
+//! This module knows nothing of sides, metrics or forwarding: it returns a rule index.
+
+use std::fmt;
+use std::ops::ControlFlow;
+
+use foldhash::HashMap;
+use http::{HeaderMap, Method};
+use regex::RegexSet;
+use smallvec::SmallVec;
+
+use crate::config::{HeaderCond, HeaderTest, PathMatch, RouteConfig};
+
+/// A parsed path template: `/api/orders/{id}`, `/files/{*rest}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+    /// Only last: one or more remaining segments (the last may be empty after a final `/`).
+    Rest(String),
+}
+
+impl Template {
+    /// Parses a template; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let Some(body) = s.strip_prefix('/') else {
+            return Err("it does not start with /".into());
+        };
+        let parts: Vec<&str> = body.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut names: Vec<&str> = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            if part.starts_with('{') && part.ends_with('}') && part.len() >= 2 {
+                let inner = &part[1..part.len() - 1];
+                let (rest, name) = match inner.strip_prefix('*') {
+                    Some(n) => (true, n),
+                    None => (false, inner),
+                };
+                if !valid_param(name) {
+                    return Err(format!("parameter name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"));
+                }
+                if names.contains(&name) {
+                    return Err(format!("parameter {name:?} appears twice"));
+                }
+                names.push(name);
+                if rest {
+                    if !last {
+                        return Err(format!("{{*{name}}} must be the last segment"));
+                    }
+                    segments.push(Segment::Rest(name.to_string()));
+                } else {
+                    segments.push(Segment::Param(name.to_string()));
+                }
+            } else if part.contains('{') || part.contains('}') {
+                return Err(format!("segment {part:?} mixes text and braces; a parameter must be a whole segment"));
+            } else if part.is_empty() && !last {
+                return Err("it holds an empty segment (//)".into());
+            } else if *part == "." || *part == ".." {
+                return Err("it holds a dot segment".into());
+            } else {
+                match crate::canon::canonicalize(&format!("/{part}")) {
+                    Ok(c) if c.len() == part.len() + 1 => {}
+                    _ => return Err(format!("segment {part:?} is not in canonical form")),
+                }
+                segments.push(Segment::Literal(part.to_string()));
+            }
+        }
+        if !segments.iter().any(|s| !matches!(s, Segment::Literal(_))) {
+            return Err("it has no parameter".into());
+        }
+        Ok(Template {
+            source: s.to_string(),
+            segments,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn literals(&self) -> usize {
+        self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()
+    }
+    fn params(&self) -> usize {
+        self.segments.iter().filter(|s| matches!(s, Segment::Param(_))).count()
+    }
+    fn has_rest(&self) -> bool {
+        matches!(self.segments.last(), Some(Segment::Rest(_)))
+    }
+    /// The pattern with parameter names erased: two templates with the same shape are one
+    /// pattern for precedence.
+    fn shape(&self) -> String {
+        let mut s = String::new();
+        for seg in &self.segments {
+            s.push('/');
+            match seg {
+                Segment::Literal(l) => s.push_str(l),
+                Segment::Param(_) => s.push_str("{}"),
+                Segment::Rest(_) => s.push_str("{*}"),
+            }
+        }
+        s
+    }
+}
+
+fn valid_param(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// The methods a rule takes: a bit per common method, a list for the rest.
+#[derive(Debug, Clone)]
+struct MethodSet {
+    mask: u16,
+    others: Vec<Method>,
+}
+
+impl MethodSet {
+    fn new(methods: &[Method]) -> MethodSet {
+        let mut set = MethodSet {
+            mask: 0,
+            others: Vec::new(),
+        };
+        for m in methods {
+            match crate::metrics::method_index(m) {
+                i if i < crate::metrics::METHOD_OTHER => set.mask |= 1 << i,
+                _ => set.others.push(m.clone()),
+            }
+        }
+        set
+    }
+    fn contains(&self, m: &Method) -> bool {
+        match crate::metrics::method_index(m) {
+            i if i < crate::metrics::METHOD_OTHER => self.mask & (1 << i) != 0,
+            _ => self.others.contains(m),
+        }
+    }
+}
+
+/// The conditions of one rule, compiled.
+#[derive(Debug, Clone)]
+struct Conditions {
+    methods: Option<MethodSet>,
+    headers: Vec<HeaderCond>,
+}
+
+/// Why a candidate rule did not take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    Method,
+    Header(String),
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Method => f.write_str("the method is not in its list"),
+            Miss::Header(c) => write!(f, "header condition `{c}` does not hold"),
+        }
+    }
+}
+
+impl Conditions {
+    #[inline]
+    fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Miss> {
+        if let Some(ms) = &self.methods {
+            if !ms.contains(method) {
+                return Err(Miss::Method);
+            }
+        }
+        for c in &self.headers {
+            let ok = match &c.test {
+                HeaderTest::Present(want) => headers.contains_key(&c.name) == *want,
+                HeaderTest::Exact(v) => headers.get_all(&c.name).iter().any(|h| h == v),
+                HeaderTest::Regex(r) => headers
+                    .get_all(&c.name)
+                    .iter()
+                    .any(|h| h.to_str().is_ok_and(|s| r.is_match(s))),
+            };
+            if !ok {
+                return Err(Miss::Header(c.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which precedence tier a candidate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Exact,
+    Template,
+    Prefix,
+    Regex,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Exact => "exact path",
+            Tier::Template => "template",
+            Tier::Prefix => "prefix",
+            Tier::Regex => "regex",
+        })
+    }
+}
+
+type GroupId = u32;
+
+#[derive(Default, Debug)]
+struct TrieNode {
+    literal: HashMap<Box<str>, TrieNode>,
+    param: Option<Box<TrieNode>>,
+    /// The template group that ends exactly here.
+    end: Option<GroupId>,
+    /// The template group whose `{*rest}` starts here.
+    rest: Option<GroupId>,
+}
+
+/// The compiled matcher of a rule set.
+#[derive(Debug)]
+pub struct Router {
+    conditions: Vec<Conditions>,
+    /// Rules of each pattern group, in the order they are tried.
+    groups: Vec<Vec<u32>>,
+    /// The pattern text of each group, for explanations.
+    group_pattern: Vec<String>,
+    /// Precedence among templates: lower sorts first.
+    template_rank: Vec<(u32, bool, u32, u32)>,
+    exact: HashMap<Box<str>, GroupId>,
+    trie: TrieNode,
+    prefix: HashMap<Box<str>, GroupId>,
+    regex: Option<RegexSet>,
+    /// Group of each pattern in `regex`.
+    regex_group: Vec<GroupId>,
+}
+
+/// One candidate examined by `Router::explain`.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub rule: usize,
+    pub tier: Tier,
+    pub pattern: String,
+    /// `Ok` for the winner, else why it did not take the request.
+    pub outcome: Result<(), Miss>,
+}
+
+/// The rule groups in the order §3 tries them, for rules that share a pattern; used by
+/// `check` to find rules that can never win. Each inner list is one pattern group, ordered.
+pub fn group_order(routes: &[RouteConfig]) -> Vec<Vec<usize>> {
+    let mut keys: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let key = pattern_key(&r.path);
+        match keys.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => keys.push((key, vec![i])),
+        }
+    }
+    keys.into_iter()
+        .map(|(_, mut v)| {
+            v.sort_by_key(|&i| (std::cmp::Reverse(routes[i].condition_count()), i));
+            v
+        })
+        .collect()
+}
+
+fn pattern_key(p: &PathMatch) -> String {
+    match p {
+        PathMatch::Exact(s) => format!("e:{s}"),
+        PathMatch::Template(t) => format!("t:{}", t.shape()),
+        PathMatch::Prefix(s) => format!("p:{s}"),
+        PathMatch::Regex(s) => format!("r:{s}"),
+    }
+}
+
+impl Router {
+    /// Compiles the matcher. Patterns were validated by `config`; a regex that still fails
+    /// to build (size limits) is reported as an error.
+    pub fn new(routes: &[RouteConfig]) -> Result<Router, String> {
+        let mut r = Router {
+            conditions: routes
+                .iter()
+                .map(|rc| Conditions {
+                    methods: rc.methods.as_deref().map(MethodSet::new),
+                    headers: rc.headers.clone(),
+                })
+                .collect(),
+            groups: Vec::new(),
+            group_pattern: Vec::new(),
+            template_rank: Vec::new(),
+            exact: HashMap::default(),
+            trie: TrieNode::default(),
+            prefix: HashMap::default(),
+            regex: None,
+            regex_group: Vec::new(),
+        };
+        let mut by_key: HashMap<String, GroupId> = HashMap::default();
+        let mut regex_patterns: Vec<String> = Vec::new();
+        for (i, rc) in routes.iter().enumerate() {
+            let key = pattern_key(&rc.path);
+            if let Some(&g) = by_key.get(&key) {
+                r.groups[g as usize].push(i as u32);
+                continue;
+            }
+            let g = r.groups.len() as GroupId;
+            by_key.insert(key, g);
+            r.groups.push(vec![i as u32]);
+            r.group_pattern.push(rc.path.pattern().to_string());
+            let mut rank = (0, false, 0, 0);
+            match &rc.path {
+                PathMatch::Exact(p) => {
+                    r.exact.insert(p.as_str().into(), g);
+                }
+                PathMatch::Prefix(p) => {
+                    r.prefix.insert(p.as_str().into(), g);
+                }
+                PathMatch::Regex(p) => {
+                    regex_patterns.push(format!("^(?:{p})$"));
+                    r.regex_group.push(g);
+                }
+                PathMatch::Template(t) => {
+                    rank = (u32::MAX - t.literals() as u32, t.has_rest(), t.params() as u32, i as u32);
+                    let mut node = &mut r.trie;
+                    for seg in &t.segments {
+                        node = match seg {
+                            Segment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                            Segment::Param(_) => node.param.get_or_insert_with(Default::default),
+                            Segment::Rest(_) => break,
+                        };
+                    }
+                    if t.has_rest() {
+                        node.rest = Some(g);
+                    } else {
+                        node.end = Some(g);
+                    }
+                }
+            }
+            r.template_rank.push(rank);
+        }
+        for g in &mut r.groups {
+            g.sort_by_key(|&i| (std::cmp::Reverse(routes[i as usize].condition_count()), i));
+        }
+        if !regex_patterns.is_empty() {
+            let set = regex::RegexSetBuilder::new(&regex_patterns)
+                .size_limit(256 << 20)
+                .build()
+                .map_err(|e| format!("the regexes of the file do not compile together: {e}"))?;
+            r.regex = Some(set);
+        }
+        Ok(r)
+    }
+
+    /// The winning rule for a request, if any. `path` must be canonical.
+    #[inline]
+    pub fn find(&self, path: &str, method: &Method, headers: &HeaderMap) -> Option<usize> {
+        let mut won = None;
+        self.visit(path, |g, _| {
+            for &rule in &self.groups[g as usize] {
+                if self.conditions[rule as usize].check(method, headers).is_ok() {
+                    won = Some(rule as usize);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        won
+    }
+
+    /// Every candidate considered for a request, in order, up to and including the winner.
+    pub fn explain(&self, path: &str, method: &Method, headers: &HeaderMap) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        self.visit(path, |g, tier| {
+            for &rule in &self.groups[g as usize] {
+                let outcome = self.conditions[rule as usize].check(method, headers);
+                let won = outcome.is_ok();
+                out.push(Candidate {
+                    rule: rule as usize,
+                    tier,
+                    pattern: self.group_pattern[g as usize].clone(),
+                    outcome,
+                });
+                if won {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    /// Calls `f` with each group whose pattern matches `path`, most specific first, until it
+    /// breaks.
+    fn visit(&self, path: &str, mut f: impl FnMut(GroupId, Tier) -> ControlFlow<()>) {
+        if let Some(&g) = self.exact.get(path) {
+            if f(g, Tier::Exact).is_break() {
+                return;
+            }
+        }
+        if !self.trie.literal.is_empty() || self.trie.param.is_some() || self.trie.rest.is_some() {
+            let segs: SmallVec<[&str; 16]> = path[1..].split('/').collect();
+            let mut found: SmallVec<[GroupId; 8]> = SmallVec::new();
+            walk(&self.trie, &segs, &mut found);
+            found.sort_unstable_by_key(|&g| self.template_rank[g as usize]);
+            for g in found {
+                if f(g, Tier::Template).is_break() {
+                    return;
+                }
+            }
+        }
+        if !self.prefix.is_empty() {
+            let mut cur = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+            loop {
+                if let Some(&g) = self.prefix.get(cur) {
+                    if f(g, Tier::Prefix).is_break() {
+                        return;
+                    }
+                }
+                match cur.rfind('/') {
+                    _ if cur == "/" => break,
+                    Some(0) => cur = "/",
+                    Some(i) => cur = &cur[..i],
+                    None => break,
+                }
+            }
+        }
+        if let Some(set) = &self.regex {
+            for i in set.matches(path).iter() {
+                if f(self.regex_group[i], Tier::Regex).is_break() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn walk(node: &TrieNode, segs: &[&str], out: &mut SmallVec<[GroupId; 8]>) {
+    let Some((first, rest)) = segs.split_first() else {
+        if let Some(g) = node.end {
+            out.push(g);
+        }
+        return;
+    };
+    if let Some(g) = node.rest {
+        out.push(g);
+    }
+    if let Some(child) = node.literal.get(*first) {
+        walk(child, rest, out);
+    }
+    if let Some(child) = &node.param {
+        if !first.is_empty() {
+            walk(child, rest, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parse() {
+        assert!(Template::parse("/api/orders/{id}").is_ok());
+        assert!(Template::parse("/files/{*rest}").is_ok());
+        assert!(Template::parse("/a/{*rest}/b").is_err());
+        assert!(Template::parse("/a/x{id}").is_err());
+        assert!(Template::parse("/a/{id}/{id}").is_err());
+        assert!(Template::parse("/a/{}").is_err());
+        assert!(Template::parse("/a/{id").is_err());
+        assert!(Template::parse("a/{id}").is_err());
+        assert!(Template::parse("/a//{id}").is_err());
+    }
+}
