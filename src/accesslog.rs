@@ -82,7 +82,10 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         let full = {
             let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
             match self.format {
@@ -104,7 +107,11 @@ impl AccessLog {
                     json_str(&mut b, e.side);
                     b.push_str(",\"reason\":");
                     json_str(&mut b, e.reason);
-                    let _ = write!(b, ",\"bytes_in\":{},\"bytes_out\":{},\"upstream\":", e.bytes_in, e.bytes_out);
+                    let _ = write!(
+                        b,
+                        ",\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
+                        e.bytes_in, e.bytes_out
+                    );
                     json_str(&mut b, e.upstream);
                     if let Some(err) = e.error {
                         b.push_str(",\"error\":");

@@ -25,7 +25,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn handle(&self, req: Request<Incoming>) -> Result<Response<GatewayBody>, Infallible> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<GatewayBody>, Infallible> {
         let path = req.uri().path();
         let resp = match (req.method(), path) {
             (&Method::GET, "/metrics") => {
@@ -41,7 +44,10 @@ impl Admin {
                 if self.ready.load(Ordering::Acquire) {
                     json_response(StatusCode::OK, &json!({"status": "ready"}))
                 } else {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not_ready"}))
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "not_ready"}),
+                    )
                 }
             }
             (&Method::GET, "/admin/routes") => {
@@ -52,7 +58,10 @@ impl Admin {
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": "method_not_allowed", "allowed": ["GET"]}),
             ),
-            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found", "path": path})),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "path": path}),
+            ),
         };
         Ok(resp)
     }
@@ -91,16 +100,24 @@ pub fn routes_json(cfg: &Config) -> Value {
             };
             m.insert(key.into(), r.path.pattern().into());
             if let Some(ms) = &r.methods {
-                m.insert("methods".into(), ms.iter().map(|x| x.as_str()).collect::<Vec<_>>().into());
+                m.insert(
+                    "methods".into(),
+                    ms.iter().map(|x| x.as_str()).collect::<Vec<_>>().into(),
+                );
             }
             if !r.headers.is_empty() {
                 let mut hs = serde_json::Map::new();
                 for c in &r.headers {
                     let v = match &c.test {
-                        HeaderTest::Exact(v) => Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                        HeaderTest::Exact(v) => {
+                            Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        }
                         HeaderTest::Regex(re) => {
                             let s = re.as_str();
-                            let inner = s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s);
+                            let inner = s
+                                .strip_prefix("^(?:")
+                                .and_then(|s| s.strip_suffix(")$"))
+                                .unwrap_or(s);
                             json!({"regex": inner})
                         }
                         HeaderTest::Present(p) => json!({"present": p}),
@@ -110,7 +127,8 @@ pub fn routes_json(cfg: &Config) -> Value {
                 m.insert("headers".into(), hs.into());
             }
             let sticky = r.sticky.as_ref().or(cfg.sticky.as_ref()).map(sticky_json);
-            let percent: Value = serde_json::from_str(&format_percent(r.percent_bp)).unwrap_or(Value::Null);
+            let percent: Value =
+                serde_json::from_str(&format_percent(r.percent_bp)).unwrap_or(Value::Null);
             json!({
                 "name": r.name,
                 "match": m,

@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn canonical_forms() {
         assert_eq!(c("/api/orders/7").unwrap(), "/api/orders/7");
-        assert!(matches!(canonicalize("/api/orders/7"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonicalize("/api/orders/7"),
+            Ok(Cow::Borrowed(_))
+        ));
         assert_eq!(c("/api/orders/../admin").unwrap(), "/api/admin");
         assert_eq!(c("/api/orders/%2e%2e/admin").unwrap(), "/api/admin");
         assert_eq!(c("/api/orders/%2E%2E").unwrap(), "/api/");

@@ -16,7 +16,11 @@ use crate::config::{Config, format_percent};
 use crate::side::{self, Reason, RequestKeys};
 
 #[derive(Parser, Debug)]
-#[command(name = "strangler", version, about = "A strangler-fig gateway: legacy or new, per route, measured")]
+#[command(
+    name = "strangler",
+    version,
+    about = "A strangler-fig gateway: legacy or new, per route, measured"
+)]
 pub struct Cli {
     /// Log format: JSON lines (default) or text for people.
     #[arg(long, value_enum, global = true, default_value = "json")]
@@ -71,7 +75,10 @@ pub fn main() -> ExitCode {
             headers,
             client_ip,
         } => explain(&file, &method, &path, &headers, client_ip),
-        Command::Serve { config, no_access_log } => {
+        Command::Serve {
+            config,
+            no_access_log,
+        } => {
             init_tracing(cli.log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -105,9 +112,13 @@ pub fn main() -> ExitCode {
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
     let rt = if single {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -128,7 +139,9 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.compact().try_init(),
@@ -140,13 +153,14 @@ pub async fn wait_for_stop() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -181,7 +195,13 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-fn explain(file: &Path, method: &str, target: &str, headers: &[String], client_ip: IpAddr) -> ExitCode {
+fn explain(
+    file: &Path,
+    method: &str,
+    target: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+) -> ExitCode {
     let cfg = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -201,7 +221,10 @@ fn explain(file: &Path, method: &str, target: &str, headers: &[String], client_i
             eprintln!("error: header {h:?} is not `name: value`");
             return ExitCode::FAILURE;
         };
-        match (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+        match (
+            HeaderName::from_bytes(n.trim().as_bytes()),
+            HeaderValue::from_str(v.trim()),
+        ) {
             (Ok(n), Ok(v)) => {
                 map.append(n, v);
             }
@@ -237,14 +260,24 @@ fn explain(file: &Path, method: &str, target: &str, headers: &[String], client_i
     for c in &cands {
         let r = &table.config.routes[c.rule];
         match &c.outcome {
-            Ok(()) => println!("  {:<9} {:?} ({} {}): wins", "candidate", r.name, c.tier, c.pattern),
-            Err(miss) => println!("  {:<9} {:?} ({} {}): skipped, {miss}", "candidate", r.name, c.tier, c.pattern),
+            Ok(()) => println!(
+                "  {:<9} {:?} ({} {}): wins",
+                "candidate", r.name, c.tier, c.pattern
+            ),
+            Err(miss) => println!(
+                "  {:<9} {:?} ({} {}): skipped, {miss}",
+                "candidate", r.name, c.tier, c.pattern
+            ),
         }
     }
     let winner = cands.iter().find(|c| c.outcome.is_ok()).map(|c| c.rule);
     let Some(rule) = winner else {
         println!("route:      default (no rule takes the request)");
-        println!("side:       legacy ({}), {}", Reason::Unmatched.as_str(), table.config.legacy.url);
+        println!(
+            "side:       legacy ({}), {}",
+            Reason::Unmatched.as_str(),
+            table.config.legacy.url
+        );
         return ExitCode::SUCCESS;
     };
     let route = &table.routes[rule];
@@ -270,23 +303,38 @@ fn explain(file: &Path, method: &str, target: &str, headers: &[String], client_i
         ),
         Reason::Percent => format!("percent is {pct}: no draw"),
         Reason::Sticky => {
-            let key = route.policy.sticky.as_ref().expect("sticky reason implies a key");
-            let b = side::with_key(key, &keys, |k| side::bucket(&route.policy.cohort, k)).unwrap_or(0);
+            let key = route
+                .policy
+                .sticky
+                .as_ref()
+                .expect("sticky reason implies a key");
+            let b =
+                side::with_key(key, &keys, |k| side::bucket(&route.policy.cohort, k)).unwrap_or(0);
             format!(
                 "sticky on {key}, cohort {:?}: bucket {b} {} {} (percent {pct})",
                 route.policy.cohort,
-                if b < route.policy.percent_bp { "<" } else { ">=" },
+                if b < route.policy.percent_bp {
+                    "<"
+                } else {
+                    ">="
+                },
                 route.policy.percent_bp
             )
         }
         Reason::Random => match &route.policy.sticky {
-            Some(k) => format!("the request carries no {k}: a random draw, new with probability {pct}%"),
+            Some(k) => {
+                format!("the request carries no {k}: a random draw, new with probability {pct}%")
+            }
             None => format!("no sticky key: a random draw, new with probability {pct}%"),
         },
         Reason::Unmatched => String::new(),
     };
     let up = table.upstream(route, side);
-    let shown = if reason == Reason::Random { "side (this draw)" } else { "side" };
+    let shown = if reason == Reason::Random {
+        "side (this draw)"
+    } else {
+        "side"
+    };
     println!(
         "{shown:<11} {side} ({}): {why}; upstream {}{}",
         reason.as_str(),

@@ -130,10 +130,18 @@ pub enum HeaderTest {
 impl fmt::Display for HeaderCond {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.test {
-            HeaderTest::Exact(v) => write!(f, "{}: {}", self.name, String::from_utf8_lossy(v.as_bytes())),
+            HeaderTest::Exact(v) => write!(
+                f,
+                "{}: {}",
+                self.name,
+                String::from_utf8_lossy(v.as_bytes())
+            ),
             HeaderTest::Regex(r) => {
                 let s = r.as_str();
-                let inner = s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s);
+                let inner = s
+                    .strip_prefix("^(?:")
+                    .and_then(|s| s.strip_suffix(")$"))
+                    .unwrap_or(s);
                 write!(f, "{} ~ /{inner}/", self.name)
             }
             HeaderTest::Present(p) => write!(f, "{} present: {p}", self.name),
@@ -190,7 +198,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "(document)" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        };
         write!(
             f,
             "{}:{}:{}: {}: {}",
@@ -260,7 +272,11 @@ impl Config {
 
     /// The `i`-th upstream: 0 is legacy, `1 + k` is `services[k]`.
     pub fn upstream(&self, i: usize) -> &Service {
-        if i == 0 { &self.legacy } else { &self.services[i - 1] }
+        if i == 0 {
+            &self.legacy
+        } else {
+            &self.services[i - 1]
+        }
     }
 }
 
@@ -279,12 +295,19 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn get(&self, name: &str) -> Option<&'a Node> {
-        self.entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| *v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| *v)
     }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 const ROUTE_KEYS: &[&str] = &["name", "match", "service", "percent", "sticky", "cohort"];
@@ -322,7 +345,11 @@ impl Validator {
     }
 
     fn wrong(&mut self, node: &Node, path: &str, allowed: &str) {
-        self.error(node.pos, path, format!("found {}; allowed: {allowed}", node.show()));
+        self.error(
+            node.pos,
+            path,
+            format!("found {}; allowed: {allowed}", node.show()),
+        );
     }
 
     /// Checks that `node` is a mapping with only `allowed` keys, each at most once.
@@ -331,7 +358,11 @@ impl Validator {
             self.error(
                 node.pos,
                 path,
-                format!("found {}; allowed: a mapping with keys {}", node.value.kind(), allowed.join(", ")),
+                format!(
+                    "found {}; allowed: a mapping with keys {}",
+                    node.value.kind(),
+                    allowed.join(", ")
+                ),
             );
             return None;
         };
@@ -342,14 +373,21 @@ impl Validator {
                 self.error(
                     k.pos,
                     &p,
-                    format!("unknown key {:?}; allowed keys here: {}", k.name, allowed.join(", ")),
+                    format!(
+                        "unknown key {:?}; allowed keys here: {}",
+                        k.name,
+                        allowed.join(", ")
+                    ),
                 );
             } else if let Some((first, _)) = kept.iter().find(|(f, _)| f.name == k.name) {
                 let line = first.pos.line;
                 self.error(
                     k.pos,
                     &p,
-                    format!("duplicate key {:?} (first at line {line}); allowed: each key once", k.name),
+                    format!(
+                        "duplicate key {:?} (first at line {line}); allowed: each key once",
+                        k.name
+                    ),
                 );
             } else {
                 kept.push((k, v));
@@ -361,10 +399,20 @@ impl Validator {
         })
     }
 
-    fn require<'a>(&mut self, f: &Fields<'a>, path: &str, key: &str, what: &str) -> Option<&'a Node> {
+    fn require<'a>(
+        &mut self,
+        f: &Fields<'a>,
+        path: &str,
+        key: &str,
+        what: &str,
+    ) -> Option<&'a Node> {
         let n = f.get(key);
         if n.is_none() {
-            self.error(f.pos, &join(path, key), format!("missing key {key:?}; expected {what}"));
+            self.error(
+                f.pos,
+                &join(path, key),
+                format!("missing key {key:?}; expected {what}"),
+            );
         }
         n
     }
@@ -384,7 +432,11 @@ impl Validator {
         match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.wrong(node, path, "an IP address and port like 127.0.0.1:8080 or [::1]:8080");
+                self.wrong(
+                    node,
+                    path,
+                    "an IP address and port like 127.0.0.1:8080 or [::1]:8080",
+                );
                 None
             }
         }
@@ -404,7 +456,12 @@ impl Validator {
     fn root(&mut self, root: &Node, file: &Path, hash: String) -> Option<Config> {
         let f = self.fields(root, "", TOP_KEYS)?;
         let listen = self
-            .require(&f, "", "listen", "the public listener address, like 127.0.0.1:8080")
+            .require(
+                &f,
+                "",
+                "listen",
+                "the public listener address, like 127.0.0.1:8080",
+            )
             .and_then(|n| self.socket_addr(n, "listen"));
         let admin = match f.get("admin") {
             Some(n) => self.admin(n),
@@ -426,7 +483,11 @@ impl Validator {
                     for (k, v) in entries {
                         let p = join("services", &k.name);
                         if seen.contains(&k.name.as_str()) {
-                            self.error(k.pos, &p, format!("duplicate service {:?}; allowed: each name once", k.name));
+                            self.error(
+                                k.pos,
+                                &p,
+                                format!("duplicate service {:?}; allowed: each name once", k.name),
+                            );
                             continue;
                         }
                         seen.push(&k.name);
@@ -447,14 +508,23 @@ impl Validator {
                     }
                 }
                 Value::Null => {}
-                _ => self.wrong(n, "services", "a mapping from service name to {url, timeout}"),
+                _ => self.wrong(
+                    n,
+                    "services",
+                    "a mapping from service name to {url, timeout}",
+                ),
             }
         }
 
         let sticky = f.get("sticky").and_then(|n| self.sticky(n, "sticky"));
         let override_header = f.get("override").and_then(|n| {
             let o = self.fields(n, "override", &["header"])?;
-            let h = self.require(&o, "override", "header", "a header name like x-strangler-side")?;
+            let h = self.require(
+                &o,
+                "override",
+                "header",
+                "a header name like x-strangler-side",
+            )?;
             self.header_name(h, "override.header")
         });
         let trusted_proxies = match f.get("trusted_proxies") {
@@ -468,8 +538,13 @@ impl Validator {
 
         let routes = match f.get("routes") {
             None => Vec::new(),
-            Some(Node { value: Value::Null, .. }) => Vec::new(),
-            Some(Node { value: Value::Seq(items), .. }) => {
+            Some(Node {
+                value: Value::Null, ..
+            }) => Vec::new(),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
                 let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
                 let mut out = Vec::new();
                 // Names of services that failed validation still count as defined, so a
@@ -520,7 +595,10 @@ impl Validator {
             None => SocketAddr::from(([127, 0, 0, 1], 9901)),
         };
         let token_env = match f.get("token_env") {
-            Some(t) => Some(self.string(t, "admin.token_env", "an environment variable name")?.to_string()),
+            Some(t) => Some(
+                self.string(t, "admin.token_env", "an environment variable name")?
+                    .to_string(),
+            ),
             None => None,
         };
         Some(AdminConfig { listen, token_env })
@@ -542,7 +620,11 @@ impl Validator {
                 Value::Str(s) if s == "client" => Some(false),
                 Value::Str(s) if s == "upstream" => Some(true),
                 _ => {
-                    self.wrong(h, &join(path, "host_header"), "client (default) or upstream");
+                    self.wrong(
+                        h,
+                        &join(path, "host_header"),
+                        "client (default) or upstream",
+                    );
                     None
                 }
             },
@@ -587,8 +669,15 @@ impl Validator {
             "header" => self.header_name(v, &p).map(StickyKey::Header),
             "cookie" => {
                 let s = self.string(v, &p, "a cookie name")?;
-                if s.is_empty() || s.bytes().any(|b| b <= b' ' || b"=;,\"".contains(&b) || b >= 0x7f) {
-                    self.wrong(v, &p, "a cookie name (visible ASCII without = ; , or quotes)");
+                if s.is_empty()
+                    || s.bytes()
+                        .any(|b| b <= b' ' || b"=;,\"".contains(&b) || b >= 0x7f)
+                {
+                    self.wrong(
+                        v,
+                        &p,
+                        "a cookie name (visible ASCII without = ; , or quotes)",
+                    );
                     return None;
                 }
                 Some(StickyKey::Cookie(s.to_string()))
@@ -624,7 +713,11 @@ impl Validator {
 
     fn cidrs(&mut self, n: &Node) -> Vec<IpNet> {
         let Value::Seq(items) = &n.value else {
-            self.wrong(n, "trusted_proxies", "a list of CIDRs like [10.0.0.0/8, 127.0.0.1/32]");
+            self.wrong(
+                n,
+                "trusted_proxies",
+                "a list of CIDRs like [10.0.0.0/8, 127.0.0.1/32]",
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -644,7 +737,13 @@ impl Validator {
         out
     }
 
-    fn route(&mut self, n: &Node, i: usize, services: &[&str], all_services: &[String]) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        n: &Node,
+        i: usize,
+        services: &[&str],
+        all_services: &[String],
+    ) -> Option<RouteConfig> {
         let path = format!("routes[{i}]");
         let f = self.fields(n, &path, ROUTE_KEYS)?;
         let name = self
@@ -653,16 +752,30 @@ impl Validator {
                 let p = join(&path, "name");
                 let s = self.string(nn, &p, "a name matching [a-z0-9][a-z0-9_-]*")?;
                 if !valid_name(s) || s == "default" {
-                    self.wrong(nn, &p, "a name matching [a-z0-9][a-z0-9_-]*, other than \"default\"");
+                    self.wrong(
+                        nn,
+                        &p,
+                        "a name matching [a-z0-9][a-z0-9_-]*, other than \"default\"",
+                    );
                     None
                 } else {
                     Some(s.to_string())
                 }
             });
-        let m = self.require(&f, &path, "match", "a mapping with one of path, prefix, regex");
+        let m = self.require(
+            &f,
+            &path,
+            "match",
+            "a mapping with one of path, prefix, regex",
+        );
         let matched = m.and_then(|m| self.route_match(m, &join(&path, "match")));
         let service = self
-            .require(&f, &path, "service", "the name of a service under `services`")
+            .require(
+                &f,
+                &path,
+                "service",
+                "the name of a service under `services`",
+            )
             .and_then(|sn| {
                 let p = join(&path, "service");
                 let s = self.string(sn, &p, "a service name")?;
@@ -675,7 +788,11 @@ impl Validator {
                         } else {
                             format!("one of {}", services.join(", "))
                         };
-                        self.error(sn.pos, &p, format!("unknown service {s:?}; allowed: {allowed}"));
+                        self.error(
+                            sn.pos,
+                            &p,
+                            format!("unknown service {s:?}; allowed: {allowed}"),
+                        );
                         None
                     }
                 }
@@ -734,7 +851,11 @@ impl Validator {
             let found = if kinds.is_empty() {
                 "none of them".to_string()
             } else {
-                kinds.iter().map(|(k, _)| k.name.as_str()).collect::<Vec<_>>().join(" and ")
+                kinds
+                    .iter()
+                    .map(|(k, _)| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             };
             self.error(
                 n.pos,
@@ -765,7 +886,13 @@ impl Validator {
                 match Regex::new(&format!("^(?:{s})$")) {
                     Ok(_) => Some(PathMatch::Regex(s.to_string())),
                     Err(e) => {
-                        let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                        let why = e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("invalid")
+                            .trim()
+                            .to_string();
                         self.error(
                             n.pos,
                             path,
@@ -778,10 +905,18 @@ impl Validator {
             "prefix" => {
                 let s = self.string(n, path, "a path prefix like /api/orders")?;
                 if let Err(why) = check_canonical(s) {
-                    self.error(n.pos, path, format!("found {s:?} ({why}); allowed: a canonical path starting with /"));
+                    self.error(
+                        n.pos,
+                        path,
+                        format!("found {s:?} ({why}); allowed: a canonical path starting with /"),
+                    );
                     return None;
                 }
-                let trimmed = if s.len() > 1 { s.trim_end_matches('/') } else { s };
+                let trimmed = if s.len() > 1 {
+                    s.trim_end_matches('/')
+                } else {
+                    s
+                };
                 Some(PathMatch::Prefix(trimmed.to_string()))
             }
             _ => {
@@ -800,7 +935,13 @@ impl Validator {
                     }
                 } else {
                     if let Err(why) = check_canonical(s) {
-                        self.error(n.pos, path, format!("found {s:?} ({why}); allowed: a canonical path starting with /"));
+                        self.error(
+                            n.pos,
+                            path,
+                            format!(
+                                "found {s:?} ({why}); allowed: a canonical path starting with /"
+                            ),
+                        );
                         return None;
                     }
                     Some(PathMatch::Exact(s.to_string()))
@@ -815,7 +956,11 @@ impl Validator {
             return None;
         };
         if items.is_empty() {
-            self.wrong(n, path, "a non-empty list of methods (omit the key for any method)");
+            self.wrong(
+                n,
+                path,
+                "a non-empty list of methods (omit the key for any method)",
+            );
             return None;
         }
         let mut out = Vec::new();
@@ -844,7 +989,11 @@ impl Validator {
 
     fn header_conds(&mut self, n: &Node, path: &str) -> Option<Vec<HeaderCond>> {
         let Value::Map(entries) = &n.value else {
-            self.wrong(n, path, "a mapping from header name to a value, {regex: ...} or {present: true|false}");
+            self.wrong(
+                n,
+                path,
+                "a mapping from header name to a value, {regex: ...} or {present: true|false}",
+            );
             return None;
         };
         let mut out: Vec<HeaderCond> = Vec::new();
@@ -852,7 +1001,14 @@ impl Validator {
         for (k, v) in entries {
             let p = join(path, &k.name);
             let Ok(name) = HeaderName::from_bytes(k.name.to_ascii_lowercase().as_bytes()) else {
-                self.error(k.pos, &p, format!("found header name {:?}; allowed: a valid HTTP header name", k.name));
+                self.error(
+                    k.pos,
+                    &p,
+                    format!(
+                        "found header name {:?}; allowed: a valid HTTP header name",
+                        k.name
+                    ),
+                );
                 ok = false;
                 continue;
             };
@@ -889,7 +1045,11 @@ impl Validator {
                         continue;
                     };
                     if f.entries.len() != 1 {
-                        self.wrong(v, &p, "exactly one of {regex: ...} or {present: true|false}");
+                        self.wrong(
+                            v,
+                            &p,
+                            "exactly one of {regex: ...} or {present: true|false}",
+                        );
                         None
                     } else {
                         let (ck, cv) = f.entries[0];
@@ -952,7 +1112,10 @@ impl Validator {
                 self.error(
                     r.pos,
                     &format!("routes[{i}].name"),
-                    format!("duplicate route name {:?} (first at line {line}); allowed: unique names", r.name),
+                    format!(
+                        "duplicate route name {:?} (first at line {line}); allowed: unique names",
+                        r.name
+                    ),
                 );
             }
         }
@@ -967,7 +1130,8 @@ impl Validator {
                 let r = &cfg.routes[ri];
                 let shadow = group[..pos].iter().map(|&j| &cfg.routes[j]).find(|e| {
                     e.condition_count() == 0
-                        || (same_methods(&e.methods, &r.methods) && same_headers(&e.headers, &r.headers))
+                        || (same_methods(&e.methods, &r.methods)
+                            && same_headers(&e.headers, &r.headers))
                 });
                 if let Some(e) = shadow {
                     let why = if e.condition_count() == 0 {
@@ -1001,7 +1165,9 @@ fn same_methods(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
 }
 
 fn same_headers(a: &[HeaderCond], b: &[HeaderCond]) -> bool {
-    a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| x.to_string() == y.to_string()))
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| b.iter().any(|y| x.to_string() == y.to_string()))
 }
 
 /// Route and service names: `[a-z0-9][a-z0-9_-]*`.
@@ -1009,7 +1175,8 @@ pub fn valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// A path in a rule must already be in the form requests are canonicalized to.
@@ -1040,7 +1207,8 @@ fn parse_upstream_url(url: &str) -> Result<(http::uri::Authority, String), Strin
     if auth.contains('@') {
         return Err("user info is not allowed".into());
     }
-    let authority: http::uri::Authority = auth.parse().map_err(|_| "invalid host:port".to_string())?;
+    let authority: http::uri::Authority =
+        auth.parse().map_err(|_| "invalid host:port".to_string())?;
     if authority.port_u16().is_none() {
         return Err("the port is missing".into());
     }
@@ -1086,7 +1254,10 @@ mod tests {
         let all = e.to_string();
         assert!(all.contains("t.yaml:5:1: bogus: unknown key"), "{all}");
         assert!(all.contains("routes[0].match.regex"), "{all}");
-        assert!(all.contains("routes[0].service: unknown service \"nope\""), "{all}");
+        assert!(
+            all.contains("routes[0].service: unknown service \"nope\""),
+            "{all}"
+        );
         assert!(all.contains("routes[0].percent"), "{all}");
         assert!(all.contains("routes[1].match.path"), "{all}");
         assert!(all.contains("routes[1].percent"), "{all}");
@@ -1108,7 +1279,13 @@ mod tests {
 
     #[test]
     fn bad_urls() {
-        for u in ["https://a:1", "http://a", "ftp://a:1", "http://a:1/x?y", "http://u@a:1"] {
+        for u in [
+            "https://a:1",
+            "http://a",
+            "ftp://a:1",
+            "http://a:1/x?y",
+            "http://u@a:1",
+        ] {
             assert!(parse_upstream_url(u).is_err(), "{u}");
         }
         let (a, b) = parse_upstream_url("http://[::1]:9000/base").unwrap();

@@ -41,18 +41,27 @@ struct Behaviour {
 }
 
 async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the demo {}: is something else using it?", b.name))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for the demo {}: is something else using it?",
+            b.name
+        )
+    })?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let delay = b.base_ms + fastrand::u64(0..=b.jitter_ms);
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     let failed = fastrand::u32(0..10_000) < b.error_bp;
-                    let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                    let status = if failed {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    };
                     let body = serde_json::json!({
                         "served_by": b.name,
                         "method": req.method().as_str(),
@@ -62,13 +71,17 @@ async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
                     });
                     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
                     *resp.status_mut() = status;
-                    resp.headers_mut()
-                        .insert("content-type", http::HeaderValue::from_static("application/json"));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     resp.headers_mut()
                         .insert("x-served-by", http::HeaderValue::from_static(b.name));
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -85,7 +98,8 @@ fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
-    let config = Config::parse(EXAMPLE_ROUTES, Path::new("routes/example.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Config::parse(EXAMPLE_ROUTES, Path::new("routes/example.yaml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     demo_upstream(
         addr_of(&config.legacy.url)?,
         Behaviour {
@@ -124,7 +138,9 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     println!("  metrics:      http://{admin}/metrics");
     println!("  route table:  http://{admin}/admin/routes");
     println!("  health:       http://{admin}/healthz  http://{admin}/readyz");
-    println!("  explain:      cargo run --release -- explain routes/example.yaml GET /api/orders/42 -H 'x-user-id: alice'");
+    println!(
+        "  explain:      cargo run --release -- explain routes/example.yaml GET /api/orders/42 -H 'x-user-id: alice'"
+    );
     println!();
 
     let tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>> = Arc::default();
@@ -157,7 +173,9 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
 
 /// One stream of demo requests from rotating users, about 10 per second.
 async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>>) {
-    const USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    const USERS: [&str; 8] = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut n: u64 = u64::from(worker) * 7;
@@ -166,10 +184,22 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
         n += 1;
         let user = USERS[fastrand::usize(..USERS.len())];
         let (method, path, label) = match n % 10 {
-            0..=4 => ("GET", format!("/api/orders/{}", fastrand::u32(1..500)), "orders"),
+            0..=4 => (
+                "GET",
+                format!("/api/orders/{}", fastrand::u32(1..500)),
+                "orders",
+            ),
             5 => ("POST", "/api/orders".to_string(), "orders-write"),
-            6 | 7 => ("GET", format!("/api/billing/invoices?page={}", n % 5), "billing"),
-            8 => ("GET", format!("/invoices/{}.pdf", fastrand::u32(1..99)), "invoice-pdf"),
+            6 | 7 => (
+                "GET",
+                format!("/api/billing/invoices?page={}", n % 5),
+                "billing",
+            ),
+            8 => (
+                "GET",
+                format!("/invoices/{}.pdf", fastrand::u32(1..99)),
+                "invoice-pdf",
+            ),
             _ => ("GET", "/home".to_string(), "default"),
         };
         let mut req = Request::builder()
@@ -180,8 +210,12 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
         if n % 17 == 0 {
             req = req.header("x-tenant", "beta");
         }
-        let Ok(req) = req.body(Full::new(Bytes::new())) else { continue };
-        let Ok(resp) = client.request(req).await else { continue };
+        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+            continue;
+        };
+        let Ok(resp) = client.request(req).await else {
+            continue;
+        };
         let status = resp.status();
         let new = resp
             .headers()

@@ -68,7 +68,8 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         Peer {
             addr,
-            ip_header: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value"),
+            ip_header: HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP address is a valid header value"),
         }
     }
 }
@@ -112,7 +113,12 @@ impl GatewayError {
 }
 
 /// The JSON body of a gateway-made error.
-pub fn error_body(err: GatewayError, route: Option<&str>, side: Option<Side>, request_id: &str) -> Bytes {
+pub fn error_body(
+    err: GatewayError,
+    route: Option<&str>,
+    side: Option<Side>,
+    request_id: &str,
+) -> Bytes {
     let mut s = String::with_capacity(128);
     s.push_str("{\"error\":\"");
     s.push_str(err.code());
@@ -134,7 +140,10 @@ pub fn error_body(err: GatewayError, route: Option<&str>, side: Option<Side>, re
 
 /// Whether a client's `X-Request-Id` is kept: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn new_request_id() -> HeaderValue {
@@ -265,7 +274,10 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
@@ -364,7 +376,11 @@ impl Gateway {
     }
 
     /// Serves one request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Result<Response<GatewayBody>, Infallible> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<GatewayBody>, Infallible> {
         let start = Instant::now();
         let table = self.table.load_full();
         let (mut parts, body) = req.into_parts();
@@ -427,7 +443,10 @@ impl Gateway {
                 let keys = RequestKeys {
                     headers: &parts.headers,
                     query: parts.uri.query(),
-                    client_ip: if matches!(route.policy.sticky, Some(crate::config::StickyKey::ClientIp)) {
+                    client_ip: if matches!(
+                        route.policy.sticky,
+                        Some(crate::config::StickyKey::ClientIp)
+                    ) {
                         client_ip(&table, peer.addr.ip(), &parts.headers)
                     } else {
                         peer.addr.ip()
@@ -448,11 +467,19 @@ impl Gateway {
         c.path = canonical.as_ref().into();
 
         // The upstream URI: canonical path (plus base path) and the original query.
-        let path_and_query = if upstream.base_path.is_empty() && matches!(canonical, std::borrow::Cow::Borrowed(_)) {
-            parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        let path_and_query = if upstream.base_path.is_empty()
+            && matches!(canonical, std::borrow::Cow::Borrowed(_))
+        {
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
         } else {
             let query = parts.uri.query();
-            let mut s = String::with_capacity(upstream.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1));
+            let mut s = String::with_capacity(
+                upstream.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1),
+            );
             s.push_str(&upstream.base_path);
             s.push_str(&canonical);
             if let Some(q) = query {
@@ -486,7 +513,11 @@ impl Gateway {
 
         let timeout = upstream.timeout;
         let request_id = c.request_id.clone();
-        let sent = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body))).await;
+        let sent = tokio::time::timeout(
+            timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
         let metrics = &route.metrics[side.index()];
         match sent {
             Ok(Ok(resp)) => {
@@ -519,7 +550,11 @@ impl Gateway {
 
     fn rewrite_request_headers(&self, table: &RouteTable, h: &mut HeaderMap, peer: &Peer) {
         strip_hop_by_hop(h);
-        let trusted = !table.trusted_proxies.is_empty() && table.trusted_proxies.iter().any(|n| n.contains(&peer.addr.ip()));
+        let trusted = !table.trusted_proxies.is_empty()
+            && table
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&peer.addr.ip()));
         if trusted {
             let prior: Vec<u8> = {
                 let mut acc = Vec::new();
@@ -570,7 +605,12 @@ fn gateway_error(mut c: Completion, err: GatewayError, routed: bool) -> Response
     } else {
         (None, None)
     };
-    let body = error_body(err, route.as_deref(), side, c.request_id.to_str().unwrap_or("-"));
+    let body = error_body(
+        err,
+        route.as_deref(),
+        side,
+        c.request_id.to_str().unwrap_or("-"),
+    );
     c.status = err.status().as_u16();
     if c.error.is_none() {
         c.error = Some(err.code());
@@ -581,8 +621,10 @@ fn gateway_error(mut c: Completion, err: GatewayError, routed: bool) -> Response
         done: Some(c),
     });
     *resp.status_mut() = err.status();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
@@ -603,7 +645,10 @@ mod tests {
     #[test]
     fn hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, keep-alive"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -615,7 +660,12 @@ mod tests {
 
     #[test]
     fn error_json() {
-        let b = error_body(GatewayError::UpstreamUnavailable, Some("orders-read"), Some(Side::New), "abc");
+        let b = error_body(
+            GatewayError::UpstreamUnavailable,
+            Some("orders-read"),
+            Some(Side::New),
+            "abc",
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "upstream_unavailable");
         assert_eq!(v["route"], "orders-read");

@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use http::Method;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::side::Side;
@@ -94,7 +94,10 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(REQUESTS_TOTAL, "Requests answered, by route, side, method and status code sent"),
+            Opts::new(
+                REQUESTS_TOTAL,
+                "Requests answered, by route, side, method and status code sent",
+            ),
             &["route", "side", "method", "code"],
         )
         .expect("static metric definition is valid");
@@ -110,17 +113,26 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
         let route_percent = GaugeVec::new(
-            Opts::new(ROUTE_PERCENT, "Share of a route's requests sent to the new side, in percent"),
+            Opts::new(
+                ROUTE_PERCENT,
+                "Share of a route's requests sent to the new side, in percent",
+            ),
             &["route"],
         )
         .expect("static metric definition is valid");
         let config_reloads = IntCounterVec::new(
-            Opts::new(CONFIG_RELOADS_TOTAL, "Reloads of the routes file, by result"),
+            Opts::new(
+                CONFIG_RELOADS_TOTAL,
+                "Reloads of the routes file, by result",
+            ),
             &["result"],
         )
         .expect("static metric definition is valid");
         let config_info = IntGaugeVec::new(
-            Opts::new(CONFIG_INFO, "1, labelled with the hash of the routes file in force"),
+            Opts::new(
+                CONFIG_INFO,
+                "1, labelled with the hash of the routes file in force",
+            ),
             &["hash"],
         )
         .expect("static metric definition is valid");
@@ -172,7 +184,9 @@ impl Metrics {
     }
 
     pub fn count_reload(&self, ok: bool) {
-        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -238,9 +252,11 @@ impl SideMetrics {
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.errors[kind.index()]
             .get_or_init(|| {
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[&*self.route, self.side.as_str(), kind.as_str()])
+                self.metrics.upstream_errors.with_label_values(&[
+                    &*self.route,
+                    self.side.as_str(),
+                    kind.as_str(),
+                ])
             })
             .inc();
     }

@@ -53,7 +53,9 @@ impl Template {
                     None => (false, inner),
                 };
                 if !valid_param(name) {
-                    return Err(format!("parameter name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"));
+                    return Err(format!(
+                        "parameter name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"
+                    ));
                 }
                 if names.contains(&name) {
                     return Err(format!("parameter {name:?} appears twice"));
@@ -68,7 +70,9 @@ impl Template {
                     segments.push(Segment::Param(name.to_string()));
                 }
             } else if part.contains('{') || part.contains('}') {
-                return Err(format!("segment {part:?} mixes text and braces; a parameter must be a whole segment"));
+                return Err(format!(
+                    "segment {part:?} mixes text and braces; a parameter must be a whole segment"
+                ));
             } else if part.is_empty() && !last {
                 return Err("it holds an empty segment (//)".into());
             } else if *part == "." || *part == ".." {
@@ -95,10 +99,16 @@ impl Template {
     }
 
     fn literals(&self) -> usize {
-        self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count()
     }
     fn params(&self) -> usize {
-        self.segments.iter().filter(|s| matches!(s, Segment::Param(_))).count()
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Param(_)))
+            .count()
     }
     fn has_rest(&self) -> bool {
         matches!(self.segments.last(), Some(Segment::Rest(_)))
@@ -337,11 +347,18 @@ impl Router {
                     r.regex_group.push(g);
                 }
                 PathMatch::Template(t) => {
-                    rank = (u32::MAX - t.literals() as u32, t.has_rest(), t.params() as u32, i as u32);
+                    rank = (
+                        u32::MAX - t.literals() as u32,
+                        t.has_rest(),
+                        t.params() as u32,
+                        i as u32,
+                    );
                     let mut node = &mut r.trie;
                     for seg in &t.segments {
                         node = match seg {
-                            Segment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                            Segment::Literal(l) => {
+                                node.literal.entry(l.as_str().into()).or_default()
+                            }
                             Segment::Param(_) => node.param.get_or_insert_with(Default::default),
                             Segment::Rest(_) => break,
                         };
@@ -374,7 +391,10 @@ impl Router {
         let mut won = None;
         self.visit(path, |g, _| {
             for &rule in &self.groups[g as usize] {
-                if self.conditions[rule as usize].check(method, headers).is_ok() {
+                if self.conditions[rule as usize]
+                    .check(method, headers)
+                    .is_ok()
+                {
                     won = Some(rule as usize);
                     return ControlFlow::Break(());
                 }
@@ -426,7 +446,11 @@ impl Router {
             }
         }
         if !self.prefix.is_empty() {
-            let mut cur = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+            let mut cur = if path.len() > 1 {
+                path.trim_end_matches('/')
+            } else {
+                path
+            };
             loop {
                 if let Some(&g) = self.prefix.get(cur) {
                     if f(g, Tier::Prefix).is_break() {

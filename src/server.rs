@@ -82,6 +82,8 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_BUF)
+                // The gateway adds nothing to an upstream's answer (§5), not even `Date`.
+                .auto_date_header(false)
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");

@@ -84,7 +84,11 @@ pub struct RequestKeys<'a> {
 
 /// Chooses the side for a request that `policy`'s route took.
 #[inline]
-pub fn choose(policy: &SidePolicy, override_header: Option<&HeaderName>, req: &RequestKeys<'_>) -> (Side, Reason) {
+pub fn choose(
+    policy: &SidePolicy,
+    override_header: Option<&HeaderName>,
+    req: &RequestKeys<'_>,
+) -> (Side, Reason) {
     if let Some(h) = override_header {
         if let Some(v) = req.headers.get(h) {
             let v = v.as_bytes();
@@ -103,7 +107,11 @@ pub fn choose(policy: &SidePolicy, override_header: Option<&HeaderName>, req: &R
     }
     if let Some(key) = &policy.sticky {
         if let Some(b) = with_key(key, req, |k| bucket(&policy.cohort, k)) {
-            let side = if b < policy.percent_bp { Side::New } else { Side::Legacy };
+            let side = if b < policy.percent_bp {
+                Side::New
+            } else {
+                Side::Legacy
+            };
             return (side, Reason::Sticky);
         }
     }
@@ -125,7 +133,11 @@ pub fn bucket(cohort: &str, key: &[u8]) -> u32 {
 }
 
 /// Calls `f` with the request's cohort key, if it carries one. Empty values count as absent.
-pub fn with_key<T>(key: &StickyKey, req: &RequestKeys<'_>, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+pub fn with_key<T>(
+    key: &StickyKey,
+    req: &RequestKeys<'_>,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Option<T> {
     match key {
         StickyKey::Header(name) => {
             let v = req.headers.get(name)?.as_bytes();
@@ -165,7 +177,11 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         if &pair[..eq] == name {
             let v = &pair[eq + 1..];
             // A quoted cookie value is the same key as the bare one.
-            Some(v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v))
+            Some(
+                v.strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v),
+            )
         } else {
             None
         }
@@ -178,7 +194,10 @@ mod tests {
 
     #[test]
     fn cookie_parsing() {
-        assert_eq!(cookie_value(b"a=1; session=xyz; b=2", b"session"), Some(&b"xyz"[..]));
+        assert_eq!(
+            cookie_value(b"a=1; session=xyz; b=2", b"session"),
+            Some(&b"xyz"[..])
+        );
         assert_eq!(cookie_value(b"session=\"q\"", b"session"), Some(&b"q"[..]));
         assert_eq!(cookie_value(b"xsession=1", b"session"), None);
     }
@@ -186,7 +205,10 @@ mod tests {
     #[test]
     fn bucket_is_stable() {
         // Pinned: a change here would move users between sides on upgrade.
-        assert_eq!(bucket("orders", b"user-1"), (xxhash_rust::xxh3::xxh3_64(b"orders\0user-1") % 10_000) as u32);
+        assert_eq!(
+            bucket("orders", b"user-1"),
+            (xxhash_rust::xxh3::xxh3_64(b"orders\0user-1") % 10_000) as u32
+        );
         assert_eq!(bucket("c", b"k"), bucket("c", b"k"));
     }
 

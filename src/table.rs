@@ -68,7 +68,10 @@ impl RouteTable {
                 base_path: s.base_path.as_str().into(),
                 timeout: s.timeout,
                 host_override: if s.host_upstream {
-                    Some(HeaderValue::from_str(s.authority.as_str()).expect("an authority is a valid header value"))
+                    Some(
+                        HeaderValue::from_str(s.authority.as_str())
+                            .expect("an authority is a valid header value"),
+                    )
                 } else {
                     None
                 },
@@ -86,7 +89,10 @@ impl RouteTable {
                     cohort: r.cohort.as_str().into(),
                 },
                 new_upstream: 1 + r.service,
-                metrics: [metrics.side(&r.name, Side::Legacy), metrics.side(&r.name, Side::New)],
+                metrics: [
+                    metrics.side(&r.name, Side::Legacy),
+                    metrics.side(&r.name, Side::New),
+                ],
             })
             .collect();
         let default_route = Route {
@@ -97,7 +103,10 @@ impl RouteTable {
                 cohort: DEFAULT_ROUTE.into(),
             },
             new_upstream: LEGACY,
-            metrics: [metrics.side(DEFAULT_ROUTE, Side::Legacy), metrics.side(DEFAULT_ROUTE, Side::New)],
+            metrics: [
+                metrics.side(DEFAULT_ROUTE, Side::Legacy),
+                metrics.side(DEFAULT_ROUTE, Side::New),
+            ],
         };
         Ok(RouteTable {
             override_header: config.override_header.clone(),

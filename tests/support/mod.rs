@@ -1,0 +1,257 @@
+//! Test support: a real gateway (in-process) in front of real upstream servers on
+//! `127.0.0.1:0` that record what they receive and misbehave on cue.
+//!
+//! Cues are request headers the upstream reads (they pass through the gateway unchanged):
+//! `x-test-delay-ms` (wait before answering), `x-test-status` (answer this status),
+//! `x-test-body-bytes` (answer a body of that many bytes, streamed in 64 KiB chunks).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use strangler::accesslog::{AccessLog, LogFormat};
+use strangler::config::Config;
+use strangler::server::{self, Running};
+
+/// What an upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query exactly as received on the request line.
+    pub target: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub body_hash: u64,
+    /// The body itself when at most 64 KiB.
+    pub body: Option<Bytes>,
+}
+
+/// A recording upstream server.
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move { Ok::<_, Infallible>(answer(name, req, rec).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { name, addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received a request")
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+async fn answer(
+    name: &'static str,
+    req: Request<Incoming>,
+    rec: Arc<Mutex<Vec<Recorded>>>,
+) -> Response<TestBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut len = 0u64;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut kept: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(d) = frame.data_ref() {
+            len += d.len() as u64;
+            hasher.update(d);
+            if kept.len() + d.len() <= 64 * 1024 {
+                kept.extend_from_slice(d);
+            }
+        }
+    }
+    rec.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_hash: hasher.digest(),
+        body: (len <= 64 * 1024).then(|| Bytes::from(kept)),
+    });
+    if let Some(ms) = header_num(&parts.headers, "x-test-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = header_num(&parts.headers, "x-test-status")
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut resp = if let Some(n) = header_num(&parts.headers, "x-test-body-bytes") {
+        // A deterministic streamed body of n bytes, without Content-Length (chunked).
+        let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
+            if sent >= n {
+                return None;
+            }
+            let k = (n - sent).min(64 * 1024) as usize;
+            let chunk = Bytes::from(vec![(sent % 251) as u8; k]);
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + k as u64))
+        });
+        Response::new(StreamBody::new(chunks).boxed())
+    } else {
+        Response::new(Full::new(Bytes::from(name)).boxed())
+    };
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("x-upstream", http::HeaderValue::from_static(name));
+    resp
+}
+
+/// An address where nothing listens (connections are refused).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A gateway running in this process on `127.0.0.1:0`.
+pub struct Gateway {
+    pub running: Running,
+}
+
+impl Gateway {
+    /// Starts a gateway on a routes file (its `listen` addresses are replaced by `:0`).
+    pub async fn start(yaml: &str) -> Gateway {
+        let cfg = Config::parse(yaml, Path::new("test.yaml"))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let running = server::start(cfg, AccessLog::new(LogFormat::Json, false))
+            .await
+            .unwrap();
+        Gateway { running }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.public_addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.admin_addr, path)
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The head of a routes file for tests: listeners on `:0`, `legacy` and the given services.
+pub fn config_head(legacy: &str, services: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {legacy}\n  timeout: 10s\nservices:\n"
+    );
+    for (name, url) in services {
+        s.push_str(&format!("  {name}:\n    url: {url}\n    timeout: 10s\n"));
+    }
+    s
+}
+
+/// A plain HTTP client: no proxy from the environment, no redirects followed.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of a metric series in Prometheus text, by exact label set in the order the
+/// encoder writes them (alphabetical), e.g. `strangler_requests_total{code="200",...}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A raw HTTP/1.1 exchange, for request targets that client libraries would rewrite
+/// (dot segments, odd escapes). Sends `head` (which must end with a blank line) and reads
+/// the answer until the server closes. Returns status, head text and body.
+pub async fn raw(addr: SocketAddr, head: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    let head_text = String::from_utf8_lossy(&buf[..text_end]).to_string();
+    let status = head_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head_text, buf[text_end..].to_vec())
+}
