@@ -255,3 +255,64 @@ pub async fn raw(addr: SocketAddr, head: &str) -> (u16, String, Vec<u8>) {
         .unwrap_or(0);
     (status, head_text, buf[text_end..].to_vec())
 }
+
+/// A real `strangler serve` process.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    /// Lines the process printed after the `listening` line.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl GatewayProcess {
+    /// Starts `strangler serve --config FILE` and waits for its `listening` log line.
+    pub async fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"));
+        cmd.arg("serve").arg("--config").arg(config);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the strangler binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the gateway printed its listening line");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "listening" {
+                let public = v["fields"]["public"].as_str().unwrap().parse().unwrap();
+                let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+                return GatewayProcess {
+                    child,
+                    public,
+                    admin,
+                    lines: rx,
+                };
+            }
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
