@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -341,6 +340,5 @@ fn explain(
         up.authority,
         up.base_path
     );
-    let _ = Arc::clone(&metrics);
     ExitCode::SUCCESS
 }

@@ -558,7 +558,7 @@ impl Validator {
                         out.push(r);
                     }
                 }
-                self.check_names(&out);
+                self.check_names(items);
                 out
             }
             Some(n) => {
@@ -1105,18 +1105,26 @@ impl Validator {
         bp
     }
 
-    fn check_names(&mut self, routes: &[RouteConfig]) {
-        for (i, r) in routes.iter().enumerate() {
-            if let Some(first) = routes[..i].iter().find(|o| o.name == r.name) {
-                let line = first.pos.line;
+    /// Reports duplicate route names, over every route of the file (also those with other
+    /// errors), with each route's index in the file.
+    fn check_names(&mut self, items: &[Node]) {
+        let mut seen: Vec<(&str, u32)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Value::Map(entries) = &item.value else {
+                continue;
+            };
+            let Some((_, n)) = entries.iter().find(|(k, _)| k.name == "name") else {
+                continue;
+            };
+            let Value::Str(name) = &n.value else { continue };
+            if let Some((_, line)) = seen.iter().find(|(s, _)| s == name) {
                 self.error(
-                    r.pos,
+                    n.pos,
                     &format!("routes[{i}].name"),
-                    format!(
-                        "duplicate route name {:?} (first at line {line}); allowed: unique names",
-                        r.name
-                    ),
+                    format!("duplicate route name {name:?} (first at line {line}); allowed: unique names"),
                 );
+            } else {
+                seen.push((name, n.pos.line));
             }
         }
     }

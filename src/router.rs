@@ -5,8 +5,10 @@
 //! templates, prefixes, regexes) and, inside a group, rules with more conditions first, then
 //! file order. The first rule whose conditions hold wins. Finding the candidate groups never
 //! scans the rule list: exact paths and prefixes are hash lookups (one per path segment for
-//! prefixes), templates live in a segment trie, regexes in one `RegexSet`. So the cost grows
-//! with the length of the path, not with the number of rules.
+//! prefixes), templates live in a segment trie, and regexes in `RegexSet`s keyed by the first
+//! path segment their pattern spells out literally (`/invoices/[0-9]+` only ever sees paths
+//! under `/invoices/`), with one set for regexes that have no such literal start. So the cost
+//! grows with the length of the path, not with the number of rules.
 //!
 //! This module knows nothing of sides, metrics or forwarding: it returns a rule index.
 
@@ -258,8 +260,11 @@ pub struct Router {
     exact: HashMap<Box<str>, GroupId>,
     trie: TrieNode,
     prefix: HashMap<Box<str>, GroupId>,
-    regex: Option<RegexSet>,
-    /// Group of each pattern in `regex`.
+    /// Regexes by the literal first segment (`/invoices/`) every path they match starts with.
+    regex_by_segment: HashMap<Box<str>, RegexBucket>,
+    /// Regexes without a literal first segment: tried for every path that reaches the tier.
+    regex_any: Option<RegexBucket>,
+    /// Group of each regex, by its position in file order.
     regex_group: Vec<GroupId>,
 }
 
@@ -319,11 +324,13 @@ impl Router {
             exact: HashMap::default(),
             trie: TrieNode::default(),
             prefix: HashMap::default(),
-            regex: None,
+            regex_by_segment: HashMap::default(),
+            regex_any: None,
             regex_group: Vec::new(),
         };
         let mut by_key: HashMap<String, GroupId> = HashMap::default();
-        let mut regex_patterns: Vec<String> = Vec::new();
+        // (anchored pattern, pattern as written), in file order.
+        let mut regex_patterns: Vec<(String, String)> = Vec::new();
         for (i, rc) in routes.iter().enumerate() {
             let key = pattern_key(&rc.path);
             if let Some(&g) = by_key.get(&key) {
@@ -343,7 +350,7 @@ impl Router {
                     r.prefix.insert(p.as_str().into(), g);
                 }
                 PathMatch::Regex(p) => {
-                    regex_patterns.push(format!("^(?:{p})$"));
+                    regex_patterns.push((format!("^(?:{p})$"), p.clone()));
                     r.regex_group.push(g);
                 }
                 PathMatch::Template(t) => {
@@ -375,12 +382,23 @@ impl Router {
         for g in &mut r.groups {
             g.sort_by_key(|&i| (std::cmp::Reverse(routes[i as usize].condition_count()), i));
         }
-        if !regex_patterns.is_empty() {
-            let set = regex::RegexSetBuilder::new(&regex_patterns)
-                .size_limit(256 << 20)
-                .build()
-                .map_err(|e| format!("the regexes of the file do not compile together: {e}"))?;
-            r.regex = Some(set);
+        let mut by_segment: HashMap<String, Vec<u32>> = HashMap::default();
+        let mut any: Vec<u32> = Vec::new();
+        for (i, (_, src)) in regex_patterns.iter().enumerate() {
+            match first_segment(&literal_prefix(src)) {
+                Some(seg) => by_segment
+                    .entry(seg.to_string())
+                    .or_default()
+                    .push(i as u32),
+                None => any.push(i as u32),
+            }
+        }
+        for (seg, members) in by_segment {
+            let bucket = RegexBucket::new(&regex_patterns, members)?;
+            r.regex_by_segment.insert(seg.into(), bucket);
+        }
+        if !any.is_empty() {
+            r.regex_any = Some(RegexBucket::new(&regex_patterns, any)?);
         }
         Ok(r)
     }
@@ -465,14 +483,82 @@ impl Router {
                 }
             }
         }
-        if let Some(set) = &self.regex {
-            for i in set.matches(path).iter() {
-                if f(self.regex_group[i], Tier::Regex).is_break() {
+        if self.regex_any.is_some() || !self.regex_by_segment.is_empty() {
+            let mut hits: SmallVec<[u32; 8]> = SmallVec::new();
+            if let Some(seg) = first_segment(path) {
+                if let Some(b) = self.regex_by_segment.get(seg) {
+                    b.matches(path, &mut hits);
+                }
+            }
+            if let Some(b) = &self.regex_any {
+                b.matches(path, &mut hits);
+            }
+            // Both buckets are in file order; together they must be too.
+            hits.sort_unstable();
+            for i in hits {
+                if f(self.regex_group[i as usize], Tier::Regex).is_break() {
                     return;
                 }
             }
         }
     }
+}
+
+/// A `RegexSet` over some of the file's regexes.
+#[derive(Debug)]
+struct RegexBucket {
+    set: RegexSet,
+    /// Position in file order of each member of `set`.
+    members: Vec<u32>,
+}
+
+impl RegexBucket {
+    fn new(patterns: &[(String, String)], members: Vec<u32>) -> Result<RegexBucket, String> {
+        let set = regex::RegexSetBuilder::new(members.iter().map(|&i| &patterns[i as usize].0))
+            .size_limit(256 << 20)
+            .build()
+            .map_err(|e| format!("the regexes of the file do not compile together: {e}"))?;
+        Ok(RegexBucket { set, members })
+    }
+
+    fn matches(&self, path: &str, out: &mut SmallVec<[u32; 8]>) {
+        out.extend(self.set.matches(path).iter().map(|i| self.members[i]));
+    }
+}
+
+/// The literal text every match of `pattern` starts with, conservatively: empty when the
+/// pattern has an alternation, starts with a group, class or flag, or anything unclear.
+fn literal_prefix(pattern: &str) -> String {
+    if pattern.contains('|') {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        let lit = match c {
+            '\\' => match chars.next() {
+                Some(e) if e.is_ascii_punctuation() => e,
+                _ => break,
+            },
+            '.' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '^' | '$' => break,
+            c if c.is_whitespace() => break,
+            c => c,
+        };
+        // A quantifier after a character makes that character optional or repeated.
+        if matches!(chars.peek(), Some('?' | '*' | '{' | '+')) {
+            break;
+        }
+        out.push(lit);
+    }
+    out
+}
+
+/// The first segment of a path with both its slashes (`/invoices/` of `/invoices/7.pdf`),
+/// or `None` when the text does not hold a complete first segment.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    let end = rest.find('/')?;
+    Some(&path[..end + 2])
 }
 
 fn walk(node: &TrieNode, segs: &[&str], out: &mut SmallVec<[GroupId; 8]>) {
@@ -510,5 +596,19 @@ mod tests {
         assert!(Template::parse("/a/{id").is_err());
         assert!(Template::parse("a/{id}").is_err());
         assert!(Template::parse("/a//{id}").is_err());
+    }
+
+    #[test]
+    fn regex_literal_prefixes() {
+        assert_eq!(literal_prefix(r"/invoices/[0-9]+\.pdf"), "/invoices/");
+        assert_eq!(literal_prefix(r"/a\.b/c"), "/a.b/c");
+        assert_eq!(literal_prefix(r"/ab?c/"), "/a");
+        assert_eq!(literal_prefix(r"/ab+/"), "/a");
+        assert_eq!(literal_prefix(r"/a/x|/b/y"), "");
+        assert_eq!(literal_prefix(r"(?i)/api/"), "");
+        assert_eq!(literal_prefix(r"/\d+/"), "/");
+        assert_eq!(first_segment("/invoices/"), Some("/invoices/"));
+        assert_eq!(first_segment("/a"), None);
+        assert_eq!(first_segment("/a/b/c"), Some("/a/"));
     }
 }

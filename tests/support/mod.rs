@@ -267,6 +267,9 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `strangler serve --config FILE` and waits for its `listening` log line.
+    // The child is killed and reaped by `Drop` once constructed; before that, a failed
+    // start panics the test, which ends the test process anyway.
+    #[allow(clippy::zombie_processes)]
     pub async fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"));

@@ -1,0 +1,527 @@
+//! The command line (CONTRACT §8, with §2's file rules and §3/§4's decisions): the real
+//! binary, run as a user would.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strangler");
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs the binary from the repository root (so `routes/example.yaml` resolves).
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(MANIFEST_DIR)
+        .env_remove("STRANGLER_ADMIN_TOKEN")
+        .output()
+        .expect("the strangler binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes a routes file into a fresh temporary directory.
+fn write_file(text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// 1-based line and column of the `nth` (0-based) occurrence of `needle` in `text`.
+fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let (offset, _) = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} occurs {} times or more", nth + 1));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------------------
+
+/// Nine mistakes at once, one of each kind §2 names. Lines are referred to by content.
+const BAD: &str = "\
+listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+legacy:
+  url: http://127.0.0.1:9001
+services:
+  orders:
+    url: http://127.0.0.1:9002
+  billing:
+    url: ftp://127.0.0.1:9003
+colour: blue
+routes:
+  - name: orders-read
+    match:
+      path: /api/orders/{id}
+    service: orders
+    percent: 25
+    percent: 30
+  - name: pay
+    match: { prefix: /api/pay }
+    service: payments
+    percent: 101
+  - name: orders-read
+    match:
+      prefix: /api/x
+    service: orders
+  - name: precise
+    match:
+      prefix: /api/precise
+    service: orders
+    percent: 12.345
+  - name: broken-template
+    match:
+      path: /api/{id
+    service: orders
+  - name: broken-regex
+    match:
+      regex: /invoices/(unclosed
+    service: orders
+";
+
+#[test]
+fn check_reports_every_error_with_position_and_yaml_path() {
+    let (_dir, file) = write_file(BAD);
+    let out = run(&["check", file.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+
+    let f = file.display().to_string();
+    // (YAML path, where it is: needle and occurrence, what the message must show)
+    let expected: [(&str, &str, usize, &str); 9] = [
+        ("services.billing.url", "ftp://127.0.0.1:9003", 0, "ftp://"),
+        ("colour", "colour", 0, "colour"),
+        ("routes[0].percent", "percent", 1, "percent"),
+        ("routes[1].service", "payments", 0, "payments"),
+        ("routes[1].percent", "101", 0, "101"),
+        ("routes[3].percent", "12.345", 0, "12.345"),
+        ("routes[4].match.path", "/api/{id", 0, "/api/{id"),
+        (
+            "routes[5].match.regex",
+            "/invoices/(unclosed",
+            0,
+            "/invoices/(unclosed",
+        ),
+        // The duplicate name: the third route (index 2), at its `name` key or value.
+        ("routes[2].name", "- name: orders-read", 1, "orders-read"),
+    ];
+
+    let mut problems: Vec<String> = Vec::new();
+    for (ypath, needle, nth, shown) in expected {
+        let (line, col) = locate(BAD, needle, nth);
+        // A duplicate route name may point at the `name` key or at its value.
+        let places: Vec<String> = if needle.starts_with("- name:") {
+            vec![
+                format!("{f}:{line}:{}: {ypath}: ", col + 2),
+                format!("{f}:{line}:{}: {ypath}: ", col + 8),
+            ]
+        } else {
+            vec![format!("{f}:{line}:{col}: {ypath}: ")]
+        };
+        let found = text
+            .lines()
+            .find(|l| places.iter().any(|p| l.contains(p.as_str())));
+        match found {
+            None => problems.push(format!("no error at {places:?}")),
+            Some(l) => {
+                if !l.contains(shown) {
+                    problems.push(format!("{ypath}: the message does not show {shown:?}: {l}"));
+                }
+                if !l.contains("allowed") {
+                    problems.push(format!(
+                        "{ypath}: the message does not say what is allowed: {l}"
+                    ));
+                }
+            }
+        }
+    }
+    let errors = text.lines().filter(|l| l.starts_with("error:")).count();
+    if errors != 9 {
+        problems.push(format!("{errors} error lines, want 9"));
+    }
+    if !text.contains("9 error(s)") {
+        problems.push("no total of 9 errors".into());
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n\n{}",
+        problems.join("\n"),
+        show(&out)
+    );
+}
+
+#[test]
+fn check_reports_a_duplicate_route_name_whatever_else_is_wrong_with_the_routes() {
+    // The first `a` also names an undefined service: both mistakes are errors of the file,
+    // and the duplicate is still at routes[2] (0-based, counting every route).
+    let text = format!(
+        "{HEAD}  - name: broken
+    match: {{ prefix: /b }}
+    service: nope
+  - name: a
+    match: {{ prefix: /a }}
+    service: nope
+  - name: a
+    match: {{ prefix: /c }}
+    service: orders
+"
+    );
+    let (_dir, file) = write_file(&text);
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = stdout(&out);
+    let f = file.display().to_string();
+    for want in [
+        format!("{f}:8:14: routes[0].service: "),
+        format!("{f}:11:14: routes[1].service: "),
+    ] {
+        assert!(stdout.contains(&want), "missing {want:?}\n{}", show(&out));
+    }
+    let (line, _) = locate(&text, "- name: a", 1);
+    let dup = stdout
+        .lines()
+        .find(|l| l.contains("routes[2].name: "))
+        .unwrap_or_else(|| panic!("no duplicate-name error at routes[2].name\n{}", show(&out)));
+    assert!(
+        dup.contains(&format!("{f}:{line}:")) && dup.contains("\"a\""),
+        "{}",
+        show(&out)
+    );
+    assert!(stdout.contains("3 error(s)"), "{}", show(&out));
+}
+
+#[test]
+fn check_positions_are_line_and_column_of_the_file() {
+    // Positions worked out by hand from BAD, independently of `locate`.
+    let (_dir, file) = write_file(BAD);
+    let out = run(&["check", file.to_str().unwrap()]);
+    let text = stdout(&out);
+    let f = file.display().to_string();
+    for want in [
+        format!("{f}:10:10: services.billing.url: "),
+        format!("{f}:11:1: colour: "),
+        format!("{f}:18:5: routes[0].percent: "),
+        format!("{f}:22:14: routes[1].percent: "),
+        format!("{f}:38:14: routes[5].match.regex: "),
+    ] {
+        assert!(text.contains(&want), "missing {want:?}\n{}", show(&out));
+    }
+}
+
+#[test]
+fn check_accepts_the_example_file() {
+    let out = run(&["check", "routes/example.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.lines().any(|l| l.starts_with("error")),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("warning")),
+        "{}",
+        show(&out)
+    );
+}
+
+const HEAD: &str = "\
+listen: 127.0.0.1:8080
+legacy: {url: http://127.0.0.1:9001}
+services:
+  orders: {url: http://127.0.0.1:9002}
+routes:
+";
+
+fn warnings(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("warning")).collect()
+}
+
+#[test]
+fn check_warns_about_a_rule_that_can_never_win() {
+    let text = format!(
+        "{HEAD}  - name: orders-all
+    match: {{ prefix: /api/orders }}
+    service: orders
+  - name: orders-shadowed
+    match: {{ prefix: /api/orders }}
+    service: orders
+    percent: 50
+  - name: orders-get
+    match: {{ prefix: /api/orders, methods: [GET] }}
+    service: orders
+"
+    );
+    let (_dir, file) = write_file(&text);
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = stdout(&out);
+    let w = warnings(&stdout);
+    // orders-shadowed has the same pattern as orders-all, which has no conditions and comes
+    // first. orders-get has a condition, so it is tried before orders-all: no warning.
+    assert_eq!(w.len(), 1, "{}", show(&out));
+    assert!(w[0].contains("orders-shadowed"), "{}", show(&out));
+    assert!(!w[0].contains("orders-get"), "{}", show(&out));
+    let (line, _) = locate(&text, "- name: orders-shadowed", 0);
+    assert!(
+        w[0].contains(&format!("{}:{line}:", file.display())),
+        "the warning says where the rule is (line {line})\n{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn check_warns_about_other_rules_that_can_never_win() {
+    let text = format!(
+        "{HEAD}  - name: item
+    match: {{ path: '/api/items/{{id}}' }}
+    service: orders
+  - name: item-renamed
+    match: {{ path: '/api/items/{{item}}' }}
+    service: orders
+  - name: get-a
+    match: {{ path: /exact, methods: [GET, HEAD] }}
+    service: orders
+  - name: get-b
+    match: {{ path: /exact, methods: [HEAD, GET] }}
+    service: orders
+  - name: post-c
+    match: {{ path: /exact, methods: [POST] }}
+    service: orders
+"
+    );
+    let (_dir, file) = write_file(&text);
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = stdout(&out);
+    let w = warnings(&stdout);
+    assert_eq!(w.len(), 2, "{}", show(&out));
+    assert!(
+        w.iter().any(|l| l.contains("\"item-renamed\"")),
+        "{}",
+        show(&out)
+    );
+    assert!(w.iter().any(|l| l.contains("\"get-b\"")), "{}", show(&out));
+    assert!(!w.iter().any(|l| l.contains("post-c")), "{}", show(&out));
+}
+
+// ---------------------------------------------------------------------------------------
+// explain
+// ---------------------------------------------------------------------------------------
+
+/// What `explain` said: canonical path, winning route, side and the reason for it.
+#[derive(Debug)]
+struct Explained {
+    canonical: String,
+    route: String,
+    side: String,
+    reason: String,
+    text: String,
+}
+
+fn explain(method: &str, path: &str, headers: &[&str]) -> Explained {
+    let mut args = vec!["explain", "routes/example.yaml", method, path];
+    for h in headers {
+        args.push("-H");
+        args.push(h);
+    }
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    let field = |label: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} line\n{text}"))
+            .trim()
+            .to_string()
+    };
+    let canonical = field("canonical:");
+    let route = field("route:")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // The side line: `side ... <legacy|new> (<reason>)...`.
+    let side_line = text
+        .lines()
+        .find(|l| l.starts_with("side"))
+        .unwrap_or_else(|| panic!("no side line\n{text}"));
+    let words: Vec<&str> = side_line.split_whitespace().collect();
+    let (side, reason) = words
+        .windows(2)
+        .find_map(|w| {
+            (matches!(w[0], "legacy" | "new") && w[1].starts_with('(')).then(|| {
+                (
+                    w[0].to_string(),
+                    w[1].trim_matches(|c| matches!(c, '(' | ')' | ':' | ',' | ';'))
+                        .to_string(),
+                )
+            })
+        })
+        .unwrap_or_else(|| panic!("no side and reason in {side_line:?}\n{text}"));
+    Explained {
+        canonical,
+        route,
+        side,
+        reason,
+        text,
+    }
+}
+
+/// The side §4 gives a sticky key: `xxh3_64(cohort + "\0" + key) % 10000 < percent * 100`.
+fn sticky_side(cohort: &str, key: &str, percent: u64) -> &'static str {
+    let bucket = xxhash_rust::xxh3::xxh3_64(format!("{cohort}\0{key}").as_bytes()) % 10000;
+    if bucket < percent * 100 {
+        "new"
+    } else {
+        "legacy"
+    }
+}
+
+#[test]
+fn explain_prints_the_canonical_path_and_winning_route() {
+    let e = explain("GET", "/api/orders/../orders/42", &[]);
+    assert_eq!(e.canonical, "/api/orders/42", "{}", e.text);
+    assert_eq!(e.route, "orders-read", "{}", e.text);
+    // 25%, no sticky key on the request: a draw.
+    assert_eq!(e.reason, "random", "{}", e.text);
+
+    let e = explain("GET", "/api//orders/./%34%32", &[]);
+    assert_eq!(e.canonical, "/api/orders/42", "{}", e.text);
+    assert_eq!(e.route, "orders-read", "{}", e.text);
+
+    let e = explain("GET", "/api/billingX/1", &[]);
+    assert_eq!(e.route, "default", "{}", e.text);
+    assert_eq!(
+        (e.side.as_str(), e.reason.as_str()),
+        ("legacy", "unmatched")
+    );
+
+    let e = explain("GET", "/invoices/12.pdf", &["x-user-id: u1"]);
+    assert_eq!(e.route, "invoice-pdf", "{}", e.text);
+    assert_eq!(e.side, sticky_side("billing", "u1", 10), "{}", e.text);
+    assert_eq!(e.reason, "sticky", "{}", e.text);
+}
+
+#[test]
+fn explain_percent_settles_0_and_100() {
+    let e = explain(
+        "GET",
+        "/api/orders/42",
+        &["x-tenant: beta", "x-user-id: u1"],
+    );
+    assert_eq!(e.route, "orders-read-beta", "{}", e.text);
+    assert_eq!((e.side.as_str(), e.reason.as_str()), ("new", "percent"));
+
+    let e = explain("POST", "/api/orders/42", &["x-user-id: u1"]);
+    assert_eq!(e.route, "orders-write", "{}", e.text);
+    assert_eq!((e.side.as_str(), e.reason.as_str()), ("legacy", "percent"));
+
+    let e = explain("GET", "/nowhere", &[]);
+    assert_eq!(e.route, "default", "{}", e.text);
+    assert_eq!(e.side, "legacy", "{}", e.text);
+}
+
+#[test]
+fn explain_sticky_side_follows_the_key_hash() {
+    let mut sides = Vec::new();
+    for user in [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ] {
+        let want = sticky_side("orders", user, 25);
+        let e = explain("GET", "/api/orders/42", &[&format!("x-user-id: {user}")]);
+        assert_eq!(e.route, "orders-read", "{}", e.text);
+        assert_eq!(e.reason, "sticky", "{}", e.text);
+        assert_eq!(e.side, want, "user {user}\n{}", e.text);
+        sides.push(want);
+    }
+    assert!(
+        sides.contains(&"new") && sides.contains(&"legacy"),
+        "{sides:?}"
+    );
+
+    // billing: route-level sticky on the `session` cookie, cohort = service name, 50%.
+    for session in ["s1", "s2", "s3", "s4"] {
+        let e = explain(
+            "GET",
+            "/api/billing/invoices",
+            &[
+                &format!("cookie: theme=dark; session={session}"),
+                "x-user-id: alice",
+            ],
+        );
+        assert_eq!(e.route, "billing", "{}", e.text);
+        assert_eq!(e.reason, "sticky", "{}", e.text);
+        assert_eq!(
+            e.side,
+            sticky_side("billing", session, 50),
+            "session {session}\n{}",
+            e.text
+        );
+    }
+}
+
+#[test]
+fn explain_override_header_wins() {
+    // A user whose key puts them on legacy for orders-read.
+    let user = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ]
+    .into_iter()
+    .find(|u| sticky_side("orders", u, 25) == "legacy")
+    .unwrap();
+    let uid = format!("x-user-id: {user}");
+    let e = explain("GET", "/api/orders/42", &[&uid]);
+    assert_eq!((e.side.as_str(), e.reason.as_str()), ("legacy", "sticky"));
+
+    let e = explain("GET", "/api/orders/42", &[&uid, "x-strangler-side: new"]);
+    assert_eq!(e.route, "orders-read", "{}", e.text);
+    assert_eq!(
+        (e.side.as_str(), e.reason.as_str()),
+        ("new", "override"),
+        "{}",
+        e.text
+    );
+
+    // Over percent 0 and percent 100 too, either way.
+    let e = explain("POST", "/api/orders/42", &["x-strangler-side: new"]);
+    assert_eq!(e.route, "orders-write", "{}", e.text);
+    assert_eq!(
+        (e.side.as_str(), e.reason.as_str()),
+        ("new", "override"),
+        "{}",
+        e.text
+    );
+    let e = explain(
+        "GET",
+        "/api/orders/42",
+        &["x-tenant: beta", "X-Strangler-Side: legacy"],
+    );
+    assert_eq!(e.route, "orders-read-beta", "{}", e.text);
+    assert_eq!(
+        (e.side.as_str(), e.reason.as_str()),
+        ("legacy", "override"),
+        "{}",
+        e.text
+    );
+}
