@@ -353,7 +353,8 @@ async fn absolute_form_and_connect_never_reach_other_hosts() {
     assert_eq!(status, 200);
     assert_eq!(body, b"legacy");
     assert_eq!(legacy.last().target, "/a?x=1");
-    let req = "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n";
+    let req =
+        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n";
     let (status, _, _) = raw(gw.running.public_addr, req).await;
     assert_eq!(status, 400);
 }
