@@ -90,18 +90,27 @@ impl AccessLog {
             let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
             match self.format {
                 LogFormat::Json => {
-                    let _ = write!(b, "{{\"ts_ms\":{ms},\"kind\":\"access\",\"request_id\":");
+                    b.push_str("{\"ts_ms\":");
+                    b.push_str(itoa::Buffer::new().format(ms));
+                    b.push_str(",\"kind\":\"access\",\"request_id\":");
                     json_str(&mut b, e.request_id);
-                    let _ = write!(b, ",\"method\":");
+                    b.push_str(",\"method\":");
                     json_str(&mut b, e.method);
                     b.push_str(",\"path\":");
                     json_str(&mut b, e.path);
-                    let _ = write!(
-                        b,
-                        ",\"status\":{},\"duration_ms\":{:.3},\"route\":",
-                        e.status,
-                        e.duration.as_secs_f64() * 1000.0
-                    );
+                    b.push_str(",\"status\":");
+                    b.push_str(itoa::Buffer::new().format(e.status));
+                    // Milliseconds with three decimals, by integer arithmetic (float
+                    // formatting costs more than the rest of the line).
+                    let us = e.duration.as_micros();
+                    b.push_str(",\"duration_ms\":");
+                    b.push_str(itoa::Buffer::new().format(us / 1000));
+                    let frac = (us % 1000) as u16;
+                    b.push('.');
+                    b.push(char::from(b'0' + (frac / 100) as u8));
+                    b.push(char::from(b'0' + (frac / 10 % 10) as u8));
+                    b.push(char::from(b'0' + (frac % 10) as u8));
+                    b.push_str(",\"route\":");
                     json_str(&mut b, e.route);
                     b.push_str(",\"side\":");
                     json_str(&mut b, e.side);
@@ -149,6 +158,11 @@ impl AccessLog {
 /// Appends `s` as a JSON string literal.
 pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

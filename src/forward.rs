@@ -15,17 +15,15 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::canon;
 use crate::metrics::{METHODS, UpstreamErrorKind, method_index};
+use crate::pool::{self, PoolKey, Sender};
 use crate::side::{self, Reason, RequestKeys, Side};
 use crate::table::{Route, RouteTable};
 
@@ -40,22 +38,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The upstream HTTP client: hyper-util's pooled client, keep-alive per upstream.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
-
-/// Builds the forwarding client. It never follows redirects, never reads proxy environment
-/// variables, and never adds a `Host` of its own (the forwarder decides `Host`).
-pub fn new_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .set_host(false)
-        .build(connector)
-}
 
 /// What a connection knows of its peer, computed once per connection.
 pub struct Peer {
@@ -77,7 +59,6 @@ impl Peer {
 /// The shared state of the request path.
 pub struct Gateway {
     pub table: ArcSwap<RouteTable>,
-    pub client: UpstreamClient,
     pub access_log: Arc<AccessLog>,
 }
 
@@ -157,29 +138,37 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers (§5): `Connection` and the names it lists, and the fixed set.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        // Only the first value was removed; gather the listed names from every value.
-        let mut listed: Vec<HeaderName> = Vec::new();
-        let mut collect = |v: &HeaderValue| {
-            if let Ok(s) = v.to_str() {
-                for name in s.split(',') {
-                    if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                        listed.push(n);
-                    }
+    // Most messages carry none: one pass over the names before any (hashing) removal.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for name in s.split(',') {
+                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    listed.push(n);
                 }
             }
-        };
-        collect(&conn);
-        while let Some(more) = h.remove(header::CONNECTION) {
-            collect(&more);
-        }
-        for n in listed {
-            h.remove(n);
         }
     }
+    for n in listed {
+        h.remove(n);
+    }
     for n in [
+        header::CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
         header::TE,
@@ -202,12 +191,28 @@ struct Completion {
     status: u16,
     start: Instant,
     request_id: HeaderValue,
-    path: Box<str>,
+    path: LoggedPath,
     upstream: usize,
     bytes_in: u64,
     bytes_out: u64,
     error: Option<&'static str>,
     log: Arc<AccessLog>,
+}
+
+/// The path the access log shows: the canonical path, kept without a copy when the request's
+/// own target was already canonical.
+enum LoggedPath {
+    Target(PathAndQuery),
+    Owned(Box<str>),
+}
+
+impl LoggedPath {
+    fn as_str(&self) -> &str {
+        match self {
+            LoggedPath::Target(pq) => pq.path(),
+            LoggedPath::Owned(s) => s,
+        }
+    }
 }
 
 impl Completion {
@@ -228,7 +233,7 @@ impl Drop for Completion {
         self.log.log(&Entry {
             request_id: self.request_id.to_str().unwrap_or("-"),
             method: METHODS[self.method],
-            path: &self.path,
+            path: self.path.as_str(),
             status: self.status,
             duration: elapsed,
             route: &route.name,
@@ -236,7 +241,7 @@ impl Drop for Completion {
             reason: self.reason.as_str(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            upstream: std::str::from_utf8(&upstream.label).unwrap_or("-"),
+            upstream: upstream.authority.as_str(),
             error: self.error,
         });
     }
@@ -247,6 +252,9 @@ impl Drop for Completion {
 pub struct GatewayBody {
     inner: Inner,
     done: Option<Completion>,
+    /// The upstream connection that carries `inner`, given back to the pool when the body
+    /// has ended (and closed when it is dropped before that).
+    conn: Option<(PoolKey, Sender)>,
 }
 
 enum Inner {
@@ -260,12 +268,25 @@ impl GatewayBody {
         GatewayBody {
             inner: Inner::Full(Some(b.into())),
             done: None,
+            conn: None,
         }
     }
     pub fn empty() -> GatewayBody {
         GatewayBody {
             inner: Inner::Full(None),
             done: None,
+            conn: None,
+        }
+    }
+}
+
+impl Drop for GatewayBody {
+    fn drop(&mut self) {
+        // A body without frames (HEAD, 204, 304, empty) may never be polled.
+        if let Some((key, sender)) = self.conn.take() {
+            if self.is_end_stream() {
+                pool::checkin(key, sender);
+            }
         }
     }
 }
@@ -289,7 +310,12 @@ impl Body for GatewayBody {
                     done.bytes_out += d.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.done = None,
+            Poll::Ready(None) => {
+                if let Some((key, sender)) = this.conn.take() {
+                    pool::checkin(key, sender);
+                }
+                this.done = None;
+            }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(done) = this.done.as_mut() {
                     done.error = Some("upstream body failed");
@@ -317,24 +343,53 @@ impl Body for GatewayBody {
     }
 }
 
-/// Classifies a failed exchange for the metrics' `kind` label.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    if e.is_connect() {
-        return UpstreamErrorKind::Connect;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(he) = s.downcast_ref::<hyper::Error>() {
-            if he.is_parse() || he.is_parse_status() {
-                return UpstreamErrorKind::Protocol;
+/// How an exchange with an upstream failed.
+enum ExchangeError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl ExchangeError {
+    /// The metrics' `kind` label.
+    fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            ExchangeError::Connect(_) => UpstreamErrorKind::Connect,
+            ExchangeError::Http(e) if e.is_parse() || e.is_parse_status() => {
+                UpstreamErrorKind::Protocol
             }
+            ExchangeError::Http(_) => UpstreamErrorKind::Reset,
         }
-        if s.downcast_ref::<std::io::Error>().is_some() {
-            return UpstreamErrorKind::Reset;
-        }
-        source = s.source();
     }
-    UpstreamErrorKind::Reset
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Connect(e) => write!(f, "connect: {e}"),
+            ExchangeError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Sends `req` on a pooled connection to `upstream`. A reused connection that turns out to
+/// be closed before the request was written is replaced by a new one (the request was not
+/// sent, so this is safe for any method); any other failure is final.
+async fn exchange(
+    upstream: &crate::table::Upstream,
+    mut req: Request<Incoming>,
+) -> Result<(Sender, Response<Incoming>), ExchangeError> {
+    loop {
+        let mut co = pool::checkout(upstream.pool_key, &upstream.authority)
+            .await
+            .map_err(ExchangeError::Connect)?;
+        match co.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((co.sender, resp)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if !co.fresh => req = unsent,
+                _ => return Err(ExchangeError::Http(e.into_error())),
+            },
+        }
+    }
 }
 
 fn total_header_bytes(h: &HeaderMap) -> usize {
@@ -370,7 +425,6 @@ impl Gateway {
     pub fn new(table: RouteTable, access_log: Arc<AccessLog>) -> Arc<Gateway> {
         Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
-            client: new_client(),
             access_log,
         })
     }
@@ -404,7 +458,7 @@ impl Gateway {
             status: 0,
             start,
             request_id,
-            path: Box::from(""),
+            path: LoggedPath::Owned(Box::from("")),
             upstream: crate::table::LEGACY,
             bytes_in: 0,
             bytes_out: 0,
@@ -427,7 +481,7 @@ impl Gateway {
         let canonical = match canon::canonicalize(raw_path) {
             Ok(p) => p,
             Err(_) => {
-                c.path = raw_path.into();
+                c.path = LoggedPath::Owned(raw_path.into());
                 return Ok(gateway_error(c, GatewayError::BadRequest, false));
             }
         };
@@ -464,18 +518,20 @@ impl Gateway {
         c.side = side;
         c.reason = reason;
         c.upstream = upstream_idx;
-        c.path = canonical.as_ref().into();
 
         // The upstream URI: canonical path (plus base path) and the original query.
         let path_and_query = if upstream.base_path.is_empty()
             && matches!(canonical, std::borrow::Cow::Borrowed(_))
         {
-            parts
+            let pq = parts
                 .uri
                 .path_and_query()
                 .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            c.path = LoggedPath::Target(pq.clone());
+            pq
         } else {
+            c.path = LoggedPath::Owned(canonical.as_ref().into());
             let query = parts.uri.query();
             let mut s = String::with_capacity(
                 upstream.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1),
@@ -491,23 +547,16 @@ impl Gateway {
                 Err(_) => return Ok(gateway_error(c, GatewayError::BadRequest, true)),
             }
         };
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = Some(upstream.authority.clone());
-        uri_parts.path_and_query = Some(path_and_query);
-        parts.uri = match Uri::from_parts(uri_parts) {
-            Ok(u) => u,
-            Err(_) => return Ok(gateway_error(c, GatewayError::BadRequest, true)),
-        };
-        c.bytes_in = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
+        // Origin form: the connection already names the upstream.
+        parts.uri = Uri::from(path_and_query);
+        // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
+        c.bytes_in = body.size_hint().exact().unwrap_or(0);
 
         self.rewrite_request_headers(&table, &mut parts.headers, peer);
-        if let Some(host) = &upstream.host_override {
-            parts.headers.insert(header::HOST, host.clone());
+        if upstream.host_upstream || !parts.headers.contains_key(header::HOST) {
+            parts
+                .headers
+                .insert(header::HOST, upstream.host_value.clone());
         }
         parts.version = Version::HTTP_11;
 
@@ -515,12 +564,12 @@ impl Gateway {
         let request_id = c.request_id.clone();
         let sent = tokio::time::timeout(
             timeout,
-            self.client.request(Request::from_parts(parts, body)),
+            exchange(upstream, Request::from_parts(parts, body)),
         )
         .await;
         let metrics = &route.metrics[side.index()];
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok((sender, resp))) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.headers.insert(X_REQUEST_ID, request_id);
@@ -530,11 +579,12 @@ impl Gateway {
                     GatewayBody {
                         inner: Inner::Upstream(rbody),
                         done: Some(c),
+                        conn: Some((upstream.pool_key, sender)),
                     },
                 ))
             }
             Ok(Err(e)) => {
-                let kind = classify(&e);
+                let kind = e.kind();
                 metrics.upstream_error(kind);
                 c.error = Some(kind.as_str());
                 tracing::debug!(route = %route.name, side = %side, error = %e, "upstream exchange failed");
@@ -619,6 +669,7 @@ fn gateway_error(mut c: Completion, err: GatewayError, routed: bool) -> Response
     let mut resp = Response::new(GatewayBody {
         inner: Inner::Full(Some(body)),
         done: Some(c),
+        conn: None,
     });
     *resp.status_mut() = err.status();
     resp.headers_mut().insert(

@@ -9,7 +9,8 @@
 //!   metric handles of [`metrics`] (§7);
 //! - [`server`] accepts connections and hands each request to [`forward`], which
 //!   canonicalizes the path ([`canon`], §5), routes, chooses the side, forwards through the
-//!   pooled client and streams the answer back, logging it through [`accesslog`];
+//!   per-thread connection [`pool`] and streams the answer back, logging it through
+//!   [`accesslog`];
 //! - [`admin`] serves `/metrics`, health, readiness and the live table (§6);
 //! - [`cli`] implements the commands (§8), and [`demo`] the self-contained demo.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod metrics;
+pub mod pool;
 pub mod router;
 pub mod server;
 pub mod side;

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::config::Config;
 use crate::metrics::{DEFAULT_ROUTE, Metrics, SideMetrics};
+use crate::pool::PoolKey;
 use crate::router::Router;
 use crate::side::{Side, SidePolicy};
 
@@ -24,10 +24,13 @@ pub struct Upstream {
     /// Prepended to the forwarded path; empty for none.
     pub base_path: Box<str>,
     pub timeout: Duration,
-    /// `Host` to send instead of the client's (`host_header: upstream`).
-    pub host_override: Option<HeaderValue>,
-    /// The authority as a header value, for the access log and errors.
-    pub label: Bytes,
+    /// Always send `host_value` as `Host` (`host_header: upstream`); otherwise only when the
+    /// client sent none (HTTP/1.0), since HTTP/1.1 requires one.
+    pub host_upstream: bool,
+    /// The authority as a `Host` value.
+    pub host_value: HeaderValue,
+    /// The connection pool key of the address.
+    pub pool_key: PoolKey,
 }
 
 /// One route, compiled.
@@ -67,15 +70,10 @@ impl RouteTable {
                 authority: s.authority.clone(),
                 base_path: s.base_path.as_str().into(),
                 timeout: s.timeout,
-                host_override: if s.host_upstream {
-                    Some(
-                        HeaderValue::from_str(s.authority.as_str())
-                            .expect("an authority is a valid header value"),
-                    )
-                } else {
-                    None
-                },
-                label: Bytes::copy_from_slice(s.authority.as_str().as_bytes()),
+                host_upstream: s.host_upstream,
+                host_value: HeaderValue::from_str(s.authority.as_str())
+                    .expect("an authority is a valid header value"),
+                pool_key: PoolKey::of(&s.authority),
             });
         }
         let routes = config

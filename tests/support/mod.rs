@@ -38,6 +38,8 @@ pub struct Recorded {
     pub body_hash: u64,
     /// The body itself when at most 64 KiB.
     pub body: Option<Bytes>,
+    /// The address the request came from: one per upstream connection.
+    pub peer: SocketAddr,
 }
 
 /// A recording upstream server.
@@ -55,14 +57,14 @@ impl Upstream {
         let rec = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let rec = rec.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(answer(name, req, rec).await) }
+                        async move { Ok::<_, Infallible>(answer(name, req, rec, peer).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -105,6 +107,7 @@ async fn answer(
     name: &'static str,
     req: Request<Incoming>,
     rec: Arc<Mutex<Vec<Recorded>>>,
+    peer: SocketAddr,
 ) -> Response<TestBody> {
     let (parts, mut body) = req.into_parts();
     let mut len = 0u64;
@@ -132,6 +135,7 @@ async fn answer(
         body_len: len,
         body_hash: hasher.digest(),
         body: (len <= 64 * 1024).then(|| Bytes::from(kept)),
+        peer,
     });
     if let Some(ms) = header_num(&parts.headers, "x-test-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
