@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Text (for people) or JSON lines (for machines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -19,6 +19,8 @@ pub enum LogFormat {
 
 /// One request's record.
 pub struct Entry<'a> {
+    /// When the request started: the line's timestamp.
+    pub start: Instant,
     pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -37,15 +39,31 @@ const FLUSH_AT: usize = 64 * 1024;
 
 /// The access log sink.
 pub struct AccessLog {
-    buf: Mutex<String>,
+    state: Mutex<State>,
     format: LogFormat,
     enabled: bool,
+}
+
+struct State {
+    buf: String,
+    /// A monotonic instant and the wall-clock time at it, in Unix milliseconds: timestamps
+    /// are derived from the request's start instead of reading the clock again. Re-read at
+    /// every flush, so wall-clock adjustments show within 100 ms.
+    base: (Instant, u128),
+}
+
+fn wall_base() -> (Instant, u128) {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    (Instant::now(), ms)
 }
 
 impl AccessLog {
     pub fn new(format: LogFormat, enabled: bool) -> Arc<AccessLog> {
         Arc::new(AccessLog {
-            buf: Mutex::new(String::with_capacity(2 * FLUSH_AT)),
+            state: Mutex::new(State {
+                buf: String::with_capacity(2 * FLUSH_AT),
+                base: wall_base(),
+            }),
             format,
             enabled,
         })
@@ -66,11 +84,12 @@ impl AccessLog {
     /// Writes out whatever is buffered.
     pub fn flush(&self) {
         let out = {
-            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
-            if b.is_empty() {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.base = wall_base();
+            if st.buf.is_empty() {
                 return;
             }
-            std::mem::replace(&mut *b, String::with_capacity(2 * FLUSH_AT))
+            std::mem::replace(&mut st.buf, String::with_capacity(2 * FLUSH_AT))
         };
         let mut stdout = std::io::stdout().lock();
         // A closed stdout must not take the gateway down; the log is best effort.
@@ -82,22 +101,24 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
         let full = {
-            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (base_at, base_ms) = st.base;
+            let ms = match e.start.checked_duration_since(base_at) {
+                Some(d) => base_ms + d.as_millis(),
+                None => base_ms.saturating_sub(base_at.duration_since(e.start).as_millis()),
+            };
+            let b = &mut st.buf;
             match self.format {
                 LogFormat::Json => {
                     b.push_str("{\"ts_ms\":");
                     b.push_str(itoa::Buffer::new().format(ms));
                     b.push_str(",\"kind\":\"access\",\"request_id\":");
-                    json_str(&mut b, e.request_id);
+                    json_str(b, e.request_id);
                     b.push_str(",\"method\":");
-                    json_str(&mut b, e.method);
+                    json_str(b, e.method);
                     b.push_str(",\"path\":");
-                    json_str(&mut b, e.path);
+                    json_str(b, e.path);
                     b.push_str(",\"status\":");
                     b.push_str(itoa::Buffer::new().format(e.status));
                     // Milliseconds with three decimals, by integer arithmetic (float
@@ -111,20 +132,20 @@ impl AccessLog {
                     b.push(char::from(b'0' + (frac / 10 % 10) as u8));
                     b.push(char::from(b'0' + (frac % 10) as u8));
                     b.push_str(",\"route\":");
-                    json_str(&mut b, e.route);
+                    json_str(b, e.route);
                     b.push_str(",\"side\":");
-                    json_str(&mut b, e.side);
+                    json_str(b, e.side);
                     b.push_str(",\"reason\":");
-                    json_str(&mut b, e.reason);
+                    json_str(b, e.reason);
                     let _ = write!(
                         b,
                         ",\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
                         e.bytes_in, e.bytes_out
                     );
-                    json_str(&mut b, e.upstream);
+                    json_str(b, e.upstream);
                     if let Some(err) = e.error {
                         b.push_str(",\"error\":");
-                        json_str(&mut b, err);
+                        json_str(b, err);
                     }
                     b.push_str("}\n");
                 }

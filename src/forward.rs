@@ -18,6 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use hyper::body::Incoming;
 
 use crate::accesslog::{AccessLog, Entry};
@@ -150,32 +151,27 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers (§5): `Connection` and the names it lists, and the fixed set.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names before any (hashing) removal.
-    if !h.keys().any(is_hop_by_hop) {
+    // Most messages carry none, and most of the rest one (`Connection: keep-alive`): find
+    // the present ones in one pass, then remove only those.
+    let present: SmallVec<[HeaderName; 4]> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    if present.is_empty() {
         return;
     }
-    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut listed: SmallVec<[HeaderName; 4]> = SmallVec::new();
     for v in h.get_all(header::CONNECTION) {
         if let Ok(s) = v.to_str() {
-            for name in s.split(',') {
-                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+            for token in s.split(',').map(str::trim) {
+                // `close` and `keep-alive` are options, not names of other headers.
+                if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
                     listed.push(n);
                 }
             }
         }
     }
-    for n in listed {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for n in present.into_iter().chain(listed) {
         h.remove(n);
     }
 }
@@ -231,6 +227,7 @@ impl Drop for Completion {
         route.metrics[self.side.index()].record(self.method, self.status, elapsed.as_secs_f64());
         let upstream = &self.table.upstreams[self.upstream];
         self.log.log(&Entry {
+            start: self.start,
             request_id: self.request_id.to_str().unwrap_or("-"),
             method: METHODS[self.method],
             path: self.path.as_str(),
@@ -254,7 +251,7 @@ pub struct GatewayBody {
     done: Option<Completion>,
     /// The upstream connection that carries `inner`, given back to the pool when the body
     /// has ended (and closed when it is dropped before that).
-    conn: Option<(PoolKey, Sender)>,
+    conn: Option<(PoolKey, Sender, Instant)>,
 }
 
 enum Inner {
@@ -283,9 +280,9 @@ impl GatewayBody {
 impl Drop for GatewayBody {
     fn drop(&mut self) {
         // A body without frames (HEAD, 204, 304, empty) may never be polled.
-        if let Some((key, sender)) = self.conn.take() {
+        if let Some((key, sender, since)) = self.conn.take() {
             if self.is_end_stream() {
-                pool::checkin(key, sender);
+                pool::checkin(key, sender, since);
             }
         }
     }
@@ -311,8 +308,8 @@ impl Body for GatewayBody {
                 }
             }
             Poll::Ready(None) => {
-                if let Some((key, sender)) = this.conn.take() {
-                    pool::checkin(key, sender);
+                if let Some((key, sender, since)) = this.conn.take() {
+                    pool::checkin(key, sender, since);
                 }
                 this.done = None;
             }
@@ -377,9 +374,10 @@ impl std::fmt::Display for ExchangeError {
 async fn exchange(
     upstream: &crate::table::Upstream,
     mut req: Request<Incoming>,
+    now: Instant,
 ) -> Result<(Sender, Response<Incoming>), ExchangeError> {
     loop {
-        let mut co = pool::checkout(upstream.pool_key, &upstream.authority)
+        let mut co = pool::checkout(upstream.pool_key, &upstream.authority, now)
             .await
             .map_err(ExchangeError::Connect)?;
         match co.sender.try_send_request(req).await {
@@ -439,6 +437,8 @@ impl Gateway {
         let table = self.table.load_full();
         let (mut parts, body) = req.into_parts();
         let method = method_index(&parts.method);
+        // Room for the headers the gateway adds, so the map grows at most once.
+        parts.headers.reserve(4);
 
         let request_id = match parts.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
@@ -562,9 +562,11 @@ impl Gateway {
 
         let timeout = upstream.timeout;
         let request_id = c.request_id.clone();
-        let sent = tokio::time::timeout(
-            timeout,
-            exchange(upstream, Request::from_parts(parts, body)),
+        // The deadline counts from the request's start (and spares a clock read).
+        let deadline = tokio::time::Instant::from_std(start + timeout);
+        let sent = tokio::time::timeout_at(
+            deadline,
+            exchange(upstream, Request::from_parts(parts, body), start),
         )
         .await;
         let metrics = &route.metrics[side.index()];
@@ -579,7 +581,7 @@ impl Gateway {
                     GatewayBody {
                         inner: Inner::Upstream(rbody),
                         done: Some(c),
-                        conn: Some((upstream.pool_key, sender)),
+                        conn: Some((upstream.pool_key, sender, start)),
                     },
                 ))
             }

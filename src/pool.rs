@@ -61,9 +61,9 @@ pub struct Checkout {
     pub fresh: bool,
 }
 
-/// Takes an idle connection to `authority`, or opens one.
-pub async fn checkout(key: PoolKey, authority: &Authority) -> std::io::Result<Checkout> {
-    let now = Instant::now();
+/// Takes an idle connection to `authority`, or opens one. `now` is a recent instant (the
+/// request's start), which spares a clock read.
+pub async fn checkout(key: PoolKey, authority: &Authority, now: Instant) -> std::io::Result<Checkout> {
     while let Some(mut sender) = pop_idle(key, now) {
         // Usually ready at once; a connection the upstream closed reports an error here.
         if sender.ready().await.is_ok() {
@@ -92,8 +92,10 @@ fn pop_idle(key: PoolKey, now: Instant) -> Option<Sender> {
     })
 }
 
-/// Gives a connection back after its exchange completed (response body at its end).
-pub fn checkin(key: PoolKey, sender: Sender) {
+/// Gives a connection back after its exchange completed (response body at its end). `since`
+/// is when it counts as idle from: the request's start, a little early, which errs on the
+/// side of closing idle connections sooner.
+pub fn checkin(key: PoolKey, sender: Sender, since: Instant) {
     if sender.is_closed() {
         return;
     }
@@ -104,7 +106,7 @@ pub fn checkin(key: PoolKey, sender: Sender) {
         }
         let list = &mut idle[key.0];
         if list.len() < MAX_IDLE_PER_THREAD {
-            list.push((sender, Instant::now()));
+            list.push((sender, since));
         }
     });
 }

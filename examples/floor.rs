@@ -1,0 +1,39 @@
+use std::convert::Infallible;
+use std::time::Instant;
+use http::uri::Authority;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use strangler::pool::{self, PoolKey};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:18092").await.unwrap();
+        let a1: Authority = "127.0.0.1:18081".parse().unwrap();
+        let a2: Authority = "127.0.0.1:18082".parse().unwrap();
+        let k1 = PoolKey::of(&a1);
+        let k2 = PoolKey::of(&a2);
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let (a1, a2) = (a1.clone(), a2.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (a1, a2) = (a1.clone(), a2.clone());
+                    async move {
+                        let (k, a) = if fastrand::bool() { (k1, a1) } else { (k2, a2) };
+                        let now = Instant::now();
+                        let mut co = pool::checkout(k, &a, now).await.unwrap();
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
+                        let resp = co.sender.send_request(http::Request::from_parts(parts, body)).await.unwrap();
+                        pool::checkin(k, co.sender, now);
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+}
