@@ -1,15 +1,31 @@
-use std::convert::Infallible;
-use std::time::Instant;
+//! The floor of the peer benchmark: the same hyper server and pooled hyper client
+//! connections as the gateway, with no feature at all (no routing, rewriting, metrics or
+//! log): `/` split at random between 127.0.0.1:18081 and :18082, listening on :18092.
+//! Comparing it with the gateway in one `peer_bench.py` run shows what the features cost:
+//! `python3 ../shared/bench/peer_bench.py --only nginx,gateway --gateway-cmd
+//! target/release/examples/floor --gateway-port 18092`.
+
 use http::uri::Authority;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::time::Instant;
 use strangler::pool::{self, PoolKey};
 
+// The same allocator as the gateway binary, so the comparison is of features only.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:18092").await.unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:18092")
+            .await
+            .unwrap();
         let a1: Authority = "127.0.0.1:18081".parse().unwrap();
         let a2: Authority = "127.0.0.1:18082".parse().unwrap();
         let k1 = PoolKey::of(&a1);
@@ -27,12 +43,20 @@ fn main() {
                         let mut co = pool::checkout(k, &a, now).await.unwrap();
                         let (mut parts, body) = req.into_parts();
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
-                        let resp = co.sender.send_request(http::Request::from_parts(parts, body)).await.unwrap();
+                        let resp = co
+                            .sender
+                            .send_request(http::Request::from_parts(parts, body))
+                            .await
+                            .unwrap();
+                        // Given back at once (the gateway waits for the body's end); the next
+                        // checkout waits until the connection is ready again.
                         pool::checkin(k, co.sender, now);
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });

@@ -53,7 +53,10 @@ struct State {
 }
 
 fn wall_base() -> (Instant, u128) {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     (Instant::now(), ms)
 }
 

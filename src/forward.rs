@@ -18,8 +18,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use smallvec::SmallVec;
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::canon;
@@ -153,7 +153,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages carry none, and most of the rest one (`Connection: keep-alive`): find
     // the present ones in one pass, then remove only those.
-    let present: SmallVec<[HeaderName; 4]> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    let present: SmallVec<[HeaderName; 4]> =
+        h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
     if present.is_empty() {
         return;
     }

@@ -63,7 +63,11 @@ pub struct Checkout {
 
 /// Takes an idle connection to `authority`, or opens one. `now` is a recent instant (the
 /// request's start), which spares a clock read.
-pub async fn checkout(key: PoolKey, authority: &Authority, now: Instant) -> std::io::Result<Checkout> {
+pub async fn checkout(
+    key: PoolKey,
+    authority: &Authority,
+    now: Instant,
+) -> std::io::Result<Checkout> {
     while let Some(mut sender) = pop_idle(key, now) {
         // Usually ready at once; a connection the upstream closed reports an error here.
         if sender.ready().await.is_ok() {
