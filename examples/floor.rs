@@ -45,7 +45,10 @@ fn main() {
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co
                             .sender
-                            .send_request(http::Request::from_parts(parts, body))
+                            .send_request(http::Request::from_parts(
+                                parts,
+                                strangler::forward::RequestBody::new(body),
+                            ))
                             .await
                             .unwrap();
                         // Given back at once (the gateway waits for the body's end); the next

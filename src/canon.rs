@@ -101,8 +101,12 @@ fn slow(bytes: &[u8]) -> Result<String, CanonError> {
             if unreserved(v) {
                 decoded.push(v);
             } else {
-                decoded.push(b'%');
-                decoded.extend_from_slice(format!("{v:02X}").as_bytes());
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                decoded.extend_from_slice(&[
+                    b'%',
+                    HEX[usize::from(v >> 4)],
+                    HEX[usize::from(v & 0xf)],
+                ]);
             }
             i += 3;
         } else {

@@ -601,6 +601,17 @@ impl Validator {
             ),
             None => None,
         };
+        if !listen.ip().is_loopback() && token_env.is_none() {
+            let pos = f.get("listen").map_or(f.pos, |l| l.pos);
+            self.error(
+                pos,
+                "admin.listen",
+                format!(
+                    "found {listen}, beyond loopback, with no admin.token_env; allowed: a loopback address, or set admin.token_env (CONTRACT §6)"
+                ),
+            );
+            return None;
+        }
         Some(AdminConfig { listen, token_env })
     }
 
@@ -883,7 +894,8 @@ impl Validator {
         match kind {
             "regex" => {
                 let s = self.string(n, path, "a regular expression (regex crate syntax)")?;
-                match Regex::new(&format!("^(?:{s})$")) {
+                // Compiled alone first: anchoring `a)|(b` would otherwise make it valid.
+                match Regex::new(s).and_then(|_| Regex::new(&format!("^(?:{s})$"))) {
                     Ok(_) => Some(PathMatch::Regex(s.to_string())),
                     Err(e) => {
                         let why = e
@@ -1056,7 +1068,7 @@ impl Validator {
                         let cp = join(&p, &ck.name);
                         if ck.name == "regex" {
                             let s = self.string(cv, &cp, "a regular expression");
-                            s.and_then(|s| match Regex::new(&format!("^(?:{s})$")) {
+                            s.and_then(|s| match Regex::new(s).and_then(|_| Regex::new(&format!("^(?:{s})$"))) {
                                 Ok(r) => Some(HeaderTest::Regex(r)),
                                 Err(e) => {
                                     let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
@@ -1095,7 +1107,7 @@ impl Validator {
             Value::Float(f) if (0.0..=100.0).contains(&f) => {
                 let scaled = f * 100.0;
                 let rounded = scaled.round();
-                ((scaled - rounded).abs() < 1e-6).then_some(rounded as u32)
+                ((scaled - rounded).abs() < 1e-9).then_some(rounded as u32)
             }
             _ => None,
         };
@@ -1276,6 +1288,47 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let e = parse(&format!("{BASE}listen: 127.0.0.1:1\n")).unwrap_err();
         assert!(e.to_string().contains("duplicate key \"listen\""), "{e}");
+    }
+
+    #[test]
+    fn anchoring_cannot_be_escaped() {
+        let e = parse(&format!(
+            "{BASE}routes:\n  - name: a\n    match: {{regex: '/i/[0-9]+)|(.*'}}\n    service: orders\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("routes[0].match.regex"), "{e}");
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let e = parse(&format!("{BASE}admin: {{listen: 0.0.0.0:9901}}\n")).unwrap_err();
+        assert!(e.to_string().contains("admin.listen"), "{e}");
+        parse(&format!(
+            "{BASE}admin: {{listen: 0.0.0.0:9901, token_env: T}}\n"
+        ))
+        .unwrap();
+        parse(&format!("{BASE}admin: {{listen: '[::1]:9901'}}\n")).unwrap();
+    }
+
+    #[test]
+    fn percent_precision() {
+        for bad in ["1e-9", "0.001", "33.333", "-1", "100.01"] {
+            let text = format!(
+                "{BASE}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n    percent: {bad}\n"
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        for (good, bp) in [
+            ("0.01", 1),
+            ("25.12", 2512),
+            ("99.99", 9999),
+            ("100", 10000),
+        ] {
+            let text = format!(
+                "{BASE}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n    percent: {good}\n"
+            );
+            assert_eq!(parse(&text).unwrap().routes[0].percent_bp, bp, "{good}");
+        }
     }
 
     #[test]

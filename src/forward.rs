@@ -9,8 +9,9 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -27,11 +28,15 @@ use crate::metrics::{METHODS, UpstreamErrorKind, method_index};
 use crate::pool::{self, PoolKey, Sender};
 use crate::side::{self, Reason, RequestKeys, Side};
 use crate::table::{Route, RouteTable};
+use std::future::Future as _;
 
 /// Longest request target accepted (414 beyond).
 pub const MAX_URI_LEN: usize = 8 * 1024;
 /// Largest total size of request headers accepted (431 beyond).
 pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
+
+/// The status recorded for a request whose client left before the response head.
+pub const CLIENT_CLOSED: u16 = 499;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -224,6 +229,11 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
+        if self.status == 0 {
+            // The client left before any response: nginx's 499, "client closed request".
+            self.status = CLIENT_CLOSED;
+            self.error.get_or_insert("client_closed");
+        }
         let route = self.route();
         route.metrics[self.side.index()].record(self.method, self.status, elapsed.as_secs_f64());
         let upstream = &self.table.upstreams[self.upstream];
@@ -245,6 +255,84 @@ impl Drop for Completion {
     }
 }
 
+/// The client's request body on its way upstream. Marks when it has been sent in full, so
+/// the connection is reused only once both directions are done, and the head timeout does
+/// not run out during a slow upload.
+pub struct RequestBody {
+    inner: Incoming,
+    /// `None` for a request without a body (nothing to wait for).
+    sent: Option<Arc<AtomicBool>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> RequestBody {
+        let sent = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        RequestBody { inner, sent }
+    }
+
+    fn mark_sent(&self) {
+        if let Some(s) = &self.sent {
+            s.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.mark_sent();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.mark_sent();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream connection held by the response it carries.
+struct Held {
+    key: PoolKey,
+    sender: Sender,
+    /// When the exchange started (the connection's idle clock starts no later).
+    since: Instant,
+    /// The request body's completion flag, if it had one.
+    uploaded: Option<Arc<AtomicBool>>,
+}
+
+impl Held {
+    /// Returns the connection to the pool if both directions of the exchange are complete;
+    /// otherwise drops it, which closes it.
+    fn release(self) {
+        if self
+            .uploaded
+            .as_ref()
+            .is_none_or(|u| u.load(Ordering::Acquire))
+        {
+            pool::checkin(self.key, self.sender, self.since);
+        }
+    }
+}
+
+/// Errors of a response body, for hyper's server.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A response body: the upstream's, streamed, or one the gateway made. Counts bytes and
 /// records the request when it ends or is dropped.
 pub struct GatewayBody {
@@ -252,7 +340,10 @@ pub struct GatewayBody {
     done: Option<Completion>,
     /// The upstream connection that carries `inner`, given back to the pool when the body
     /// has ended (and closed when it is dropped before that).
-    conn: Option<(PoolKey, Sender, Instant)>,
+    conn: Option<Held>,
+    /// Bounds each wait for more of the upstream's body; made on the first wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    read_timeout: Duration,
 }
 
 enum Inner {
@@ -267,6 +358,8 @@ impl GatewayBody {
             inner: Inner::Full(Some(b.into())),
             done: None,
             conn: None,
+            idle: None,
+            read_timeout: Duration::ZERO,
         }
     }
     pub fn empty() -> GatewayBody {
@@ -274,16 +367,28 @@ impl GatewayBody {
             inner: Inner::Full(None),
             done: None,
             conn: None,
+            idle: None,
+            read_timeout: Duration::ZERO,
         }
+    }
+
+    /// Records a failure of the upstream's body against the upstream.
+    fn upstream_failed(&mut self, kind: UpstreamErrorKind, what: &'static str) {
+        if let Some(done) = self.done.as_mut() {
+            done.route().metrics[done.side.index()].upstream_error(kind);
+            done.error = Some(what);
+        }
+        self.done = None;
+        self.conn = None;
     }
 }
 
 impl Drop for GatewayBody {
     fn drop(&mut self) {
         // A body without frames (HEAD, 204, 304, empty) may never be polled.
-        if let Some((key, sender, since)) = self.conn.take() {
+        if let Some(held) = self.conn.take() {
             if self.is_end_stream() {
-                pool::checkin(key, sender, since);
+                held.release();
             }
         }
     }
@@ -291,38 +396,55 @@ impl Drop for GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
-            Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Full(b) => return Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
-        match &polled {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(done)) = (frame.data_ref(), this.done.as_mut()) {
                     done.bytes_out += d.len() as u64;
                 }
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut()
+                        .reset((Instant::now() + this.read_timeout).into());
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                if let Some((key, sender, since)) = this.conn.take() {
-                    pool::checkin(key, sender, since);
+                if let Some(held) = this.conn.take() {
+                    held.release();
                 }
                 this.done = None;
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(done) = this.done.as_mut() {
-                    done.error = Some("upstream body failed");
+            Poll::Ready(Some(Err(e))) => {
+                this.upstream_failed(UpstreamErrorKind::Reset, "upstream_body");
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let timeout = this.read_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    this.upstream_failed(UpstreamErrorKind::Timeout, "upstream_body_timeout");
+                    let err = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upstream sent nothing more within its timeout",
+                    );
+                    return Poll::Ready(Some(Err(err.into())));
                 }
-                this.done = None;
+                Poll::Pending
             }
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -358,6 +480,12 @@ impl ExchangeError {
             ExchangeError::Http(_) => UpstreamErrorKind::Reset,
         }
     }
+
+    /// The failure came from the client's side: its request body failed (the client left
+    /// mid-upload), or its request could not be written as given.
+    fn is_client_side(&self) -> bool {
+        matches!(self, ExchangeError::Http(e) if e.is_user())
+    }
 }
 
 impl std::fmt::Display for ExchangeError {
@@ -374,7 +502,7 @@ impl std::fmt::Display for ExchangeError {
 /// sent, so this is safe for any method); any other failure is final.
 async fn exchange(
     upstream: &crate::table::Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     now: Instant,
 ) -> Result<(Sender, Response<Incoming>), ExchangeError> {
     loop {
@@ -438,6 +566,9 @@ impl Gateway {
         let table = self.table.load_full();
         let (mut parts, body) = req.into_parts();
         let method = method_index(&parts.method);
+        // Hop-by-hop headers go before the gateway adds its own, so a client cannot have
+        // them removed by naming them in `Connection`.
+        strip_hop_by_hop(&mut parts.headers);
         // Room for the headers the gateway adds, so the map grows at most once.
         parts.headers.reserve(4);
 
@@ -476,6 +607,13 @@ impl Gateway {
             return Ok(gateway_error(c, GatewayError::HeadersTooLarge, false));
         }
         if parts.method == Method::CONNECT {
+            return Ok(gateway_error(c, GatewayError::BadRequest, false));
+        }
+        // One Host, and one is required of HTTP/1.1 (RFC 9112 §3.2): two would let the
+        // gateway and the upstream disagree about which site is asked for.
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let has_host = hosts.next().is_some();
+        if hosts.next().is_some() || (!has_host && parts.version == Version::HTTP_11) {
             return Ok(gateway_error(c, GatewayError::BadRequest, false));
         }
         let raw_path = parts.uri.path();
@@ -563,17 +701,36 @@ impl Gateway {
 
         let timeout = upstream.timeout;
         let request_id = c.request_id.clone();
-        // The deadline counts from the request's start (and spares a clock read).
-        let deadline = tokio::time::Instant::from_std(start + timeout);
-        let sent = tokio::time::timeout_at(
-            deadline,
-            exchange(upstream, Request::from_parts(parts, body), start),
-        )
-        .await;
+        let body = RequestBody::new(body);
+        let uploaded = body.sent.clone();
+        // The wait for the response head is bounded by `timeout`, counted from the start
+        // (which spares a clock read), and extended while the request body is still being
+        // uploaded: a slow upload is not the upstream's slowness.
+        let mut deadline = start + timeout;
+        let mut exchange =
+            std::pin::pin!(exchange(upstream, Request::from_parts(parts, body), start));
+        let sent = loop {
+            match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
+                Ok(r) => break Ok(r),
+                Err(_)
+                    if uploaded
+                        .as_ref()
+                        .is_some_and(|u| !u.load(Ordering::Acquire)) =>
+                {
+                    deadline = Instant::now() + timeout;
+                }
+                Err(e) => break Err(e),
+            }
+        };
         let metrics = &route.metrics[side.index()];
         match sent {
             Ok(Ok((sender, resp))) => {
                 let (mut rparts, rbody) = resp.into_parts();
+                // A message with both is framed by Transfer-Encoding (RFC 9112 §6.3); the
+                // gateway re-frames the body, so the stale length must not reach the client.
+                if rparts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    rparts.headers.remove(header::CONTENT_LENGTH);
+                }
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.headers.insert(X_REQUEST_ID, request_id);
                 c.status = rparts.status.as_u16();
@@ -582,9 +739,22 @@ impl Gateway {
                     GatewayBody {
                         inner: Inner::Upstream(rbody),
                         done: Some(c),
-                        conn: Some((upstream.pool_key, sender, start)),
+                        conn: Some(Held {
+                            key: upstream.pool_key,
+                            sender,
+                            since: start,
+                            uploaded,
+                        }),
+                        idle: None,
+                        read_timeout: timeout,
                     },
                 ))
+            }
+            Ok(Err(e)) if e.is_client_side() => {
+                // The client's request body failed (the client left mid-upload): nothing
+                // the upstream did; not counted against it.
+                c.error = Some("client_body");
+                Ok(gateway_error(c, GatewayError::BadRequest, true))
             }
             Ok(Err(e)) => {
                 let kind = e.kind();
@@ -602,7 +772,6 @@ impl Gateway {
     }
 
     fn rewrite_request_headers(&self, table: &RouteTable, h: &mut HeaderMap, peer: &Peer) {
-        strip_hop_by_hop(h);
         let trusted = !table.trusted_proxies.is_empty()
             && table
                 .trusted_proxies
@@ -673,6 +842,8 @@ fn gateway_error(mut c: Completion, err: GatewayError, routed: bool) -> Response
         inner: Inner::Full(Some(body)),
         done: Some(c),
         conn: None,
+        idle: None,
+        read_timeout: Duration::ZERO,
     });
     *resp.status_mut() = err.status();
     resp.headers_mut().insert(

@@ -11,22 +11,25 @@
 //! It owns connections only; what to send and which upstream to use are `forward`'s.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per upstream per thread; more are closed.
 const MAX_IDLE_PER_THREAD: usize = 256;
+/// How long a checkout waits for a pooled connection that is not ready at once.
+const READY_GRACE: Duration = Duration::from_millis(50);
 /// An idle connection older than this is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sending half of an upstream connection.
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<crate::forward::RequestBody>;
 
 /// Identifies an upstream address in the per-thread pools; stable for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +72,17 @@ pub async fn checkout(
     now: Instant,
 ) -> std::io::Result<Checkout> {
     while let Some(mut sender) = pop_idle(key, now) {
-        // Usually ready at once; a connection the upstream closed reports an error here.
-        if sender.ready().await.is_ok() {
+        // A connection is given back only once its exchange is complete, so it is nearly
+        // always ready at the first look; one that is not gets a short grace, then is closed.
+        let first = poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+        let ready = match first {
+            Poll::Ready(r) => r.is_ok(),
+            Poll::Pending => matches!(
+                tokio::time::timeout(READY_GRACE, sender.ready()).await,
+                Ok(Ok(()))
+            ),
+        };
+        if ready {
             return Ok(Checkout {
                 sender,
                 fresh: false,

@@ -174,20 +174,12 @@ struct Conditions {
     headers: Vec<HeaderCond>,
 }
 
-/// Why a candidate rule did not take a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Miss {
+/// Why a candidate rule did not take a request: the method, or the header condition at
+/// this index (rendered as text only by `explain`, never on the request path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
     Method,
-    Header(String),
-}
-
-impl fmt::Display for Miss {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Miss::Method => f.write_str("the method is not in its list"),
-            Miss::Header(c) => write!(f, "header condition `{c}` does not hold"),
-        }
-    }
+    Header(usize),
 }
 
 impl Conditions {
@@ -198,7 +190,7 @@ impl Conditions {
                 return Err(Miss::Method);
             }
         }
-        for c in &self.headers {
+        for (i, c) in self.headers.iter().enumerate() {
             let ok = match &c.test {
                 HeaderTest::Present(want) => headers.contains_key(&c.name) == *want,
                 HeaderTest::Exact(v) => headers.get_all(&c.name).iter().any(|h| h == v),
@@ -208,7 +200,7 @@ impl Conditions {
                     .any(|h| h.to_str().is_ok_and(|s| r.is_match(s))),
             };
             if !ok {
-                return Err(Miss::Header(c.to_string()));
+                return Err(Miss::Header(i));
             }
         }
         Ok(())
@@ -275,7 +267,7 @@ pub struct Candidate {
     pub tier: Tier,
     pub pattern: String,
     /// `Ok` for the winner, else why it did not take the request.
-    pub outcome: Result<(), Miss>,
+    pub outcome: Result<(), String>,
 }
 
 /// The rule groups in the order §3 tries them, for rules that share a pattern; used by
@@ -427,7 +419,13 @@ impl Router {
         let mut out = Vec::new();
         self.visit(path, |g, tier| {
             for &rule in &self.groups[g as usize] {
-                let outcome = self.conditions[rule as usize].check(method, headers);
+                let conds = &self.conditions[rule as usize];
+                let outcome = conds.check(method, headers).map_err(|miss| match miss {
+                    Miss::Method => "the method is not in its list".to_string(),
+                    Miss::Header(i) => {
+                        format!("header condition `{}` does not hold", conds.headers[i])
+                    }
+                });
                 let won = outcome.is_ok();
                 out.push(Candidate {
                     rule: rule as usize,

@@ -27,6 +27,8 @@ use crate::table::RouteTable;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's read buffer bound: the largest request head it will parse.
 const MAX_BUF: usize = 64 * 1024;
+/// How many request headers hyper parses at most.
+const MAX_HEADER_COUNT: usize = 512;
 
 /// A gateway that is running.
 pub struct Running {
@@ -47,6 +49,16 @@ impl Running {
 
 /// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result<Running> {
+    if !config.admin.listen.ip().is_loopback() {
+        // Validation guarantees a token_env here; the variable itself must hold a token.
+        let var = config.admin.token_env.as_deref().unwrap_or_default();
+        if std::env::var(var).map_or(true, |t| t.trim().is_empty()) {
+            anyhow::bail!(
+                "the admin listener {} is beyond loopback, but the environment variable {var} (admin.token_env) holds no token: refusing to start",
+                config.admin.listen
+            );
+        }
+    }
     let metrics = Metrics::new();
     let public = TcpListener::bind(config.listen)
         .await
@@ -65,7 +77,6 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         metrics: metrics.clone(),
         ready: false.into(),
     });
-    access_log.spawn_flusher();
     let (shutdown, rx) = watch::channel(false);
 
     let gw = gateway.clone();
@@ -82,6 +93,9 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_BUF)
+                // Above the default 100, so that the gateway's own limit on the total size
+                // of the headers (431, as JSON) is the one clients meet.
+                .max_headers(MAX_HEADER_COUNT)
                 // The gateway adds nothing to an upstream's answer (§5), not even `Date`.
                 .auto_date_header(false)
                 .serve_connection(TokioIo::new(stream), svc);

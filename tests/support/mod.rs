@@ -67,6 +67,7 @@ impl Upstream {
                         async move { Ok::<_, Infallible>(answer(name, req, rec, peer).await) }
                     });
                     let _ = http1::Builder::new()
+                        .max_headers(512)
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
