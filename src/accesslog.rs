@@ -164,11 +164,11 @@ impl AccessLog {
                     json_str(b, e.side);
                     b.push_str(",\"reason\":");
                     json_str(b, e.reason);
-                    let _ = write!(
-                        b,
-                        ",\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
-                        e.bytes_in, e.bytes_out
-                    );
+                    b.push_str(",\"bytes_in\":");
+                    b.push_str(itoa::Buffer::new().format(e.bytes_in));
+                    b.push_str(",\"bytes_out\":");
+                    b.push_str(itoa::Buffer::new().format(e.bytes_out));
+                    b.push_str(",\"upstream\":");
                     json_str(b, e.upstream);
                     if let Some(err) = e.error {
                         b.push_str(",\"error\":");

@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::config::{Config, HeaderTest, PathMatch, StickyKey, format_percent};
+use crate::config::{Config, HeaderTest, PathMatch, StickyKey, format_percent, regex_source};
 use crate::forward::{Gateway, GatewayBody};
 use crate::metrics::Metrics;
 
@@ -112,14 +112,7 @@ pub fn routes_json(cfg: &Config) -> Value {
                         HeaderTest::Exact(v) => {
                             Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
                         }
-                        HeaderTest::Regex(re) => {
-                            let s = re.as_str();
-                            let inner = s
-                                .strip_prefix("^(?:")
-                                .and_then(|s| s.strip_suffix(")$"))
-                                .unwrap_or(s);
-                            json!({"regex": inner})
-                        }
+                        HeaderTest::Regex(re) => json!({"regex": regex_source(re)}),
                         HeaderTest::Present(p) => json!({"present": p}),
                     };
                     hs.insert(c.name.as_str().into(), v);

@@ -136,17 +136,18 @@ impl fmt::Display for HeaderCond {
                 self.name,
                 String::from_utf8_lossy(v.as_bytes())
             ),
-            HeaderTest::Regex(r) => {
-                let s = r.as_str();
-                let inner = s
-                    .strip_prefix("^(?:")
-                    .and_then(|s| s.strip_suffix(")$"))
-                    .unwrap_or(s);
-                write!(f, "{} ~ /{inner}/", self.name)
-            }
+            HeaderTest::Regex(r) => write!(f, "{} ~ /{}/", self.name, regex_source(r)),
             HeaderTest::Present(p) => write!(f, "{} present: {p}", self.name),
         }
     }
+}
+
+/// The pattern of a header regex as written in the file (without the anchoring added to it).
+pub fn regex_source(r: &Regex) -> &str {
+    let s = r.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
 }
 
 /// One validated route.
