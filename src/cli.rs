@@ -90,11 +90,22 @@ pub fn main() -> ExitCode {
             for w in &config.warnings {
                 tracing::warn!(warning = %w, "routes file");
             }
+            let drain_timeout = config.drain_timeout;
             run(async move {
                 let log = AccessLog::new(cli.log_format, !no_access_log);
                 let running = crate::server::start(config, log.clone()).await?;
                 wait_for_stop().await;
-                running.stop_accepting();
+                tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
+                let left = running.drain(drain_timeout).await;
+                if left > 0 {
+                    tracing::warn!(
+                        connections = left,
+                        "drain timeout: closing connections still open"
+                    );
+                } else {
+                    tracing::info!("drained");
+                }
+                running.close();
                 log.flush();
                 Ok(())
             })

@@ -165,7 +165,8 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     };
     crate::cli::wait_for_stop().await;
     reporter.abort();
-    running.stop_accepting();
+    running.drain(Duration::from_secs(5)).await;
+    running.close();
     log.flush();
     println!("demo stopped");
     Ok(())

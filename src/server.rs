@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::accesslog::AccessLog;
 use crate::admin::Admin;
@@ -37,13 +37,63 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub admin: Arc<Admin>,
     pub metrics: Arc<Metrics>,
-    shutdown: watch::Sender<bool>,
+    /// Tells the public listener and its connections to stop (drain).
+    draining: watch::Sender<bool>,
+    /// Tells the admin listener to stop (at exit).
+    closing: watch::Sender<bool>,
+    connections: Arc<Connections>,
+}
+
+/// Counts open client connections, so a drain knows when the last one has finished.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    none_left: Notify,
+}
+
+/// Held by each connection task; its drop is the connection's end.
+struct ConnectionGuard(Arc<Connections>);
+
+impl Connections {
+    fn enter(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 impl Running {
-    /// Stops accepting new connections on both listeners.
-    pub fn stop_accepting(&self) {
-        let _ = self.shutdown.send(true);
+    /// Graceful stop: `/readyz` turns 503, the public listener stops accepting, every client
+    /// connection finishes its request in flight and closes, for at most `timeout`. Returns
+    /// how many connections were still open when the time ran out (0 for a clean drain).
+    /// The admin listener stays up until `close`.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.admin.ready.store(false, Ordering::Release);
+        let _ = self.draining.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiting = self.connections.none_left.notified();
+            let open = self.connections.open.load(Ordering::Acquire);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                return self.connections.open.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Stops the admin listener too.
+    pub fn close(&self) {
+        let _ = self.draining.send(true);
+        let _ = self.closing.send(true);
     }
 }
 
@@ -77,49 +127,72 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         metrics: metrics.clone(),
         ready: false.into(),
     });
-    let (shutdown, rx) = watch::channel(false);
+    let (draining, drain_rx) = watch::channel(false);
+    let (closing, close_rx) = watch::channel(false);
+    let connections = Arc::new(Connections::default());
 
     let gw = gateway.clone();
-    tokio::spawn(accept_loop(public, rx.clone(), move |stream, addr| {
-        let gw = gw.clone();
-        let peer = Arc::new(Peer::new(addr));
-        let svc = service_fn(move |req| {
+    let conns = connections.clone();
+    tokio::spawn(accept_loop(
+        public,
+        drain_rx.clone(),
+        move |stream, addr| {
+            let guard = conns.enter();
+            let mut drain = drain_rx.clone();
             let gw = gw.clone();
-            let peer = peer.clone();
-            async move { gw.handle(req, &peer).await }
-        });
-        async move {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF)
-                // Above the default 100, so that the gateway's own limit on the total size
-                // of the headers (431, as JSON) is the one clients meet.
-                .max_headers(MAX_HEADER_COUNT)
-                // The gateway adds nothing to an upstream's answer (§5), not even `Date`.
-                .auto_date_header(false)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+            let peer = Arc::new(Peer::new(addr));
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                let peer = peer.clone();
+                async move { gw.handle(req, &peer).await }
+            });
+            async move {
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_BUF)
+                    // Above the default 100, so that the gateway's own limit on the total size
+                    // of the headers (431, as JSON) is the one clients meet.
+                    .max_headers(MAX_HEADER_COUNT)
+                    // The gateway adds nothing to an upstream's answer (§5), not even `Date`.
+                    .auto_date_header(false)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = wait_true(&mut drain) => {
+                        // Finish the request in flight, then close (no more keep-alive).
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+                }
+                drop(guard);
             }
-        }
-    }));
+        },
+    ));
 
     let adm = admin.clone();
-    tokio::spawn(accept_loop(admin_listener, rx, move |stream, _addr| {
-        let adm = adm.clone();
-        let svc = service_fn(move |req| {
+    tokio::spawn(accept_loop(
+        admin_listener,
+        close_rx,
+        move |stream, _addr| {
             let adm = adm.clone();
-            async move { adm.handle(req).await }
-        });
-        async move {
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        }
-    }));
+            let svc = service_fn(move |req| {
+                let adm = adm.clone();
+                async move { adm.handle(req).await }
+            });
+            async move {
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            }
+        },
+    ));
     admin.ready.store(true, Ordering::Release);
     tracing::info!(public = %public_addr, admin = %admin_addr, "listening");
     Ok(Running {
@@ -128,8 +201,16 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         gateway,
         admin,
         metrics,
-        shutdown,
+        draining,
+        closing,
+        connections,
     })
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was
+/// dropped: everything stops).
+async fn wait_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, serve: F)
@@ -150,7 +231,7 @@ where
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = wait_true(&mut shutdown) => return,
         }
     }
 }

@@ -1,0 +1,98 @@
+//! Graceful stop: SIGTERM lets the request in flight finish, refuses new connections, turns
+//! `/readyz` to 503 while the admin listener stays up, and exits 0.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}drain_timeout: 20s\nroutes: []\n",
+            config_head(&legacy.url(), &[])
+        ),
+    )
+    .unwrap();
+    let mut gw = GatewayProcess::spawn(&file, &[]).await;
+    let public = gw.public;
+    let admin = gw.admin;
+    let ready = client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // A request the upstream answers after 2 s.
+    let slow = tokio::spawn(async move {
+        let resp = client()
+            .get(format!("http://{public}/slow"))
+            .header("x-test-delay-ms", "2000")
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while legacy.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let killed = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(gw.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // Draining: not ready, and the public listener refuses new connections.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(public).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "new connections are still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "legacy");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}
