@@ -1,7 +1,9 @@
-//! The admin listener (CONTRACT §6): metrics, health, readiness, and the live route table.
+//! The admin listener (CONTRACT §6): metrics, health, readiness, the live route table, and
+//! reloads.
 //!
-//! Reads only, for now; it never touches the request path's state except to read the table
-//! in force.
+//! Reads need nothing; a call that changes state needs `Authorization: Bearer <token>` when a
+//! token is configured (compared in constant time). It changes the request path's state only
+//! through `reload`, never directly.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,13 +17,22 @@ use serde_json::{Value, json};
 use crate::config::{Config, HeaderTest, PathMatch, StickyKey, format_percent, regex_source};
 use crate::forward::{Gateway, GatewayBody};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 
-/// What the admin API reads.
+/// What the admin API reads and drives.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+    /// The bearer token state-changing calls need; `None`: none configured.
+    pub token: Option<String>,
     /// True once the config is loaded and the public listener is up; false while draining.
     pub ready: AtomicBool,
+}
+
+/// Compares in time that depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Admin {
@@ -54,9 +65,30 @@ impl Admin {
                 let table = self.gateway.table.load();
                 json_response(StatusCode::OK, &routes_json(&table.config))
             }
+            (&Method::POST, "/admin/reload") => match self.authorize(&req) {
+                Some(denied) => denied,
+                None => match self.reloader.reload("admin API").await {
+                    Ok(r) => json_response(
+                        StatusCode::OK,
+                        &json!({"status": "ok", "config_hash": r.hash, "changed": r.changed, "warnings": r.warnings}),
+                    ),
+                    Err(e) => json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({
+                            "error": "invalid_config",
+                            "message": "the routes file was not applied; the previous config keeps serving",
+                            "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        }),
+                    ),
+                },
+            },
             (_, "/metrics" | "/healthz" | "/readyz" | "/admin/routes") => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": "method_not_allowed", "allowed": ["GET"]}),
+            ),
+            (_, "/admin/reload") => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed", "allowed": ["POST"]}),
             ),
             _ => json_response(
                 StatusCode::NOT_FOUND,
@@ -64,6 +96,29 @@ impl Admin {
             ),
         };
         Ok(resp)
+    }
+}
+
+impl Admin {
+    /// `None` when the request may change state; else the 401 to answer.
+    fn authorize(&self, req: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+        let token = self.token.as_deref()?;
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
+            return None;
+        }
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "unauthorized", "message": "this call changes state: send Authorization: Bearer <token>"}),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
     }
 }
 

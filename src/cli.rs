@@ -94,6 +94,25 @@ pub fn main() -> ExitCode {
             run(async move {
                 let log = AccessLog::new(cli.log_format, !no_access_log);
                 let running = crate::server::start(config, log.clone()).await?;
+                // Reload on changes of the file, and on SIGHUP.
+                let _watcher = match running.reloader.watch() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
+                        None
+                    }
+                };
+                #[cfg(unix)]
+                {
+                    let reloader = running.reloader.clone();
+                    let mut hup =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            let _ = reloader.reload("SIGHUP").await;
+                        }
+                    });
+                }
                 wait_for_stop().await;
                 tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
                 let left = running.drain(drain_timeout).await;

@@ -11,7 +11,9 @@
 //!   canonicalizes the path ([`canon`], §5), routes, chooses the side, forwards through the
 //!   per-thread connection [`pool`] and streams the answer back, logging it through
 //!   [`accesslog`];
-//! - [`admin`] serves `/metrics`, health, readiness and the live table (§6);
+//! - [`admin`] serves `/metrics`, health, readiness, the live table and reloads (§6);
+//! - [`reload`] re-reads the routes file and swaps the table whole (SIGHUP, file changes,
+//!   `POST /admin/reload`);
 //! - [`cli`] implements the commands (§8), and [`demo`] the self-contained demo.
 
 pub mod accesslog;
@@ -23,6 +25,7 @@ pub mod demo;
 pub mod forward;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod side;

@@ -88,6 +88,8 @@ pub struct Metrics {
     route_percent: GaugeVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    /// Routes with a `strangler_route_percent` series.
+    percent_routes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             route_percent,
             config_reloads,
             config_info,
+            percent_routes: Default::default(),
         })
     }
 
@@ -175,6 +178,29 @@ impl Metrics {
     /// Publishes the percentage in force for a route.
     pub fn set_route_percent(&self, route: &str, percent: f64) {
         self.route_percent.with_label_values(&[route]).set(percent);
+        let mut published = self
+            .percent_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !published.iter().any(|r| r == route) {
+            published.push(route.to_string());
+        }
+    }
+
+    /// Drops the percentage series of routes that are no longer in the table (their request
+    /// counters stay: counters never go back).
+    pub fn retain_routes(&self, routes: &[&str]) {
+        let mut published = self
+            .percent_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        published.retain(|r| {
+            let keep = routes.contains(&r.as_str());
+            if !keep {
+                let _ = self.route_percent.remove_label_values(&[r]);
+            }
+            keep
+        });
     }
 
     /// Marks `hash` as the config in force (and no other).

@@ -21,6 +21,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::forward::{Gateway, Peer};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::table::RouteTable;
 
 /// How long a client may take to send a request head.
@@ -37,6 +38,7 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub admin: Arc<Admin>,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
     /// Tells the public listener and its connections to stop (drain).
     draining: watch::Sender<bool>,
     /// Tells the admin listener to stop (at exit).
@@ -99,16 +101,26 @@ impl Running {
 
 /// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result<Running> {
-    if !config.admin.listen.ip().is_loopback() {
-        // Validation guarantees a token_env here; the variable itself must hold a token.
-        let var = config.admin.token_env.as_deref().unwrap_or_default();
-        if std::env::var(var).map_or(true, |t| t.trim().is_empty()) {
-            anyhow::bail!(
-                "the admin listener {} is beyond loopback, but the environment variable {var} (admin.token_env) holds no token: refusing to start",
-                config.admin.listen
+    let token = config.admin.token_env.as_deref().and_then(|var| {
+        let t = std::env::var(var).unwrap_or_default().trim().to_string();
+        if t.is_empty() {
+            tracing::warn!(
+                variable = var,
+                "admin.token_env names a variable that holds no token"
             );
         }
+        (!t.is_empty()).then_some(t)
+    });
+    if !config.admin.listen.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "the admin listener {} is beyond loopback, but the environment variable {} (admin.token_env) holds no token: refusing to start",
+            config.admin.listen,
+            config.admin.token_env.as_deref().unwrap_or("(none)")
+        );
     }
+    let config_file = config.file.clone();
+    // A reload compares against the addresses as configured (`:0` stays `:0`).
+    let (configured_listen, configured_admin) = (config.listen, config.admin.listen);
     let metrics = Metrics::new();
     let public = TcpListener::bind(config.listen)
         .await
@@ -122,9 +134,18 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     table.publish(&metrics);
     metrics.count_reload(true);
     let gateway = Gateway::new(table, access_log.clone());
+    let reloader = Reloader::new(
+        config_file,
+        gateway.clone(),
+        metrics.clone(),
+        configured_listen,
+        configured_admin,
+    );
     let admin = Arc::new(Admin {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
+        reloader: reloader.clone(),
+        token,
         ready: false.into(),
     });
     let (draining, drain_rx) = watch::channel(false);
@@ -201,6 +222,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         gateway,
         admin,
         metrics,
+        reloader,
         draining,
         closing,
         connections,

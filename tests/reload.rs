@@ -1,0 +1,302 @@
+//! Reloading the routes file while traffic flows: nothing is lost, valid versions take
+//! effect, invalid ones change nothing and are counted.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use strangler::accesslog::{AccessLog, LogFormat};
+use strangler::config::Config;
+use support::*;
+
+fn hash(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// Writes `text` to `file` the way editors do: a temporary file renamed over it.
+fn replace(file: &Path, text: &str) {
+    let tmp = file.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn version(head: &str, percent: u32) -> String {
+    format!(
+        "{head}routes:\n  - name: all\n    match: {{prefix: /}}\n    service: orders\n    percent: {percent}\n"
+    )
+}
+
+async fn routes_hash(admin: &str) -> String {
+    let v: serde_json::Value = client()
+        .get(format!("{admin}/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["config_hash"].as_str().unwrap().to_string()
+}
+
+async fn reload_errors(gw: &Gateway) -> f64 {
+    metric(
+        &gw.metrics().await,
+        r#"strangler_config_reloads_total{result="error"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_rewrites_under_load_lose_nothing() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
+    let first = version(&head, 0);
+    std::fs::write(&file, &first).unwrap();
+    let cfg = Config::load(&file).unwrap();
+    let running = strangler::server::start(cfg, AccessLog::new(LogFormat::Json, false))
+        .await
+        .unwrap();
+    let _watcher = running.reloader.watch().unwrap();
+    let gw = Gateway { running };
+    let admin = gw.admin_url("");
+
+    // Continuous traffic from 8 clients until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let url = gw.url("/api/x");
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let ok = match c.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let mut valid = 0;
+    let mut invalid = 0;
+    for i in 0..50 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if i % 2 == 0 {
+            // Valid: alternately all-new and all-legacy.
+            let percent = if (i / 2) % 2 == 0 { 100 } else { 0 };
+            let text = version(&head, percent);
+            replace(&file, &text);
+            let want = hash(&text);
+            while routes_hash(&admin).await != want {
+                assert!(Instant::now() < deadline, "version {i} never took effect");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // It is in force: a request now goes where it says.
+            let resp = client().get(gw.url("/probe")).send().await.unwrap();
+            let expect = if percent == 100 { "orders" } else { "legacy" };
+            assert_eq!(resp.text().await.unwrap(), expect, "version {i}");
+            valid += 1;
+        } else {
+            let before = reload_errors(&gw).await;
+            let in_force = routes_hash(&admin).await;
+            replace(
+                &file,
+                &format!(
+                    "{head}routes:\n  - name: all\n    match: {{prefix: /}}\n    service: nowhere-{i}\n"
+                ),
+            );
+            while reload_errors(&gw).await <= before {
+                assert!(
+                    Instant::now() < deadline,
+                    "invalid version {i} was not counted"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                routes_hash(&admin).await,
+                in_force,
+                "an invalid file changed the table"
+            );
+            invalid += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let m = gw.metrics().await;
+    let ok = metric(&m, r#"strangler_config_reloads_total{result="ok"}"#).unwrap();
+    let errors = metric(&m, r#"strangler_config_reloads_total{result="error"}"#).unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    println!(
+        "requests sent {sent}, failed {}, reloads ok {ok}, errors {errors}",
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(sent >= 1000, "only {sent} requests were sent");
+    assert_eq!((valid, invalid), (25, 25));
+    // The start counts one ok; every valid version one more; every invalid one an error.
+    assert!(ok >= 26.0, "{m}");
+    assert!(errors >= 25.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_applies_or_answers_the_errors() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
+    std::fs::write(&file, version(&head, 0)).unwrap();
+    let running = strangler::server::start(
+        Config::load(&file).unwrap(),
+        AccessLog::new(LogFormat::Json, false),
+    )
+    .await
+    .unwrap();
+    let gw = Gateway { running };
+    let c = client();
+
+    let bad = format!(
+        "{head}routes:\n  - name: all\n    match: {{prefix: /, bogus: 1}}\n    service: orders\n    percent: 300\n"
+    );
+    std::fs::write(&file, &bad).unwrap();
+    let resp = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_config");
+    let errors: Vec<String> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("routes[0].match.bogus")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("routes[0].percent")),
+        "{errors:?}"
+    );
+    // The same list `strangler check` prints.
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout);
+    for e in &errors {
+        assert!(
+            printed.contains(e.as_str()),
+            "check printed:\n{printed}\nmissing: {e}"
+        );
+    }
+    let resp = c.get(gw.url("/a")).send().await.unwrap();
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "legacy",
+        "the old table keeps serving"
+    );
+
+    let good = version(&head, 100);
+    std::fs::write(&file, &good).unwrap();
+    let resp = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["config_hash"], hash(&good));
+    assert_eq!(v["changed"], true);
+    let resp = c.get(gw.url("/a")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "orders");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"strangler_route_percent{route="all"}"#),
+        Some(100.0),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "strangler_config_info{{hash=\"{}\"}} 1",
+            hash(&good)
+        )),
+        "{m}"
+    );
+    // Reloading an unchanged file swaps nothing.
+    let v: serde_json::Value = c
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["changed"], false);
+}
+
+/// State-changing admin calls need the bearer token; reads do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_changes() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  token_env: STRANGLER_TEST_TOKEN\nlegacy: {{url: {}}}\nroutes: []\n",
+            legacy.url()
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(&file, &[("STRANGLER_TEST_TOKEN", "s3cret-token")]).await;
+    let c = client();
+    let url = format!("http://{}/admin/reload", gw.admin);
+    let r = c.post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    for wrong in [
+        "Bearer s3cret-toke",
+        "Bearer s3cret-token2",
+        "Basic s3cret-token",
+        "s3cret-token",
+    ] {
+        let r = c
+            .post(&url)
+            .header("authorization", wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{wrong}");
+    }
+    let r = c
+        .post(&url)
+        .header("authorization", "Bearer s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for read in ["/admin/routes", "/metrics", "/healthz", "/readyz"] {
+        let r = c
+            .get(format!("http://{}{read}", gw.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{read}");
+    }
+}
