@@ -18,6 +18,8 @@ use crate::config::{Config, HeaderTest, PathMatch, StickyKey, format_percent, re
 use crate::forward::{Gateway, GatewayBody};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::shift::{ShiftError, shift_file};
+use http_body_util::BodyExt as _;
 
 /// What the admin API reads and drives.
 pub struct Admin {
@@ -26,6 +28,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The bearer token state-changing calls need; `None`: none configured.
     pub token: Option<String>,
+    /// Serializes percentage changes (read, edit, write of the one file).
+    pub shifting: tokio::sync::Mutex<()>,
     /// True once the config is loaded and the public listener is up; false while draining.
     pub ready: AtomicBool,
 }
@@ -82,6 +86,13 @@ impl Admin {
                     ),
                 },
             },
+            (&Method::POST, p) if shift_route(p).is_some() => match self.authorize(&req) {
+                Some(denied) => denied,
+                None => {
+                    let route = shift_route(p).unwrap_or_default().to_string();
+                    self.shift(&route, req).await
+                }
+            },
             (_, "/metrics" | "/healthz" | "/readyz" | "/admin/routes") => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": "method_not_allowed", "allowed": ["GET"]}),
@@ -99,7 +110,75 @@ impl Admin {
     }
 }
 
+/// The route of `/admin/routes/{name}/percent`.
+fn shift_route(path: &str) -> Option<&str> {
+    let name = path
+        .strip_prefix("/admin/routes/")?
+        .strip_suffix("/percent")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The largest body `POST /admin/routes/{name}/percent` reads.
+const MAX_ADMIN_BODY: usize = 4096;
+
 impl Admin {
+    /// `POST /admin/routes/{name}/percent` with `{"percent": N}`: writes the new value into
+    /// the routes file (in place, atomically), then reloads.
+    async fn shift(&self, route: &str, req: Request<Incoming>) -> Response<GatewayBody> {
+        let bad = |message: String| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad_request", "message": message}),
+            )
+        };
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return bad(format!("cannot read the body: {e}")),
+        };
+        let percent = match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => v.get("percent").and_then(Value::as_f64),
+            Err(_) => None,
+        };
+        let Some(bp) = percent.and_then(crate::config::percent_to_bp) else {
+            return bad(
+                "expected {\"percent\": N}, N from 0 to 100 with at most two decimals".into(),
+            );
+        };
+        // One shift at a time: two concurrent shifts of different routes must both survive.
+        let _one = self.shifting.lock().await;
+        let path = self.reloader.path().to_path_buf();
+        let name = route.to_string();
+        let result = tokio::task::spawn_blocking(move || shift_file(&path, &name, bp)).await;
+        let shifted = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return shift_error(&e),
+            Err(e) => {
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"error": "internal", "message": e.to_string()}),
+                );
+            }
+        };
+        match self.reloader.reload("percent change").await {
+            Ok(r) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "route": route,
+                    "percent_before": number(shifted.before),
+                    "percent": number(shifted.after),
+                    "config_hash": r.hash,
+                }),
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_config", "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+            ),
+        }
+    }
+
     /// `None` when the request may change state; else the 401 to answer.
     fn authorize(&self, req: &Request<Incoming>) -> Option<Response<GatewayBody>> {
         let token = self.token.as_deref()?;
@@ -120,6 +199,30 @@ impl Admin {
         );
         Some(r)
     }
+}
+
+fn number(bp: u32) -> Value {
+    serde_json::from_str(&format_percent(bp)).unwrap_or(Value::Null)
+}
+
+fn shift_error(e: &ShiftError) -> Response<GatewayBody> {
+    let (status, code, errors) = match e {
+        ShiftError::ReadOnly { .. } => (StatusCode::CONFLICT, "read_only", None),
+        ShiftError::NoSuchRoute(_) => (StatusCode::NOT_FOUND, "no_such_route", None),
+        ShiftError::InvalidBefore(c) | ShiftError::InvalidAfter(c) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            Some(c.errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        ),
+        ShiftError::Io { .. } | ShiftError::Layout(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "write_failed", None)
+        }
+    };
+    let mut v = json!({"error": code, "message": e.to_string()});
+    if let Some(errors) = errors {
+        v["errors"] = errors.into();
+    }
+    json_response(status, &v)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<GatewayBody> {

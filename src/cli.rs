@@ -38,6 +38,10 @@ pub enum Command {
         /// Do not write an access-log line per request.
         #[arg(long)]
         no_access_log: bool,
+        /// Do not watch the routes file; reload only on SIGHUP or POST /admin/reload (for
+        /// file systems without change notifications).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a routes file: print every error and warning; exit 1 when invalid.
     Check { file: PathBuf },
@@ -54,6 +58,14 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         client_ip: IpAddr,
     },
+    /// Change one route's percentage in the routes file, in place (a running gateway
+    /// watching the file picks it up).
+    Shift {
+        file: PathBuf,
+        route: String,
+        /// 0 to 100, at most two decimals.
+        percent: String,
+    },
     /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
     Demo {
         /// Also print the access log.
@@ -67,6 +79,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Shift {
+            file,
+            route,
+            percent,
+        } => shift(&file, &route, &percent),
         Command::Explain {
             file,
             method,
@@ -77,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Serve {
             config,
             no_access_log,
+            no_watch,
         } => {
             init_tracing(cli.log_format);
             let config = match Config::load(&config) {
@@ -95,9 +113,10 @@ pub fn main() -> ExitCode {
                 let log = AccessLog::new(cli.log_format, !no_access_log);
                 let running = crate::server::start(config, log.clone()).await?;
                 // Reload on changes of the file, and on SIGHUP.
-                let _watcher = match running.reloader.watch() {
-                    Ok(w) => Some(w),
-                    Err(e) => {
+                let _watcher = match (!no_watch).then(|| running.reloader.watch()) {
+                    None => None,
+                    Some(Ok(w)) => Some(w),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
                         None
                     }
@@ -197,6 +216,42 @@ pub async fn wait_for_stop() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
+    let Some(bp) = percent
+        .parse::<f64>()
+        .ok()
+        .and_then(crate::config::percent_to_bp)
+    else {
+        eprintln!(
+            "error: percent {percent:?}: allowed: a number from 0 to 100 with at most two decimals"
+        );
+        return ExitCode::FAILURE;
+    };
+    match crate::shift::shift_file(file, route, bp) {
+        Ok(s) if s.before == s.after => {
+            println!(
+                "{}: route {route} is already at {}%",
+                file.display(),
+                format_percent(bp)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            println!(
+                "{}: route {route}: {}% -> {}%",
+                file.display(),
+                format_percent(s.before),
+                format_percent(s.after)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(file: &Path) -> ExitCode {

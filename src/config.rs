@@ -176,6 +176,16 @@ impl RouteConfig {
     }
 }
 
+/// A percentage (0 to 100, at most two decimals) in basis points; `None` otherwise.
+pub fn percent_to_bp(f: f64) -> Option<u32> {
+    if !(0.0..=100.0).contains(&f) {
+        return None;
+    }
+    let scaled = f * 100.0;
+    let rounded = scaled.round();
+    ((scaled - rounded).abs() < 1e-9).then_some(rounded as u32)
+}
+
 /// Formats basis points as a percentage without trailing zeros: 2550 → "25.5".
 pub fn format_percent(bp: u32) -> String {
     if bp % 100 == 0 {
@@ -1105,11 +1115,7 @@ impl Validator {
         const ALLOWED: &str = "a number from 0 to 100 with at most two decimals";
         let bp = match n.value {
             Value::Int(i) if (0..=100).contains(&i) => Some(i as u32 * 100),
-            Value::Float(f) if (0.0..=100.0).contains(&f) => {
-                let scaled = f * 100.0;
-                let rounded = scaled.round();
-                ((scaled - rounded).abs() < 1e-9).then_some(rounded as u32)
-            }
+            Value::Float(f) => percent_to_bp(f),
             _ => None,
         };
         if bp.is_none() {

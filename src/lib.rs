@@ -28,6 +28,7 @@ pub mod pool;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod shift;
 pub mod side;
 pub mod table;
 pub mod yaml;

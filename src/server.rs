@@ -146,6 +146,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         metrics: metrics.clone(),
         reloader: reloader.clone(),
         token,
+        shifting: Default::default(),
         ready: false.into(),
     });
     let (draining, drain_rx) = watch::channel(false);

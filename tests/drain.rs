@@ -96,3 +96,55 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     };
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// SIGHUP reloads the routes file (here with the file watch off, so only the signal can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_routes_file() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
+    let route = |p: u32| {
+        format!(
+            "{head}routes:\n  - name: all\n    match: {{prefix: /}}\n    service: orders\n    percent: {p}\n"
+        )
+    };
+    std::fs::write(&file, route(0)).unwrap();
+    let gw = GatewayProcess::spawn_with(&file, &["--no-watch"], &[]).await;
+    let url = format!("http://{}/x", gw.public);
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "legacy"
+    );
+    std::fs::write(&file, route(100)).unwrap();
+    let hup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(gw.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body == "orders" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

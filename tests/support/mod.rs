@@ -272,13 +272,18 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `strangler serve --config FILE` and waits for its `listening` log line.
+    pub async fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        Self::spawn_with(config, &[], env).await
+    }
+
+    /// As `spawn`, with more arguments to `serve`.
     // The child is killed and reaped by `Drop` once constructed; before that, a failed
     // start panics the test, which ends the test process anyway.
     #[allow(clippy::zombie_processes)]
-    pub async fn spawn(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+    pub async fn spawn_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"));
-        cmd.arg("serve").arg("--config").arg(config);
+        cmd.arg("serve").arg("--config").arg(config).args(args);
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {

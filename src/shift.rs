@@ -1,0 +1,325 @@
+//! Shifting traffic: changing one route's `percent` in the routes file itself.
+//!
+//! The file stays the single source of truth, so a change of percentage is a change of the
+//! file: only that value's characters change (comments and layout stay byte for byte), a
+//! missing `percent` key is inserted with the route's indentation, the result is validated
+//! before it replaces the file, and the write is atomic (a temporary file renamed over the
+//! original). Reloading is the caller's business (the running gateway watches the file; the
+//! admin API reloads at once).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigErrors, format_percent};
+use crate::yaml::{self, Node, Pos, Value};
+
+/// Why a shift was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ShiftError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is read-only; change the percentage at its source (where the file is generated or mounted from)"
+    )]
+    ReadOnly { path: PathBuf },
+    #[error("no route named {0:?} in the routes file")]
+    NoSuchRoute(String),
+    #[error("the routes file is invalid as it stands; fix it first:\n{0}")]
+    InvalidBefore(ConfigErrors),
+    #[error("the change would make the routes file invalid:\n{0}")]
+    InvalidAfter(ConfigErrors),
+    #[error("cannot locate the route's text in the file: {0}")]
+    Layout(String),
+}
+
+/// What a shift changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shifted {
+    /// The previous share in basis points.
+    pub before: u32,
+    pub after: u32,
+}
+
+/// Sets `route`'s percentage (basis points) in the file at `path`, in place.
+pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftError> {
+    let io = |source| ShiftError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let (new_text, shifted) = shift_text(&text, path, route, bp)?;
+    if shifted.before == shifted.after {
+        return Ok(shifted);
+    }
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.permissions().readonly() {
+        return Err(ShiftError::ReadOnly {
+            path: path.to_path_buf(),
+        });
+    }
+    write_atomically(path, &new_text, meta.permissions())?;
+    Ok(shifted)
+}
+
+/// The text with `route`'s percentage set to `bp`, validated.
+pub fn shift_text(
+    text: &str,
+    file: &Path,
+    route: &str,
+    bp: u32,
+) -> Result<(String, Shifted), ShiftError> {
+    let config = Config::parse(text, file).map_err(ShiftError::InvalidBefore)?;
+    let before = config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .map(|r| r.percent_bp)
+        .ok_or_else(|| ShiftError::NoSuchRoute(route.to_string()))?;
+    let shifted = Shifted { before, after: bp };
+    if before == bp {
+        return Ok((text.to_string(), shifted));
+    }
+    let root = yaml::parse(text).map_err(|e| ShiftError::Layout(e.message))?;
+    let node =
+        route_node(&root, route).ok_or_else(|| ShiftError::NoSuchRoute(route.to_string()))?;
+    let Value::Map(entries) = &node.value else {
+        return Err(ShiftError::Layout("the route is not a mapping".into()));
+    };
+    let value = format_percent(bp);
+    let new_text = if let Some((_, v)) = entries.iter().find(|(k, _)| k.name == "percent") {
+        let start = offset(text, v.pos)
+            .ok_or_else(|| ShiftError::Layout("percent value position".into()))?;
+        let end = start + scalar_len(&text[start..]);
+        format!("{}{}{}", &text[..start], value, &text[end..])
+    } else {
+        let (key, name) = entries
+            .iter()
+            .find(|(k, _)| k.name == "name")
+            .ok_or_else(|| ShiftError::Layout("the route has no name key".into()))?;
+        let key_at =
+            offset(text, key.pos).ok_or_else(|| ShiftError::Layout("name key position".into()))?;
+        let name_at = offset(text, name.pos)
+            .ok_or_else(|| ShiftError::Layout("name value position".into()))?;
+        let line_start = text[..key_at].rfind('\n').map_or(0, |i| i + 1);
+        let before_key = text[line_start..key_at].trim_end();
+        if before_key.ends_with('{') || before_key.ends_with(',') {
+            // Flow mapping: `{name: a, ...}` gains `, percent: N` after the name.
+            let end = name_at + scalar_len(&text[name_at..]);
+            format!("{}, percent: {}{}", &text[..end], value, &text[end..])
+        } else {
+            // Block mapping: a new line under `name`, at its indentation.
+            let indent = " ".repeat(text[line_start..key_at].chars().count());
+            let line_end = text[name_at..]
+                .find('\n')
+                .map_or(text.len(), |i| name_at + i + 1);
+            let newline = if line_end == text.len() && !text.ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            format!(
+                "{}{}{indent}percent: {value}\n{}",
+                &text[..line_end],
+                newline,
+                &text[line_end..]
+            )
+        }
+    };
+    let after = Config::parse(&new_text, file).map_err(ShiftError::InvalidAfter)?;
+    if after
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .map(|r| r.percent_bp)
+        != Some(bp)
+    {
+        return Err(ShiftError::Layout(
+            "the edited file does not hold the new percentage".into(),
+        ));
+    }
+    Ok((new_text, shifted))
+}
+
+fn route_node<'a>(root: &'a Node, route: &str) -> Option<&'a Node> {
+    let Value::Map(top) = &root.value else {
+        return None;
+    };
+    let (_, routes) = top.iter().find(|(k, _)| k.name == "routes")?;
+    let Value::Seq(items) = &routes.value else {
+        return None;
+    };
+    items.iter().find(|item| {
+        let Value::Map(entries) = &item.value else {
+            return false;
+        };
+        entries
+            .iter()
+            .any(|(k, v)| k.name == "name" && matches!(&v.value, Value::Str(s) if s == route))
+    })
+}
+
+/// Byte offset of a (1-based line, 1-based character column) position.
+fn offset(text: &str, pos: Pos) -> Option<usize> {
+    let mut line_start = 0;
+    for _ in 1..pos.line {
+        line_start += text[line_start..].find('\n')? + 1;
+    }
+    let line = &text[line_start..];
+    let col = (pos.col as usize).checked_sub(1)?;
+    let within = line
+        .char_indices()
+        .nth(col)
+        .map(|(i, _)| i)
+        .or((col == line.chars().count()).then_some(line.len()))?;
+    Some(line_start + within)
+}
+
+/// Length in bytes of the scalar token at the start of `s`: quoted, or plain up to the
+/// first space, comma, bracket, comment or line end.
+fn scalar_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    match b.first() {
+        Some(b'"') => {
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => return i + 1,
+                    _ => i += 1,
+                }
+            }
+            b.len()
+        }
+        Some(b'\'') => {
+            let mut i = 1;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return i + 1;
+                }
+                i += 1;
+            }
+            b.len()
+        }
+        _ => b
+            .iter()
+            .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b',' | b'}' | b']' | b'#'))
+            .unwrap_or(b.len()),
+    }
+}
+
+fn write_atomically(
+    path: &Path,
+    text: &str,
+    perms: std::fs::Permissions,
+) -> Result<(), ShiftError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.strangler-{}.tmp", std::process::id()));
+    let fail = |source: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        ) {
+            ShiftError::ReadOnly {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ShiftError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    drop(f);
+    std::fs::set_permissions(&tmp, perms).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: http://127.0.0.1:9002}\n";
+
+    fn shift(text: &str, route: &str, bp: u32) -> String {
+        shift_text(text, Path::new("t.yaml"), route, bp).unwrap().0
+    }
+
+    #[test]
+    fn changes_only_the_value() {
+        let text = format!(
+            "{HEAD}routes:\n  # reads\n  - name: a   # the first\n    match: {{prefix: /a}}\n    service: orders\n    percent: 25      # quarter\n  - name: b\n    match: {{prefix: /b}}\n    service: orders\n    percent: 5\n"
+        );
+        let out = shift(&text, "a", 3050);
+        assert_eq!(
+            out,
+            text.replace("percent: 25      # quarter", "percent: 30.5      # quarter")
+        );
+        let out = shift(&text, "b", 10000);
+        assert_eq!(out, text.replace("percent: 5\n", "percent: 100\n"));
+    }
+
+    #[test]
+    fn quoted_and_flow_values() {
+        let text = format!(
+            "{HEAD}routes:\n  - {{name: a, match: {{prefix: /a}}, service: orders, percent: 1.5}}\n"
+        );
+        assert_eq!(
+            shift(&text, "a", 200),
+            text.replace("percent: 1.5}", "percent: 2}")
+        );
+        let text =
+            format!("{HEAD}routes:\n  - {{name: \"a\", match: {{prefix: /a}}, service: orders}}\n");
+        assert_eq!(
+            shift(&text, "a", 700),
+            text.replace("name: \"a\",", "name: \"a\", percent: 7,")
+        );
+    }
+
+    #[test]
+    fn inserts_a_missing_percent() {
+        let text =
+            format!("{HEAD}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n");
+        let out = shift(&text, "a", 1000);
+        assert_eq!(
+            out,
+            text.replace("  - name: a\n", "  - name: a\n    percent: 10\n")
+        );
+        let no_newline = text.trim_end().to_string();
+        let out = shift(&no_newline, "a", 1000);
+        assert!(Config::parse(&out, Path::new("t.yaml")).is_ok(), "{out}");
+    }
+
+    #[test]
+    fn refuses_bad_shifts() {
+        let text =
+            format!("{HEAD}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n");
+        assert!(matches!(
+            shift_text(&text, Path::new("t"), "zzz", 100),
+            Err(ShiftError::NoSuchRoute(_))
+        ));
+        let broken = text.replace("service: orders", "service: nope");
+        assert!(matches!(
+            shift_text(&broken, Path::new("t"), "a", 100),
+            Err(ShiftError::InvalidBefore(_))
+        ));
+    }
+}

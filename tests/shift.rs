@@ -1,0 +1,226 @@
+//! Shifting traffic in place: `strangler shift` and `POST /admin/routes/{name}/percent`
+//! change only the value, keep the file's comments and layout, and take effect.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use strangler::accesslog::{AccessLog, LogFormat};
+use strangler::config::Config;
+use support::*;
+
+const EXAMPLE: &str = include_str!("../routes/example.yaml");
+
+fn strangler(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn differing_lines(a: &str, b: &str) -> Vec<(String, String)> {
+    assert_eq!(
+        a.lines().count(),
+        b.lines().count(),
+        "the number of lines changed"
+    );
+    a.lines()
+        .zip(b.lines())
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .collect()
+}
+
+#[test]
+fn shift_changes_exactly_one_line_of_a_commented_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let out = strangler(&["shift", file.to_str().unwrap(), "orders-read", "30"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("25% -> 30%"));
+    let after = std::fs::read_to_string(&file).unwrap();
+    let diff = differing_lines(EXAMPLE, &after);
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    let (old, new) = &diff[0];
+    assert!(old.trim_start().starts_with("percent: 25"), "{old}");
+    // The comment after the value, and the spacing before it, are kept.
+    assert_eq!(new, &old.replacen("25", "30", 1));
+    assert_eq!(Config::load(&file).unwrap().routes[0].percent_bp, 3000);
+    // Same length: 25 and 30 are both two characters, and nothing else moved.
+    assert_eq!(after.len(), EXAMPLE.len());
+}
+
+#[test]
+fn shift_inserts_a_missing_percent_at_the_routes_indentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let text = "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: http://127.0.0.1:9002}\nroutes:\n    -   name: orders  # eight columns in\n        match: {prefix: /api/orders}\n        service: orders\n";
+    std::fs::write(&file, text).unwrap();
+    let out = strangler(&["shift", file.to_str().unwrap(), "orders", "12.5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        after,
+        text.replace(
+            "# eight columns in\n",
+            "# eight columns in\n        percent: 12.5\n"
+        )
+    );
+    assert_eq!(Config::load(&file).unwrap().routes[0].percent_bp, 1250);
+}
+
+#[test]
+fn shift_refuses_bad_input_and_read_only_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let f = file.to_str().unwrap();
+    for (args, says) in [
+        (vec!["shift", f, "orders-read", "101"], "percent"),
+        (vec!["shift", f, "orders-read", "1.234"], "percent"),
+        (vec!["shift", f, "no-such-route", "5"], "no route named"),
+    ] {
+        let out = strangler(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        EXAMPLE,
+        "a refused shift wrote"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = strangler(&["shift", f, "orders-read", "5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("read-only") && err.contains("at its source"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), EXAMPLE);
+}
+
+fn two_routes(head: &str) -> String {
+    format!(
+        "{head}routes:\n  # first\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n    percent: 0\n  # second\n  - name: b\n    match: {{prefix: /b}}\n    service: orders\n"
+    )
+}
+
+async fn in_process(file: &Path) -> Gateway {
+    let running = strangler::server::start(
+        Config::load(file).unwrap(),
+        AccessLog::new(LogFormat::Json, false),
+    )
+    .await
+    .unwrap();
+    Gateway { running }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admin_shifts_of_two_routes_both_survive() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let text = two_routes(&config_head(&legacy.url(), &[("orders", &orders.url())]));
+    std::fs::write(&file, &text).unwrap();
+    let gw = in_process(&file).await;
+    let c = client();
+    let (ra, rb) = tokio::join!(
+        c.post(gw.admin_url("/admin/routes/a/percent"))
+            .body(r#"{"percent": 100}"#)
+            .send(),
+        c.post(gw.admin_url("/admin/routes/b/percent"))
+            .body(r#"{"percent": 100}"#)
+            .send(),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.status(), 200);
+    assert_eq!(rb.status(), 200);
+    let va: serde_json::Value = ra.json().await.unwrap();
+    assert_eq!(va["percent_before"], 0);
+    assert_eq!(va["percent"], 100);
+    let after = std::fs::read_to_string(&file).unwrap();
+    let cfg = Config::load(&file).unwrap();
+    assert_eq!(cfg.routes[0].percent_bp, 10_000, "{after}");
+    assert_eq!(cfg.routes[1].percent_bp, 10_000, "{after}");
+    assert!(after.contains("  # first\n") && after.contains("  # second\n"));
+    // In force at once.
+    assert_eq!(
+        c.get(gw.url("/a"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "orders"
+    );
+    assert_eq!(
+        c.get(gw.url("/b"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "orders"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"strangler_route_percent{route="b"}"#),
+        Some(100.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_shift_errors() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let head = config_head(&legacy.url(), &[("orders", &legacy.url())]);
+    std::fs::write(&file, two_routes(&head)).unwrap();
+    let gw = in_process(&file).await;
+    let c = client();
+    let post = |route: &str, body: &'static str| {
+        c.post(gw.admin_url(&format!("/admin/routes/{route}/percent")))
+            .body(body)
+            .send()
+    };
+    let r = post("zzz", r#"{"percent": 5}"#).await.unwrap();
+    assert_eq!(r.status(), 404);
+    for body in [
+        r#"{"percent": 101}"#,
+        r#"{"percent": 1.234}"#,
+        r#"{"pct": 5}"#,
+        "not json",
+    ] {
+        let r = post("a", body).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let r = post("a", r#"{"percent": 5}"#).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "read_only");
+    assert!(
+        v["message"].as_str().unwrap().contains("at its source"),
+        "{v}"
+    );
+}
