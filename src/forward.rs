@@ -259,7 +259,8 @@ impl Drop for Completion {
 /// the connection is reused only once both directions are done, and the head timeout does
 /// not run out during a slow upload.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: an empty body (a replayed bodiless request).
+    inner: Option<Incoming>,
     /// `None` for a request without a body (nothing to wait for).
     sent: Option<Arc<AtomicBool>>,
 }
@@ -267,7 +268,17 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming) -> RequestBody {
         let sent = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        RequestBody { inner, sent }
+        RequestBody {
+            inner: Some(inner),
+            sent,
+        }
+    }
+
+    fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            sent: None,
+        }
     }
 
     fn mark_sent(&self) {
@@ -286,15 +297,18 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             this.mark_sent();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
+        let end = self.inner.as_ref().is_none_or(Body::is_end_stream);
         if end {
             self.mark_sent();
         }
@@ -302,7 +316,9 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -505,18 +521,59 @@ async fn exchange(
     mut req: Request<RequestBody>,
     now: Instant,
 ) -> Result<(Sender, Response<Incoming>), ExchangeError> {
+    // A bodiless idempotent request may go out once more, on a new connection, when a
+    // reused connection fails before any answer: the upstream closed it (its idle timeout)
+    // just as the request went out. That needs a copy of the head, made before sending.
+    let mut replay = (req.body().sent.is_none() && req.method().is_idempotent()).then(|| {
+        let mut r = Request::new(RequestBody::empty());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.headers_mut() = req.headers().clone();
+        r
+    });
+    let mut new_only = false;
     loop {
-        let mut co = pool::checkout(upstream.pool_key, &upstream.authority, now)
-            .await
-            .map_err(ExchangeError::Connect)?;
+        let mut co = if new_only {
+            pool::open(&upstream.authority).await
+        } else {
+            pool::checkout(upstream.pool_key, &upstream.authority, now).await
+        }
+        .map_err(ExchangeError::Connect)?;
         match co.sender.try_send_request(req).await {
             Ok(resp) => return Ok((co.sender, resp)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) if !co.fresh => req = unsent,
+                None if !co.fresh && replay.is_some() && closed_under_us(e.error()) => {
+                    tracing::debug!(error = %e.error(), "a reused upstream connection was closed: replaying on a new one");
+                    req = replay.take().expect("checked is_some");
+                    new_only = true;
+                }
                 _ => return Err(ExchangeError::Http(e.into_error())),
             },
         }
     }
+}
+
+/// The connection ended under a request without any answer: EOF or reset.
+fn closed_under_us(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn total_header_bytes(h: &HeaderMap) -> usize {

@@ -95,6 +95,14 @@ pub async fn checkout(
     })
 }
 
+/// Opens a new connection to `authority`, bypassing the idle ones.
+pub async fn open(authority: &Authority) -> std::io::Result<Checkout> {
+    connect(authority).await.map(|sender| Checkout {
+        sender,
+        fresh: true,
+    })
+}
+
 fn pop_idle(key: PoolKey, now: Instant) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();

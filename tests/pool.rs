@@ -68,7 +68,9 @@ async fn a_connection_closed_by_the_upstream_is_replaced() {
     ))
     .await;
     let c = client();
-    for i in 0..30 {
+    // Every reused connection is closed under the next request's feet at some point in
+    // this loop: bodiless idempotent requests are replayed on a new connection then.
+    for i in 0..300 {
         let resp = c.get(gw.url(&format!("/a/{i}"))).send().await.unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
         assert_eq!(resp.text().await.unwrap(), "ok");
@@ -97,4 +99,65 @@ async fn an_abandoned_response_does_not_poison_the_pool() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "legacy");
     }
+}
+
+/// An upstream that answers the first request of each connection and closes the
+/// connection when the second one arrives, without answering: what a keep-alive timeout
+/// firing as a request goes out looks like, made deterministic.
+async fn one_answer_per_connection_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if answered {
+                        return; // closes under the second request
+                    }
+                    buf.clear();
+                    answered = true;
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bodiless_idempotent_requests_are_replayed_when_a_reused_connection_closes() {
+    let up = one_answer_per_connection_upstream().await;
+    let gw = Gateway::start(&format!(
+        "{}routes: []\n",
+        config_head(&format!("http://{up}"), &[])
+    ))
+    .await;
+    let c = client();
+    for i in 0..20 {
+        let resp = c.get(gw.url(&format!("/a/{i}"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {i}");
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    // A POST is not idempotent: it is never sent twice, so this one fails visibly.
+    let resp = c.post(gw.url("/p")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "upstream_unavailable");
 }
