@@ -187,8 +187,11 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal, never into files or pipes.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
