@@ -28,6 +28,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The bearer token state-changing calls need; `None`: none configured.
     pub token: Option<String>,
+    /// The rolling legacy-vs-new figures.
+    pub windows: Arc<crate::compare::Registry>,
     /// Serializes percentage changes (read, edit, write of the one file).
     pub shifting: tokio::sync::Mutex<()>,
     /// True once the config is loaded and the public listener is up; false while draining.
@@ -69,6 +71,7 @@ impl Admin {
                 let table = self.gateway.table.load();
                 json_response(StatusCode::OK, &routes_json(&table.config))
             }
+            (&Method::GET, "/admin/compare") => self.compare(req.uri().query()),
             (&Method::POST, "/admin/reload") => match self.authorize(&req) {
                 Some(denied) => denied,
                 None => match self.reloader.reload("admin API").await {
@@ -107,6 +110,47 @@ impl Admin {
             ),
         };
         Ok(resp)
+    }
+}
+
+impl Admin {
+    /// `GET /admin/compare?window=5m`: legacy vs new per route over the window.
+    fn compare(&self, query: Option<&str>) -> Response<GatewayBody> {
+        let cfg = &self.windows.config;
+        let asked = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("window=")))
+            .map(|w| humantime::parse_duration(w).map_err(|_| w.to_string()));
+        let window = match asked {
+            None => cfg.window,
+            Some(Ok(w)) if !w.is_zero() && w <= self.windows.retention() => w,
+            Some(Ok(_)) | Some(Err(_)) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "bad_request", "message": format!(
+                        "window: a duration like 5m, at most the retention ({})",
+                        humantime::format_duration(self.windows.retention())
+                    )}),
+                );
+            }
+        };
+        let table = self.gateway.table.load();
+        let routes: Vec<_> = table
+            .routes
+            .iter()
+            .map(|r| {
+                crate::compare::judge(
+                    &r.name,
+                    number(r.policy.percent_bp),
+                    r.window.figures(crate::side::Side::Legacy, window),
+                    r.window.figures(crate::side::Side::New, window),
+                    cfg,
+                )
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({"window_seconds": window.as_secs_f64(), "min_requests": cfg.min_requests, "max_p99_ratio": cfg.max_p99_ratio, "routes": routes}),
+        )
     }
 }
 

@@ -66,6 +66,18 @@ pub enum Command {
         /// 0 to 100, at most two decimals.
         percent: String,
     },
+    /// Legacy vs new per route, from a running gateway's admin API, as a table.
+    Compare {
+        /// The admin listener's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The window, like 5m (default: the gateway's `compare.window`).
+        #[arg(long)]
+        window: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
     Demo {
         /// Also print the access log.
@@ -84,6 +96,11 @@ pub fn main() -> ExitCode {
             route,
             percent,
         } => shift(&file, &route, &percent),
+        Command::Compare {
+            admin,
+            window,
+            json,
+        } => run(compare(admin, window, json)),
         Command::Explain {
             file,
             method,
@@ -221,6 +238,91 @@ pub async fn wait_for_stop() {
     let _ = ctrl_c.await;
 }
 
+async fn compare(admin: String, window: Option<String>, json: bool) -> anyhow::Result<()> {
+    let mut url = format!("{}/admin/compare", admin.trim_end_matches('/'));
+    if let Some(w) = &window {
+        url.push_str("?window=");
+        url.push_str(w);
+    }
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {admin}: {e}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url} did not answer JSON: {e}"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url}: {status}: {}",
+            body["message"].as_str().unwrap_or("error")
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print!("{}", compare_table(&body));
+    }
+    Ok(())
+}
+
+/// The compare JSON as an aligned text table.
+pub fn compare_table(body: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}ms"));
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
+    };
+    let mut rows = vec![[
+        "route".to_string(),
+        "percent".into(),
+        "requests legacy/new".into(),
+        "errors legacy/new".into(),
+        "p99 legacy/new".into(),
+        "verdict".into(),
+    ]];
+    for r in body["routes"].as_array().into_iter().flatten() {
+        let (l, n) = (&r["legacy"], &r["new"]);
+        rows.push([
+            r["route"].as_str().unwrap_or("?").to_string(),
+            format!("{}%", r["percent"]),
+            format!("{}/{}", l["requests"], n["requests"]),
+            format!("{}/{}", pct(&l["error_rate"]), pct(&n["error_rate"])),
+            format!("{}/{}", ms(&l["p99_ms"]), ms(&n["p99_ms"])),
+            r["verdict"].as_str().unwrap_or("?").to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("window {}s\n", body["window_seconds"]);
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for r in body["routes"].as_array().into_iter().flatten() {
+        for reason in r["reasons"].as_array().into_iter().flatten() {
+            if r["verdict"] == "worse" {
+                out.push_str(&format!(
+                    "{}: {}\n",
+                    r["route"].as_str().unwrap_or("?"),
+                    reason.as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
     let Some(bp) = percent
         .parse::<f64>()
@@ -336,7 +438,8 @@ fn explain(
     println!("path:       {path}");
     println!("canonical:  {canonical}");
     let metrics = crate::metrics::Metrics::new();
-    let table = match crate::table::RouteTable::compile(cfg, &metrics) {
+    let windows = crate::compare::Registry::new(cfg.compare.clone());
+    let table = match crate::table::RouteTable::compile(cfg, &metrics, &windows) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

@@ -38,6 +38,8 @@ pub struct Config {
     pub override_header: Option<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub drain_timeout: Duration,
+    /// Settings of the legacy-vs-new comparison (`compare`).
+    pub compare: crate::compare::CompareConfig,
     pub routes: Vec<RouteConfig>,
     /// Non-fatal findings (rules that can never win, ...).
     pub warnings: Vec<Diagnostic>,
@@ -333,6 +335,7 @@ const TOP_KEYS: &[&str] = &[
     "override",
     "trusted_proxies",
     "drain_timeout",
+    "compare",
     "routes",
 ];
 
@@ -542,6 +545,10 @@ impl Validator {
             None => Vec::new(),
             Some(n) => self.cidrs(n),
         };
+        let compare = match f.get("compare") {
+            None => Some(crate::compare::CompareConfig::default()),
+            Some(n) => self.compare(n),
+        };
         let drain_timeout = match f.get("drain_timeout") {
             None => Some(DEFAULT_TIMEOUT),
             Some(n) => self.duration(n, "drain_timeout"),
@@ -592,11 +599,81 @@ impl Validator {
             override_header,
             trusted_proxies,
             drain_timeout: drain_timeout?,
+            compare: compare?,
             routes,
             warnings: Vec::new(),
         };
         self.unreachable_warnings(&cfg);
         Some(cfg)
+    }
+
+    fn compare(&mut self, n: &Node) -> Option<crate::compare::CompareConfig> {
+        let f = self.fields(
+            n,
+            "compare",
+            &[
+                "window",
+                "min_requests",
+                "max_p99_ratio",
+                "resolution",
+                "retention",
+            ],
+        )?;
+        let mut c = crate::compare::CompareConfig::default();
+        let mut ok = true;
+        for (key, slot) in [
+            ("window", &mut c.window),
+            ("resolution", &mut c.resolution),
+            ("retention", &mut c.retention),
+        ] {
+            if let Some(v) = f.get(key) {
+                match self.duration(v, &format!("compare.{key}")) {
+                    Some(d) => *slot = d,
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(v) = f.get("min_requests") {
+            match v.value {
+                Value::Int(i) if i >= 1 => c.min_requests = i as u64,
+                _ => {
+                    self.wrong(v, "compare.min_requests", "a whole number, at least 1");
+                    ok = false;
+                }
+            }
+        }
+        if let Some(v) = f.get("max_p99_ratio") {
+            match v.value {
+                Value::Int(i) if i >= 1 => c.max_p99_ratio = i as f64,
+                Value::Float(x) if x >= 1.0 => c.max_p99_ratio = x,
+                _ => {
+                    self.wrong(v, "compare.max_p99_ratio", "a number, at least 1");
+                    ok = false;
+                }
+            }
+        }
+        if ok && c.retention < c.window {
+            self.error(
+                f.pos,
+                "compare.retention",
+                format!(
+                    "found retention {} shorter than window {}; allowed: retention at least the window",
+                    humantime::format_duration(c.retention),
+                    humantime::format_duration(c.window)
+                ),
+            );
+            ok = false;
+        }
+        if ok && c.retention.as_millis() / c.resolution.as_millis().max(1) > 3600 {
+            self.error(
+                f.pos,
+                "compare.resolution",
+                "found more than 3600 slots (retention / resolution); allowed: at most 3600"
+                    .to_string(),
+            );
+            ok = false;
+        }
+        ok.then_some(c)
     }
 
     fn admin(&mut self, n: &Node) -> Option<AdminConfig> {

@@ -236,6 +236,14 @@ impl Drop for Completion {
         }
         let route = self.route();
         route.metrics[self.side.index()].record(self.method, self.status, elapsed.as_secs_f64());
+        // Errors for the comparison: 5xx answers and gateway failures (which are 5xx); a
+        // client that left (499) is neither side's failure.
+        route.window.record(
+            self.side,
+            self.start,
+            elapsed,
+            self.status >= 500 && self.status != CLIENT_CLOSED,
+        );
         let upstream = &self.table.upstreams[self.upstream];
         self.log.log(&Entry {
             start: self.start,

@@ -11,7 +11,8 @@
 //!   canonicalizes the path ([`canon`], §5), routes, chooses the side, forwards through the
 //!   per-thread connection [`pool`] and streams the answer back, logging it through
 //!   [`accesslog`];
-//! - [`admin`] serves `/metrics`, health, readiness, the live table and reloads (§6);
+//! - [`admin`] serves `/metrics`, health, readiness, the live table, reloads, and the
+//!   legacy-vs-new comparison of [`compare`] (§6);
 //! - [`reload`] re-reads the routes file and swaps the table whole (SIGHUP, file changes,
 //!   `POST /admin/reload`);
 //! - [`cli`] implements the commands (§8), and [`demo`] the self-contained demo.
@@ -20,6 +21,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod canon;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod forward;

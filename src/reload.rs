@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::compare::Registry;
 use crate::config::{Config, ConfigErrors, Diagnostic};
 use crate::forward::Gateway;
 use crate::metrics::Metrics;
@@ -41,6 +42,7 @@ pub struct Reloader {
     path: PathBuf,
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
+    windows: Arc<Registry>,
     /// The listener addresses as configured at start, which a reload cannot move.
     listen: SocketAddr,
     admin_listen: SocketAddr,
@@ -53,6 +55,7 @@ impl Reloader {
         path: PathBuf,
         gateway: Arc<Gateway>,
         metrics: Arc<Metrics>,
+        windows: Arc<Registry>,
         listen: SocketAddr,
         admin_listen: SocketAddr,
     ) -> Arc<Reloader> {
@@ -60,6 +63,7 @@ impl Reloader {
             path,
             gateway,
             metrics,
+            windows,
             listen,
             admin_listen,
             serial: tokio::sync::Mutex::new(()),
@@ -76,6 +80,7 @@ impl Reloader {
         let _one = self.serial.lock().await;
         let path = self.path.clone();
         let metrics = self.metrics.clone();
+        let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
         // Parsing and compiling may take a while for large files: off the runtime's threads.
         let built =
@@ -84,7 +89,7 @@ impl Reloader {
                 if config.hash == current {
                     return Ok(None);
                 }
-                RouteTable::compile(config, &metrics)
+                RouteTable::compile(config, &metrics, &windows)
                     .map(Some)
                     .map_err(|e| ConfigErrors {
                         errors: vec![Diagnostic {

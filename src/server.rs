@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::accesslog::AccessLog;
 use crate::admin::Admin;
+use crate::compare::Registry;
 use crate::config::Config;
 use crate::forward::{Gateway, Peer};
 use crate::metrics::Metrics;
@@ -130,7 +131,9 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let table = RouteTable::compile(config, &metrics).map_err(|e| anyhow::anyhow!(e))?;
+    // The comparison's settings are read at start (its slots are sized from them).
+    let windows = Registry::new(config.compare.clone());
+    let table = RouteTable::compile(config, &metrics, &windows).map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);
     let gateway = Gateway::new(table, access_log.clone());
@@ -138,6 +141,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         config_file,
         gateway.clone(),
         metrics.clone(),
+        windows.clone(),
         configured_listen,
         configured_admin,
     );
@@ -146,6 +150,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         metrics: metrics.clone(),
         reloader: reloader.clone(),
         token,
+        windows,
         shifting: Default::default(),
         ready: false.into(),
     });

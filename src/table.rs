@@ -11,6 +11,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::compare::{Registry, RouteWindow};
 use crate::config::Config;
 use crate::metrics::{DEFAULT_ROUTE, Metrics, SideMetrics};
 use crate::pool::PoolKey;
@@ -41,6 +42,8 @@ pub struct Route {
     pub new_upstream: usize,
     /// Indexed by `Side::index()`.
     pub metrics: [SideMetrics; 2],
+    /// The rolling figures of legacy vs new (kept across reloads by name).
+    pub window: Arc<RouteWindow>,
 }
 
 /// The table in force.
@@ -61,7 +64,11 @@ pub const LEGACY: usize = 0;
 
 impl RouteTable {
     /// Builds the table. Fails only where the router cannot be built (regex size limits).
-    pub fn compile(config: Config, metrics: &Arc<Metrics>) -> Result<RouteTable, String> {
+    pub fn compile(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        windows: &Arc<Registry>,
+    ) -> Result<RouteTable, String> {
         let router = Router::new(&config.routes)?;
         let mut upstreams = Vec::with_capacity(config.services.len() + 1);
         for s in std::iter::once(&config.legacy).chain(config.services.iter()) {
@@ -91,6 +98,7 @@ impl RouteTable {
                     metrics.side(&r.name, Side::Legacy),
                     metrics.side(&r.name, Side::New),
                 ],
+                window: windows.route(&r.name),
             })
             .collect();
         let default_route = Route {
@@ -105,6 +113,7 @@ impl RouteTable {
                 metrics.side(DEFAULT_ROUTE, Side::Legacy),
                 metrics.side(DEFAULT_ROUTE, Side::New),
             ],
+            window: windows.route(DEFAULT_ROUTE),
         };
         Ok(RouteTable {
             override_header: config.override_header.clone(),

@@ -1,0 +1,195 @@
+//! Legacy vs new: the rolling figures, the verdicts of `GET /admin/compare`, and
+//! `strangler compare`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use support::*;
+
+/// Sends `n` GETs to `path`, forced to `side`; every `fail_every`-th gets a 500 from the
+/// upstream (0: none).
+async fn traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail_every: usize) {
+    let c = client();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let reqs = chunk.iter().map(|&i| {
+            let mut r = c.get(gw.url(path)).header("x-strangler-side", side);
+            if fail_every > 0 && i % fail_every == 0 {
+                r = r.header("x-test-status", "500");
+            }
+            async move {
+                let resp = r.send().await.unwrap();
+                resp.bytes().await.unwrap();
+            }
+        });
+        join_all(reqs).await;
+    }
+}
+
+async fn compare(gw: &Gateway, query: &str) -> serde_json::Value {
+    client()
+        .get(gw.admin_url(&format!("/admin/compare{query}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn route<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == name)
+        .unwrap_or_else(|| panic!("route {name} in {v}"))
+}
+
+async fn two_route_gateway(extra: &str) -> (Upstream, Upstream, Gateway) {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let yaml = format!(
+        "{}override: {{header: x-strangler-side}}\n{extra}routes:\n  - name: flaky\n    match: {{prefix: /flaky}}\n    service: orders\n    percent: 10\n  - name: steady\n    match: {{prefix: /steady}}\n    service: orders\n    percent: 50\n  - name: quiet\n    match: {{prefix: /quiet}}\n    service: orders\n    percent: 5\n",
+        config_head(&legacy.url(), &[("orders", &orders.url())])
+    );
+    let gw = Gateway::start(&yaml).await;
+    (legacy, orders, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_worse_ok_and_insufficient_data() {
+    let (_legacy, _orders, gw) = two_route_gateway("").await;
+    // flaky: legacy 0% errors, new 10% errors, 1,000 requests a side.
+    traffic(&gw, "/flaky", "legacy", 1000, 0).await;
+    traffic(&gw, "/flaky", "new", 1000, 10).await;
+    // steady: both sides 2% errors.
+    traffic(&gw, "/steady", "legacy", 1000, 50).await;
+    traffic(&gw, "/steady", "new", 1000, 50).await;
+    // quiet: 10 requests.
+    traffic(&gw, "/quiet", "legacy", 5, 0).await;
+    traffic(&gw, "/quiet", "new", 5, 0).await;
+
+    let v = compare(&gw, "?window=5m").await;
+    assert_eq!(v["window_seconds"], 300.0);
+    let flaky = route(&v, "flaky");
+    assert_eq!(flaky["legacy"]["requests"], 1000);
+    assert_eq!(flaky["new"]["requests"], 1000);
+    assert_eq!(flaky["legacy"]["errors"], 0);
+    assert_eq!(flaky["new"]["errors"], 100);
+    assert_eq!(flaky["new"]["error_rate"], 0.1);
+    assert_eq!(flaky["error_rate_delta"], 0.1);
+    assert_eq!(flaky["percent"], 10);
+    assert_eq!(flaky["verdict"], "worse", "{flaky}");
+    assert!(
+        flaky["reasons"][0].as_str().unwrap().contains("error rate"),
+        "{flaky}"
+    );
+    for side in ["legacy", "new"] {
+        let f = &flaky[side];
+        let (p50, p90, p99) = (
+            f["p50_ms"].as_f64().unwrap(),
+            f["p90_ms"].as_f64().unwrap(),
+            f["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 < 10_000.0,
+            "{f}"
+        );
+    }
+    let steady = route(&v, "steady");
+    assert_eq!(steady["legacy"]["errors"], 20);
+    assert_eq!(steady["new"]["errors"], 20);
+    // Equal error rates; latencies of the same upstream server: ok, unless the p99 of
+    // loopback requests happened to differ by half (then say so).
+    if steady["verdict"] != "ok" {
+        let reasons = steady["reasons"].to_string();
+        assert!(
+            reasons.contains("p99") && !reasons.contains("error rate"),
+            "{steady}"
+        );
+    }
+    let quiet = route(&v, "quiet");
+    assert_eq!(quiet["verdict"], "insufficient_data", "{quiet}");
+    assert_eq!(quiet["legacy"]["requests"], 5);
+
+    // A bad window is refused.
+    let r = client()
+        .get(gw.admin_url("/admin/compare?window=soon"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_forgets_old_traffic() {
+    let (_legacy, _orders, gw) =
+        two_route_gateway("compare: {resolution: 200ms, retention: 10s, window: 1s}\n").await;
+    traffic(&gw, "/steady", "new", 60, 0).await;
+    let v = compare(&gw, "").await;
+    assert_eq!(v["window_seconds"], 1.0);
+    assert_eq!(route(&v, "steady")["new"]["requests"], 60);
+    // Time passing is what is tested here: after the window, the traffic is out of it,
+    // and still in a longer one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v = compare(&gw, "?window=1s").await;
+    assert_eq!(route(&v, "steady")["new"]["requests"], 0, "{v}");
+    let v = compare(&gw, "?window=5s").await;
+    assert_eq!(route(&v, "steady")["new"]["requests"], 60, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangler_compare_prints_the_table() {
+    let (_legacy, _orders, gw) = two_route_gateway("").await;
+    traffic(&gw, "/flaky", "legacy", 200, 0).await;
+    traffic(&gw, "/flaky", "new", 200, 5).await;
+    let admin = gw.admin_url("");
+    let bin = env!("CARGO_BIN_EXE_strangler");
+    let out = tokio::process::Command::new(bin)
+        .args(["compare", "--admin", &admin, "--window", "5m"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[1].starts_with("route") && lines[1].contains("verdict"),
+        "{text}"
+    );
+    let flaky = lines
+        .iter()
+        .find(|l| l.starts_with("flaky"))
+        .expect("a flaky row");
+    assert!(
+        flaky.contains("200/200") && flaky.contains("0.00%/20.00%") && flaky.contains("worse"),
+        "{text}"
+    );
+    // Columns are aligned: every row has the verdict column at the same place.
+    let col = lines[1].find("verdict").unwrap();
+    for l in &lines[2..5] {
+        assert!(l.len() > col && l.as_bytes()[col - 1] == b' ', "{text}");
+    }
+    let out = tokio::process::Command::new(bin)
+        .args(["compare", "--admin", &admin, "--json"])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(route(&v, "flaky")["verdict"], "worse");
+    // An unreachable admin API is a clear error, exit 1.
+    let dead = dead_addr().await;
+    let out = tokio::process::Command::new(bin)
+        .args(["compare", "--admin", &format!("http://{dead}")])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+}
