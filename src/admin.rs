@@ -71,6 +71,14 @@ impl Admin {
                 let table = self.gateway.table.load();
                 json_response(StatusCode::OK, &routes_json(&table.config))
             }
+            (&Method::GET, "/") => {
+                let mut r = Response::new(GatewayBody::full(DASHBOARD));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r
+            }
             (&Method::GET, "/admin/compare") => self.compare(req.uri().query()),
             (&Method::POST, "/admin/reload") => match self.authorize(&req) {
                 Some(denied) => denied,
@@ -133,7 +141,15 @@ impl Admin {
                 );
             }
         };
+        let with_series = query.is_some_and(|q| q.split('&').any(|kv| kv == "series=1"));
         let table = self.gateway.table.load();
+        let figures = |r: &crate::table::Route, side| {
+            let mut f = r.window.figures(side, window);
+            if with_series {
+                f.series = Some(r.window.series(side, window));
+            }
+            f
+        };
         let routes: Vec<_> = table
             .routes
             .iter()
@@ -141,18 +157,28 @@ impl Admin {
                 crate::compare::judge(
                     &r.name,
                     number(r.policy.percent_bp),
-                    r.window.figures(crate::side::Side::Legacy, window),
-                    r.window.figures(crate::side::Side::New, window),
+                    figures(r, crate::side::Side::Legacy),
+                    figures(r, crate::side::Side::New),
                     cfg,
                 )
             })
             .collect();
         json_response(
             StatusCode::OK,
-            &json!({"window_seconds": window.as_secs_f64(), "min_requests": cfg.min_requests, "max_p99_ratio": cfg.max_p99_ratio, "routes": routes}),
+            &json!({
+                "window_seconds": window.as_secs_f64(),
+                "covered_seconds": (self.windows.covered(window).as_secs_f64() * 10.0).round() / 10.0,
+                "slot_seconds": self.windows.resolution().as_secs_f64(),
+                "min_requests": cfg.min_requests,
+                "max_p99_ratio": cfg.max_p99_ratio,
+                "routes": routes,
+            }),
         )
     }
 }
+
+/// The dashboard: one self-contained page (no external assets) that polls the admin API.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The route of `/admin/routes/{name}/percent`.
 fn shift_route(path: &str) -> Option<&str> {

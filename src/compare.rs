@@ -148,6 +148,31 @@ impl RouteWindow {
         slot.latency[bucket_of(elapsed.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Requests and errors per slot over the last `window`, oldest first, one point per slot
+    /// (zeros included): `[seconds from the window's start, requests, errors]`.
+    pub fn series(&self, side: Side, window: Duration) -> Vec<[f64; 3]> {
+        let reg = &self.registry;
+        let now = reg.epoch_of(Instant::now());
+        let span = ((window.as_millis() / reg.resolution.as_millis().max(1)).max(1) as u64)
+            .min(reg.slots as u64);
+        let oldest = now.saturating_sub(span - 1);
+        let slot_secs = reg.resolution.as_secs_f64();
+        let slots = self.sides[side.index()].slots.get();
+        (oldest..=now)
+            .map(|epoch| {
+                let (mut r, mut e) = (0u64, 0u64);
+                if let Some(slots) = slots {
+                    let slot = &slots[(epoch % slots.len() as u64) as usize];
+                    if slot.epoch.load(Ordering::Acquire) == epoch {
+                        r = u64::from(slot.requests.load(Ordering::Relaxed));
+                        e = u64::from(slot.errors.load(Ordering::Relaxed));
+                    }
+                }
+                [(epoch - oldest) as f64 * slot_secs, r as f64, e as f64]
+            })
+            .collect()
+    }
+
     /// The figures of one side over the last `window`.
     pub fn figures(&self, side: Side, window: Duration) -> SideFigures {
         let reg = &self.registry;
@@ -221,6 +246,16 @@ impl Registry {
             .clone()
     }
 
+    /// How much of `window` the figures can cover: all of it, or the time since start.
+    pub fn covered(&self, window: Duration) -> Duration {
+        window.min(self.start.elapsed().max(self.resolution))
+    }
+
+    /// The width of one slot.
+    pub fn resolution(&self) -> Duration {
+        self.resolution
+    }
+
     /// The longest window that can be asked for.
     pub fn retention(&self) -> Duration {
         self.resolution * self.slots as u32
@@ -236,6 +271,9 @@ pub struct SideFigures {
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Per-slot points, when asked for (`series=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<[f64; 3]>>,
 }
 
 impl SideFigures {
@@ -253,6 +291,7 @@ impl SideFigures {
             p50_ms: q(0.50),
             p90_ms: q(0.90),
             p99_ms: q(0.99),
+            series: None,
         }
     }
 }
@@ -418,6 +457,7 @@ mod tests {
             p50_ms: Some(p99 / 2.0),
             p90_ms: Some(p99 / 1.5),
             p99_ms: Some(p99),
+            series: None,
         }
     }
 
