@@ -77,6 +77,16 @@ pub enum Command {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Compute the table from Prometheus (all replicas together) instead of one
+        /// gateway's admin API: the Prometheus server's base URL.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// With --prometheus: requests per side below which the verdict is insufficient_data.
+        #[arg(long, default_value_t = 50)]
+        min_requests: u64,
+        /// With --prometheus: new p99 over legacy p99 above which the verdict is worse.
+        #[arg(long, default_value_t = 1.5)]
+        max_p99_ratio: f64,
     },
     /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
     Demo {
@@ -100,7 +110,19 @@ pub fn main() -> ExitCode {
             admin,
             window,
             json,
-        } => run(compare(admin, window, json)),
+            prometheus,
+            min_requests,
+            max_p99_ratio,
+        } => match prometheus {
+            Some(url) => run(compare_prometheus(
+                url,
+                window,
+                json,
+                min_requests,
+                max_p99_ratio,
+            )),
+            None => run(compare(admin, window, json)),
+        },
         Command::Explain {
             file,
             method,
@@ -261,6 +283,149 @@ async fn compare(admin: String, window: Option<String>, json: bool) -> anyhow::R
             body["message"].as_str().unwrap_or("error")
         );
     }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print!("{}", compare_table(&body));
+    }
+    Ok(())
+}
+
+/// Runs one PromQL instant query; the result vector.
+async fn prom_query(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let resp = client
+        .get(&url)
+        .query(&[("query", query)])
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Prometheus at {base}: {e}"))?;
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: not JSON: {e}"))?;
+    if v["status"] != "success" {
+        anyhow::bail!("Prometheus refused {query}: {}", v["error"]);
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// `strangler compare --prometheus URL`: the compare table across every replica Prometheus
+/// scrapes, from the counters and histograms of §7 (5xx answers count as errors, as in the
+/// gateway's own figures).
+async fn compare_prometheus(
+    base: String,
+    window: Option<String>,
+    json: bool,
+    min_requests: u64,
+    max_p99_ratio: f64,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let window = match &window {
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|_| anyhow::anyhow!("--window {w}: a duration like 5m"))?,
+        None => std::time::Duration::from_secs(300),
+    };
+    let w = format!("{}s", window.as_secs().max(1));
+    // Growth over the window, per series: now minus the value a window ago, or all of it
+    // when the series is younger than the window (exact, unlike increase()'s extrapolation).
+    let growth = |metric: &str, by: &str| {
+        format!(
+            "sum by ({by}) ({metric}) - (sum by ({by}) ({metric} offset {w}) or sum by ({by}) ({metric}) * 0)"
+        )
+    };
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let key = |m: &serde_json::Value| {
+        (
+            m["metric"]["route"].as_str().unwrap_or("").to_string(),
+            m["metric"]["side"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let num = |m: &serde_json::Value| {
+        m["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    };
+    let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for m in prom_query(
+        &client,
+        &base,
+        &growth("strangler_requests_total", "route, side"),
+    )
+    .await?
+    {
+        requests.insert(key(&m), num(&m).unwrap_or(0.0));
+    }
+    let mut errors: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for m in prom_query(
+        &client,
+        &base,
+        &growth("strangler_requests_total{code=~\"5..\"}", "route, side"),
+    )
+    .await?
+    {
+        errors.insert(key(&m), num(&m).unwrap_or(0.0));
+    }
+    let mut quantiles: BTreeMap<(String, String), [Option<f64>; 3]> = BTreeMap::new();
+    for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
+        let query = format!(
+            "histogram_quantile({q}, {})",
+            growth(
+                "strangler_request_duration_seconds_bucket",
+                "route, side, le"
+            )
+        );
+        for m in prom_query(&client, &base, &query).await? {
+            quantiles.entry(key(&m)).or_default()[i] = num(&m).map(|s| (s * 1e5).round() / 100.0);
+        }
+    }
+    let mut percents: BTreeMap<String, f64> = BTreeMap::new();
+    for m in prom_query(&client, &base, "max by (route) (strangler_route_percent)").await? {
+        percents.insert(
+            m["metric"]["route"].as_str().unwrap_or("").to_string(),
+            num(&m).unwrap_or(0.0),
+        );
+    }
+    let cfg = crate::compare::CompareConfig {
+        min_requests,
+        max_p99_ratio,
+        ..Default::default()
+    };
+    let side_figures = |route: &str, side: &str| {
+        let k = (route.to_string(), side.to_string());
+        let n = requests.get(&k).copied().unwrap_or(0.0).round() as u64;
+        let e = errors.get(&k).copied().unwrap_or(0.0).round() as u64;
+        let q = quantiles.get(&k).copied().unwrap_or_default();
+        crate::compare::SideFigures {
+            requests: n,
+            errors: e,
+            error_rate: if n == 0 { 0.0 } else { e as f64 / n as f64 },
+            p50_ms: q[0].filter(|_| n > 0),
+            p90_ms: q[1].filter(|_| n > 0),
+            p99_ms: q[2].filter(|_| n > 0),
+            series: None,
+        }
+    };
+    let routes: Vec<_> = percents
+        .iter()
+        .map(|(route, pct)| {
+            let percent = serde_json::from_str(&format_percent((pct * 100.0).round() as u32))
+                .unwrap_or(serde_json::Value::Null);
+            crate::compare::judge(
+                route,
+                percent,
+                side_figures(route, "legacy"),
+                side_figures(route, "new"),
+                &cfg,
+            )
+        })
+        .collect();
+    let body = serde_json::json!({"window_seconds": window.as_secs_f64(), "source": base, "routes": routes});
     if json {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {

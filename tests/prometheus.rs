@@ -1,0 +1,368 @@
+//! Against a real Prometheus server (Debian `prometheus`, started here on loopback):
+//! every query of `dashboards/strangler.json` parses and returns the expected series, and
+//! several gateways on one routes file add up in `strangler compare --prometheus`.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` (host:port of admin listeners) every second.
+    // The child is killed and reaped by `Drop` once constructed.
+    #[allow(clippy::zombie_processes)]
+    async fn start(targets: &[std::net::SocketAddr]) -> Prometheus {
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("no Prometheus: apt-get install -y prometheus (scripts/test installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: strangler\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        let p = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client().get(format!("{}/-/ready", p.url)).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "Prometheus did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    async fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = client()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", q)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `q` returns a single value equal to `want`.
+    async fn wait_for_value(&self, q: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.query(q).await;
+            let got = r
+                .first()
+                .and_then(|m| m["value"][1].as_str()?.parse::<f64>().ok());
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} never became {want} (last {got:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn value(m: &serde_json::Value) -> f64 {
+    m["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grafana_query_parses_and_returns_the_expected_series() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dead = format!("http://{}", dead_addr().await);
+    let yaml = format!(
+        "{}override: {{header: x-strangler-side}}\nroutes:\n  - name: flaky\n    match: {{prefix: /flaky}}\n    service: orders\n    percent: 10\n  - name: broken\n    match: {{prefix: /broken}}\n    service: dead\n    percent: 100\n",
+        config_head(&legacy.url(), &[("orders", &orders.url()), ("dead", &dead)])
+    );
+    let gw = Gateway::start(&yaml).await;
+    let prom = Prometheus::start(&[gw.running.admin_addr]).await;
+
+    // Steady traffic to both sides (new with 10% errors) while Prometheus scrapes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let url = gw.url("/flaky");
+        tokio::spawn(async move {
+            let c = client();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let side = if i % 2 == 0 { "legacy" } else { "new" };
+                let mut r = c.get(&url).header("x-strangler-side", side);
+                if side == "new" && i % 10 == 1 {
+                    r = r.header("x-test-status", "500");
+                }
+                let _ = r.send().await.map(|r| r.bytes());
+                if i % 20 == 0 {
+                    // A route whose service is down: 502s and upstream connect errors.
+                    let _ = c.get(url.replace("/flaky", "/broken")).send().await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Enough scrapes for rate() over 30s to have two samples of every series.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = prom
+            .query("count_over_time(strangler_route_percent[30s])")
+            .await;
+        if r.first().is_some_and(|m| value(m) >= 4.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("dashboards/strangler.json").unwrap())
+            .unwrap();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // What Grafana substitutes: all routes, and a rate interval.
+            let q = expr
+                .replace("$route", ".*")
+                .replace("$__rate_interval", "30s");
+            let result = prom.query(&q).await;
+            assert!(
+                !result.is_empty(),
+                "{}: {q} returned nothing",
+                panel["title"]
+            );
+            let labels: Vec<&serde_json::Value> = result.iter().map(|m| &m["metric"]).collect();
+            if expr.contains("by (route, side)") || expr.contains("by (route, side, le)") {
+                for side in ["legacy", "new"] {
+                    assert!(
+                        labels
+                            .iter()
+                            .any(|l| l["route"] == "flaky" && l["side"] == side),
+                        "{}: no flaky/{side} series in {labels:?}",
+                        panel["title"]
+                    );
+                }
+            }
+            if expr.contains("strangler_route_percent") {
+                let flaky = result
+                    .iter()
+                    .find(|m| m["metric"]["route"] == "flaky")
+                    .unwrap();
+                assert_eq!(value(flaky), 10.0);
+            }
+            if expr.contains("code=~\"5..\"") {
+                // The error rate of new is about 20% of its requests here (every 10th of
+                // the odd ones), legacy's 0: both series exist; new's is above legacy's.
+                let of = |side: &str| {
+                    result
+                        .iter()
+                        .find(|m| m["metric"]["side"] == side)
+                        .map(value)
+                        .unwrap_or(0.0)
+                };
+                assert!(of("new") > of("legacy"), "{result:?}");
+            }
+            if expr.contains("strangler_upstream_errors_total") {
+                assert!(
+                    labels.iter().any(|l| l["route"] == "broken"
+                        && l["side"] == "new"
+                        && l["kind"] == "connect"),
+                    "{labels:?}"
+                );
+            }
+            if expr.contains("strangler_config_info") {
+                assert_eq!(result.len(), 1);
+                assert_eq!(value(&result[0]), 1.0);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "the dashboard has {checked} queries");
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+}
+
+/// Two gateways on one routes file, no balancer in front: Prometheus scrapes both;
+/// `strangler compare --prometheus` adds them up; sticky keys agree; so does the config hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_gateways_add_up_in_prometheus() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}sticky: {{header: x-user-id}}\nroutes:\n  - name: all\n    match: {{prefix: /}}\n    service: orders\n    percent: 50\n",
+            config_head(&legacy.url(), &[("orders", &orders.url())])
+        ),
+    )
+    .unwrap();
+    let a = GatewayProcess::spawn(&file, &[]).await;
+    let b = GatewayProcess::spawn(&file, &[]).await;
+    let prom = Prometheus::start(&[a.admin, b.admin]).await;
+
+    // The same keys through both gateways: each key gets one side, on both.
+    let c = client();
+    let mut sent = 0u64;
+    for k in 0..60 {
+        let key = format!("user-{k}-{}", fastrand::u32(..));
+        let mut sides = Vec::new();
+        for gw in [a.public, b.public] {
+            for _ in 0..3 {
+                let body = c
+                    .get(format!("http://{gw}/x"))
+                    .header("x-user-id", &key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                sides.push(body);
+                sent += 1;
+            }
+        }
+        assert!(
+            sides.iter().all(|s| *s == sides[0]),
+            "key {key} got {sides:?}"
+        );
+    }
+    // Some unmatched-by-key traffic on one gateway only (random draws).
+    for _ in 0..40 {
+        c.get(format!("http://{}/y", a.public))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        sent += 1;
+    }
+
+    prom.wait_for_value("sum(strangler_requests_total)", sent as f64)
+        .await;
+    // Both replicas run the same config.
+    let hashes = prom.query("count by (hash) (strangler_config_info)").await;
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    assert_eq!(value(&hashes[0]), 2.0);
+
+    // Each gateway's own counts, from its /metrics.
+    let mut per_side = [0.0f64; 2];
+    for gw in [&a, &b] {
+        let m = client()
+            .get(format!("http://{}/metrics", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for (i, side) in ["legacy", "new"].iter().enumerate() {
+            per_side[i] += metric(&m, &format!("strangler_requests_total{{code=\"200\",method=\"GET\",route=\"all\",side=\"{side}\"}}")).unwrap_or(0.0);
+        }
+    }
+    assert_eq!(per_side[0] + per_side[1], sent as f64);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args([
+            "compare",
+            "--prometheus",
+            &prom.url,
+            "--window",
+            "10m",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "all")
+        .unwrap();
+    assert_eq!(
+        all["legacy"]["requests"].as_f64().unwrap(),
+        per_side[0],
+        "{all}"
+    );
+    assert_eq!(
+        all["new"]["requests"].as_f64().unwrap(),
+        per_side[1],
+        "{all}"
+    );
+    assert_eq!(all["percent"], 50);
+    assert_eq!(all["verdict"], "ok", "{all}");
+    // And as a table.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(["compare", "--prometheus", &prom.url, "--window", "10m"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{}/{}", per_side[0], per_side[1])),
+        "{text}"
+    );
+}
