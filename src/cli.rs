@@ -149,6 +149,12 @@ pub fn main() -> ExitCode {
             }
             let drain_timeout = config.drain_timeout;
             run(async move {
+                // Signal handlers first: a SIGTERM or SIGHUP that arrives once the gateway
+                // says it is listening must never meet the default action (exit at once).
+                let stop = StopSignals::install()?;
+                #[cfg(unix)]
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                 let log = AccessLog::new(cli.log_format, !no_access_log);
                 let running = crate::server::start(config, log.clone()).await?;
                 // Reload on changes of the file, and on SIGHUP.
@@ -163,15 +169,13 @@ pub fn main() -> ExitCode {
                 #[cfg(unix)]
                 {
                     let reloader = running.reloader.clone();
-                    let mut hup =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                     tokio::spawn(async move {
                         while hup.recv().await.is_some() {
                             let _ = reloader.reload("SIGHUP").await;
                         }
                     });
                 }
-                wait_for_stop().await;
+                stop.wait().await;
                 tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
                 let left = running.drain(drain_timeout).await;
                 if left > 0 {
@@ -238,26 +242,41 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_stop() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C and SIGTERM, listened for from the moment of `install`.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on Ctrl-C or SIGTERM.
+    pub async fn wait(mut self) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (listening from this call on).
+pub async fn wait_for_stop() {
+    match StopSignals::install() {
+        Ok(s) => s.wait().await,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn compare(admin: String, window: Option<String>, json: bool) -> anyhow::Result<()> {

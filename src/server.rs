@@ -82,7 +82,10 @@ impl Running {
         let _ = self.draining.send(true);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let waiting = self.connections.none_left.notified();
+            // Registered before the count is read, so the last connection's notification
+            // cannot fall between the two.
+            let mut waiting = std::pin::pin!(self.connections.none_left.notified());
+            waiting.as_mut().enable();
             let open = self.connections.open.load(Ordering::Acquire);
             if open == 0 {
                 return 0;

@@ -148,3 +148,45 @@ async fn sighup_reloads_the_routes_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A SIGTERM or SIGHUP the moment the gateway says it listens is handled, not fatal: the
+/// handlers are in place before the listening line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_right_after_start_are_handled() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!("{}routes: []\n", config_head(&legacy.url(), &[])),
+    )
+    .unwrap();
+    for signal in ["-HUP", "-TERM"] {
+        let mut gw = GatewayProcess::spawn(&file, &[]).await;
+        let sent = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(gw.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        if signal == "-HUP" {
+            // Still serving.
+            let r = client()
+                .get(format!("http://{}/x", gw.public))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let exit = loop {
+                if let Some(status) = gw.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "no exit after SIGTERM");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(exit.success(), "SIGTERM right after start: {exit:?}");
+        }
+    }
+}
