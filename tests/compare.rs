@@ -5,27 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use support::*;
-
-/// Sends `n` GETs to `path`, forced to `side`; every `fail_every`-th gets a 500 from the
-/// upstream (0: none).
-async fn traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail_every: usize) {
-    let c = client();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
-        let reqs = chunk.iter().map(|&i| {
-            let mut r = c.get(gw.url(path)).header("x-strangler-side", side);
-            if fail_every > 0 && i % fail_every == 0 {
-                r = r.header("x-test-status", "500");
-            }
-            async move {
-                let resp = r.send().await.unwrap();
-                resp.bytes().await.unwrap();
-            }
-        });
-        join_all(reqs).await;
-    }
-}
 
 async fn compare(gw: &Gateway, query: &str) -> serde_json::Value {
     client()
@@ -62,14 +42,14 @@ async fn two_route_gateway(extra: &str) -> (Upstream, Upstream, Gateway) {
 async fn verdicts_worse_ok_and_insufficient_data() {
     let (_legacy, _orders, gw) = two_route_gateway("").await;
     // flaky: legacy 0% errors, new 10% errors, 1,000 requests a side.
-    traffic(&gw, "/flaky", "legacy", 1000, 0).await;
-    traffic(&gw, "/flaky", "new", 1000, 10).await;
+    forced_traffic(&gw, "/flaky", "legacy", 1000, 0).await;
+    forced_traffic(&gw, "/flaky", "new", 1000, 10).await;
     // steady: both sides 2% errors.
-    traffic(&gw, "/steady", "legacy", 1000, 50).await;
-    traffic(&gw, "/steady", "new", 1000, 50).await;
+    forced_traffic(&gw, "/steady", "legacy", 1000, 50).await;
+    forced_traffic(&gw, "/steady", "new", 1000, 50).await;
     // quiet: 10 requests.
-    traffic(&gw, "/quiet", "legacy", 5, 0).await;
-    traffic(&gw, "/quiet", "new", 5, 0).await;
+    forced_traffic(&gw, "/quiet", "legacy", 5, 0).await;
+    forced_traffic(&gw, "/quiet", "new", 5, 0).await;
 
     let v = compare(&gw, "?window=5m").await;
     assert_eq!(v["window_seconds"], 300.0);
@@ -127,7 +107,7 @@ async fn verdicts_worse_ok_and_insufficient_data() {
 async fn the_window_forgets_old_traffic() {
     let (_legacy, _orders, gw) =
         two_route_gateway("compare: {resolution: 200ms, retention: 10s, window: 1s}\n").await;
-    traffic(&gw, "/steady", "new", 60, 0).await;
+    forced_traffic(&gw, "/steady", "new", 60, 0).await;
     let v = compare(&gw, "").await;
     assert_eq!(v["window_seconds"], 1.0);
     assert_eq!(route(&v, "steady")["new"]["requests"], 60);
@@ -143,8 +123,8 @@ async fn the_window_forgets_old_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangler_compare_prints_the_table() {
     let (_legacy, _orders, gw) = two_route_gateway("").await;
-    traffic(&gw, "/flaky", "legacy", 200, 0).await;
-    traffic(&gw, "/flaky", "new", 200, 5).await;
+    forced_traffic(&gw, "/flaky", "legacy", 200, 0).await;
+    forced_traffic(&gw, "/flaky", "new", 200, 5).await;
     let admin = gw.admin_url("");
     let bin = env!("CARGO_BIN_EXE_strangler");
     let out = tokio::process::Command::new(bin)

@@ -3,7 +3,6 @@
 
 mod support;
 
-use futures_util::future::join_all;
 use support::*;
 
 fn chromium() -> String {
@@ -17,20 +16,6 @@ fn chromium() -> String {
         }
     }
     panic!("no Chromium: apt-get install -y chromium (.ci/run installs it)");
-}
-
-async fn traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail_every: usize) {
-    let c = client();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
-        join_all(chunk.iter().map(|&i| {
-            let mut r = c.get(gw.url(path)).header("x-strangler-side", side);
-            if fail_every > 0 && i % fail_every == 0 {
-                r = r.header("x-test-status", "500");
-            }
-            async move { r.send().await.unwrap().bytes().await.unwrap() }
-        }))
-        .await;
-    }
 }
 
 /// The `<tr data-route="NAME">…</tr>` of the rendered page.
@@ -60,9 +45,9 @@ async fn the_dashboard_shows_routes_and_figures_in_a_real_browser() {
         config_head(&legacy.url(), &[("orders", &orders.url())])
     );
     let gw = Gateway::start(&yaml).await;
-    traffic(&gw, "/flaky", "legacy", 400, 0).await;
-    traffic(&gw, "/flaky", "new", 400, 10).await;
-    traffic(&gw, "/quiet", "new", 3, 0).await;
+    forced_traffic(&gw, "/flaky", "legacy", 400, 0).await;
+    forced_traffic(&gw, "/flaky", "new", 400, 10).await;
+    forced_traffic(&gw, "/quiet", "new", 3, 0).await;
     let hash: serde_json::Value = client()
         .get(gw.admin_url("/admin/routes"))
         .send()

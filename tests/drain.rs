@@ -49,12 +49,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         tokio::task::yield_now().await;
     }
 
-    let killed = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(gw.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    gw.signal("-TERM");
 
     // Draining: not ready, and the public listener refuses new connections.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -83,17 +78,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(status, 200);
     assert_eq!(body, "legacy");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(status) = gw.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = gw.exit_status().await;
     assert!(exit.success(), "exit status {exit:?}");
 }
 
@@ -125,12 +110,7 @@ async fn sighup_reloads_the_routes_file() {
         "legacy"
     );
     std::fs::write(&file, route(100)).unwrap();
-    let hup = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(gw.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    gw.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let body = client()
@@ -163,12 +143,7 @@ async fn signals_right_after_start_are_handled() {
     .unwrap();
     for signal in ["-HUP", "-TERM"] {
         let mut gw = GatewayProcess::spawn(&file, &[]).await;
-        let sent = std::process::Command::new("kill")
-            .arg(signal)
-            .arg(gw.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        gw.signal(signal);
         if signal == "-HUP" {
             // Still serving.
             let r = client()
@@ -178,14 +153,7 @@ async fn signals_right_after_start_are_handled() {
                 .unwrap();
             assert_eq!(r.status(), 200);
         } else {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let exit = loop {
-                if let Some(status) = gw.child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(Instant::now() < deadline, "no exit after SIGTERM");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let exit = gw.exit_status().await;
             assert!(exit.success(), "SIGTERM right after start: {exit:?}");
         }
     }

@@ -329,3 +329,47 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `n` GETs to `path` through `gw`, forced to `side` with the override header
+/// `x-strangler-side` (which the routes file must configure), 32 at a time; every
+/// `fail_every`-th (0: none) gets a 500 from the upstream.
+pub async fn forced_traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail_every: usize) {
+    let c = client();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        futures_util::future::join_all(chunk.iter().map(|&i| {
+            let mut r = c.get(gw.url(path)).header("x-strangler-side", side);
+            if fail_every > 0 && i % fail_every == 0 {
+                r = r.header("x-test-status", "500");
+            }
+            async move { r.send().await.unwrap().bytes().await.unwrap() }
+        }))
+        .await;
+    }
+}
+
+impl GatewayProcess {
+    /// Sends a signal (`-TERM`, `-HUP`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal}");
+    }
+
+    /// Waits (10 s at most) for the process to exit; its status.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
