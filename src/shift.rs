@@ -115,13 +115,15 @@ pub fn shift_text(
             let line_end = text[name_at..]
                 .find('\n')
                 .map_or(text.len(), |i| name_at + i + 1);
+            // The file's own line ending (a CRLF file stays CRLF).
+            let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
             let newline = if line_end == text.len() && !text.ends_with('\n') {
-                "\n"
+                eol
             } else {
                 ""
             };
             format!(
-                "{}{}{indent}percent: {value}\n{}",
+                "{}{}{indent}percent: {value}{eol}{}",
                 &text[..line_end],
                 newline,
                 &text[line_end..]
@@ -306,6 +308,20 @@ mod tests {
         let no_newline = text.trim_end().to_string();
         let out = shift(&no_newline, "a", 1000);
         assert!(Config::parse(&out, Path::new("t.yaml")).is_ok(), "{out}");
+    }
+
+    #[test]
+    fn crlf_files_stay_crlf() {
+        let text =
+            format!("{HEAD}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n")
+                .replace('\n', "\r\n");
+        let out = shift(&text, "a", 500);
+        assert_eq!(
+            out,
+            text.replace("  - name: a\r\n", "  - name: a\r\n    percent: 5\r\n")
+        );
+        let out = shift(&out, "a", 600);
+        assert!(out.contains("percent: 6\r\n"), "{out:?}");
     }
 
     #[test]
