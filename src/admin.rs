@@ -30,8 +30,6 @@ pub struct Admin {
     pub token: Option<String>,
     /// The rolling legacy-vs-new figures.
     pub windows: Arc<crate::compare::Registry>,
-    /// Serializes percentage changes (read, edit, write of the one file).
-    pub shifting: tokio::sync::Mutex<()>,
     /// True once the config is loaded and the public listener is up; false while draining.
     pub ready: AtomicBool,
 }
@@ -195,6 +193,18 @@ impl Admin {
     /// `POST /admin/routes/{name}/percent` with `{"percent": N}`: writes the new value into
     /// the routes file (in place, atomically), then reloads.
     async fn shift(&self, route: &str, req: Request<Incoming>) -> Response<GatewayBody> {
+        // JSON only: a form or text/plain body is what a cross-site page could send.
+        let json_body = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        if !json_body {
+            return json_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &json!({"error": "unsupported_media_type", "message": "send Content-Type: application/json"}),
+            );
+        }
         let bad = |message: String| {
             json_response(
                 StatusCode::BAD_REQUEST,
@@ -217,40 +227,69 @@ impl Admin {
                 "expected {\"percent\": N}, N from 0 to 100 with at most two decimals".into(),
             );
         };
-        // One shift at a time: two concurrent shifts of different routes must both survive.
-        let _one = self.shifting.lock().await;
-        let path = self.reloader.path().to_path_buf();
-        let name = route.to_string();
-        let result = tokio::task::spawn_blocking(move || shift_file(&path, &name, bp)).await;
-        let shifted = match result {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return shift_error(&e),
-            Err(e) => {
-                return json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"error": "internal", "message": e.to_string()}),
-                );
+        // The file lock in `shift_file` serializes writers (this gateway's, other gateways',
+        // the CLI's). The edit and its reload run as a task of their own, so a client that
+        // goes away mid-way cannot leave the file changed and the reload not done.
+        let reloader = self.reloader.clone();
+        let route = route.to_string();
+        let task = tokio::spawn(async move {
+            let path = reloader.path().to_path_buf();
+            let name = route.clone();
+            let shifted =
+                match tokio::task::spawn_blocking(move || shift_file(&path, &name, bp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return shift_error(&e),
+                    Err(e) => {
+                        return json_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &json!({"error": "internal", "message": e.to_string()}),
+                        );
+                    }
+                };
+            match reloader.reload("percent change").await {
+                Ok(r) => json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "route": route,
+                        "percent_before": number(shifted.before),
+                        "percent": number(shifted.after),
+                        "config_hash": r.hash,
+                    }),
+                ),
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "invalid_config", "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+                ),
             }
-        };
-        match self.reloader.reload("percent change").await {
-            Ok(r) => json_response(
-                StatusCode::OK,
-                &json!({
-                    "route": route,
-                    "percent_before": number(shifted.before),
-                    "percent": number(shifted.after),
-                    "config_hash": r.hash,
-                }),
-            ),
-            Err(e) => json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "invalid_config", "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>()}),
-            ),
-        }
+        });
+        task.await.unwrap_or_else(|e| {
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal", "message": e.to_string()}),
+            )
+        })
     }
 
-    /// `None` when the request may change state; else the 401 to answer.
+    /// `None` when the request may change state; else the 401 or 403 to answer.
     fn authorize(&self, req: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+        // A browser on another site can send a POST here (no preflight for simple
+        // requests): refuse any request a page from another origin sent.
+        if let Some(origin) = req.headers().get(http::header::ORIGIN) {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes);
+            let origin_host = origin
+                .as_bytes()
+                .strip_prefix(b"http://")
+                .or_else(|| origin.as_bytes().strip_prefix(b"https://"));
+            if origin_host.is_none() || origin_host != host {
+                return Some(json_response(
+                    StatusCode::FORBIDDEN,
+                    &json!({"error": "forbidden", "message": "state-changing calls from another origin are refused"}),
+                ));
+            }
+        }
         let token = self.token.as_deref()?;
         let given = req
             .headers()
@@ -284,9 +323,8 @@ fn shift_error(e: &ShiftError) -> Response<GatewayBody> {
             "invalid_config",
             Some(c.errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
         ),
-        ShiftError::Io { .. } | ShiftError::Layout(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "write_failed", None)
-        }
+        ShiftError::Layout(_) => (StatusCode::BAD_REQUEST, "cannot_edit", None),
+        ShiftError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed", None),
     };
     let mut v = json!({"error": code, "message": e.to_string()});
     if let Some(errors) = errors {

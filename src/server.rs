@@ -154,7 +154,6 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         reloader: reloader.clone(),
         token,
         windows,
-        shifting: Default::default(),
         ready: false.into(),
     });
     let (draining, drain_rx) = watch::channel(false);

@@ -49,19 +49,67 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
         path: path.to_path_buf(),
         source,
     };
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    let (new_text, shifted) = shift_text(&text, path, route, bp)?;
-    if shifted.before == shifted.after {
-        return Ok(shifted);
-    }
-    let meta = std::fs::metadata(path).map_err(io)?;
+    // Through a symlink, the target is what changes (the link stays a link).
+    let target = std::fs::canonicalize(path).map_err(io)?;
+    let meta = std::fs::metadata(&target).map_err(io)?;
     if meta.permissions().readonly() {
         return Err(ShiftError::ReadOnly {
             path: path.to_path_buf(),
         });
     }
-    write_atomically(path, &new_text, meta.permissions())?;
+    // One writer at a time, across processes (the CLI and every gateway on this file):
+    // read, edit and rename happen under an exclusive lock on a file beside it.
+    let _lock = lock_beside(&target).map_err(|source| read_only_or(path, source))?;
+    let text = std::fs::read_to_string(&target).map_err(io)?;
+    let (new_text, shifted) = shift_text(&text, path, route, bp)?;
+    if shifted.before == shifted.after {
+        return Ok(shifted);
+    }
+    write_atomically(&target, &new_text, meta.permissions())
+        .map_err(|source| read_only_or(path, source))?;
     Ok(shifted)
+}
+
+/// A permission problem is the file being read-only where it is; anything else is I/O.
+fn read_only_or(path: &Path, source: std::io::Error) -> ShiftError {
+    if matches!(
+        source.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    ) {
+        ShiftError::ReadOnly {
+            path: path.to_path_buf(),
+        }
+    } else {
+        ShiftError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An exclusive lock on `.NAME.lock` beside `target`, held until the file is dropped.
+fn lock_beside(target: &Path) -> std::io::Result<std::fs::File> {
+    let lock = sibling(target, "lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// `.NAME.SUFFIX` in the directory of `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.{suffix}"))
 }
 
 /// The text with `route`'s percentage set to `bp`, validated.
@@ -131,15 +179,23 @@ pub fn shift_text(
         }
     };
     let after = Config::parse(&new_text, file).map_err(ShiftError::InvalidAfter)?;
-    if after
-        .routes
-        .iter()
-        .find(|r| r.name == route)
-        .map(|r| r.percent_bp)
-        != Some(bp)
-    {
+    // Exactly one thing changed: this route's share (an alias could have carried the edit
+    // to another route too).
+    let shares = |c: &Config| {
+        c.routes
+            .iter()
+            .map(|r| (r.name.clone(), r.percent_bp))
+            .collect::<Vec<_>>()
+    };
+    let mut expected = shares(&config);
+    for (name, p) in &mut expected {
+        if name == route {
+            *p = bp;
+        }
+    }
+    if shares(&after) != expected {
         return Err(ShiftError::Layout(
-            "the edited file does not hold the new percentage".into(),
+            "the edit would change more than this route's percent (is the value an anchor or alias?)".into(),
         ));
     }
     Ok((new_text, shifted))
@@ -216,43 +272,30 @@ fn scalar_len(s: &str) -> usize {
     }
 }
 
-fn write_atomically(
-    path: &Path,
-    text: &str,
-    perms: std::fs::Permissions,
-) -> Result<(), ShiftError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.strangler-{}.tmp", std::process::id()));
-    let fail = |source: std::io::Error| {
+fn write_atomically(path: &Path, text: &str, perms: std::fs::Permissions) -> std::io::Result<()> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!(
+        "strangler-{}-{}-{:08x}.tmp",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        fastrand::u32(..)
+    );
+    let tmp = sibling(path, &unique);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::set_permissions(&tmp, perms)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        if matches!(
-            source.kind(),
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-        ) {
-            ShiftError::ReadOnly {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ShiftError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(text.as_bytes()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    drop(f);
-    std::fs::set_permissions(&tmp, perms).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    Ok(())
+    }
+    result
 }
 
 #[cfg(test)]

@@ -143,9 +143,11 @@ async fn concurrent_admin_shifts_of_two_routes_both_survive() {
     let c = client();
     let (ra, rb) = tokio::join!(
         c.post(gw.admin_url("/admin/routes/a/percent"))
+            .header("content-type", "application/json")
             .body(r#"{"percent": 100}"#)
             .send(),
         c.post(gw.admin_url("/admin/routes/b/percent"))
+            .header("content-type", "application/json")
             .body(r#"{"percent": 100}"#)
             .send(),
     );
@@ -200,6 +202,7 @@ async fn admin_shift_errors() {
     let c = client();
     let post = |route: &str, body: &'static str| {
         c.post(gw.admin_url(&format!("/admin/routes/{route}/percent")))
+            .header("content-type", "application/json")
             .body(body)
             .send()
     };
@@ -223,4 +226,88 @@ async fn admin_shift_errors() {
         v["message"].as_str().unwrap().contains("at its source"),
         "{v}"
     );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // What a page on another site could send: refused, and the file is untouched.
+    let before = std::fs::read_to_string(&file).unwrap();
+    let r = c
+        .post(gw.admin_url("/admin/routes/a/percent"))
+        .header("content-type", "text/plain")
+        .body(r#"{"percent": 100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = c
+        .post(gw.admin_url("/admin/routes/a/percent"))
+        .header("content-type", "application/json")
+        .header("origin", "https://evil.example")
+        .body(r#"{"percent": 100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(gw.admin_url("/admin/reload"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+}
+
+/// Through a symlink (as a ConfigMap mounts files), the target changes and the link stays.
+#[test]
+fn shift_through_a_symlink_edits_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::create_dir(dir.path().join("link")).unwrap();
+    let real = dir.path().join("real/routes.yaml");
+    let link = dir.path().join("link/routes.yaml");
+    std::fs::write(&real, EXAMPLE).unwrap();
+    std::os::unix::fs::symlink("../real/routes.yaml", &link).unwrap();
+    let out = strangler(&["shift", link.to_str().unwrap(), "orders-read", "40"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(Config::load(&real).unwrap().routes[0].percent_bp, 4000);
+}
+
+/// Several processes shifting different routes of one file at once: every change survives.
+#[test]
+fn concurrent_shifts_from_several_processes_all_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let f = file.to_str().unwrap();
+    let routes = ["orders-read", "orders-write", "billing", "invoice-pdf"];
+    let children: Vec<_> = routes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            (0..3).map(move |_| {
+                Command::new(env!("CARGO_BIN_EXE_strangler"))
+                    .args(["shift", f, r, &format!("{}", 11 + i)])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let cfg = Config::load(&file).unwrap();
+    for (i, r) in routes.iter().enumerate() {
+        let got = cfg.routes.iter().find(|x| x.name == *r).unwrap().percent_bp;
+        assert_eq!(got, (11 + i as u32) * 100, "{r}");
+    }
 }
