@@ -190,9 +190,9 @@ pub fn percent_to_bp(f: f64) -> Option<u32> {
 
 /// Formats basis points as a percentage without trailing zeros: 2550 → "25.5".
 pub fn format_percent(bp: u32) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         (bp / 100).to_string()
-    } else if bp % 10 == 0 {
+    } else if bp.is_multiple_of(10) {
         format!("{}.{}", bp / 100, (bp % 100) / 10)
     } else {
         format!("{}.{:02}", bp / 100, bp % 100)

@@ -208,7 +208,7 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
             .uri(format!("http://{gateway}{path}"))
             .header("x-user-id", user)
             .header("cookie", format!("session=s-{user}"));
-        if n % 17 == 0 {
+        if n.is_multiple_of(17) {
             req = req.header("x-tenant", "beta");
         }
         let Ok(req) = req.body(Full::new(Bytes::new())) else {

@@ -410,10 +410,10 @@ impl GatewayBody {
 impl Drop for GatewayBody {
     fn drop(&mut self) {
         // A body without frames (HEAD, 204, 304, empty) may never be polled.
-        if let Some(held) = self.conn.take() {
-            if self.is_end_stream() {
-                held.release();
-            }
+        if let Some(held) = self.conn.take()
+            && self.is_end_stream()
+        {
+            held.release();
         }
     }
 }
@@ -865,10 +865,10 @@ impl Gateway {
             if !h.contains_key(&X_FORWARDED_PROTO) {
                 h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             }
-            if !h.contains_key(&X_FORWARDED_HOST) {
-                if let Some(host) = h.get(header::HOST).cloned() {
-                    h.insert(X_FORWARDED_HOST, host);
-                }
+            if !h.contains_key(&X_FORWARDED_HOST)
+                && let Some(host) = h.get(header::HOST).cloned()
+            {
+                h.insert(X_FORWARDED_HOST, host);
             }
         } else {
             h.insert(X_FORWARDED_FOR, peer.ip_header.clone());

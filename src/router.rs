@@ -185,10 +185,10 @@ enum Miss {
 impl Conditions {
     #[inline]
     fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Miss> {
-        if let Some(ms) = &self.methods {
-            if !ms.contains(method) {
-                return Err(Miss::Method);
-            }
+        if let Some(ms) = &self.methods
+            && !ms.contains(method)
+        {
+            return Err(Miss::Method);
         }
         for (i, c) in self.headers.iter().enumerate() {
             let ok = match &c.test {
@@ -445,10 +445,10 @@ impl Router {
     /// Calls `f` with each group whose pattern matches `path`, most specific first, until it
     /// breaks.
     fn visit(&self, path: &str, mut f: impl FnMut(GroupId, Tier) -> ControlFlow<()>) {
-        if let Some(&g) = self.exact.get(path) {
-            if f(g, Tier::Exact).is_break() {
-                return;
-            }
+        if let Some(&g) = self.exact.get(path)
+            && f(g, Tier::Exact).is_break()
+        {
+            return;
         }
         if !self.trie.literal.is_empty() || self.trie.param.is_some() || self.trie.rest.is_some() {
             let segs: SmallVec<[&str; 16]> = path[1..].split('/').collect();
@@ -468,10 +468,10 @@ impl Router {
                 path
             };
             loop {
-                if let Some(&g) = self.prefix.get(cur) {
-                    if f(g, Tier::Prefix).is_break() {
-                        return;
-                    }
+                if let Some(&g) = self.prefix.get(cur)
+                    && f(g, Tier::Prefix).is_break()
+                {
+                    return;
                 }
                 match cur.rfind('/') {
                     _ if cur == "/" => break,
@@ -483,10 +483,10 @@ impl Router {
         }
         if self.regex_any.is_some() || !self.regex_by_segment.is_empty() {
             let mut hits: SmallVec<[u32; 8]> = SmallVec::new();
-            if let Some(seg) = first_segment(path) {
-                if let Some(b) = self.regex_by_segment.get(seg) {
-                    b.matches(path, &mut hits);
-                }
+            if let Some(seg) = first_segment(path)
+                && let Some(b) = self.regex_by_segment.get(seg)
+            {
+                b.matches(path, &mut hits);
             }
             if let Some(b) = &self.regex_any {
                 b.matches(path, &mut hits);
@@ -572,10 +572,10 @@ fn walk(node: &TrieNode, segs: &[&str], out: &mut SmallVec<[GroupId; 8]>) {
     if let Some(child) = node.literal.get(*first) {
         walk(child, rest, out);
     }
-    if let Some(child) = &node.param {
-        if !first.is_empty() {
-            walk(child, rest, out);
-        }
+    if let Some(child) = &node.param
+        && !first.is_empty()
+    {
+        walk(child, rest, out);
     }
 }
 

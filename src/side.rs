@@ -89,15 +89,15 @@ pub fn choose(
     override_header: Option<&HeaderName>,
     req: &RequestKeys<'_>,
 ) -> (Side, Reason) {
-    if let Some(h) = override_header {
-        if let Some(v) = req.headers.get(h) {
-            let v = v.as_bytes();
-            if v.eq_ignore_ascii_case(b"legacy") {
-                return (Side::Legacy, Reason::Override);
-            }
-            if v.eq_ignore_ascii_case(b"new") {
-                return (Side::New, Reason::Override);
-            }
+    if let Some(h) = override_header
+        && let Some(v) = req.headers.get(h)
+    {
+        let v = v.as_bytes();
+        if v.eq_ignore_ascii_case(b"legacy") {
+            return (Side::Legacy, Reason::Override);
+        }
+        if v.eq_ignore_ascii_case(b"new") {
+            return (Side::New, Reason::Override);
         }
     }
     match policy.percent_bp {
@@ -105,15 +105,15 @@ pub fn choose(
         10_000.. => return (Side::New, Reason::Percent),
         _ => {}
     }
-    if let Some(key) = &policy.sticky {
-        if let Some(b) = with_key(key, req, |k| bucket(&policy.cohort, k)) {
-            let side = if b < policy.percent_bp {
-                Side::New
-            } else {
-                Side::Legacy
-            };
-            return (side, Reason::Sticky);
-        }
+    if let Some(key) = &policy.sticky
+        && let Some(b) = with_key(key, req, |k| bucket(&policy.cohort, k))
+    {
+        let side = if b < policy.percent_bp {
+            Side::New
+        } else {
+            Side::Legacy
+        };
+        return (side, Reason::Sticky);
     }
     let side = if fastrand::u32(0..10_000) < policy.percent_bp {
         Side::New

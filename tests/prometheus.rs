@@ -67,10 +67,10 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = client().get(format!("{}/-/ready", p.url)).send().await {
-                if r.status() == 200 {
-                    break;
-                }
+            if let Ok(r) = client().get(format!("{}/-/ready", p.url)).send().await
+                && r.status() == 200
+            {
+                break;
             }
             assert!(Instant::now() < deadline, "Prometheus did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -138,13 +138,13 @@ async fn every_grafana_query_parses_and_returns_the_expected_series() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let side = if i % 2 == 0 { "legacy" } else { "new" };
+                let side = if i.is_multiple_of(2) { "legacy" } else { "new" };
                 let mut r = c.get(&url).header("x-strangler-side", side);
                 if side == "new" && i % 10 == 1 {
                     r = r.header("x-test-status", "500");
                 }
                 let _ = r.send().await.map(|r| r.bytes());
-                if i % 20 == 0 {
+                if i.is_multiple_of(20) {
                     // A route whose service is down: 502s and upstream connect errors.
                     let _ = c.get(url.replace("/flaky", "/broken")).send().await;
                 }
