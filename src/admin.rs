@@ -122,7 +122,10 @@ impl Admin {
 impl Admin {
     /// `GET /admin/compare?window=5m`: legacy vs new per route over the window.
     fn compare(&self, query: Option<&str>) -> Response<GatewayBody> {
-        let cfg = &self.windows.config;
+        // The thresholds and default window of the config in force (reloadable); the slot
+        // layout is the one the registry was made with.
+        let table = self.gateway.table.load();
+        let cfg = &table.config.compare;
         let asked = query
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("window=")))
             .map(|w| humantime::parse_duration(w).map_err(|_| w.to_string()));
@@ -140,7 +143,6 @@ impl Admin {
             }
         };
         let with_series = query.is_some_and(|q| q.split('&').any(|kv| kv == "series=1"));
-        let table = self.gateway.table.load();
         let figures = |r: &crate::table::Route, side| {
             let mut f = r.window.figures(side, window);
             if with_series {

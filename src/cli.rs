@@ -350,12 +350,12 @@ async fn compare_prometheus(
         None => std::time::Duration::from_secs(300),
     };
     let w = format!("{}s", window.as_secs().max(1));
-    // Growth over the window, per series: now minus the value a window ago, or all of it
-    // when the series is younger than the window (exact, unlike increase()'s extrapolation).
+    // Growth over the window, per series (per replica) before summing: now minus a window
+    // ago; the whole value for a series younger than the window or reset within it (a
+    // replica restarted: its count since then). Exact when nothing restarted, unlike
+    // increase()'s extrapolation; a restart undercounts only that replica's pre-restart part.
     let growth = |metric: &str, by: &str| {
-        format!(
-            "sum by ({by}) ({metric}) - (sum by ({by}) ({metric} offset {w}) or sum by ({by}) ({metric}) * 0)"
-        )
+        format!("sum by ({by}) (({metric} - {metric} offset {w}) >= 0 or {metric})")
     };
     let client = reqwest::Client::builder().no_proxy().build()?;
     let key = |m: &serde_json::Value| {

@@ -23,8 +23,10 @@ use crate::metrics::Metrics;
 use crate::table::RouteTable;
 use crate::yaml::Pos;
 
-/// How long file events are collected before one reload.
+/// A reload waits for this long without file events…
 const DEBOUNCE: Duration = Duration::from_millis(250);
+/// …but no longer than this after the first one.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 
 /// What a successful reload did.
 #[derive(Debug, Clone)]
@@ -143,6 +145,12 @@ impl Reloader {
                         table.config.admin.listen, self.admin_listen
                     ));
                 }
+                let (old, new) = (&self.windows.config, &table.config.compare);
+                if old.resolution != new.resolution || old.retention != new.retention {
+                    warnings.push(
+                        "compare.resolution and compare.retention changes need a restart; the window, min_requests and max_p99_ratio apply now".to_string(),
+                    );
+                }
                 let hash = table.config.hash.clone();
                 let names: Vec<&str> = table.routes.iter().map(|r| &*r.name).collect();
                 self.metrics.retain_routes(&names);
@@ -173,17 +181,36 @@ impl Reloader {
                     let _ = tx.send(());
                 }
             })?;
-        let dir = match self.path.parent() {
+        let dir_of = |p: &Path| match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let dir = dir_of(&self.path);
         watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        // A symlink to a file elsewhere: watch the target's directory too.
+        if let Ok(target) = std::fs::canonicalize(&self.path) {
+            let target_dir = dir_of(&target);
+            if std::fs::canonicalize(&dir).ok().as_deref() != Some(target_dir.as_path()) {
+                if let Err(e) = watcher.watch(&target_dir, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %target_dir.display(), error = %e, "cannot watch the routes file's target directory");
+                }
+            }
+        }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                // Debounce: editors and ConfigMap swaps make several events per change.
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
+                // Settle: wait until no event has come for DEBOUNCE (an editor's write may
+                // come in several parts), but no longer than DEBOUNCE_MAX (other files of
+                // the directory may keep changing).
+                let give_up = tokio::time::Instant::now() + DEBOUNCE_MAX;
+                loop {
+                    let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(give_up);
+                    match tokio::time::timeout_at(quiet, rx.recv()).await {
+                        Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
+                        Ok(None) => return,
+                        _ => break,
+                    }
+                }
                 let Some(me) = me.upgrade() else { return };
                 // Errors are logged and counted by `reload`.
                 let _ = me.reload("file change").await;

@@ -300,3 +300,37 @@ async fn admin_token_guards_changes() {
         assert_eq!(r.status(), 200, "{read}");
     }
 }
+
+/// A routes file that is a symlink to a file in another directory: editing the target is
+/// seen (its directory is watched too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_a_symlinks_target_are_seen() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    let real = dir.path().join("real/routes.yaml");
+    let link = dir.path().join("conf/routes.yaml");
+    let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
+    std::fs::write(&real, version(&head, 0)).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let running = strangler::server::start(
+        Config::load(&link).unwrap(),
+        AccessLog::new(LogFormat::Json, false),
+    )
+    .await
+    .unwrap();
+    let _watcher = running.reloader.watch().unwrap();
+    let gw = Gateway { running };
+    let text = version(&head, 100);
+    replace(&real, &text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while routes_hash(&gw.admin_url("")).await != hash(&text) {
+        assert!(
+            Instant::now() < deadline,
+            "the edit of the target was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
