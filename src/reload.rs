@@ -190,10 +190,10 @@ impl Reloader {
         // A symlink to a file elsewhere: watch the target's directory too.
         if let Ok(target) = std::fs::canonicalize(&self.path) {
             let target_dir = dir_of(&target);
-            if std::fs::canonicalize(&dir).ok().as_deref() != Some(target_dir.as_path()) {
-                if let Err(e) = watcher.watch(&target_dir, notify::RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %target_dir.display(), error = %e, "cannot watch the routes file's target directory");
-                }
+            if std::fs::canonicalize(&dir).ok().as_deref() != Some(target_dir.as_path())
+                && let Err(e) = watcher.watch(&target_dir, notify::RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(dir = %target_dir.display(), error = %e, "cannot watch the routes file's target directory");
             }
         }
         let me = Arc::downgrade(self);
