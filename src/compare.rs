@@ -246,6 +246,15 @@ impl Registry {
             .clone()
     }
 
+    /// Forgets the routes not in `names` (after a reload removed or renamed them), so their
+    /// memory goes once the last request holding them is done.
+    pub fn retain(&self, names: &[&str]) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.retain(|name, _| {
+            name == crate::metrics::DEFAULT_ROUTE || names.contains(&name.as_str())
+        });
+    }
+
     /// How much of `window` the figures can cover: all of it, or the time since start.
     pub fn covered(&self, window: Duration) -> Duration {
         window.min(self.start.elapsed().max(self.resolution))
@@ -342,6 +351,11 @@ pub enum Verdict {
 
 /// One-sided critical value of the standard normal at 99%.
 const Z_99: f64 = 2.326;
+/// The significance level of "new's error rate is higher".
+const ALPHA: f64 = 0.01;
+/// Below this many requests on a side, p99 is one or two requests: the p99 ratio is not
+/// judged (the error rates still are).
+pub const MIN_FOR_P99: u64 = 200;
 
 /// The two-proportion z statistic of new's error rate over legacy's (pooled variance).
 pub fn z_score(legacy: &SideFigures, new: &SideFigures) -> f64 {
@@ -355,6 +369,63 @@ pub fn z_score(legacy: &SideFigures, new: &SideFigures) -> f64 {
         return 0.0;
     }
     (new.error_rate - legacy.error_rate) / se
+}
+
+/// ln(n!), exact up to 255, Stirling's series beyond (error below 1e-10 there).
+fn ln_factorial(n: u64) -> f64 {
+    if n < 256 {
+        return (2..=n).map(|k| (k as f64).ln()).sum();
+    }
+    let x = n as f64;
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x * x * x)
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
+}
+
+/// One-sided Fisher exact test: the probability, with the errors of both sides pooled, that
+/// new gets at least as many of them as it did. `None` when the sum would be too long.
+fn fisher_p(n1: u64, e1: u64, n2: u64, e2: u64) -> Option<f64> {
+    let (n, k) = (n1 + n2, e1 + e2);
+    let hi = k.min(n2);
+    if hi < e2 {
+        return Some(1.0);
+    }
+    if hi - e2 > 100_000 {
+        return None;
+    }
+    let denom = ln_choose(n, n2);
+    let p: f64 = (e2..=hi)
+        .filter(|&x| n2 - x <= n - k)
+        .map(|x| (ln_choose(k, x) + ln_choose(n - k, n2 - x) - denom).exp())
+        .sum();
+    Some(p.min(1.0))
+}
+
+/// Whether new's error rate is higher with significance at 99%, and how it was judged.
+/// Large samples use the two-proportion z-test; where an expected count is under 5 (few
+/// errors, or few requests), the normal approximation is poor and Fisher's exact test
+/// decides instead (one error among 50 requests against none among 1000 is not a
+/// regression at 99%).
+pub fn error_rate_worse(legacy: &SideFigures, new: &SideFigures) -> Option<String> {
+    let (n1, n2) = (legacy.requests, new.requests);
+    if n1 == 0 || n2 == 0 || new.error_rate <= legacy.error_rate {
+        return None;
+    }
+    let pooled = (legacy.errors + new.errors) as f64 / (n1 + n2) as f64;
+    let min_expected = [n1 as f64, n2 as f64]
+        .iter()
+        .flat_map(|n| [n * pooled, n * (1.0 - pooled)])
+        .fold(f64::INFINITY, f64::min);
+    if min_expected < 5.0
+        && let Some(p) = fisher_p(n1, legacy.errors, n2, new.errors)
+    {
+        return (p < ALPHA).then(|| format!("new error rate higher (Fisher exact p = {p:.4})"));
+    }
+    let z = z_score(legacy, new);
+    (z > Z_99).then(|| format!("new error rate higher (z = {z:.1})"))
 }
 
 /// Judges one route from both sides' figures.
@@ -378,11 +449,11 @@ pub fn judge(
         ));
         Verdict::InsufficientData
     } else {
-        let z = z_score(&legacy, &new);
-        if z > Z_99 {
-            reasons.push(format!("new error rate higher (z = {z:.1})"));
+        if let Some(why) = error_rate_worse(&legacy, &new) {
+            reasons.push(why);
         }
-        if let Some(r) = p99_ratio.filter(|r| *r > cfg.max_p99_ratio) {
+        let p99_judged = legacy.requests >= MIN_FOR_P99 && new.requests >= MIN_FOR_P99;
+        if let Some(r) = p99_ratio.filter(|r| p99_judged && *r > cfg.max_p99_ratio) {
             reasons.push(format!(
                 "new p99 is {r:.2}x legacy's (bound {})",
                 cfg.max_p99_ratio
@@ -466,6 +537,11 @@ mod tests {
         let cfg = CompareConfig::default();
         let j = |l, n| judge("r", 25.into(), l, n, &cfg).verdict;
         assert_eq!(j(fig(1800, 0, 10.0), fig(200, 20, 10.0)), Verdict::Worse);
+        assert_eq!(
+            j(fig(1000, 0, 10.0), fig(1000, 0, 16.0)),
+            Verdict::Worse,
+            "p99 ratio 1.6"
+        );
         assert_eq!(j(fig(1000, 10, 10.0), fig(1000, 10, 10.0)), Verdict::Ok);
         assert_eq!(
             j(fig(1000, 10, 10.0), fig(1000, 13, 10.0)),
@@ -482,6 +558,22 @@ mod tests {
             "p99 ratio 1.6"
         );
         assert_eq!(j(fig(1000, 0, 10.0), fig(1000, 0, 14.0)), Verdict::Ok);
+        // One error in a small canary is not a regression at 99% (Fisher: p = 0.048)...
+        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 1, 10.0)), Verdict::Ok);
+        // ...four are (p < 0.01).
+        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 4, 10.0)), Verdict::Worse);
+        // p99 from 60 requests is one request: not judged.
+        assert_eq!(j(fig(60, 0, 10.0), fig(60, 0, 30.0)), Verdict::Ok);
+    }
+
+    #[test]
+    fn fisher_matches_a_hand_computed_value() {
+        // N = 1050, K = 1 error, 50 drawn: P(X >= 1) = 50 / 1050.
+        let p = fisher_p(1000, 0, 50, 1).unwrap();
+        assert!((p - 50.0 / 1050.0).abs() < 1e-9, "{p}");
+        // Stirling side: continuity across 255/256.
+        let d = ln_factorial(256) - ln_factorial(255);
+        assert!((d - 256f64.ln()).abs() < 1e-9, "{d}");
     }
 
     #[test]

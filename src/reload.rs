@@ -154,6 +154,7 @@ impl Reloader {
                 let hash = table.config.hash.clone();
                 let names: Vec<&str> = table.routes.iter().map(|r| &*r.name).collect();
                 self.metrics.retain_routes(&names);
+                self.windows.retain(&names);
                 table.publish(&self.metrics);
                 self.gateway.table.store(Arc::new(table));
                 self.metrics.count_reload(true);
