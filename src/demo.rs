@@ -135,6 +135,8 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     println!();
     println!("strangler demo is running (Ctrl-C to stop)");
     println!("  gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')");
+    println!("  dashboard:    http://{admin}/   (legacy vs new, side by side)");
+    println!("  compare:      http://{admin}/admin/compare   (or: cargo run --release -- compare)");
     println!("  metrics:      http://{admin}/metrics");
     println!("  route table:  http://{admin}/admin/routes");
     println!("  health:       http://{admin}/healthz  http://{admin}/readyz");
