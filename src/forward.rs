@@ -386,15 +386,6 @@ impl GatewayBody {
             read_timeout: Duration::ZERO,
         }
     }
-    pub fn empty() -> GatewayBody {
-        GatewayBody {
-            inner: Inner::Full(None),
-            done: None,
-            conn: None,
-            idle: None,
-            read_timeout: Duration::ZERO,
-        }
-    }
 
     /// Records a failure of the upstream's body against the upstream.
     fn upstream_failed(&mut self, kind: UpstreamErrorKind, what: &'static str) {
