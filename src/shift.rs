@@ -152,8 +152,9 @@ pub fn shift_text(
         let name_at = offset(text, name.pos)
             .ok_or_else(|| ShiftError::Layout("name value position".into()))?;
         let line_start = text[..key_at].rfind('\n').map_or(0, |i| i + 1);
-        let before_key = text[line_start..key_at].trim_end();
-        if before_key.ends_with('{') || before_key.ends_with(',') {
+        // A flow mapping (`{name: a, ...}`, on one line or several) starts with `{`.
+        let flow = offset(text, node.pos).is_some_and(|at| text[at..].starts_with('{'));
+        if flow {
             // Flow mapping: `{name: a, ...}` gains `, percent: N` after the name.
             let end = name_at + scalar_len(&text[name_at..]);
             format!("{}, percent: {}{}", &text[..end], value, &text[end..])
