@@ -355,6 +355,17 @@ mod tests {
     }
 
     #[test]
+    fn flow_mapping_over_several_lines() {
+        let text = format!(
+            "{HEAD}routes:\n  - {{\n      name: a, match: {{prefix: /a}},\n      service: orders}}\n"
+        );
+        assert_eq!(
+            shift(&text, "a", 300),
+            text.replace("name: a,", "name: a, percent: 3,")
+        );
+    }
+
+    #[test]
     fn crlf_files_stay_crlf() {
         let text =
             format!("{HEAD}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n")
