@@ -10,16 +10,10 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let legacy = Upstream::start("legacy").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "{}drain_timeout: 20s\nroutes: []\n",
-            config_head(&legacy.url(), &[])
-        ),
-    )
-    .unwrap();
+    let (_dir, file) = routes_file(&format!(
+        "{}drain_timeout: 20s\nroutes: []\n",
+        config_head(&legacy.url(), &[])
+    ));
     let mut gw = GatewayProcess::spawn(&file, &[]).await;
     let public = gw.public;
     let admin = gw.admin;
@@ -134,13 +128,7 @@ async fn sighup_reloads_the_routes_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_right_after_start_are_handled() {
     let legacy = Upstream::start("legacy").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        format!("{}routes: []\n", config_head(&legacy.url(), &[])),
-    )
-    .unwrap();
+    let (_dir, file) = routes_file(&format!("{}routes: []\n", config_head(&legacy.url(), &[])));
     for signal in ["-HUP", "-TERM"] {
         let mut gw = GatewayProcess::spawn(&file, &[]).await;
         gw.signal(signal);

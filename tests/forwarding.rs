@@ -365,13 +365,7 @@ async fn absolute_form_and_connect_never_reach_other_hosts() {
 async fn proxy_environment_variables_are_ignored() {
     let legacy = Upstream::start("legacy").await;
     let dead = dead_addr().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        format!("{}routes: []\n", config_head(&legacy.url(), &[])),
-    )
-    .unwrap();
+    let (_dir, file) = routes_file(&format!("{}routes: []\n", config_head(&legacy.url(), &[])));
     let proxy = format!("http://{dead}");
     let gw = GatewayProcess::spawn(
         &file,

@@ -242,16 +242,10 @@ async fn every_grafana_query_parses_and_returns_the_expected_series() {
 async fn several_gateways_add_up_in_prometheus() {
     let legacy = Upstream::start("legacy").await;
     let orders = Upstream::start("orders").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "{}sticky: {{header: x-user-id}}\nroutes:\n  - name: all\n    match: {{prefix: /}}\n    service: orders\n    percent: 50\n",
-            config_head(&legacy.url(), &[("orders", &orders.url())])
-        ),
-    )
-    .unwrap();
+    let (_dir, file) = routes_file(&format!(
+        "{}sticky: {{header: x-user-id}}\nroutes:\n  - name: all\n    match: {{prefix: /}}\n    service: orders\n    percent: 50\n",
+        config_head(&legacy.url(), &[("orders", &orders.url())])
+    ));
     let a = GatewayProcess::spawn(&file, &[]).await;
     let b = GatewayProcess::spawn(&file, &[]).await;
     let prom = Prometheus::start(&[a.admin, b.admin]).await;

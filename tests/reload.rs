@@ -254,16 +254,10 @@ async fn admin_reload_applies_or_answers_the_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_changes() {
     let legacy = Upstream::start("legacy").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  token_env: STRANGLER_TEST_TOKEN\nlegacy: {{url: {}}}\nroutes: []\n",
-            legacy.url()
-        ),
-    )
-    .unwrap();
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  token_env: STRANGLER_TEST_TOKEN\nlegacy: {{url: {}}}\nroutes: []\n",
+        legacy.url()
+    ));
     let gw = GatewayProcess::spawn(&file, &[("STRANGLER_TEST_TOKEN", "s3cret-token")]).await;
     let c = client();
     let url = format!("http://{}/admin/reload", gw.admin);

@@ -35,9 +35,7 @@ fn differing_lines(a: &str, b: &str) -> Vec<(String, String)> {
 
 #[test]
 fn shift_changes_exactly_one_line_of_a_commented_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(&file, EXAMPLE).unwrap();
+    let (_dir, file) = routes_file(EXAMPLE);
     let out = strangler(&["shift", file.to_str().unwrap(), "orders-read", "30"]);
     assert!(
         out.status.success(),
@@ -82,9 +80,7 @@ fn shift_inserts_a_missing_percent_at_the_routes_indentation() {
 
 #[test]
 fn shift_refuses_bad_input_and_read_only_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(&file, EXAMPLE).unwrap();
+    let (_dir, file) = routes_file(EXAMPLE);
     let f = file.to_str().unwrap();
     for (args, says) in [
         (vec!["shift", f, "orders-read", "101"], "percent"),
@@ -284,9 +280,7 @@ fn shift_through_a_symlink_edits_the_target() {
 /// Several processes shifting different routes of one file at once: every change survives.
 #[test]
 fn concurrent_shifts_from_several_processes_all_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(&file, EXAMPLE).unwrap();
+    let (_dir, file) = routes_file(EXAMPLE);
     let f = file.to_str().unwrap();
     let routes = ["orders-read", "orders-write", "billing", "invoice-pdf"];
     let children: Vec<_> = routes

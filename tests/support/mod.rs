@@ -373,3 +373,11 @@ impl GatewayProcess {
         }
     }
 }
+
+/// Writes a routes file into a new temporary directory; keep the directory alive.
+pub fn routes_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
