@@ -370,26 +370,29 @@ async fn compare_prometheus(
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| v.is_finite())
     };
-    let mut requests: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for m in prom_query(
-        &client,
-        &base,
-        &growth("strangler_requests_total", "route, side"),
-    )
-    .await?
-    {
-        requests.insert(key(&m), num(&m).unwrap_or(0.0));
-    }
-    let mut errors: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for m in prom_query(
-        &client,
-        &base,
-        &growth("strangler_requests_total{code=~\"5..\"}", "route, side"),
-    )
-    .await?
-    {
-        errors.insert(key(&m), num(&m).unwrap_or(0.0));
-    }
+    // One value per (route, side) of a query.
+    let by_route_side = |result: Vec<serde_json::Value>| -> BTreeMap<(String, String), f64> {
+        result
+            .iter()
+            .map(|m| (key(m), num(m).unwrap_or(0.0)))
+            .collect()
+    };
+    let requests = by_route_side(
+        prom_query(
+            &client,
+            &base,
+            &growth("strangler_requests_total", "route, side"),
+        )
+        .await?,
+    );
+    let errors = by_route_side(
+        prom_query(
+            &client,
+            &base,
+            &growth("strangler_requests_total{code=~\"5..\"}", "route, side"),
+        )
+        .await?,
+    );
     let mut quantiles: BTreeMap<(String, String), [Option<f64>; 3]> = BTreeMap::new();
     for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
         let query = format!(
