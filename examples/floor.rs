@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::time::Instant;
-use strangler::pool::{self, PoolKey};
+use strangler::floor::{self as pool, PoolKey};
 
 // The same allocator as the gateway binary, so the comparison is of features only.
 #[global_allocator]
@@ -47,7 +47,7 @@ fn main() {
                             .sender
                             .send_request(http::Request::from_parts(
                                 parts,
-                                strangler::forward::RequestBody::new(body),
+                                pool::RequestBody::new(body),
                             ))
                             .await
                             .unwrap();

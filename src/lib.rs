@@ -1,36 +1,37 @@
 //! strangler: a gateway for carving a monolith into services, one endpoint at a time.
 //!
-//! The request path, in order of the modules it crosses:
+//! The layers, lowest first; a layer imports only the ones below it (`tests/layers.rs`
+//! checks this):
 //!
-//! - [`config`] reads and validates the routes file (through [`yaml`], which keeps every
-//!   node's line and column so that all errors of a file are reported at once);
-//! - [`table`] compiles a validated config into the immutable [`table::RouteTable`]:
-//!   the [`router`] (route matching, §3), side policies ([`side`], §4), upstreams and the
-//!   metric handles of [`metrics`] (§7);
-//! - [`server`] accepts connections and hands each request to [`forward`], which
-//!   canonicalizes the path ([`canon`], §5), routes, chooses the side, forwards through the
-//!   per-thread connection [`pool`] and streams the answer back, logging it through
-//!   [`accesslog`];
-//! - [`admin`] serves `/metrics`, health, readiness, the live table, reloads, and the
-//!   legacy-vs-new comparison of [`compare`] (§6);
-//! - [`reload`] re-reads the routes file and swaps the table whole (SIGHUP, file changes,
-//!   `POST /admin/reload`);
-//! - [`cli`] implements the commands (§8), and [`demo`] the self-contained demo.
+//! - [`routing`]: which route takes a request and which side serves it; pure (no I/O, no
+//!   YAML). [`RouteTable::decide`] is the one function that picks a route and a side;
+//! - [`config`]: the routes file, read, validated and compiled into a `RouteTable`;
+//! - [`observe`]: metrics, the access log, and the legacy-vs-new comparison;
+//! - [`proxy`]: the request path, as its phases: admit, decide, rewrite, send, respond,
+//!   record;
+//! - [`control`]: listeners, the admin API (axum), reload, shift, drain;
+//! - [`cli`]: the command line and the demo.
+//!
+//! The README's "Layout" section says why the layers are in this order.
 
-pub mod accesslog;
-pub mod admin;
-pub mod canon;
-pub mod cli;
-pub mod compare;
-pub mod config;
-pub mod demo;
-pub mod forward;
-pub mod metrics;
-pub mod pool;
-pub mod reload;
-pub mod router;
-pub mod server;
-pub mod shift;
-pub mod side;
-pub mod table;
-pub mod yaml;
+mod cli;
+mod config;
+mod control;
+mod observe;
+mod proxy;
+mod routing;
+
+pub use cli::main;
+pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
+pub use control::watch::Watch;
+pub use control::{Running, start};
+pub use observe::{AccessLog, LogFormat};
+pub use routing::{Decision, Reason, RequestView, RouteTable, Router, Side};
+
+/// The per-thread upstream connection pool and the request body it sends, for
+/// `examples/floor.rs`, which measures hyper and the pool with none of the gateway's
+/// features.
+pub mod floor {
+    pub use crate::proxy::RequestBody;
+    pub use crate::proxy::pool::{PoolKey, checkin, checkout};
+}

@@ -6,5 +6,5 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    strangler::cli::main()
+    strangler::main()
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use strangler::accesslog::{AccessLog, LogFormat};
-use strangler::config::Config;
+use strangler::Config;
+use strangler::{AccessLog, LogFormat};
 use support::*;
 
 fn hash(text: &str) -> String {
@@ -59,10 +59,10 @@ async fn fifty_rewrites_under_load_lose_nothing() {
     let first = version(&head, 0);
     std::fs::write(&file, &first).unwrap();
     let cfg = Config::load(&file).unwrap();
-    let running = strangler::server::start(cfg, AccessLog::new(LogFormat::Json, false))
+    let running = strangler::start(cfg, AccessLog::new(LogFormat::Json, false))
         .await
         .unwrap();
-    let _watcher = running.reloader.watch().unwrap();
+    let _watcher = running.watch().unwrap();
     let gw = Gateway { running };
     let admin = gw.admin_url("");
 
@@ -164,7 +164,7 @@ async fn admin_reload_applies_or_answers_the_errors() {
     let file = dir.path().join("routes.yaml");
     let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
     std::fs::write(&file, version(&head, 0)).unwrap();
-    let running = strangler::server::start(
+    let running = strangler::start(
         Config::load(&file).unwrap(),
         AccessLog::new(LogFormat::Json, false),
     )
@@ -309,13 +309,13 @@ async fn edits_of_a_symlinks_target_are_seen() {
     let head = config_head(&legacy.url(), &[("orders", &orders.url())]);
     std::fs::write(&real, version(&head, 0)).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let running = strangler::server::start(
+    let running = strangler::start(
         Config::load(&link).unwrap(),
         AccessLog::new(LogFormat::Json, false),
     )
     .await
     .unwrap();
-    let _watcher = running.reloader.watch().unwrap();
+    let _watcher = running.watch().unwrap();
     let gw = Gateway { running };
     let text = version(&head, 100);
     replace(&real, &text);

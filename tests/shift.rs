@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use strangler::accesslog::{AccessLog, LogFormat};
-use strangler::config::Config;
+use strangler::Config;
+use strangler::{AccessLog, LogFormat};
 use support::*;
 
 const EXAMPLE: &str = include_str!("../routes/example.yaml");
@@ -118,7 +118,7 @@ fn two_routes(head: &str) -> String {
 }
 
 async fn in_process(file: &Path) -> Gateway {
-    let running = strangler::server::start(
+    let running = strangler::start(
         Config::load(file).unwrap(),
         AccessLog::new(LogFormat::Json, false),
     )

@@ -22,9 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use strangler::accesslog::{AccessLog, LogFormat};
-use strangler::config::Config;
-use strangler::server::{self, Running};
+use strangler::Config;
+use strangler::Running;
+use strangler::{AccessLog, LogFormat};
 
 /// What an upstream received.
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ impl Gateway {
     pub async fn start(yaml: &str) -> Gateway {
         let cfg = Config::parse(yaml, Path::new("test.yaml"))
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let running = server::start(cfg, AccessLog::new(LogFormat::Json, false))
+        let running = strangler::start(cfg, AccessLog::new(LogFormat::Json, false))
             .await
             .unwrap();
         Gateway { running }

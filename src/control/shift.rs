@@ -10,8 +10,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::config::yaml::{self, Node, Pos, Value};
 use crate::config::{Config, ConfigErrors, format_percent};
-use crate::yaml::{self, Node, Pos, Value};
 
 /// Why a shift was not made.
 #[derive(Debug, thiserror::Error)]
@@ -273,30 +273,22 @@ fn scalar_len(s: &str) -> usize {
     }
 }
 
+/// Replaces `path` with `text` atomically: a temporary file beside it, written, synced and
+/// given `perms`, renamed over it.
 fn write_atomically(path: &Path, text: &str, perms: std::fs::Permissions) -> std::io::Result<()> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = format!(
-        "strangler-{}-{}-{:08x}.tmp",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        fastrand::u32(..)
-    );
-    let tmp = sibling(path, &unique);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::set_permissions(&tmp, perms)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".strangler-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    std::fs::set_permissions(tmp.path(), perms)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,11 +23,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::accesslog::{AccessLog, LogFormat};
 use crate::config::Config;
+use crate::control::serve::wait_for_stop;
+use crate::observe::{AccessLog, LogFormat};
 
 /// The example routes file, built into the binary so the demo runs from anywhere.
-pub const EXAMPLE_ROUTES: &str = include_str!("../routes/example.yaml");
+pub const EXAMPLE_ROUTES: &str = include_str!("../../routes/example.yaml");
 
 /// How a demo upstream behaves.
 #[derive(Clone, Copy)]
@@ -129,7 +130,7 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
         demo_upstream(addr_of(&s.url)?, b).await?;
     }
     let log = AccessLog::new(format, access_log);
-    let running = crate::server::start(config, log.clone()).await?;
+    let running = crate::control::start(config, log.clone()).await?;
     let public = running.public_addr;
     let admin = running.admin_addr;
     println!();
@@ -165,7 +166,7 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
             }
         })
     };
-    crate::cli::wait_for_stop().await;
+    wait_for_stop().await;
     reporter.abort();
     running.drain(Duration::from_secs(5)).await;
     running.close();

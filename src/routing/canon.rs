@@ -1,9 +1,9 @@
-//! Path canonicalization (CONTRACT §5).
+//! Path canonicalization (docs/http.md, "The path").
 //!
 //! The path is canonicalized once per request; the route is chosen on that form and that same
 //! form is forwarded, so the gateway and the upstream can never disagree about which resource
-//! a request names. It owns no routing: it turns a raw request path into its canonical form or
-//! says why the path is rejected.
+//! a request names. Rule paths in the routes file must already be in this form. It turns a raw
+//! path into its canonical form or says why the path is rejected, nothing more.
 
 use std::borrow::Cow;
 

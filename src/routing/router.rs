@@ -1,5 +1,5 @@
-//! Route matching (CONTRACT §3): from a canonical path, a method and headers to the winning
-//! rule.
+//! Route matching (README "Which route wins"): from a canonical path, a method and headers
+//! to the winning rule.
 //!
 //! Rules are grouped by path pattern; a lookup visits groups in precedence order (exact,
 //! templates, prefixes, regexes) and, inside a group, rules with more conditions first, then
@@ -20,152 +20,8 @@ use http::{HeaderMap, Method};
 use regex::RegexSet;
 use smallvec::SmallVec;
 
-use crate::config::{HeaderCond, HeaderTest, PathMatch, RouteConfig};
-
-/// A parsed path template: `/api/orders/{id}`, `/files/{*rest}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    source: String,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-    /// Only last: one or more remaining segments (the last may be empty after a final `/`).
-    Rest(String),
-}
-
-impl Template {
-    /// Parses a template; the error says what is wrong.
-    pub fn parse(s: &str) -> Result<Template, String> {
-        let Some(body) = s.strip_prefix('/') else {
-            return Err("it does not start with /".into());
-        };
-        let parts: Vec<&str> = body.split('/').collect();
-        let mut segments = Vec::with_capacity(parts.len());
-        let mut names: Vec<&str> = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            if part.starts_with('{') && part.ends_with('}') && part.len() >= 2 {
-                let inner = &part[1..part.len() - 1];
-                let (rest, name) = match inner.strip_prefix('*') {
-                    Some(n) => (true, n),
-                    None => (false, inner),
-                };
-                if !valid_param(name) {
-                    return Err(format!(
-                        "parameter name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"
-                    ));
-                }
-                if names.contains(&name) {
-                    return Err(format!("parameter {name:?} appears twice"));
-                }
-                names.push(name);
-                if rest {
-                    if !last {
-                        return Err(format!("{{*{name}}} must be the last segment"));
-                    }
-                    segments.push(Segment::Rest(name.to_string()));
-                } else {
-                    segments.push(Segment::Param(name.to_string()));
-                }
-            } else if part.contains('{') || part.contains('}') {
-                return Err(format!(
-                    "segment {part:?} mixes text and braces; a parameter must be a whole segment"
-                ));
-            } else if part.is_empty() && !last {
-                return Err("it holds an empty segment (//)".into());
-            } else if *part == "." || *part == ".." {
-                return Err("it holds a dot segment".into());
-            } else {
-                match crate::canon::canonicalize(&format!("/{part}")) {
-                    Ok(c) if c.len() == part.len() + 1 => {}
-                    _ => return Err(format!("segment {part:?} is not in canonical form")),
-                }
-                segments.push(Segment::Literal(part.to_string()));
-            }
-        }
-        if !segments.iter().any(|s| !matches!(s, Segment::Literal(_))) {
-            return Err("it has no parameter".into());
-        }
-        Ok(Template {
-            source: s.to_string(),
-            segments,
-        })
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    fn literals(&self) -> usize {
-        self.segments
-            .iter()
-            .filter(|s| matches!(s, Segment::Literal(_)))
-            .count()
-    }
-    fn params(&self) -> usize {
-        self.segments
-            .iter()
-            .filter(|s| matches!(s, Segment::Param(_)))
-            .count()
-    }
-    fn has_rest(&self) -> bool {
-        matches!(self.segments.last(), Some(Segment::Rest(_)))
-    }
-    /// The pattern with parameter names erased: two templates with the same shape are one
-    /// pattern for precedence.
-    fn shape(&self) -> String {
-        let mut s = String::new();
-        for seg in &self.segments {
-            s.push('/');
-            match seg {
-                Segment::Literal(l) => s.push_str(l),
-                Segment::Param(_) => s.push_str("{}"),
-                Segment::Rest(_) => s.push_str("{*}"),
-            }
-        }
-        s
-    }
-}
-
-fn valid_param(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
-/// The methods a rule takes: a bit per common method, a list for the rest.
-#[derive(Debug, Clone)]
-struct MethodSet {
-    mask: u16,
-    others: Vec<Method>,
-}
-
-impl MethodSet {
-    fn new(methods: &[Method]) -> MethodSet {
-        let mut set = MethodSet {
-            mask: 0,
-            others: Vec::new(),
-        };
-        for m in methods {
-            match crate::metrics::method_index(m) {
-                i if i < crate::metrics::METHOD_OTHER => set.mask |= 1 << i,
-                _ => set.others.push(m.clone()),
-            }
-        }
-        set
-    }
-    fn contains(&self, m: &Method) -> bool {
-        match crate::metrics::method_index(m) {
-            i if i < crate::metrics::METHOD_OTHER => self.mask & (1 << i) != 0,
-            _ => self.others.contains(m),
-        }
-    }
-}
+use super::method::MethodSet;
+use super::pattern::{HeaderCond, Match, PathMatch, Segment};
 
 /// The conditions of one rule, compiled.
 #[derive(Debug, Clone)]
@@ -177,7 +33,7 @@ struct Conditions {
 /// Why a candidate rule did not take a request: the method, or the header condition at
 /// this index (rendered as text only by `explain`, never on the request path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Miss {
+pub enum Miss {
     Method,
     Header(usize),
 }
@@ -191,15 +47,7 @@ impl Conditions {
             return Err(Miss::Method);
         }
         for (i, c) in self.headers.iter().enumerate() {
-            let ok = match &c.test {
-                HeaderTest::Present(want) => headers.contains_key(&c.name) == *want,
-                HeaderTest::Exact(v) => headers.get_all(&c.name).iter().any(|h| h == v),
-                HeaderTest::Regex(r) => headers
-                    .get_all(&c.name)
-                    .iter()
-                    .any(|h| h.to_str().is_ok_and(|s| r.is_match(s))),
-            };
-            if !ok {
+            if !c.holds(headers) {
                 return Err(Miss::Header(i));
             }
         }
@@ -260,48 +108,22 @@ pub struct Router {
     regex_group: Vec<GroupId>,
 }
 
-/// One candidate examined by `Router::explain`.
-#[derive(Debug, Clone)]
-pub struct Candidate {
+/// One candidate rule a lookup examined, in the order it examined them.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
     pub rule: usize,
     pub tier: Tier,
-    pub pattern: String,
-    /// `Ok` for the winner, else why it did not take the request.
-    pub outcome: Result<(), String>,
-}
-
-/// The rule groups in the order §3 tries them, for rules that share a pattern; used by
-/// `check` to find rules that can never win. Each inner list is one pattern group, ordered.
-pub fn group_order(routes: &[RouteConfig]) -> Vec<Vec<usize>> {
-    let mut keys: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, r) in routes.iter().enumerate() {
-        let key = pattern_key(&r.path);
-        match keys.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => v.push(i),
-            None => keys.push((key, vec![i])),
-        }
-    }
-    keys.into_iter()
-        .map(|(_, mut v)| {
-            v.sort_by_key(|&i| (std::cmp::Reverse(routes[i].condition_count()), i));
-            v
-        })
-        .collect()
-}
-
-fn pattern_key(p: &PathMatch) -> String {
-    match p {
-        PathMatch::Exact(s) => format!("e:{s}"),
-        PathMatch::Template(t) => format!("t:{}", t.shape()),
-        PathMatch::Prefix(s) => format!("p:{s}"),
-        PathMatch::Regex(s) => format!("r:{s}"),
-    }
+    /// The pattern of the rule's group, as written.
+    pub pattern: &'a str,
+    /// `None` for the winner, else why it did not take the request.
+    pub miss: Option<Miss>,
 }
 
 impl Router {
-    /// Compiles the matcher. Patterns were validated by `config`; a regex that still fails
-    /// to build (size limits) is reported as an error.
-    pub fn new(routes: &[RouteConfig]) -> Result<Router, String> {
+    /// Compiles the matcher of `rules` (in file order). Patterns were validated when the
+    /// routes file was read; a regex that still fails to build (size limits) is an error.
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a Match>) -> Result<Router, String> {
+        let routes: Vec<&Match> = rules.into_iter().collect();
         let mut r = Router {
             conditions: routes
                 .iter()
@@ -324,7 +146,7 @@ impl Router {
         // (anchored pattern, pattern as written), in file order.
         let mut regex_patterns: Vec<(String, String)> = Vec::new();
         for (i, rc) in routes.iter().enumerate() {
-            let key = pattern_key(&rc.path);
+            let key = rc.path.key();
             if let Some(&g) = by_key.get(&key) {
                 r.groups[g as usize].push(i as u32);
                 continue;
@@ -398,13 +220,31 @@ impl Router {
     /// The winning rule for a request, if any. `path` must be canonical.
     #[inline]
     pub fn find(&self, path: &str, method: &Method, headers: &HeaderMap) -> Option<usize> {
+        self.find_traced(path, method, headers, |_| {})
+    }
+
+    /// As `find`, calling `trace` with every candidate examined, in order, up to and
+    /// including the winner. The request path passes a closure that does nothing, which
+    /// compiles away; `strangler explain` passes one that collects.
+    #[inline]
+    pub fn find_traced(
+        &self,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        mut trace: impl FnMut(Candidate<'_>),
+    ) -> Option<usize> {
         let mut won = None;
-        self.visit(path, |g, _| {
+        self.visit(path, |g, tier| {
             for &rule in &self.groups[g as usize] {
-                if self.conditions[rule as usize]
-                    .check(method, headers)
-                    .is_ok()
-                {
+                let miss = self.conditions[rule as usize].check(method, headers).err();
+                trace(Candidate {
+                    rule: rule as usize,
+                    tier,
+                    pattern: &self.group_pattern[g as usize],
+                    miss,
+                });
+                if miss.is_none() {
                     won = Some(rule as usize);
                     return ControlFlow::Break(());
                 }
@@ -414,32 +254,15 @@ impl Router {
         won
     }
 
-    /// Every candidate considered for a request, in order, up to and including the winner.
-    pub fn explain(&self, path: &str, method: &Method, headers: &HeaderMap) -> Vec<Candidate> {
-        let mut out = Vec::new();
-        self.visit(path, |g, tier| {
-            for &rule in &self.groups[g as usize] {
-                let conds = &self.conditions[rule as usize];
-                let outcome = conds.check(method, headers).map_err(|miss| match miss {
-                    Miss::Method => "the method is not in its list".to_string(),
-                    Miss::Header(i) => {
-                        format!("header condition `{}` does not hold", conds.headers[i])
-                    }
-                });
-                let won = outcome.is_ok();
-                out.push(Candidate {
-                    rule: rule as usize,
-                    tier,
-                    pattern: self.group_pattern[g as usize].clone(),
-                    outcome,
-                });
-                if won {
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        });
-        out
+    /// Why `rule` missed, in words (for `strangler explain`).
+    pub fn describe_miss(&self, rule: usize, miss: Miss) -> String {
+        match miss {
+            Miss::Method => "the method is not in its list".to_string(),
+            Miss::Header(i) => format!(
+                "header condition `{}` does not hold",
+                self.conditions[rule].headers[i]
+            ),
+        }
     }
 
     /// Calls `f` with each group whose pattern matches `path`, most specific first, until it
@@ -582,19 +405,6 @@ fn walk(node: &TrieNode, segs: &[&str], out: &mut SmallVec<[GroupId; 8]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn template_parse() {
-        assert!(Template::parse("/api/orders/{id}").is_ok());
-        assert!(Template::parse("/files/{*rest}").is_ok());
-        assert!(Template::parse("/a/{*rest}/b").is_err());
-        assert!(Template::parse("/a/x{id}").is_err());
-        assert!(Template::parse("/a/{id}/{id}").is_err());
-        assert!(Template::parse("/a/{}").is_err());
-        assert!(Template::parse("/a/{id").is_err());
-        assert!(Template::parse("a/{id}").is_err());
-        assert!(Template::parse("/a//{id}").is_err());
-    }
 
     #[test]
     fn regex_literal_prefixes() {

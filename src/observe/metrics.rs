@@ -1,4 +1,4 @@
-//! Prometheus metrics (CONTRACT §7): names, label sets, and the per-route handles.
+//! Prometheus metrics (docs/metrics.md): names, label sets, and the per-route handles.
 //!
 //! Every metric name is a constant here. Label values are bounded: route names from the file
 //! (or `default`), two sides, ten method values, status codes, four error kinds. Handles for a
@@ -10,13 +10,12 @@
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use http::Method;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::side::Side;
+use crate::routing::{METHODS, Side};
 
 pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
 pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
@@ -25,36 +24,10 @@ pub const ROUTE_PERCENT: &str = "strangler_route_percent";
 pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
 
-/// The route label of requests no rule takes.
-pub const DEFAULT_ROUTE: &str = "default";
-
 /// Buckets of `strangler_request_duration_seconds`, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-/// Method label values; anything else is `OTHER` (index `METHOD_OTHER`).
-pub const METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
-];
-pub const METHOD_OTHER: usize = 9;
-
-/// Index of a method in `METHODS`.
-#[inline]
-pub fn method_index(m: &Method) -> usize {
-    match *m {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::DELETE => 4,
-        Method::PATCH => 5,
-        Method::OPTIONS => 6,
-        Method::TRACE => 7,
-        Method::CONNECT => 8,
-        _ => METHOD_OTHER,
-    }
-}
 
 /// How an upstream exchange failed: the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Legacy vs new, side by side (CONTRACT §6 `GET /admin/compare`): rolling figures per route
-//! and side over a sliding window, and the verdict.
+//! The rolling legacy-vs-new figures (README "Legacy vs new"): per route and side, over a
+//! sliding window.
 //!
 //! Each route and side keeps a ring of time slots (`compare.resolution` wide, covering
 //! `compare.retention`), each with a request count, an error count and a latency histogram
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::side::Side;
+use crate::config::CompareConfig;
+use crate::routing::{DEFAULT_ROUTE, Side};
 
 /// Latency buckets: 0 for under 64 µs, then 8 per power of two up to 2^27 µs (134 s).
 const SUB: u64 = 8;
@@ -47,38 +48,10 @@ fn bucket_range(i: usize) -> (f64, f64) {
     (lo as f64, (lo + width) as f64)
 }
 
-/// Settings of the comparison (the routes file's `compare` section).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompareConfig {
-    /// Default window of `GET /admin/compare`.
-    pub window: Duration,
-    /// Requests per side in the window below which the verdict is `insufficient_data`.
-    pub min_requests: u64,
-    /// New's p99 over legacy's above which the verdict is `worse`.
-    pub max_p99_ratio: f64,
-    /// Width of one time slot.
-    pub resolution: Duration,
-    /// How far back figures are kept: the longest window.
-    pub retention: Duration,
-}
-
-impl Default for CompareConfig {
-    fn default() -> Self {
-        CompareConfig {
-            window: Duration::from_secs(300),
-            min_requests: 50,
-            max_p99_ratio: 1.5,
-            resolution: Duration::from_secs(10),
-            retention: Duration::from_secs(900),
-        }
-    }
-}
-
-impl CompareConfig {
-    fn slots(&self) -> usize {
-        let r = self.resolution.as_millis().max(1);
-        (self.retention.as_millis().div_ceil(r) as usize).clamp(1, 3600)
-    }
+/// How many slots `config` asks for.
+fn slot_count(config: &CompareConfig) -> usize {
+    let r = config.resolution.as_millis().max(1);
+    (config.retention.as_millis().div_ceil(r) as usize).clamp(1, 3600)
 }
 
 struct Slot {
@@ -214,7 +187,7 @@ impl Registry {
         Arc::new(Registry {
             start: Instant::now(),
             resolution: config.resolution,
-            slots: config.slots(),
+            slots: slot_count(&config),
             routes: Mutex::new(HashMap::new()),
             config,
         })
@@ -250,9 +223,7 @@ impl Registry {
     /// memory goes once the last request holding them is done.
     pub fn retain(&self, names: &[&str]) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.retain(|name, _| {
-            name == crate::metrics::DEFAULT_ROUTE || names.contains(&name.as_str())
-        });
+        routes.retain(|name, _| name == DEFAULT_ROUTE || names.contains(&name.as_str()));
     }
 
     /// How much of `window` the figures can cover: all of it, or the time since start.
@@ -326,157 +297,6 @@ fn percentile(hist: &[u64; BUCKETS], total: u64, p: f64) -> Option<f64> {
     Some(bucket_range(BUCKETS - 1).1)
 }
 
-/// The comparison of one route.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RouteComparison {
-    pub route: String,
-    pub percent: serde_json::Value,
-    pub legacy: SideFigures,
-    pub new: SideFigures,
-    /// New's error rate minus legacy's.
-    pub error_rate_delta: f64,
-    /// New's p99 over legacy's, when both are known.
-    pub p99_ratio: Option<f64>,
-    pub verdict: Verdict,
-    pub reasons: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    InsufficientData,
-    Worse,
-    Ok,
-}
-
-/// One-sided critical value of the standard normal at 99%.
-const Z_99: f64 = 2.326;
-/// The significance level of "new's error rate is higher".
-const ALPHA: f64 = 0.01;
-/// Below this many requests on a side, p99 is one or two requests: the p99 ratio is not
-/// judged (the error rates still are).
-pub const MIN_FOR_P99: u64 = 200;
-
-/// The two-proportion z statistic of new's error rate over legacy's (pooled variance).
-pub fn z_score(legacy: &SideFigures, new: &SideFigures) -> f64 {
-    let (n1, n2) = (legacy.requests as f64, new.requests as f64);
-    if n1 == 0.0 || n2 == 0.0 {
-        return 0.0;
-    }
-    let pooled = (legacy.errors + new.errors) as f64 / (n1 + n2);
-    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
-    if se == 0.0 {
-        return 0.0;
-    }
-    (new.error_rate - legacy.error_rate) / se
-}
-
-/// ln(n!), exact up to 255, Stirling's series beyond (error below 1e-10 there).
-fn ln_factorial(n: u64) -> f64 {
-    if n < 256 {
-        return (2..=n).map(|k| (k as f64).ln()).sum();
-    }
-    let x = n as f64;
-    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
-        - 1.0 / (360.0 * x * x * x)
-}
-
-fn ln_choose(n: u64, k: u64) -> f64 {
-    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
-}
-
-/// One-sided Fisher exact test: the probability, with the errors of both sides pooled, that
-/// new gets at least as many of them as it did. `None` when the sum would be too long.
-fn fisher_p(n1: u64, e1: u64, n2: u64, e2: u64) -> Option<f64> {
-    let (n, k) = (n1 + n2, e1 + e2);
-    let hi = k.min(n2);
-    if hi < e2 {
-        return Some(1.0);
-    }
-    if hi - e2 > 100_000 {
-        return None;
-    }
-    let denom = ln_choose(n, n2);
-    let p: f64 = (e2..=hi)
-        .filter(|&x| n2 - x <= n - k)
-        .map(|x| (ln_choose(k, x) + ln_choose(n - k, n2 - x) - denom).exp())
-        .sum();
-    Some(p.min(1.0))
-}
-
-/// Whether new's error rate is higher with significance at 99%, and how it was judged.
-/// Large samples use the two-proportion z-test; where an expected count is under 5 (few
-/// errors, or few requests), the normal approximation is poor and Fisher's exact test
-/// decides instead (one error among 50 requests against none among 1000 is not a
-/// regression at 99%).
-pub fn error_rate_worse(legacy: &SideFigures, new: &SideFigures) -> Option<String> {
-    let (n1, n2) = (legacy.requests, new.requests);
-    if n1 == 0 || n2 == 0 || new.error_rate <= legacy.error_rate {
-        return None;
-    }
-    let pooled = (legacy.errors + new.errors) as f64 / (n1 + n2) as f64;
-    let min_expected = [n1 as f64, n2 as f64]
-        .iter()
-        .flat_map(|n| [n * pooled, n * (1.0 - pooled)])
-        .fold(f64::INFINITY, f64::min);
-    if min_expected < 5.0
-        && let Some(p) = fisher_p(n1, legacy.errors, n2, new.errors)
-    {
-        return (p < ALPHA).then(|| format!("new error rate higher (Fisher exact p = {p:.4})"));
-    }
-    let z = z_score(legacy, new);
-    (z > Z_99).then(|| format!("new error rate higher (z = {z:.1})"))
-}
-
-/// Judges one route from both sides' figures.
-pub fn judge(
-    route: &str,
-    percent: serde_json::Value,
-    legacy: SideFigures,
-    new: SideFigures,
-    cfg: &CompareConfig,
-) -> RouteComparison {
-    let error_rate_delta = ((new.error_rate - legacy.error_rate) * 1e6).round() / 1e6;
-    let p99_ratio = match (legacy.p99_ms, new.p99_ms) {
-        (Some(l), Some(n)) if l > 0.0 => Some((n / l * 100.0).round() / 100.0),
-        _ => None,
-    };
-    let mut reasons = Vec::new();
-    let verdict = if legacy.requests < cfg.min_requests || new.requests < cfg.min_requests {
-        reasons.push(format!(
-            "fewer than {} requests on a side (legacy {}, new {})",
-            cfg.min_requests, legacy.requests, new.requests
-        ));
-        Verdict::InsufficientData
-    } else {
-        if let Some(why) = error_rate_worse(&legacy, &new) {
-            reasons.push(why);
-        }
-        let p99_judged = legacy.requests >= MIN_FOR_P99 && new.requests >= MIN_FOR_P99;
-        if let Some(r) = p99_ratio.filter(|r| p99_judged && *r > cfg.max_p99_ratio) {
-            reasons.push(format!(
-                "new p99 is {r:.2}x legacy's (bound {})",
-                cfg.max_p99_ratio
-            ));
-        }
-        if reasons.is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Worse
-        }
-    };
-    RouteComparison {
-        route: route.to_string(),
-        percent,
-        legacy,
-        new,
-        error_rate_delta,
-        p99_ratio,
-        verdict,
-        reasons,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,62 +338,6 @@ mod tests {
         assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.125, "{p99}");
         let p50 = percentile(&hist, 10_000, 0.5).unwrap();
         assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.125, "{p50}");
-    }
-
-    fn fig(requests: u64, errors: u64, p99: f64) -> SideFigures {
-        SideFigures {
-            requests,
-            errors,
-            error_rate: errors as f64 / requests as f64,
-            p50_ms: Some(p99 / 2.0),
-            p90_ms: Some(p99 / 1.5),
-            p99_ms: Some(p99),
-            series: None,
-        }
-    }
-
-    #[test]
-    fn verdicts() {
-        let cfg = CompareConfig::default();
-        let j = |l, n| judge("r", 25.into(), l, n, &cfg).verdict;
-        assert_eq!(j(fig(1800, 0, 10.0), fig(200, 20, 10.0)), Verdict::Worse);
-        assert_eq!(
-            j(fig(1000, 0, 10.0), fig(1000, 0, 16.0)),
-            Verdict::Worse,
-            "p99 ratio 1.6"
-        );
-        assert_eq!(j(fig(1000, 10, 10.0), fig(1000, 10, 10.0)), Verdict::Ok);
-        assert_eq!(
-            j(fig(1000, 10, 10.0), fig(1000, 13, 10.0)),
-            Verdict::Ok,
-            "noise is not a regression"
-        );
-        assert_eq!(
-            j(fig(5, 0, 10.0), fig(5, 5, 10.0)),
-            Verdict::InsufficientData
-        );
-        assert_eq!(
-            j(fig(1000, 0, 10.0), fig(1000, 0, 16.0)),
-            Verdict::Worse,
-            "p99 ratio 1.6"
-        );
-        assert_eq!(j(fig(1000, 0, 10.0), fig(1000, 0, 14.0)), Verdict::Ok);
-        // One error in a small canary is not a regression at 99% (Fisher: p = 0.048)...
-        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 1, 10.0)), Verdict::Ok);
-        // ...four are (p < 0.01).
-        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 4, 10.0)), Verdict::Worse);
-        // p99 from 60 requests is one request: not judged.
-        assert_eq!(j(fig(60, 0, 10.0), fig(60, 0, 30.0)), Verdict::Ok);
-    }
-
-    #[test]
-    fn fisher_matches_a_hand_computed_value() {
-        // N = 1050, K = 1 error, 50 drawn: P(X >= 1) = 50 / 1050.
-        let p = fisher_p(1000, 0, 50, 1).unwrap();
-        assert!((p - 50.0 / 1050.0).abs() < 1e-9, "{p}");
-        // Stirling side: continuity across 255/256.
-        let d = ln_factorial(256) - ln_factorial(255);
-        assert!((d - 256f64.ln()).abs() < 1e-9, "{d}");
     }
 
     #[test]

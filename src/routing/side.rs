@@ -1,4 +1,4 @@
-//! Side choice (CONTRACT §4): legacy or new, for a request that a route took.
+//! Side choice (README "Which side serves"): legacy or new, for a request that a route took.
 //!
 //! A pure function of the route's percentage, the request's cohort key and, only when there
 //! is no key, a random draw. Sticky decisions hash `cohort + "\0" + key` with xxh3, which is
@@ -12,7 +12,25 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName};
 use smallvec::SmallVec;
 
-use crate::config::StickyKey;
+/// Where the cohort key of a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+impl fmt::Display for StickyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickyKey::Header(h) => write!(f, "header {h}"),
+            StickyKey::Cookie(c) => write!(f, "cookie {c}"),
+            StickyKey::Query(q) => write!(f, "query parameter {q}"),
+            StickyKey::ClientIp => f.write_str("client IP"),
+        }
+    }
+}
 
 /// Which side serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +49,9 @@ impl Side {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Both sides, in index order.
+    pub const BOTH: [Side; 2] = [Side::Legacy, Side::New];
 }
 
 impl fmt::Display for Side {
@@ -79,30 +100,33 @@ pub struct SidePolicy {
 pub struct RequestKeys<'a> {
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
+    /// The client IP for `client_ip` keys (the peer, or the address behind trusted
+    /// proxies): computed only for routes that key on it.
     pub client_ip: IpAddr,
 }
 
-/// Chooses the side for a request that `policy`'s route took.
+/// Chooses the side for a request that `policy`'s route took. For `Reason::Sticky`, also
+/// the key's bucket (for explanations; free, since it was computed anyway).
 #[inline]
 pub fn choose(
     policy: &SidePolicy,
     override_header: Option<&HeaderName>,
     req: &RequestKeys<'_>,
-) -> (Side, Reason) {
+) -> (Side, Reason, Option<u32>) {
     if let Some(h) = override_header
         && let Some(v) = req.headers.get(h)
     {
         let v = v.as_bytes();
         if v.eq_ignore_ascii_case(b"legacy") {
-            return (Side::Legacy, Reason::Override);
+            return (Side::Legacy, Reason::Override, None);
         }
         if v.eq_ignore_ascii_case(b"new") {
-            return (Side::New, Reason::Override);
+            return (Side::New, Reason::Override, None);
         }
     }
     match policy.percent_bp {
-        0 => return (Side::Legacy, Reason::Percent),
-        10_000.. => return (Side::New, Reason::Percent),
+        0 => return (Side::Legacy, Reason::Percent, None),
+        10_000.. => return (Side::New, Reason::Percent, None),
         _ => {}
     }
     if let Some(key) = &policy.sticky
@@ -113,14 +137,14 @@ pub fn choose(
         } else {
             Side::Legacy
         };
-        return (side, Reason::Sticky);
+        return (side, Reason::Sticky, Some(b));
     }
     let side = if fastrand::u32(0..10_000) < policy.percent_bp {
         Side::New
     } else {
         Side::Legacy
     };
-    (side, Reason::Random)
+    (side, Reason::Random, None)
 }
 
 /// The cohort bucket of a key: `xxh3_64(cohort + "\0" + key) % 10000`.
@@ -225,8 +249,11 @@ mod tests {
             sticky: None,
             cohort: "x".into(),
         };
-        assert_eq!(choose(&p, None, &req), (Side::Legacy, Reason::Percent));
+        assert_eq!(
+            choose(&p, None, &req),
+            (Side::Legacy, Reason::Percent, None)
+        );
         p.percent_bp = 10_000;
-        assert_eq!(choose(&p, None, &req), (Side::New, Reason::Percent));
+        assert_eq!(choose(&p, None, &req), (Side::New, Reason::Percent, None));
     }
 }

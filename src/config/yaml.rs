@@ -111,6 +111,61 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     }
 }
 
+/// A hint for a common mistake behind a syntax error: a plain value holding `{` or `}`
+/// inside a flow mapping (`match: { path: /api/orders/{id} }`), where the braces end the
+/// mapping. Looks at the error's line and the one before; `None` when neither has one.
+pub fn flow_brace_hint(text: &str, pos: Pos) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = (pos.line as usize).checked_sub(1)?;
+    let candidates = [Some(at), at.checked_sub(1)];
+    for line in candidates
+        .into_iter()
+        .flatten()
+        .filter_map(|i| lines.get(i))
+    {
+        let Some(open) = line.find('{') else { continue };
+        // Every `key: value` after the mapping's opening brace.
+        let mut rest = &line[open + 1..];
+        while let Some(colon) = rest.find(": ") {
+            let key = rest[..colon]
+                .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            let value = rest[colon + 2..].trim_start();
+            let plain = !value.starts_with(['"', '\'', '{', '[']);
+            let token = value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            // The value ends where a `}` closes more than it opened: the mapping's own.
+            let mut depth = 0usize;
+            let end = token
+                .char_indices()
+                .find_map(|(i, c)| match c {
+                    '{' => {
+                        depth += 1;
+                        None
+                    }
+                    '}' if depth == 0 => Some(i),
+                    '}' => {
+                        depth -= 1;
+                        None
+                    }
+                    _ => None,
+                })
+                .unwrap_or(token.len());
+            let token = &token[..end];
+            if plain && !key.is_empty() && token.contains('{') {
+                return Some(format!(
+                    "hint: in a flow mapping ({{ ... }}) a value holding {{ or }} must be quoted: {key}: \"{token}\""
+                ));
+            }
+            rest = &rest[colon + 2..];
+        }
+    }
+    None
+}
+
 /// The serde-facing shape; converted into `Node` once read.
 enum Raw {
     Null,
@@ -284,6 +339,24 @@ mod tests {
         };
         assert!(matches!(items[0].value, Value::Str(ref s) if s == "x"));
         assert!(matches!(items[1].value, Value::Float(f) if f == 2.5));
+    }
+
+    #[test]
+    fn hints_at_braces_in_a_flow_mapping() {
+        let text = "routes:\n  - name: a\n    match: { path: /api/orders/{id}, methods: [GET] }\n";
+        let e = parse(text).unwrap_err();
+        let hint = flow_brace_hint(text, e.pos).expect("a hint");
+        assert!(hint.contains("path: \"/api/orders/{id}\""), "{hint}");
+        assert_eq!(
+            flow_brace_hint("a: {b: c}\n", Pos { line: 1, col: 1 }),
+            None
+        );
+        let hint = flow_brace_hint("m: {path: /f/{*rest}}\n", Pos { line: 1, col: 1 });
+        assert!(hint.unwrap().ends_with("path: \"/f/{*rest}\""));
+        assert_eq!(
+            flow_brace_hint("a: {b: '/x/{id}'}\n", Pos { line: 1, col: 1 }),
+            None
+        );
     }
 
     #[test]

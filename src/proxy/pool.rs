@@ -8,7 +8,7 @@
 //! same job with a shared, locked pool and per-request bookkeeping that cost about a tenth of
 //! the gateway's CPU per request in the peer benchmark; this is the lean version of it.
 //!
-//! It owns connections only; what to send and which upstream to use are `forward`'s.
+//! It owns connections only; what to send and which upstream to use are the other phases'.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -29,7 +29,7 @@ const READY_GRACE: Duration = Duration::from_millis(50);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sending half of an upstream connection.
-pub type Sender = SendRequest<crate::forward::RequestBody>;
+pub type Sender = SendRequest<super::body::RequestBody>;
 
 /// Identifies an upstream address in the per-thread pools; stable for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

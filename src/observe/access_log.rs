@@ -1,4 +1,4 @@
-//! The access log: one JSON line per request on stdout (CONTRACT §8).
+//! The access log: one JSON line per request on stdout (docs/operations.md, "Logs").
 //!
 //! Lines are formatted straight into a shared buffer and written out in batches by a thread of
 //! its own (every 100 ms, or sooner when the buffer passes 64 KiB), so a request costs a short

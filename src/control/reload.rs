@@ -1,32 +1,21 @@
-//! Reloading the routes file (CONTRACT §6, §8): on SIGHUP, on `POST /admin/reload`, and when
-//! the file changes.
+//! Reloading the routes file (docs/operations.md, "Reload"): on SIGHUP, on
+//! `POST /admin/reload`, and when the file changes (see [`watch`](super::watch)).
 //!
 //! The new file is read, validated and compiled off the request path, then the table is
 //! swapped in whole; requests in flight finish on the table they started with (they hold an
 //! `Arc` to it). An invalid file changes nothing: the old table keeps serving, and the errors
 //! are logged, counted and returned. Listener addresses cannot change without a restart: a
 //! new address is reported, and the listeners stay where they are.
-//!
-//! The file's directory is watched, not the file, so that editors' rename-over and
-//! Kubernetes ConfigMap symlink swaps are seen; events are debounced, and a reload happens
-//! only when the file's content hash differs from the config in force.
+//! A reload that finds the file's content hash equal to the config in force changes
+//! nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::compare::Registry;
-use crate::config::{Config, ConfigErrors, Diagnostic};
-use crate::forward::Gateway;
-use crate::metrics::Metrics;
-use crate::table::RouteTable;
-use crate::yaml::Pos;
-
-/// A reload waits for this long without file events…
-const DEBOUNCE: Duration = Duration::from_millis(250);
-/// …but no longer than this after the first one.
-const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+use crate::config::{Config, ConfigErrors};
+use crate::observe::{Metrics, Registry};
+use crate::proxy::{Gateway, Table};
 
 /// What a successful reload did.
 #[derive(Debug, Clone)]
@@ -85,34 +74,22 @@ impl Reloader {
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
         // Parsing and compiling may take a while for large files: off the runtime's threads.
-        let built =
-            tokio::task::spawn_blocking(move || -> Result<Option<RouteTable>, ConfigErrors> {
-                let config = Config::load(&path)?;
-                if config.hash == current {
-                    return Ok(None);
-                }
-                RouteTable::compile(config, &metrics, &windows)
-                    .map(Some)
-                    .map_err(|e| ConfigErrors {
-                        errors: vec![Diagnostic {
-                            file: path.display().to_string(),
-                            pos: Pos::default(),
-                            path: "routes".into(),
-                            message: e,
-                        }],
-                    })
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ConfigErrors {
-                    errors: vec![Diagnostic {
-                        file: self.path.display().to_string(),
-                        pos: Pos::default(),
-                        path: String::new(),
-                        message: format!("the reload failed unexpectedly: {e}"),
-                    }],
-                })
-            });
+        let built = tokio::task::spawn_blocking(move || -> Result<Option<Table>, ConfigErrors> {
+            let config = Config::load(&path)?;
+            if config.hash == current {
+                return Ok(None);
+            }
+            Table::compile(config, &metrics, &windows)
+                .map(Some)
+                .map_err(|e| ConfigErrors::whole_file(&path, e))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors::whole_file(
+                &self.path,
+                format!("the reload failed unexpectedly: {e}"),
+            ))
+        });
         match built {
             Err(errors) => {
                 self.metrics.count_reload(false);
@@ -152,7 +129,7 @@ impl Reloader {
                     );
                 }
                 let hash = table.config.hash.clone();
-                let names: Vec<&str> = table.routes.iter().map(|r| &*r.name).collect();
+                let names: Vec<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
                 self.metrics.retain_routes(&names);
                 self.windows.retain(&names);
                 table.publish(&self.metrics);
@@ -169,54 +146,5 @@ impl Reloader {
                 })
             }
         }
-    }
-
-    /// Watches the file's directory and reloads on changes, until the reloader is dropped.
-    /// Returns the watcher, which must be kept alive.
-    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    let _ = tx.send(());
-                }
-            })?;
-        let dir_of = |p: &Path| match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let dir = dir_of(&self.path);
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-        // A symlink to a file elsewhere: watch the target's directory too.
-        if let Ok(target) = std::fs::canonicalize(&self.path) {
-            let target_dir = dir_of(&target);
-            if std::fs::canonicalize(&dir).ok().as_deref() != Some(target_dir.as_path())
-                && let Err(e) = watcher.watch(&target_dir, notify::RecursiveMode::NonRecursive)
-            {
-                tracing::warn!(dir = %target_dir.display(), error = %e, "cannot watch the routes file's target directory");
-            }
-        }
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Settle: wait until no event has come for DEBOUNCE (an editor's write may
-                // come in several parts), but no longer than DEBOUNCE_MAX (other files of
-                // the directory may keep changing).
-                let give_up = tokio::time::Instant::now() + DEBOUNCE_MAX;
-                loop {
-                    let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(give_up);
-                    match tokio::time::timeout_at(quiet, rx.recv()).await {
-                        Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
-                        Ok(None) => return,
-                        _ => break,
-                    }
-                }
-                let Some(me) = me.upgrade() else { return };
-                // Errors are logged and counted by `reload`.
-                let _ = me.reload("file change").await;
-            }
-        });
-        Ok(watcher)
     }
 }

@@ -1,0 +1,163 @@
+//! `strangler explain`: the decision the gateway would make for a request, narrated. The
+//! route and side come from the gateway's own `decide`; this only prints them, with the
+//! candidates `decide` examined on the way.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{Config, format_percent};
+use crate::routing::{Miss, Reason, RequestView, Side, StickyKey, Tier, canonicalize};
+
+/// Prints how a request would be routed.
+pub fn explain(
+    file: &Path,
+    method: &str,
+    target: &str,
+    headers: &[String],
+    peer: IpAddr,
+) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            for d in &e.errors {
+                println!("error: {d}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("error: {method:?} is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let Some((n, v)) = h.split_once(':') else {
+            eprintln!("error: header {h:?} is not `name: value`");
+            return ExitCode::FAILURE;
+        };
+        match (
+            HeaderName::from_bytes(n.trim().as_bytes()),
+            HeaderValue::from_str(v.trim()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                map.append(n, v);
+            }
+            _ => {
+                eprintln!("error: header {h:?} is not a valid HTTP header");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    println!("path:       {path}");
+    let canonical = match canonicalize(path) {
+        Ok(c) => c.into_owned(),
+        Err(e) => {
+            println!("rejected:   400 bad_request: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    println!("canonical:  {canonical}");
+    let table = match cfg.compile() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut candidates: Vec<(usize, Tier, String, Option<Miss>)> = Vec::new();
+    let decision = table.decide_traced(
+        &RequestView {
+            path: &canonical,
+            method: &method,
+            headers: &map,
+            query,
+            peer,
+        },
+        |c| candidates.push((c.rule, c.tier, c.pattern.to_string(), c.miss)),
+    );
+    for (rule, tier, pattern, miss) in &candidates {
+        let name = &cfg.routes[*rule].name;
+        match miss {
+            None => println!("  {:<9} {name:?} ({tier} {pattern}): wins", "candidate"),
+            Some(m) => println!(
+                "  {:<9} {name:?} ({tier} {pattern}): skipped, {}",
+                "candidate",
+                table.router().describe_miss(*rule, *m)
+            ),
+        }
+    }
+    let Some(rule) = decision.route else {
+        println!("route:      default (no rule takes the request)");
+        println!(
+            "side:       legacy ({}), {}",
+            Reason::Unmatched.as_str(),
+            cfg.legacy.url
+        );
+        return ExitCode::SUCCESS;
+    };
+    let rc = &cfg.routes[rule];
+    let policy = &table.routes()[rule].policy;
+    println!(
+        "route:      {} ({} {}, {} condition(s))",
+        rc.name,
+        rc.matcher.path.kind(),
+        rc.matcher.path.pattern(),
+        rc.matcher.condition_count()
+    );
+    let pct = format_percent(policy.percent_bp);
+    let why = match decision.reason {
+        Reason::Override => format!(
+            "the override header {} says so",
+            table.override_header().map_or("", |h| h.as_str())
+        ),
+        Reason::Percent => format!("percent is {pct}: no draw"),
+        Reason::Sticky => {
+            let key = policy
+                .sticky
+                .as_ref()
+                .expect("a sticky decision has a sticky key");
+            let b = decision.bucket.unwrap_or(0);
+            let key_text = match key {
+                StickyKey::ClientIp => format!("{key} {}", table.client_ip(peer, &map)),
+                k => k.to_string(),
+            };
+            format!(
+                "sticky on {key_text}, cohort {:?}: bucket {b} {} {} (percent {pct})",
+                policy.cohort,
+                if b < policy.percent_bp { "<" } else { ">=" },
+                policy.percent_bp
+            )
+        }
+        Reason::Random => match &policy.sticky {
+            Some(k) => {
+                format!("the request carries no {k}: a random draw, new with probability {pct}%")
+            }
+            None => format!("no sticky key: a random draw, new with probability {pct}%"),
+        },
+        Reason::Unmatched => String::new(),
+    };
+    let up = match decision.side {
+        Side::Legacy => &cfg.legacy,
+        Side::New => &cfg.services[rc.service],
+    };
+    let shown = if decision.reason == Reason::Random {
+        "side (this draw)"
+    } else {
+        "side"
+    };
+    println!(
+        "{shown:<11} {} ({}): {why}; upstream {}{}",
+        decision.side,
+        decision.reason.as_str(),
+        up.authority,
+        up.base_path
+    );
+    ExitCode::SUCCESS
+}

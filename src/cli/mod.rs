@@ -1,0 +1,272 @@
+//! The command line (docs/cli.md): argument parsing and what a person at a terminal reads.
+//!
+//! Each command calls into the library: `serve` runs [`control::serve`](crate::control::serve),
+//! `explain` narrates the gateway's own decision, `compare` prints what the admin API or
+//! Prometheus answers. No gateway logic lives here.
+
+mod compare;
+pub mod demo;
+mod explain;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, format_percent, percent_to_bp};
+use crate::control::serve::{ServeOptions, serve};
+use crate::control::shift::shift_file;
+use crate::observe::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strangler",
+    version,
+    about = "A strangler-fig gateway: legacy or new, per route, measured"
+)]
+pub struct Cli {
+    /// Log format: JSON lines (default) or text for people.
+    #[arg(long, value_enum, global = true, default_value = "json")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The routes file.
+        #[arg(long, short, default_value = "routes/example.yaml")]
+        config: PathBuf,
+        /// Do not write an access-log line per request.
+        #[arg(long)]
+        no_access_log: bool,
+        /// Do not watch the routes file; reload only on SIGHUP or POST /admin/reload (for
+        /// file systems without change notifications).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Validate a routes file: print every error and warning; exit 1 when invalid.
+    Check { file: PathBuf },
+    /// Show how a request would be routed: canonical path, winning route, side, and why.
+    Explain {
+        file: PathBuf,
+        method: String,
+        /// Path with optional query, as the client sends it.
+        path: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The address the request comes from (the TCP peer), for routes sticky on the
+        /// client IP. When it is a trusted proxy, `X-Forwarded-For` (-H) is read as the
+        /// gateway reads it.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: IpAddr,
+    },
+    /// Change one route's percentage in the routes file, in place (a running gateway
+    /// watching the file picks it up).
+    Shift {
+        file: PathBuf,
+        route: String,
+        /// 0 to 100, at most two decimals.
+        percent: String,
+    },
+    /// Legacy vs new per route, from a running gateway's admin API, as a table.
+    Compare {
+        /// The admin listener's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The window, like 5m (default: the gateway's `compare.window`).
+        #[arg(long)]
+        window: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Compute the table from Prometheus (all replicas together) instead of one
+        /// gateway's admin API: the Prometheus server's base URL.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// With --prometheus: requests per side below which the verdict is insufficient_data.
+        #[arg(long, default_value_t = 50)]
+        min_requests: u64,
+        /// With --prometheus: new p99 over legacy p99 above which the verdict is worse.
+        #[arg(long, default_value_t = 1.5)]
+        max_p99_ratio: f64,
+    },
+    /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
+    Demo {
+        /// Also print the access log.
+        #[arg(long)]
+        access_log: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Shift {
+            file,
+            route,
+            percent,
+        } => shift(&file, &route, &percent),
+        Command::Compare {
+            admin,
+            window,
+            json,
+            prometheus,
+            min_requests,
+            max_p99_ratio,
+        } => match prometheus {
+            Some(url) => run(compare::from_prometheus(
+                url,
+                window,
+                json,
+                min_requests,
+                max_p99_ratio,
+            )),
+            None => run(compare::from_admin(admin, window, json)),
+        },
+        Command::Explain {
+            file,
+            method,
+            path,
+            headers,
+            client_ip,
+        } => explain::explain(&file, &method, &path, &headers, client_ip),
+        Command::Serve {
+            config,
+            no_access_log,
+            no_watch,
+        } => {
+            init_tracing(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("{} error(s): the gateway did not start", e.errors.len());
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in &config.warnings {
+                tracing::warn!(warning = %w, "routes file");
+            }
+            run(serve(
+                config,
+                ServeOptions {
+                    log_format: cli.log_format,
+                    access_log: !no_access_log,
+                    watch: !no_watch,
+                },
+            ))
+        }
+        Command::Demo { access_log } => {
+            init_tracing(LogFormat::Text);
+            run(demo::run(LogFormat::Text, access_log))
+        }
+    }
+}
+
+/// Builds the runtime: one thread when `TOKIO_WORKER_THREADS=1` (no cross-thread handoffs at
+/// all), else tokio's multi-thread scheduler.
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // Colours only for a terminal, never into files or pipes.
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(std::io::stdout);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
+    let Some(bp) = percent.parse::<f64>().ok().and_then(percent_to_bp) else {
+        eprintln!(
+            "error: percent {percent:?}: allowed: a number from 0 to 100 with at most two decimals"
+        );
+        return ExitCode::FAILURE;
+    };
+    match shift_file(file, route, bp) {
+        Ok(s) if s.before == s.after => {
+            println!(
+                "{}: route {route} is already at {}%",
+                file.display(),
+                format_percent(bp)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            println!(
+                "{}: route {route}: {}% -> {}%",
+                file.display(),
+                format_percent(s.before),
+                format_percent(s.after)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} routes, {} services, config hash {})",
+                file.display(),
+                cfg.routes.len(),
+                cfg.services.len(),
+                cfg.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for d in &e.errors {
+                println!("error: {d}");
+            }
+            println!("{}: {} error(s)", file.display(), e.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The routes file, read in three steps (README "The routes file"; docs/routes-file.md):
+//!
+//! 1. **raw**: [`yaml`] parses the text into a tree of nodes that keep their line and column
+//!    (duplicate keys kept, so each can be reported);
+//! 2. **validated**: [`validate`] walks the tree section by section and builds a [`Config`],
+//!    collecting *every* error of the file with file:line:col, the YAML path, what was found
+//!    and what is allowed; [`lints`] adds warnings (rules that can never win);
+//! 3. **compiled**: [`Config::compile`] builds the routing table the request path reads.
+//!
+//! It holds no runtime state and never touches the network.
+
+mod lints;
+mod percent;
+mod validate;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+pub use percent::{format_percent, percent_json, percent_to_bp};
+pub use yaml::Pos;
+
+use crate::routing::{Match, Route, RouteTable, SidePolicy, StickyKey};
+
+/// Default for `timeout` of a service and for `drain_timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated routes file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages and reloads).
+    pub file: PathBuf,
+    /// xxh3 of the file's bytes, hex: the `hash` label of `strangler_config_info`.
+    pub hash: String,
+    pub listen: SocketAddr,
+    pub admin: AdminConfig,
+    /// The monolith.
+    pub legacy: Service,
+    /// The extracted services, in file order.
+    pub services: Vec<Service>,
+    pub sticky: Option<StickyKey>,
+    pub override_header: Option<HeaderName>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub drain_timeout: Duration,
+    /// Settings of the legacy-vs-new comparison (`compare`).
+    pub compare: CompareConfig,
+    pub routes: Vec<RouteConfig>,
+    /// Non-fatal findings (rules that can never win, ...).
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: Option<String>,
+}
+
+/// An upstream the gateway forwards to.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    /// The URL as written.
+    pub url: String,
+    /// `host:port` of the upstream.
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to every forwarded path; empty or `/x` without trailing slash.
+    pub base_path: String,
+    pub timeout: Duration,
+    /// Send the upstream's own authority as `Host` instead of the client's.
+    pub host_upstream: bool,
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Where the route starts in the file.
+    pub pos: Pos,
+    /// What it matches.
+    pub matcher: Match,
+    /// Index into `Config::services`.
+    pub service: usize,
+    /// Share for the new side in basis points (percent × 100): 0..=10000.
+    pub percent_bp: u32,
+    /// Route-level sticky key; `None` falls back to the file-wide one.
+    pub sticky: Option<StickyKey>,
+    pub cohort: String,
+}
+
+/// Settings of the legacy-vs-new comparison (the routes file's `compare` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareConfig {
+    /// Default window of `GET /admin/compare`.
+    pub window: Duration,
+    /// Requests per side in the window below which the verdict is `insufficient_data`.
+    pub min_requests: u64,
+    /// New's p99 over legacy's above which the verdict is `worse`.
+    pub max_p99_ratio: f64,
+    /// Width of one time slot.
+    pub resolution: Duration,
+    /// How far back figures are kept: the longest window.
+    pub retention: Duration,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig {
+            window: Duration::from_secs(300),
+            min_requests: 50,
+            max_p99_ratio: 1.5,
+            resolution: Duration::from_secs(10),
+            retention: Duration::from_secs(900),
+        }
+    }
+}
+
+/// One finding about a file: an error, or a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub pos: Pos,
+    /// YAML path, 0-based indexes: `routes[1].match.regex`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.pos.line, self.pos.col, path, self.message
+        )
+    }
+}
+
+/// Every error found in a file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub errors: Vec<Diagnostic>,
+}
+
+impl ConfigErrors {
+    /// A single error about the whole file (it cannot be read, say).
+    pub fn whole_file(file: &Path, message: impl Into<String>) -> ConfigErrors {
+        ConfigErrors {
+            errors: vec![Diagnostic {
+                file: file.display().to_string(),
+                pos: Pos::default(),
+                path: String::new(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a routes file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::whole_file(path, format!("cannot read the routes file: {e}"))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates the text of a routes file; `path` names it in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let root = match yaml::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                let mut message = format!("invalid YAML: {}", e.message);
+                if let Some(hint) = yaml::flow_brace_hint(text, e.pos) {
+                    message.push_str("; ");
+                    message.push_str(&hint);
+                }
+                return Err(ConfigErrors {
+                    errors: vec![Diagnostic {
+                        file: path.display().to_string(),
+                        pos: e.pos,
+                        path: String::new(),
+                        message,
+                    }],
+                });
+            }
+        };
+        let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        let mut v = validate::Validator::new(path);
+        let cfg = v.root(&root, path, hash);
+        if v.errors.is_empty() {
+            let mut cfg = cfg.expect("a file without errors yields a config");
+            cfg.warnings = lints::run(&cfg);
+            Ok(cfg)
+        } else {
+            v.errors.sort_by_key(|d| (d.pos.line, d.pos.col));
+            Err(ConfigErrors { errors: v.errors })
+        }
+    }
+
+    /// The `i`-th upstream: 0 is legacy, `1 + k` is `services[k]`.
+    pub fn upstream(&self, i: usize) -> &Service {
+        if i == 0 {
+            &self.legacy
+        } else {
+            &self.services[i - 1]
+        }
+    }
+
+    /// Compiles the routing table. Fails only where the router cannot be built (regex
+    /// size limits).
+    pub fn compile(&self) -> Result<RouteTable, String> {
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.as_str().into(),
+                policy: SidePolicy {
+                    percent_bp: r.percent_bp,
+                    sticky: r.sticky.clone().or_else(|| self.sticky.clone()),
+                    cohort: r.cohort.as_str().into(),
+                },
+                service: r.service,
+            })
+            .collect();
+        RouteTable::new(
+            self.routes.iter().map(|r| &r.matcher),
+            routes,
+            self.override_header.clone(),
+            self.trusted_proxies.clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(s, Path::new("t.yaml"))
+    }
+
+    const BASE: &str = "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: 'http://127.0.0.1:9002/v2/', timeout: 5s}\n";
+
+    #[test]
+    fn minimal_file() {
+        let c = parse(&format!("{BASE}routes:\n  - name: a\n    match: {{prefix: /api/}}\n    service: orders\n    percent: 12.5\n")).unwrap();
+        assert_eq!(c.routes[0].percent_bp, 1250);
+        assert_eq!(c.services[0].base_path, "/v2");
+        assert!(
+            matches!(&c.routes[0].matcher.path, crate::routing::PathMatch::Prefix(p) if p == "/api")
+        );
+        assert_eq!(c.routes[0].cohort, "orders");
+        assert_eq!(c.legacy.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn all_errors_reported() {
+        let text = format!(
+            "{BASE}bogus: 1\nroutes:\n  - name: a\n    match: {{regex: '(['}}\n    service: nope\n    percent: 101\n  - name: b\n    match: {{path: '/x/{{id'}}\n    service: orders\n    percent: 1.234\n"
+        );
+        let e = parse(&text).unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("t.yaml:5:1: bogus: unknown key"), "{all}");
+        assert!(all.contains("routes[0].match.regex"), "{all}");
+        assert!(
+            all.contains("routes[0].service: unknown service \"nope\""),
+            "{all}"
+        );
+        assert!(all.contains("routes[0].percent"), "{all}");
+        assert!(all.contains("routes[1].match.path"), "{all}");
+        assert!(all.contains("routes[1].percent"), "{all}");
+        assert_eq!(e.errors.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let e = parse(&format!("{BASE}listen: 127.0.0.1:1\n")).unwrap_err();
+        assert!(e.to_string().contains("duplicate key \"listen\""), "{e}");
+    }
+
+    #[test]
+    fn anchoring_cannot_be_escaped() {
+        let e = parse(&format!(
+            "{BASE}routes:\n  - name: a\n    match: {{regex: '/i/[0-9]+)|(.*'}}\n    service: orders\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("routes[0].match.regex"), "{e}");
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let e = parse(&format!("{BASE}admin: {{listen: 0.0.0.0:9901}}\n")).unwrap_err();
+        assert!(e.to_string().contains("admin.listen"), "{e}");
+        parse(&format!(
+            "{BASE}admin: {{listen: 0.0.0.0:9901, token_env: T}}\n"
+        ))
+        .unwrap();
+        parse(&format!("{BASE}admin: {{listen: '[::1]:9901'}}\n")).unwrap();
+    }
+
+    #[test]
+    fn percent_precision() {
+        for bad in ["1e-9", "0.001", "33.333", "-1", "100.01"] {
+            let text = format!(
+                "{BASE}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n    percent: {bad}\n"
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        for (good, bp) in [
+            ("0.01", 1),
+            ("25.12", 2512),
+            ("99.99", 9999),
+            ("100", 10000),
+        ] {
+            let text = format!(
+                "{BASE}routes:\n  - name: a\n    match: {{prefix: /a}}\n    service: orders\n    percent: {good}\n"
+            );
+            assert_eq!(parse(&text).unwrap().routes[0].percent_bp, bp, "{good}");
+        }
+    }
+}

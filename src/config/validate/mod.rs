@@ -1,0 +1,342 @@
+//! Validation: walks the located YAML tree and builds a [`Config`], collecting every error
+//! of the file (file:line:col, YAML path, what was found, what is allowed) instead of
+//! stopping at the first. One submodule per part of the file: [`settings`] (listeners,
+//! sticky, override, trusted proxies, compare), [`services`] and [`routes`].
+
+mod routes;
+mod services;
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::yaml::{Key, Node, Pos, Value};
+use super::{AdminConfig, CompareConfig, Config, DEFAULT_TIMEOUT, Diagnostic, Service};
+
+pub(super) use services::valid_name;
+
+const ROUTE_KEYS: &[&str] = &["name", "match", "service", "percent", "sticky", "cohort"];
+const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
+const SERVICE_KEYS: &[&str] = &["url", "timeout", "host_header"];
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "legacy",
+    "services",
+    "sticky",
+    "override",
+    "trusted_proxies",
+    "drain_timeout",
+    "compare",
+    "routes",
+];
+
+/// Collects errors while walking the tree.
+pub(super) struct Validator {
+    file: String,
+    pub(super) errors: Vec<Diagnostic>,
+}
+
+/// The entries of a mapping node, checked for unknown and duplicate keys.
+struct Fields<'a> {
+    entries: Vec<(&'a Key, &'a Node)>,
+    pos: Pos,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, name: &str) -> Option<&'a Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Validator {
+    pub(super) fn new(file: &Path) -> Validator {
+        Validator {
+            file: file.display().to_string(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn wrong(&mut self, node: &Node, path: &str, allowed: &str) {
+        self.error(
+            node.pos,
+            path,
+            format!("found {}; allowed: {allowed}", node.show()),
+        );
+    }
+
+    /// Checks that `node` is a mapping with only `allowed` keys, each at most once.
+    fn fields<'a>(&mut self, node: &'a Node, path: &str, allowed: &[&str]) -> Option<Fields<'a>> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.pos,
+                path,
+                format!(
+                    "found {}; allowed: a mapping with keys {}",
+                    node.value.kind(),
+                    allowed.join(", ")
+                ),
+            );
+            return None;
+        };
+        let mut kept: Vec<(&Key, &Node)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            if !allowed.contains(&k.name.as_str()) {
+                self.error(
+                    k.pos,
+                    &p,
+                    format!(
+                        "unknown key {:?}; allowed keys here: {}",
+                        k.name,
+                        allowed.join(", ")
+                    ),
+                );
+            } else if let Some((first, _)) = kept.iter().find(|(f, _)| f.name == k.name) {
+                let line = first.pos.line;
+                self.error(
+                    k.pos,
+                    &p,
+                    format!(
+                        "duplicate key {:?} (first at line {line}); allowed: each key once",
+                        k.name
+                    ),
+                );
+            } else {
+                kept.push((k, v));
+            }
+        }
+        Some(Fields {
+            entries: kept,
+            pos: node.pos,
+        })
+    }
+
+    fn require<'a>(
+        &mut self,
+        f: &Fields<'a>,
+        path: &str,
+        key: &str,
+        what: &str,
+    ) -> Option<&'a Node> {
+        let n = f.get(key);
+        if n.is_none() {
+            self.error(
+                f.pos,
+                &join(path, key),
+                format!("missing key {key:?}; expected {what}"),
+            );
+        }
+        n
+    }
+
+    fn string<'a>(&mut self, node: &'a Node, path: &str, allowed: &str) -> Option<&'a str> {
+        match &node.value {
+            Value::Str(s) => Some(s),
+            _ => {
+                self.wrong(node, path, allowed);
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, node: &Node, path: &str) -> Option<SocketAddr> {
+        let s = self.string(node, path, "an address like 127.0.0.1:8080")?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.wrong(
+                    node,
+                    path,
+                    "an IP address and port like 127.0.0.1:8080 or [::1]:8080",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        let s = self.string(node, path, "a duration like 30s, 500ms or 1m30s")?;
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.wrong(node, path, "a positive duration like 30s, 500ms or 1m30s");
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, n: &Node, path: &str) -> Option<HeaderName> {
+        let s = self.string(n, path, "a header name")?;
+        match HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.wrong(n, path, "a valid HTTP header name (token characters)");
+                None
+            }
+        }
+    }
+
+    pub(super) fn root(&mut self, root: &Node, file: &Path, hash: String) -> Option<Config> {
+        let f = self.fields(root, "", TOP_KEYS)?;
+        let listen = self
+            .require(
+                &f,
+                "",
+                "listen",
+                "the public listener address, like 127.0.0.1:8080",
+            )
+            .and_then(|n| self.socket_addr(n, "listen"));
+        let admin = match f.get("admin") {
+            Some(n) => self.admin(n),
+            None => Some(AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                token_env: None,
+            }),
+        };
+        let legacy = self
+            .require(&f, "", "legacy", "the monolith: a mapping with url")
+            .and_then(|n| self.service(n, "legacy", "legacy"));
+
+        let mut services: Vec<Service> = Vec::new();
+        let mut service_ok = true;
+        if let Some(n) = f.get("services") {
+            match &n.value {
+                Value::Map(entries) => {
+                    let mut seen: Vec<&str> = Vec::new();
+                    for (k, v) in entries {
+                        let p = join("services", &k.name);
+                        if seen.contains(&k.name.as_str()) {
+                            self.error(
+                                k.pos,
+                                &p,
+                                format!("duplicate service {:?}; allowed: each name once", k.name),
+                            );
+                            continue;
+                        }
+                        seen.push(&k.name);
+                        if !valid_name(&k.name) || k.name == "legacy" {
+                            self.error(
+                                k.pos,
+                                &p,
+                                format!(
+                                    "service name {:?}; allowed: [a-z0-9][a-z0-9_-]*, not \"legacy\"",
+                                    k.name
+                                ),
+                            );
+                        }
+                        match self.service(v, &p, &k.name) {
+                            Some(s) => services.push(s),
+                            None => service_ok = false,
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => self.wrong(
+                    n,
+                    "services",
+                    "a mapping from service name to {url, timeout}",
+                ),
+            }
+        }
+
+        let sticky = f.get("sticky").and_then(|n| self.sticky(n, "sticky"));
+        let override_header = f.get("override").and_then(|n| {
+            let o = self.fields(n, "override", &["header"])?;
+            let h = self.require(
+                &o,
+                "override",
+                "header",
+                "a header name like x-strangler-side",
+            )?;
+            self.header_name(h, "override.header")
+        });
+        let trusted_proxies = match f.get("trusted_proxies") {
+            None => Vec::new(),
+            Some(n) => self.cidrs(n),
+        };
+        let compare = match f.get("compare") {
+            None => Some(CompareConfig::default()),
+            Some(n) => self.compare(n),
+        };
+        let drain_timeout = match f.get("drain_timeout") {
+            None => Some(DEFAULT_TIMEOUT),
+            Some(n) => self.duration(n, "drain_timeout"),
+        };
+
+        let routes = match f.get("routes") {
+            None => Vec::new(),
+            Some(Node {
+                value: Value::Null, ..
+            }) => Vec::new(),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                let valid: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                let mut out = Vec::new();
+                // Every name under `services`, also of services that failed validation: a
+                // route naming one of those is not reported a second time, and an unknown
+                // name is told what is defined.
+                let defined: Vec<String> = match f.get("services").map(|n| &n.value) {
+                    Some(Value::Map(e)) => e.iter().map(|(k, _)| k.name.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(r) = self.route(item, i, &valid, &defined) {
+                        out.push(r);
+                    }
+                }
+                self.check_names(items);
+                out
+            }
+            Some(n) => {
+                self.wrong(n, "routes", "a list of routes");
+                Vec::new()
+            }
+        };
+
+        if !self.errors.is_empty() || !service_ok {
+            return None;
+        }
+        let cfg = Config {
+            file: file.to_path_buf(),
+            hash,
+            listen: listen?,
+            admin: admin?,
+            legacy: legacy?,
+            services,
+            sticky,
+            override_header,
+            trusted_proxies,
+            drain_timeout: drain_timeout?,
+            compare: compare?,
+            routes,
+            warnings: Vec::new(),
+        };
+        Some(cfg)
+    }
+}

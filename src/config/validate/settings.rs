@@ -1,0 +1,185 @@
+//! The settings of a routes file: the admin listener, sticky keys, trusted proxies and the
+//! legacy-vs-new comparison.
+
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+
+use super::{Validator, join};
+use crate::config::yaml::{Node, Value};
+use crate::config::{AdminConfig, CompareConfig};
+use crate::routing::StickyKey;
+
+impl Validator {
+    pub(super) fn admin(&mut self, n: &Node) -> Option<AdminConfig> {
+        let f = self.fields(n, "admin", &["listen", "token_env"])?;
+        let listen = match f.get("listen") {
+            Some(l) => self.socket_addr(l, "admin.listen")?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        };
+        let token_env = match f.get("token_env") {
+            Some(t) => Some(
+                self.string(t, "admin.token_env", "an environment variable name")?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if !listen.ip().is_loopback() && token_env.is_none() {
+            let pos = f.get("listen").map_or(f.pos, |l| l.pos);
+            self.error(
+                pos,
+                "admin.listen",
+                format!(
+                    "found {listen}, beyond loopback, with no admin.token_env; allowed: a loopback address, or set admin.token_env (see docs/admin-api.md, section Access)"
+                ),
+            );
+            return None;
+        }
+        Some(AdminConfig { listen, token_env })
+    }
+
+    pub(super) fn compare(&mut self, n: &Node) -> Option<CompareConfig> {
+        let f = self.fields(
+            n,
+            "compare",
+            &[
+                "window",
+                "min_requests",
+                "max_p99_ratio",
+                "resolution",
+                "retention",
+            ],
+        )?;
+        let mut c = CompareConfig::default();
+        let mut ok = true;
+        for (key, slot) in [
+            ("window", &mut c.window),
+            ("resolution", &mut c.resolution),
+            ("retention", &mut c.retention),
+        ] {
+            if let Some(v) = f.get(key) {
+                match self.duration(v, &format!("compare.{key}")) {
+                    Some(d) => *slot = d,
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(v) = f.get("min_requests") {
+            match v.value {
+                Value::Int(i) if i >= 1 => c.min_requests = i as u64,
+                _ => {
+                    self.wrong(v, "compare.min_requests", "a whole number, at least 1");
+                    ok = false;
+                }
+            }
+        }
+        if let Some(v) = f.get("max_p99_ratio") {
+            match v.value {
+                Value::Int(i) if i >= 1 => c.max_p99_ratio = i as f64,
+                Value::Float(x) if x >= 1.0 => c.max_p99_ratio = x,
+                _ => {
+                    self.wrong(v, "compare.max_p99_ratio", "a number, at least 1");
+                    ok = false;
+                }
+            }
+        }
+        if ok && c.retention < c.window {
+            self.error(
+                f.pos,
+                "compare.retention",
+                format!(
+                    "found retention {} shorter than window {}; allowed: retention at least the window",
+                    humantime::format_duration(c.retention),
+                    humantime::format_duration(c.window)
+                ),
+            );
+            ok = false;
+        }
+        if ok && c.retention.as_millis() / c.resolution.as_millis().max(1) > 3600 {
+            self.error(
+                f.pos,
+                "compare.resolution",
+                "found more than 3600 slots (retention / resolution); allowed: at most 3600"
+                    .to_string(),
+            );
+            ok = false;
+        }
+        ok.then_some(c)
+    }
+
+    pub(super) fn sticky(&mut self, n: &Node, path: &str) -> Option<StickyKey> {
+        let f = self.fields(n, path, &["header", "cookie", "query", "client_ip"])?;
+        if f.entries.len() != 1 {
+            self.error(
+                n.pos,
+                path,
+                format!(
+                    "found {} keys; allowed: exactly one of header, cookie, query, client_ip: true",
+                    f.entries.len()
+                ),
+            );
+            return None;
+        }
+        let (k, v) = f.entries[0];
+        let p = join(path, &k.name);
+        match k.name.as_str() {
+            "header" => self.header_name(v, &p).map(StickyKey::Header),
+            "cookie" => {
+                let s = self.string(v, &p, "a cookie name")?;
+                if s.is_empty()
+                    || s.bytes()
+                        .any(|b| b <= b' ' || b"=;,\"".contains(&b) || b >= 0x7f)
+                {
+                    self.wrong(
+                        v,
+                        &p,
+                        "a cookie name (visible ASCII without = ; , or quotes)",
+                    );
+                    return None;
+                }
+                Some(StickyKey::Cookie(s.to_string()))
+            }
+            "query" => {
+                let s = self.string(v, &p, "a query parameter name")?;
+                if s.is_empty() {
+                    self.wrong(v, &p, "a non-empty query parameter name");
+                    return None;
+                }
+                Some(StickyKey::Query(s.to_string()))
+            }
+            _ => match v.value {
+                Value::Bool(true) => Some(StickyKey::ClientIp),
+                _ => {
+                    self.wrong(v, &p, "true");
+                    None
+                }
+            },
+        }
+    }
+
+    pub(super) fn cidrs(&mut self, n: &Node) -> Vec<IpNet> {
+        let Value::Seq(items) = &n.value else {
+            self.wrong(
+                n,
+                "trusted_proxies",
+                "a list of CIDRs like [10.0.0.0/8, 127.0.0.1/32]",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("trusted_proxies[{i}]");
+            let Some(s) = self.string(item, &p, "a CIDR like 10.0.0.0/8 or an IP address") else {
+                continue;
+            };
+            match s.parse::<IpNet>() {
+                Ok(net) => out.push(net),
+                Err(_) => match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) => out.push(IpNet::from(ip)),
+                    Err(_) => self.wrong(item, &p, "a CIDR like 10.0.0.0/8 or an IP address"),
+                },
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,134 @@
+//! JSON in and out of the admin API: answers (pretty, newline-terminated, for people with
+//! curl as much as for programs), extractors whose rejections are JSON too, and the route
+//! table as `GET /admin/routes` shows it.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json as j};
+
+use crate::config::{Config, percent_json};
+use crate::routing::{HeaderTest, PathMatch, StickyKey, regex_source};
+
+/// A JSON answer.
+pub fn json(status: StatusCode, v: &Value) -> Response {
+    let mut body = serde_json::to_vec_pretty(v).expect("a JSON value serializes");
+    body.push(b'\n');
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A JSON request body (`Content-Type: application/json` required: 415 otherwise, since a
+/// form or text/plain body is what a page on another site could send). Malformed or
+/// mistyped bodies are 400, oversized ones 413, all answered in JSON.
+pub struct AdminJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AdminJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(AdminJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(json(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &j!({"error": "unsupported_media_type", "message": "send Content-Type: application/json"}),
+            )),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &j!({"error": "payload_too_large", "message": r.body_text()}),
+            )),
+            Err(r) => Err(json(
+                StatusCode::BAD_REQUEST,
+                &j!({"error": "bad_request", "message": r.body_text()}),
+            )),
+        }
+    }
+}
+
+/// Query parameters; malformed ones are a JSON 400.
+pub struct AdminQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AdminQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| AdminQuery(q.0))
+            .map_err(|r: QueryRejection| {
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &j!({"error": "bad_request", "message": r.body_text()}),
+                )
+            })
+    }
+}
+
+fn sticky(s: &StickyKey) -> Value {
+    match s {
+        StickyKey::Header(h) => j!({"header": h.as_str()}),
+        StickyKey::Cookie(c) => j!({"cookie": c}),
+        StickyKey::Query(q) => j!({"query": q}),
+        StickyKey::ClientIp => j!({"client_ip": true}),
+    }
+}
+
+/// The live table: what `GET /admin/routes` answers.
+pub fn routes(cfg: &Config) -> Value {
+    let routes: Vec<Value> = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            let key = match &r.matcher.path {
+                PathMatch::Exact(_) | PathMatch::Template(_) => "path",
+                PathMatch::Prefix(_) => "prefix",
+                PathMatch::Regex(_) => "regex",
+            };
+            m.insert(key.into(), r.matcher.path.pattern().into());
+            if let Some(ms) = &r.matcher.methods {
+                m.insert(
+                    "methods".into(),
+                    ms.iter().map(|x| x.as_str()).collect::<Vec<_>>().into(),
+                );
+            }
+            if !r.matcher.headers.is_empty() {
+                let mut hs = serde_json::Map::new();
+                for c in &r.matcher.headers {
+                    let v = match &c.test {
+                        HeaderTest::Exact(v) => {
+                            Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        }
+                        HeaderTest::Regex(re) => {
+                            let source = regex_source(re);
+                            j!({ "regex": source })
+                        }
+                        HeaderTest::Present(p) => j!({"present": p}),
+                    };
+                    hs.insert(c.name.as_str().into(), v);
+                }
+                m.insert("headers".into(), hs.into());
+            }
+            j!({
+                "name": r.name,
+                "match": m,
+                "service": cfg.services[r.service].name,
+                "percent": percent_json(r.percent_bp),
+                "cohort": r.cohort,
+                "sticky": r.sticky.as_ref().or(cfg.sticky.as_ref()).map(sticky),
+            })
+        })
+        .collect();
+    j!({"config_hash": cfg.hash, "file": cfg.file.display().to_string(), "routes": routes})
+}

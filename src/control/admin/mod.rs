@@ -1,0 +1,352 @@
+//! The admin API (docs/admin-api.md), on axum: metrics, health, readiness, the live route
+//! table, the legacy-vs-new comparison, the dashboard, reloads and percent shifts.
+//!
+//! Reads need nothing. A `POST` from another origin is refused (403), and when a token is
+//! configured every `POST` needs `Authorization: Bearer <token>` (compared in constant
+//! time; 401 otherwise). Every answer the API makes itself is JSON, its errors included
+//! (`{"error": ..., "message": ...}`): 404, 405, 413, 415 and the rejections of its
+//! extractors. It changes the request path's state only through the reloader.
+
+mod json;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+
+use super::reload::Reloader;
+use super::shift::{ShiftError, shift_file};
+use crate::config::{percent_json, percent_to_bp};
+use crate::observe::{Metrics, Registry, judge};
+use crate::proxy::Gateway;
+use crate::routing::Side;
+use json::{AdminJson, AdminQuery, json};
+
+/// What the admin API reads and drives.
+pub struct AdminState {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+    /// The bearer token state-changing calls need; `None`: none configured.
+    pub token: Option<String>,
+    /// The rolling legacy-vs-new figures.
+    pub windows: Arc<Registry>,
+    /// True once the config is loaded and the public listener is up; false while draining.
+    pub ready: Arc<AtomicBool>,
+}
+
+type Shared = Arc<AdminState>;
+
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 4096;
+
+/// The dashboard: one self-contained page (no external assets) that polls the admin API.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The admin API's routes.
+pub fn router(state: Shared) -> Router {
+    let changes = Router::new()
+        .route("/admin/reload", post(reload))
+        .route("/admin/routes/{name}/percent", post(shift))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/admin/routes", get(routes))
+        .route("/admin/compare", get(compare))
+        .merge(changes)
+        .fallback(not_found)
+        .layer(middleware::map_response(method_not_allowed))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        json(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready"}),
+        )
+    }
+}
+
+async fn routes(State(s): State<Shared>) -> Response {
+    let table = s.gateway.table.load();
+    json(StatusCode::OK, &json::routes(&table.config))
+}
+
+#[derive(Deserialize)]
+struct CompareParams {
+    window: Option<String>,
+    series: Option<String>,
+}
+
+/// `GET /admin/compare?window=5m[&series=1]`: legacy vs new per route over the window.
+async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParams>) -> Response {
+    // The thresholds and default window of the config in force (reloadable); the slot
+    // layout is the one the registry was made with.
+    let table = s.gateway.table.load();
+    let cfg = &table.config.compare;
+    let retention = s.windows.retention();
+    let window = match q.window.as_deref().map(humantime::parse_duration) {
+        None => cfg.window,
+        Some(Ok(w)) if !w.is_zero() && w <= retention => w,
+        Some(_) => {
+            return bad_request(format!(
+                "window: a duration like 5m, at most the retention ({})",
+                humantime::format_duration(retention)
+            ));
+        }
+    };
+    let with_series = q.series.as_deref() == Some("1");
+    let routes: Vec<_> = table
+        .routing
+        .routes()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let w = &table.stats(Some(i)).window;
+            let figures = |side| {
+                let mut f = w.figures(side, window);
+                if with_series {
+                    f.series = Some(w.series(side, window));
+                }
+                f
+            };
+            judge(
+                &r.name,
+                percent_json(r.policy.percent_bp),
+                figures(Side::Legacy),
+                figures(Side::New),
+                cfg,
+            )
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({
+            "window_seconds": window.as_secs_f64(),
+            "covered_seconds": round1(s.windows.covered(window)),
+            "slot_seconds": s.windows.resolution().as_secs_f64(),
+            "min_requests": cfg.min_requests,
+            "max_p99_ratio": cfg.max_p99_ratio,
+            "routes": routes,
+        }),
+    )
+}
+
+fn round1(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// `POST /admin/reload`: re-reads the routes file now.
+async fn reload(State(s): State<Shared>) -> Response {
+    // A task of its own, so a client that goes away cannot cut a reload short.
+    let reloader = s.reloader.clone();
+    let done = tokio::spawn(async move { reloader.reload("admin API").await }).await;
+    match done {
+        Ok(Ok(r)) => json(
+            StatusCode::OK,
+            &json!({"status": "ok", "config_hash": r.hash, "changed": r.changed, "warnings": r.warnings}),
+        ),
+        Ok(Err(e)) => json(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": "invalid_config",
+                "message": "the routes file was not applied; the previous config keeps serving",
+                "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PercentBody {
+    percent: f64,
+}
+
+/// `POST /admin/routes/{name}/percent` with `{"percent": N}`: writes the new value into
+/// the routes file (in place, atomically), then reloads.
+async fn shift(
+    State(s): State<Shared>,
+    Path(route): Path<String>,
+    AdminJson(body): AdminJson<PercentBody>,
+) -> Response {
+    let Some(bp) = percent_to_bp(body.percent) else {
+        return bad_request(
+            "expected {\"percent\": N}, N from 0 to 100 with at most two decimals".into(),
+        );
+    };
+    // The file lock in `shift_file` serializes writers (this gateway's, other gateways',
+    // the CLI's). The edit and its reload run as a task of their own, so a client that
+    // goes away mid-way cannot leave the file changed and the reload not done.
+    let reloader = s.reloader.clone();
+    let task = tokio::spawn(async move {
+        let path = reloader.path().to_path_buf();
+        let name = route.clone();
+        let shifted = match tokio::task::spawn_blocking(move || shift_file(&path, &name, bp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return shift_error(&e),
+            Err(e) => return internal(&e),
+        };
+        match reloader.reload("percent change").await {
+            Ok(r) => json(
+                StatusCode::OK,
+                &json!({
+                    "route": route,
+                    "percent_before": percent_json(shifted.before),
+                    "percent": percent_json(shifted.after),
+                    "config_hash": r.hash,
+                }),
+            ),
+            Err(e) => json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_config", "errors": e.errors.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+            ),
+        }
+    });
+    task.await.unwrap_or_else(|e| internal(&e))
+}
+
+/// Guards the state-changing routes: same origin, and the bearer token when one is set.
+async fn authorize(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    match refusal(&s, req.headers()) {
+        Some(denied) => denied,
+        None => next.run(req).await,
+    }
+}
+
+/// `None` when a request with these headers may change state; else the 403 or 401.
+fn refusal(s: &AdminState, h: &HeaderMap) -> Option<Response> {
+    // A browser on another site can send a POST here (no preflight for simple requests):
+    // refuse any request a page from another origin sent.
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let host = h.get(header::HOST).map(HeaderValue::as_bytes);
+        let origin_host = origin
+            .as_bytes()
+            .strip_prefix(b"http://")
+            .or_else(|| origin.as_bytes().strip_prefix(b"https://"));
+        if origin_host.is_none() || origin_host != host {
+            return Some(json(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "forbidden", "message": "state-changing calls from another origin are refused"}),
+            ));
+        }
+    }
+    let token = s.token.as_deref()?;
+    let given = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes()))) {
+        return None;
+    }
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "unauthorized", "message": "this call changes state: send Authorization: Bearer <token>"}),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
+async fn not_found(req: Request) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "not_found", "path": req.uri().path()}),
+    )
+}
+
+/// axum answers a known path with the wrong method 405 and an `Allow` header, but no body:
+/// give it the JSON body every other error has.
+async fn method_not_allowed(resp: Response) -> Response {
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let allowed: Vec<&str> = resp
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": "method_not_allowed", "allowed": allowed}),
+    );
+    if let Some(allow) = resp.headers().get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+fn bad_request(message: String) -> Response {
+    json(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "bad_request", "message": message}),
+    )
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"error": "internal", "message": e.to_string()}),
+    )
+}
+
+fn shift_error(e: &ShiftError) -> Response {
+    let (status, code, errors) = match e {
+        ShiftError::ReadOnly { .. } => (StatusCode::CONFLICT, "read_only", None),
+        ShiftError::NoSuchRoute(_) => (StatusCode::NOT_FOUND, "no_such_route", None),
+        ShiftError::InvalidBefore(c) | ShiftError::InvalidAfter(c) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            Some(c.errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        ),
+        ShiftError::Layout(_) => (StatusCode::BAD_REQUEST, "cannot_edit", None),
+        ShiftError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed", None),
+    };
+    let mut v = json!({"error": code, "message": e.to_string()});
+    if let Some(errors) = errors {
+        v["errors"] = Value::from(errors);
+    }
+    json(status, &v)
+}

@@ -1,0 +1,43 @@
+//! A client of a running gateway's admin API, for the command line: plain HTTP (no proxy
+//! from the environment), JSON answers, errors that say what to check.
+
+use serde_json::Value;
+
+/// The admin API of one gateway.
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// The admin API at `base` (`http://127.0.0.1:9901`).
+    pub fn new(base: &str) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder().no_proxy().build()?,
+        })
+    }
+
+    /// `GET path_and_query`; the JSON answer of a 2xx, else an error with the API's message.
+    pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path_and_query}", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: {e} (is the gateway running, and is this its admin.listen?)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| anyhow::anyhow!("{url} did not answer JSON: {e}"))?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "{url}: {status}: {}",
+                body["message"].as_str().unwrap_or("error")
+            );
+        }
+        Ok(body)
+    }
+}

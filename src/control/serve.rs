@@ -1,0 +1,90 @@
+//! The life of `strangler serve` (docs/operations.md): start, reload on SIGHUP and on file
+//! changes, drain on SIGTERM or Ctrl-C, exit.
+
+use crate::config::Config;
+use crate::observe::{AccessLog, LogFormat};
+
+/// How `serve` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    pub log_format: LogFormat,
+    pub access_log: bool,
+    /// Watch the routes file (off for file systems without change notifications).
+    pub watch: bool,
+}
+
+/// Runs the gateway on `config` until SIGTERM or Ctrl-C, then drains and returns.
+pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM or SIGHUP that arrives once the gateway says it is
+    // listening must never meet the default action (exit at once).
+    let stop = StopSignals::install()?;
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let drain_timeout = config.drain_timeout;
+    let log = AccessLog::new(opts.log_format, opts.access_log);
+    let running = super::server::start(config, log.clone()).await?;
+    let _watch = match opts.watch.then(|| super::watch::watch(&running.reloader)) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
+            None
+        }
+    };
+    #[cfg(unix)]
+    {
+        let reloader = running.reloader.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = reloader.reload("SIGHUP").await;
+            }
+        });
+    }
+    stop.wait().await;
+    tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
+    if running.drain(drain_timeout).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("drain timeout: closing the connections still open");
+    }
+    running.close();
+    log.flush();
+    Ok(())
+}
+
+/// Ctrl-C and SIGTERM, listened for from the moment of `install`.
+pub struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on Ctrl-C or SIGTERM.
+    pub async fn wait(mut self) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (listening from this call on).
+pub async fn wait_for_stop() {
+    match StopSignals::install() {
+        Ok(s) => s.wait().await,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

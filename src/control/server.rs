@@ -1,0 +1,246 @@
+//! Listeners: the public listener (the request path, on hyper) and the admin listener (the
+//! admin API, on axum), and the graceful drain (docs/operations.md, "Drain").
+//!
+//! Owns sockets and connection tasks, nothing about routing. [`start`] binds both listeners
+//! and returns their real addresses (so `:0` works for tests and the demo).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use super::admin::{self, AdminState};
+use super::reload::Reloader;
+use crate::config::Config;
+use crate::observe::{AccessLog, Metrics, Registry};
+use crate::proxy::{Gateway, Peer, Table};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's read buffer bound: the largest request head it will parse.
+const MAX_BUF: usize = 64 * 1024;
+/// How many request headers hyper parses at most.
+const MAX_HEADER_COUNT: usize = 512;
+
+/// A gateway that is running.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+    /// `/readyz`: true once listening, false from the start of a drain.
+    ready: Arc<AtomicBool>,
+    /// Tells the public listener to stop accepting and its connections to finish.
+    draining: watch::Sender<bool>,
+    /// Resolves once every public connection has closed after a drain began.
+    drained: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Tells the admin listener to stop (at exit).
+    closing: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Graceful stop: `/readyz` turns 503, the public listener stops accepting, every client
+    /// connection finishes its request in flight and closes, for at most `timeout`. Returns
+    /// whether every connection closed in time. The admin listener stays up until `close`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.draining.send(true);
+        let Some(drained) = self.drained.lock().await.take() else {
+            return true;
+        };
+        tokio::time::timeout(timeout, drained).await.is_ok()
+    }
+
+    /// Starts watching the routes file: reloads when it changes (dropping the `Watch`
+    /// stops it).
+    pub fn watch(&self) -> notify::Result<super::watch::Watch> {
+        super::watch::watch(&self.reloader)
+    }
+
+    /// Stops the admin listener too.
+    pub fn close(&self) {
+        let _ = self.draining.send(true);
+        let _ = self.closing.send(true);
+    }
+}
+
+/// The admin token: the value of the variable `admin.token_env` names, if any.
+fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let token = config.admin.token_env.as_deref().and_then(|var| {
+        let t = std::env::var(var).unwrap_or_default().trim().to_string();
+        if t.is_empty() {
+            tracing::warn!(
+                variable = var,
+                "admin.token_env names a variable that holds no token"
+            );
+        }
+        (!t.is_empty()).then_some(t)
+    });
+    if !config.admin.listen.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "the admin listener {} is beyond loopback, but the environment variable {} (admin.token_env) holds no token: refusing to start",
+            config.admin.listen,
+            config.admin.token_env.as_deref().unwrap_or("(none)")
+        );
+    }
+    Ok(token)
+}
+
+/// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
+pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result<Running> {
+    let token = admin_token(&config)?;
+    let config_file = config.file.clone();
+    // A reload compares against the addresses as configured (`:0` stays `:0`).
+    let (configured_listen, configured_admin) = (config.listen, config.admin.listen);
+    let metrics = Metrics::new();
+    let public = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    // The comparison's settings are read at start (its slots are sized from them).
+    let windows = Registry::new(config.compare.clone());
+    let table = Table::compile(config, &metrics, &windows).map_err(|e| anyhow::anyhow!(e))?;
+    table.publish(&metrics);
+    metrics.count_reload(true);
+    let gateway = Gateway::new(table, access_log);
+    let reloader = Reloader::new(
+        config_file,
+        gateway.clone(),
+        metrics.clone(),
+        windows.clone(),
+        configured_listen,
+        configured_admin,
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_router = admin::router(Arc::new(AdminState {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        reloader: reloader.clone(),
+        token,
+        windows,
+        ready: ready.clone(),
+    }));
+    let (draining, drain_rx) = watch::channel(false);
+    let (closing, close_rx) = watch::channel(false);
+    let (drained_tx, drained_rx) = oneshot::channel();
+
+    tokio::spawn(serve_public(public, gateway.clone(), drain_rx, drained_tx));
+    tokio::spawn(accept_loop(
+        admin_listener,
+        close_rx,
+        GracefulShutdown::new(),
+        move |stream, _addr| {
+            let svc = TowerToHyperService::new(admin_router.clone());
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+        },
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(public = %public_addr, admin = %admin_addr, "listening");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        gateway,
+        metrics,
+        reloader,
+        ready,
+        draining,
+        drained: tokio::sync::Mutex::new(Some(drained_rx)),
+        closing,
+    })
+}
+
+/// The public listener: each connection served with hyper's HTTP/1.1, until a drain; then
+/// the connections finish their request in flight and close, and `drained` is told.
+async fn serve_public(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    drain: watch::Receiver<bool>,
+    drained: oneshot::Sender<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let graceful = accept_loop(listener, drain, graceful, move |stream, addr| {
+        let gw = gateway.clone();
+        let peer = Arc::new(Peer::new(addr));
+        let svc = service_fn(move |req| {
+            let gw = gw.clone();
+            let peer = peer.clone();
+            async move { gw.handle(req, &peer).await }
+        });
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_BUF)
+            // Above the default 100, so that the gateway's own limit on the total size of
+            // the headers (431, as JSON) is the one clients meet.
+            .max_headers(MAX_HEADER_COUNT)
+            // The gateway adds nothing to an upstream's answer, not even `Date`.
+            .auto_date_header(false)
+            .serve_connection(TokioIo::new(stream), svc)
+    })
+    .await;
+    tracing::info!(
+        connections = graceful.count(),
+        "draining: finishing the requests in flight"
+    );
+    graceful.shutdown().await;
+    let _ = drained.send(());
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was
+/// dropped: everything stops).
+async fn wait_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+/// Accepts connections until `stop`, serving each with the connection `serve` makes,
+/// watched by `graceful`, which it returns.
+async fn accept_loop<F, C>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    graceful: GracefulShutdown,
+    serve: F,
+) -> GracefulShutdown
+where
+    F: Fn(TcpStream, SocketAddr) -> C,
+    C: hyper_util::server::graceful::GracefulConnection + Send + 'static,
+    C::Error: std::fmt::Display,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = graceful.watch(serve(stream, addr));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = wait_true(&mut stop) => return graceful,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Observation: what the gateway measures and reports (docs/metrics.md; README "Legacy vs
+//! new").
+//!
+//! - [`metrics`]: the Prometheus registry, metric names and per-route handles;
+//! - [`access_log`]: one line per request, written off the request path;
+//! - [`window`]: rolling per-route, per-side figures over a sliding window;
+//! - [`verdict`]: whether the new side is worse than legacy, from those figures;
+//! - [`prometheus`]: the same comparison computed from Prometheus, across replicas.
+//!
+//! Above `routing` and `config`; never imports the proxy or the control plane.
+
+pub mod access_log;
+pub mod metrics;
+pub mod prometheus;
+pub mod verdict;
+pub mod window;
+
+pub use access_log::{AccessLog, Entry, LogFormat, json_str};
+pub use metrics::{Metrics, SideMetrics, UpstreamErrorKind};
+pub use verdict::judge;
+pub use window::{Registry, RouteWindow};

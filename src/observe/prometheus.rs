@@ -1,0 +1,139 @@
+//! The legacy-vs-new comparison computed from Prometheus, across every replica it scrapes
+//! (README "Several gateways"): the same figures and verdicts as one gateway's
+//! `/admin/compare`, from the counters and histograms each gateway exports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::verdict::{RouteComparison, judge};
+use super::window::SideFigures;
+use crate::config::{CompareConfig, format_percent};
+
+/// Runs one PromQL instant query; the result vector.
+async fn query(client: &reqwest::Client, base: &str, promql: &str) -> anyhow::Result<Vec<Value>> {
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let resp = client
+        .get(&url)
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Prometheus at {base}: {e}"))?;
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: not JSON: {e}"))?;
+    if v["status"] != "success" {
+        anyhow::bail!("Prometheus refused {promql}: {}", v["error"]);
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The `(route, side)` labels of one result series.
+fn route_side(m: &Value) -> (String, String) {
+    (
+        m["metric"]["route"].as_str().unwrap_or("").to_string(),
+        m["metric"]["side"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The value of one result series, when finite.
+fn value(m: &Value) -> Option<f64> {
+    m["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+}
+
+/// One value per `(route, side)` of a query's result.
+fn by_route_side(result: &[Value]) -> BTreeMap<(String, String), f64> {
+    result
+        .iter()
+        .map(|m| (route_side(m), value(m).unwrap_or(0.0)))
+        .collect()
+}
+
+/// Every route's comparison over `window`, from Prometheus at `base`. 5xx answers count as
+/// errors, as in the gateway's own figures.
+pub async fn compare(
+    base: &str,
+    window: Duration,
+    cfg: &CompareConfig,
+) -> anyhow::Result<Vec<RouteComparison>> {
+    let w = format!("{}s", window.as_secs().max(1));
+    // Growth over the window, per series (per replica) before summing: now minus a window
+    // ago; the whole value for a series younger than the window or reset within it (a
+    // replica restarted: its count since then). Exact when nothing restarted, unlike
+    // increase()'s extrapolation; a restart undercounts only that replica's pre-restart part.
+    let growth = |metric: &str, by: &str| {
+        format!("sum by ({by}) (({metric} - {metric} offset {w}) >= 0 or {metric})")
+    };
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let requests = by_route_side(
+        &query(
+            &client,
+            base,
+            &growth("strangler_requests_total", "route, side"),
+        )
+        .await?,
+    );
+    let errors = by_route_side(
+        &query(
+            &client,
+            base,
+            &growth("strangler_requests_total{code=~\"5..\"}", "route, side"),
+        )
+        .await?,
+    );
+    let mut quantiles: BTreeMap<(String, String), [Option<f64>; 3]> = BTreeMap::new();
+    for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
+        let promql = format!(
+            "histogram_quantile({q}, {})",
+            growth(
+                "strangler_request_duration_seconds_bucket",
+                "route, side, le"
+            )
+        );
+        for m in query(&client, base, &promql).await? {
+            quantiles.entry(route_side(&m)).or_default()[i] =
+                value(&m).map(|s| (s * 1e5).round() / 100.0);
+        }
+    }
+    let mut percents: BTreeMap<String, f64> = BTreeMap::new();
+    for m in query(&client, base, "max by (route) (strangler_route_percent)").await? {
+        percents.insert(
+            m["metric"]["route"].as_str().unwrap_or("").to_string(),
+            value(&m).unwrap_or(0.0),
+        );
+    }
+    let side_figures = |route: &str, side: &str| {
+        let k = (route.to_string(), side.to_string());
+        let n = requests.get(&k).copied().unwrap_or(0.0).round() as u64;
+        let e = errors.get(&k).copied().unwrap_or(0.0).round() as u64;
+        let q = quantiles.get(&k).copied().unwrap_or_default();
+        SideFigures {
+            requests: n,
+            errors: e,
+            error_rate: if n == 0 { 0.0 } else { e as f64 / n as f64 },
+            p50_ms: q[0].filter(|_| n > 0),
+            p90_ms: q[1].filter(|_| n > 0),
+            p99_ms: q[2].filter(|_| n > 0),
+            series: None,
+        }
+    };
+    Ok(percents
+        .iter()
+        .map(|(route, pct)| {
+            let percent = serde_json::from_str(&format_percent((pct * 100.0).round() as u32))
+                .unwrap_or(Value::Null);
+            judge(
+                route,
+                percent,
+                side_figures(route, "legacy"),
+                side_figures(route, "new"),
+                cfg,
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,273 @@
+//! Bodies on the request path, streamed and never buffered: the client's request body on
+//! its way upstream ([`RequestBody`]), and the response body on its way to the client
+//! ([`ResponseBody`]), which counts bytes, bounds each wait for the upstream, gives the
+//! upstream connection back and records the request when it ends.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::error::{Failure, Stage};
+use super::pool::{self, PoolKey, Sender};
+use super::record::Trail;
+use crate::observe::UpstreamErrorKind;
+
+/// The client's request body on its way upstream. Marks when it has been sent in full, so
+/// the connection is reused only once both directions are done, and the head timeout does
+/// not run out during a slow upload.
+pub struct RequestBody {
+    /// `None`: an empty body (a replayed bodiless request).
+    inner: Option<Incoming>,
+    /// `None` for a request without a body (nothing to wait for).
+    sent: Option<Arc<AtomicBool>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> RequestBody {
+        let sent = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        RequestBody {
+            inner: Some(inner),
+            sent,
+        }
+    }
+
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            sent: None,
+        }
+    }
+
+    /// Set once the body has been sent in full; `None` for a request without a body.
+    pub(crate) fn sent_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.sent.clone()
+    }
+
+    fn mark_sent(&self) {
+        if let Some(s) = &self.sent {
+            s.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
+            this.mark_sent();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.as_ref().is_none_or(Body::is_end_stream);
+        if end {
+            self.mark_sent();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// An upstream connection held by the response it carries.
+pub(crate) struct Held {
+    pub key: PoolKey,
+    pub sender: Sender,
+    /// When the exchange started (the connection's idle clock starts no later).
+    pub since: Instant,
+    /// The request body's completion flag, if it had one.
+    pub uploaded: Option<Arc<AtomicBool>>,
+}
+
+impl Held {
+    /// Returns the connection to the pool if both directions of the exchange are complete;
+    /// otherwise drops it, which closes it.
+    fn release(self) {
+        if self
+            .uploaded
+            .as_ref()
+            .is_none_or(|u| u.load(Ordering::Acquire))
+        {
+            pool::checkin(self.key, self.sender, self.since);
+        }
+    }
+}
+
+/// Errors of a response body, for hyper's server.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body: the upstream's, streamed, or one the gateway made. Dropped before its
+/// end, it was abandoned by the client: its upstream connection closes with it, and the
+/// trail's own drop records what was known.
+pub struct ResponseBody {
+    inner: Inner,
+    /// Recorded when the body ends; `None` once recorded (or for bodies with no request).
+    trail: Option<Trail>,
+    /// The upstream connection that carries `inner`, given back to the pool when the body
+    /// has ended (and closed when it is dropped before that).
+    conn: Option<Held>,
+    /// Bounds each wait for more of the upstream's body; made on the first wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    read_timeout: Duration,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// The upstream's body, carried by `conn`; each wait for more is bounded by
+    /// `read_timeout`.
+    pub(crate) fn upstream(
+        body: Incoming,
+        trail: Trail,
+        conn: Held,
+        read_timeout: Duration,
+    ) -> ResponseBody {
+        let mut b = ResponseBody {
+            inner: Inner::Upstream(body),
+            trail: Some(trail),
+            conn: Some(conn),
+            idle: None,
+            read_timeout,
+        };
+        // A body with nothing in it (HEAD, 204, 304, `Content-Length: 0`) is never polled:
+        // it has ended already.
+        if b.is_end_stream() {
+            b.finish();
+        }
+        b
+    }
+
+    /// A complete body the gateway made, recorded as `trail` once sent.
+    pub(crate) fn made(body: Bytes, trail: Trail) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(Some(body)),
+            trail: Some(trail),
+            conn: None,
+            idle: None,
+            read_timeout: Duration::ZERO,
+        }
+    }
+
+    /// The response has ended: the connection goes back to the pool and the request is
+    /// recorded.
+    fn finish(&mut self) {
+        if let Some(held) = self.conn.take() {
+            held.release();
+        }
+        if let Some(trail) = self.trail.take() {
+            trail.record();
+        }
+    }
+
+    /// The upstream's body failed or stalled: recorded against the upstream; the
+    /// connection is closed.
+    fn upstream_failed(&mut self, kind: UpstreamErrorKind) {
+        self.conn = None;
+        if let Some(mut trail) = self.trail.take() {
+            trail.failure = Some(Failure::Upstream {
+                kind,
+                during: Stage::Body,
+            });
+            trail.record();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(b) => {
+                let frame = b.take().map(|d| Ok(Frame::data(d)));
+                this.finish();
+                return Poll::Ready(frame);
+            }
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(trail)) = (frame.data_ref(), this.trail.as_mut()) {
+                    trail.bytes_out += d.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended, so the end is seen
+                // here, with its last frame.
+                if this.is_end_stream() {
+                    this.finish();
+                } else if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut()
+                        .reset((Instant::now() + this.read_timeout).into());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.upstream_failed(UpstreamErrorKind::Reset);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let timeout = this.read_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    this.upstream_failed(UpstreamErrorKind::Timeout);
+                    let err = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upstream sent nothing more within its timeout",
+                    );
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The request path (docs/http.md): one request from the client to the chosen side and
+//! back, in the phases it lives, each a module of its own:
+//!
+//! 1. [`admit`]: framing, hop-by-hop headers, request id, limits, `Host`, canonical path;
+//! 2. decide: route and side, by [`RouteTable::decide`](crate::routing::RouteTable::decide);
+//! 3. [`rewrite`]: the upstream's copy of the request (target, `X-Forwarded-*`, `Host`);
+//! 4. [`send`]: the exchange through the per-thread connection [`pool`], up to the head;
+//! 5. [`respond`]: the response head and its streamed [`body`];
+//! 6. [`record`]: metrics, compare window and access log, when the response ends.
+//!
+//! [`Gateway::handle`] reads as that list. Bodies are never buffered. Every failure is a
+//! [`Failure`](error::Failure) that says which side failed and how.
+
+pub mod admit;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod pool;
+pub mod record;
+pub mod respond;
+pub mod rewrite;
+pub mod send;
+pub mod table;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+pub use body::{RequestBody, ResponseBody};
+pub use error::Failure;
+pub use table::Table;
+
+use crate::observe::AccessLog;
+use crate::routing::{RequestView, method_index};
+use record::Trail;
+
+/// What a connection knows of its peer, computed once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            ip_header: HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
+/// The shared state of the request path.
+pub struct Gateway {
+    /// The table in force, swapped whole by a reload.
+    pub table: ArcSwap<Table>,
+    pub access_log: Arc<AccessLog>,
+}
+
+impl Gateway {
+    pub fn new(table: Table, access_log: Arc<AccessLog>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            table: ArcSwap::from_pointee(table),
+            access_log,
+        })
+    }
+
+    /// Serves one request.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let start = Instant::now();
+        let table = self.table.load_full();
+        let (mut head, body) = req.into_parts();
+
+        let admission = admit::admit(&mut head);
+        let mut trail = Trail::begin(
+            table.clone(),
+            &self.access_log,
+            start,
+            method_index(&head.method),
+            admission.request_id,
+        );
+        let path = match admission.verdict {
+            Ok(path) => path,
+            Err(refused) => {
+                if let Some(p) = refused.path {
+                    trail.path = record::LoggedPath::Owned(p);
+                }
+                return Ok(respond::failure(trail, Failure::Refused(refused.refusal)));
+            }
+        };
+
+        let decision = table.routing.decide(&RequestView {
+            path: path.as_str(&head.uri),
+            method: &head.method,
+            headers: &head.headers,
+            query: head.uri.query(),
+            peer: peer.addr.ip(),
+        });
+        trail.decision = decision;
+        trail.upstream = table.upstream_of(&decision);
+        let upstream = &table.upstreams[trail.upstream];
+
+        let new_id = admission.new_id.then(|| trail.request_id.clone());
+        match rewrite::rewrite(&mut head, path, upstream, &table.routing, peer, new_id) {
+            Ok(logged) => trail.path = logged,
+            Err(failure) => return Ok(respond::failure(trail, failure)),
+        }
+        // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
+        trail.bytes_in = body.size_hint().exact().unwrap_or(0);
+
+        match send::send(upstream, head, RequestBody::new(body), start).await {
+            Ok(exchange) => Ok(respond::upstream(exchange, trail)),
+            Err(failure) => Ok(respond::failure(trail, failure)),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The `record` phase: the end of a request, counted once in the metrics, the compare
+//! window and the access log.
+//!
+//! A [`Trail`] follows a request from its arrival to the end of its response body and
+//! gathers what the record needs. [`Trail::record`] is called explicitly when the response
+//! body ends (or the gateway's own answer is sent); `Drop` is only the safety net for a
+//! request whose client went away first, recorded with what was known then (499 when no
+//! response head had gone out).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use http::uri::PathAndQuery;
+
+use super::error::{CLIENT_CLOSED, ClientFailure, Failure};
+use super::table::{LEGACY, Table};
+use crate::observe::{AccessLog, Entry};
+use crate::routing::{Decision, METHODS};
+
+/// The path the access log shows: the canonical path, kept without a copy when the request's
+/// own target was already canonical.
+pub enum LoggedPath {
+    Target(PathAndQuery),
+    Owned(Box<str>),
+}
+
+impl LoggedPath {
+    fn as_str(&self) -> &str {
+        match self {
+            LoggedPath::Target(pq) => pq.path(),
+            LoggedPath::Owned(s) => s,
+        }
+    }
+}
+
+/// What is known of a request until it is recorded.
+pub struct Trail {
+    pub table: Arc<Table>,
+    log: Arc<AccessLog>,
+    pub start: Instant,
+    /// Index into `METHODS`.
+    method: usize,
+    pub request_id: HeaderValue,
+    pub decision: Decision,
+    /// Index into `Table::upstreams` of the side that serves.
+    pub upstream: usize,
+    pub path: LoggedPath,
+    /// The status sent; 0 until a response head is ready.
+    pub status: u16,
+    /// The request's declared length (0 for chunked bodies).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub failure: Option<Failure>,
+    recorded: bool,
+}
+
+impl Trail {
+    /// The trail of a request that arrived at `start`.
+    pub fn begin(
+        table: Arc<Table>,
+        log: &Arc<AccessLog>,
+        start: Instant,
+        method: usize,
+        request_id: HeaderValue,
+    ) -> Trail {
+        Trail {
+            table,
+            log: log.clone(),
+            start,
+            method,
+            request_id,
+            decision: Decision::UNMATCHED,
+            upstream: LEGACY,
+            path: LoggedPath::Owned(Box::from("")),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            failure: None,
+            recorded: false,
+        }
+    }
+
+    /// Records the request: metrics, compare window, access log. Called once, when the
+    /// response has ended.
+    pub fn record(mut self) {
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.recorded = true;
+        let elapsed = self.start.elapsed();
+        if self.status == 0 {
+            self.status = CLIENT_CLOSED;
+            self.failure
+                .get_or_insert(Failure::Client(ClientFailure::Left));
+        }
+        let d = self.decision;
+        let stats = self.table.stats(d.route);
+        let metrics = &stats.metrics[d.side.index()];
+        metrics.record(self.method, self.status, elapsed.as_secs_f64());
+        if let Some(kind) = self.failure.and_then(Failure::upstream_kind) {
+            metrics.upstream_error(kind);
+        }
+        // Errors for the comparison: 5xx answers and gateway failures (which are 5xx); a
+        // client that left (499) is neither side's failure.
+        let error = self.status >= 500 && self.status != CLIENT_CLOSED;
+        stats.window.record(d.side, self.start, elapsed, error);
+        self.log.log(&Entry {
+            start: self.start,
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: METHODS[self.method],
+            path: self.path.as_str(),
+            status: self.status,
+            duration: elapsed,
+            route: self.table.route_name(d.route),
+            side: d.side.as_str(),
+            reason: d.reason.as_str(),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream: self.table.upstreams[self.upstream].authority.as_str(),
+            error: self.failure.map(Failure::log_name),
+        });
+    }
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        // The safety net: a request whose client went away before its response ended.
+        if !self.recorded {
+            self.write();
+        }
+    }
+}

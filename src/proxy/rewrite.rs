@@ -1,0 +1,126 @@
+//! The `rewrite` phase: the upstream's copy of the request (docs/http.md, "Headers").
+//!
+//! The target in origin form (the upstream's base path, the canonical path, the original
+//! query), `X-Forwarded-For`/`-Proto`/`-Host` (replaced for untrusted peers, extended for
+//! trusted proxies), `Host` (the client's unless the service asks for its own), the request
+//! id when the gateway made it, and HTTP/1.1.
+
+use bytes::Bytes;
+use http::Version;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Uri};
+
+use super::Peer;
+use super::admit::CanonicalPath;
+use super::error::{Failure, Refusal};
+use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::record::LoggedPath;
+use super::table::Upstream;
+use crate::routing::RouteTable;
+
+/// Rewrites `head` for `upstream`. Returns the canonical path for the access log.
+pub fn rewrite(
+    head: &mut Parts,
+    path: CanonicalPath,
+    upstream: &Upstream,
+    routing: &RouteTable,
+    peer: &Peer,
+    new_id: Option<HeaderValue>,
+) -> Result<LoggedPath, Failure> {
+    let logged = target(head, path, upstream)?;
+    // Room for the headers the gateway adds, so the map grows at most once.
+    head.headers.reserve(4);
+    forwarded(&mut head.headers, routing.is_trusted(peer.addr.ip()), peer);
+    if upstream.host_upstream || !head.headers.contains_key(header::HOST) {
+        head.headers
+            .insert(header::HOST, upstream.host_value.clone());
+    }
+    if let Some(id) = new_id {
+        head.headers.insert(X_REQUEST_ID, id);
+    }
+    head.version = Version::HTTP_11;
+    Ok(logged)
+}
+
+/// Sets the origin-form target: base path, canonical path, original query.
+fn target(
+    head: &mut Parts,
+    path: CanonicalPath,
+    upstream: &Upstream,
+) -> Result<LoggedPath, Failure> {
+    let (pq, logged) = match path {
+        CanonicalPath::AsSent if upstream.base_path.is_empty() => {
+            let pq = head
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            (pq.clone(), LoggedPath::Target(pq))
+        }
+        path => {
+            let canonical = path.as_str(&head.uri);
+            let query = head.uri.query();
+            let mut s = String::with_capacity(
+                upstream.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1),
+            );
+            s.push_str(&upstream.base_path);
+            s.push_str(canonical);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            let logged: Box<str> = match path {
+                CanonicalPath::Rewritten(p) => p,
+                CanonicalPath::AsSent => canonical.into(),
+            };
+            let pq = PathAndQuery::from_maybe_shared(Bytes::from(s))
+                .map_err(|_| Failure::Refused(Refusal::BadRequest))?;
+            (pq, LoggedPath::Owned(logged))
+        }
+    };
+    // Origin form: the connection already names the upstream.
+    head.uri = Uri::from(pq);
+    Ok(logged)
+}
+
+/// `X-Forwarded-*`: from a trusted proxy, extended (`For`) or kept as sent; from anyone
+/// else, replaced.
+fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
+    if trusted {
+        let mut prior: Vec<u8> = Vec::new();
+        for v in h.get_all(&X_FORWARDED_FOR) {
+            if !prior.is_empty() {
+                prior.extend_from_slice(b", ");
+            }
+            prior.extend_from_slice(v.as_bytes());
+        }
+        let value = if prior.is_empty() {
+            peer.ip_header.clone()
+        } else {
+            prior.extend_from_slice(b", ");
+            prior.extend_from_slice(peer.ip_header.as_bytes());
+            HeaderValue::from_bytes(&prior).unwrap_or_else(|_| peer.ip_header.clone())
+        };
+        h.insert(X_FORWARDED_FOR, value);
+        if !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !h.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = h.get(header::HOST).cloned()
+        {
+            h.insert(X_FORWARDED_HOST, host);
+        }
+    } else {
+        h.insert(X_FORWARDED_FOR, peer.ip_header.clone());
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match h.get(header::HOST).cloned() {
+            Some(host) => {
+                h.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                h.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}

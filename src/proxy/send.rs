@@ -1,0 +1,156 @@
+//! The `send` phase: the exchange with the chosen upstream, through the per-thread
+//! connection pool, up to the response head.
+//!
+//! The wait for the head is bounded by the service's `timeout`, counted from the request's
+//! start and extended while the client is still uploading (a slow upload is not the
+//! upstream's slowness). A reused connection found closed before the request went out is
+//! replaced; a bodiless idempotent request whose reused connection closed under it is sent
+//! once more on a new one. Every failure comes back as a [`Failure`] naming its side.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::body::RequestBody;
+use super::error::{ClientFailure, Failure, Stage};
+use super::pool::{self, Sender};
+use super::table::Upstream;
+use crate::observe::UpstreamErrorKind;
+
+/// A response head from the upstream, with the connection that carries its body.
+pub struct Exchange {
+    pub sender: Sender,
+    pub response: Response<Incoming>,
+    /// The request body's completion flag (`None`: it had no body).
+    pub uploaded: Option<Arc<AtomicBool>>,
+}
+
+/// Sends the request to `upstream` and waits for its response head.
+pub async fn send(
+    upstream: &Upstream,
+    head: Parts,
+    body: RequestBody,
+    start: Instant,
+) -> Result<Exchange, Failure> {
+    let uploaded = body.sent_flag();
+    let timeout = upstream.timeout;
+    let mut deadline = start + timeout;
+    let mut exchange = std::pin::pin!(exchange(upstream, Request::from_parts(head, body), start));
+    loop {
+        match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
+            Ok(Ok((sender, response))) => {
+                return Ok(Exchange {
+                    sender,
+                    response,
+                    uploaded,
+                });
+            }
+            Ok(Err(failure)) => return Err(failure),
+            Err(_)
+                if uploaded
+                    .as_ref()
+                    .is_some_and(|u| !u.load(Ordering::Acquire)) =>
+            {
+                deadline = Instant::now() + timeout;
+            }
+            Err(_) => {
+                return Err(Failure::Upstream {
+                    kind: UpstreamErrorKind::Timeout,
+                    during: Stage::Head,
+                });
+            }
+        }
+    }
+}
+
+/// Sends `req` on a pooled connection to `upstream`. A reused connection that turns out to
+/// be closed before the request was written is replaced by a new one (the request was not
+/// sent, so this is safe for any method); any other failure is final.
+async fn exchange(
+    upstream: &Upstream,
+    mut req: Request<RequestBody>,
+    now: Instant,
+) -> Result<(Sender, Response<Incoming>), Failure> {
+    // A bodiless idempotent request may go out once more, on a new connection, when a
+    // reused connection fails before any answer: the upstream closed it (its idle timeout)
+    // just as the request went out. That needs a copy of the head, made before sending.
+    let mut replay =
+        (req.body().sent_flag().is_none() && req.method().is_idempotent()).then(|| {
+            let mut r = Request::new(RequestBody::empty());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+    let mut new_only = false;
+    loop {
+        let checkout = if new_only {
+            pool::open(&upstream.authority).await
+        } else {
+            pool::checkout(upstream.pool_key, &upstream.authority, now).await
+        };
+        let mut co = checkout.map_err(|e| {
+            tracing::debug!(upstream = %upstream.authority, error = %e, "cannot connect to the upstream");
+            Failure::Upstream {
+                kind: UpstreamErrorKind::Connect,
+                during: Stage::Head,
+            }
+        })?;
+        match co.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((co.sender, resp)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if !co.fresh => req = unsent,
+                None if !co.fresh && replay.is_some() && closed_under_us(e.error()) => {
+                    tracing::debug!(error = %e.error(), "a reused upstream connection was closed: replaying on a new one");
+                    req = replay.take().expect("checked is_some");
+                    new_only = true;
+                }
+                _ => return Err(failure_of(upstream, &e.into_error())),
+            },
+        }
+    }
+}
+
+/// The side and kind of a failed exchange.
+fn failure_of(upstream: &Upstream, e: &hyper::Error) -> Failure {
+    // The client's request body failed (it left mid-upload): nothing the upstream did.
+    if e.is_user() {
+        return Failure::Client(ClientFailure::Upload);
+    }
+    tracing::debug!(upstream = %upstream.authority, error = %e, "upstream exchange failed");
+    let kind = if e.is_parse() || e.is_parse_status() {
+        UpstreamErrorKind::Protocol
+    } else {
+        UpstreamErrorKind::Reset
+    };
+    Failure::Upstream {
+        kind,
+        during: Stage::Head,
+    }
+}
+
+/// The connection ended under a request without any answer: EOF or reset.
+fn closed_under_us(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}

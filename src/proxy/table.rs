@@ -1,0 +1,126 @@
+//! What the request path reads, built once per config and swapped in whole on reload: the
+//! routing table, the upstreams (addresses, timeouts, pool keys) and the measurement handles
+//! of every route and side, resolved here so a request only increments.
+//!
+//! A request holds an `Arc` to the table it started with, so a reload never changes a
+//! request midway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::uri::Authority;
+
+use super::pool::PoolKey;
+use crate::config::Config;
+use crate::observe::{Metrics, Registry, RouteWindow, SideMetrics};
+use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
+
+/// Index of the legacy upstream in `Table::upstreams`.
+pub const LEGACY: usize = 0;
+
+/// An upstream as the forwarder needs it.
+pub struct Upstream {
+    pub name: Box<str>,
+    pub authority: Authority,
+    /// Prepended to the forwarded path; empty for none.
+    pub base_path: Box<str>,
+    pub timeout: Duration,
+    /// Always send `host_value` as `Host` (`host_header: upstream`); otherwise only when the
+    /// client sent none (HTTP/1.0), since HTTP/1.1 requires one.
+    pub host_upstream: bool,
+    /// The authority as a `Host` value.
+    pub host_value: HeaderValue,
+    /// The connection pool key of the address.
+    pub pool_key: PoolKey,
+}
+
+/// The measurement handles of one route.
+pub struct RouteStats {
+    /// Indexed by `Side::index()`.
+    pub metrics: [SideMetrics; 2],
+    /// The rolling figures of legacy vs new (kept across reloads by name).
+    pub window: Arc<RouteWindow>,
+}
+
+/// The table in force.
+pub struct Table {
+    pub config: Arc<Config>,
+    pub routing: RouteTable,
+    /// 0 is legacy, then the services in file order.
+    pub upstreams: Vec<Upstream>,
+    /// One per route, in table order, then one for `default`.
+    stats: Vec<RouteStats>,
+}
+
+impl Table {
+    /// Builds the table. Fails only where the router cannot be built (regex size limits).
+    pub fn compile(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        windows: &Arc<Registry>,
+    ) -> Result<Table, String> {
+        let routing = config.compile()?;
+        let upstreams = std::iter::once(&config.legacy)
+            .chain(config.services.iter())
+            .map(|s| Upstream {
+                name: s.name.as_str().into(),
+                authority: s.authority.clone(),
+                base_path: s.base_path.as_str().into(),
+                timeout: s.timeout,
+                host_upstream: s.host_upstream,
+                host_value: HeaderValue::from_str(s.authority.as_str())
+                    .expect("an authority is a valid header value"),
+                pool_key: PoolKey::of(&s.authority),
+            })
+            .collect();
+        let stats = routing
+            .routes()
+            .iter()
+            .map(|r| &*r.name)
+            .chain([DEFAULT_ROUTE])
+            .map(|name| RouteStats {
+                metrics: Side::BOTH.map(|side| metrics.side(name, side)),
+                window: windows.route(name),
+            })
+            .collect();
+        Ok(Table {
+            config: Arc::new(config),
+            routing,
+            upstreams,
+            stats,
+        })
+    }
+
+    /// Publishes the gauges that describe this table (call when it goes into force).
+    pub fn publish(&self, metrics: &Metrics) {
+        for r in self.routing.routes() {
+            metrics.set_route_percent(&r.name, f64::from(r.policy.percent_bp) / 100.0);
+        }
+        metrics.set_config_hash(&self.config.hash);
+    }
+
+    /// The name of a decision's route (`default` for none).
+    #[inline]
+    pub fn route_name(&self, route: Option<usize>) -> &str {
+        match route {
+            Some(i) => &self.routing.routes()[i].name,
+            None => DEFAULT_ROUTE,
+        }
+    }
+
+    /// The measurement handles of a decision's route.
+    #[inline]
+    pub fn stats(&self, route: Option<usize>) -> &RouteStats {
+        &self.stats[route.unwrap_or(self.stats.len() - 1)]
+    }
+
+    /// Index into `upstreams` of the upstream that serves a decision.
+    #[inline]
+    pub fn upstream_of(&self, d: &Decision) -> usize {
+        match (d.side, d.route) {
+            (Side::New, Some(i)) => 1 + self.routing.routes()[i].service,
+            _ => LEGACY,
+        }
+    }
+}
