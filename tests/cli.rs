@@ -525,3 +525,48 @@ fn explain_override_header_wins() {
         e.text
     );
 }
+
+/// An unknown service is told which services the file defines, also when the ones it
+/// defines have errors of their own (an invalid URL does not make a service undefined).
+#[test]
+fn check_names_the_services_defined_when_a_route_names_another() {
+    let (_dir, file) = write_file(
+        "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: ftp://x}\n  billing: {url: http://127.0.0.1:9003}\nroutes:\n  - name: a\n    match: {prefix: /a}\n    service: payments\n",
+    );
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("routes[0].service"))
+        .unwrap_or_else(|| panic!("no error about the service\n{text}"));
+    assert!(line.contains("unknown service \"payments\""), "{line}");
+    assert!(
+        line.contains("orders") && line.contains("billing"),
+        "{line}"
+    );
+    assert!(!line.contains("none are defined"), "{line}");
+}
+
+/// Template braces inside a flow mapping end the mapping: YAML's own message is cryptic,
+/// so `check` says what to do.
+#[test]
+fn check_hints_at_quoting_a_template_in_a_flow_mapping() {
+    let (_dir, file) = write_file(
+        "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: http://127.0.0.1:9002}\nroutes:\n  - name: a\n    match: { path: /api/orders/{id}, methods: [GET, HEAD] }\n    service: orders\n",
+    );
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("quoted: path: \"/api/orders/{id}\""),
+        "{}",
+        show(&out)
+    );
+    // Quoted as the hint says, the file is valid.
+    let (_dir, file) = write_file(
+        "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: http://127.0.0.1:9002}\nroutes:\n  - name: a\n    match: { path: \"/api/orders/{id}\", methods: [GET, HEAD] }\n    service: orders\n",
+    );
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}

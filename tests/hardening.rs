@@ -289,3 +289,41 @@ async fn header_limits_are_the_gateways() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"], "headers_too_large");
 }
+
+/// `Transfer-Encoding` other than `chunked` once and last (`chunked, chunked` above all) is
+/// how request smuggling between proxies that disagree begins: 400, and the connection is
+/// closed, with nothing forwarded. Written as raw bytes, as an attacker would send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_encoding_other_than_chunked_once_and_last_is_refused() {
+    let legacy = Upstream::start("legacy").await;
+    let gw = Gateway::start(&only_legacy(&legacy.url(), "2s")).await;
+    let addr = gw.running.public_addr;
+    for te in [
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked, chunked\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Keep-alive asked for: the gateway must close all the same.
+        let req = format!("POST /a HTTP/1.1\r\nHost: h\r\n{te}\r\n5\r\nhello\r\n0\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "{te:?}: the connection was left open after the answer"
+        );
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 400"), "{te:?}: {text}");
+        assert!(text.contains("\"error\":\"bad_request\""), "{te:?}: {text}");
+    }
+    assert_eq!(legacy.count(), 0, "nothing may be forwarded");
+    // `chunked` once and last is the ordinary case.
+    let (status, _, _) = raw(
+        addr,
+        "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(legacy.last().body.as_deref(), Some(&b"hello"[..]));
+}

@@ -23,9 +23,14 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     let drain_timeout = config.drain_timeout;
     let log = AccessLog::new(opts.log_format, opts.access_log);
     let running = super::server::start(config, log.clone()).await?;
-    let _watch = match opts.watch.then(|| super::watch::watch(&running.reloader)) {
+    let _watch = match opts.watch.then(|| running.watch()) {
         None => None,
-        Some(Ok(w)) => Some(w),
+        Some(Ok(w)) => {
+            // A change between the first read and the watch's start would go unseen: one
+            // more read now (nothing is swapped if the file is as it was).
+            let _ = running.reloader.reload("start").await;
+            Some(w)
+        }
         Some(Err(e)) => {
             tracing::warn!(error = %e, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
             None
@@ -40,6 +45,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
+    // Said once the gateway is listening and watching, so that whoever waits for this line
+    // (a supervisor, a test) knows that a change of the file from now on is seen.
+    tracing::info!(public = %running.public_addr, admin = %running.admin_addr, "listening");
     stop.wait().await;
     tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
     if running.drain(drain_timeout).await {

@@ -152,7 +152,6 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         },
     ));
     ready.store(true, Ordering::Release);
-    tracing::info!(public = %public_addr, admin = %admin_addr, "listening");
     Ok(Running {
         public_addr,
         admin_addr,

@@ -5,7 +5,8 @@
 //! 2. decide: route and side, by [`RouteTable::decide`](crate::routing::RouteTable::decide);
 //! 3. [`rewrite`]: the upstream's copy of the request (target, `X-Forwarded-*`, `Host`);
 //! 4. [`send`]: the exchange through the per-thread connection [`pool`], up to the head;
-//! 5. [`respond`]: the response head and its streamed [`body`];
+//! 5. [`respond`]: the response head and its streamed [`body`] (the request's own body
+//!    goes up as an [`upload`]);
 //! 6. [`record`]: metrics, compare window and access log, when the response ends.
 //!
 //! [`Gateway::handle`] reads as that list. Bodies are never buffered. Every failure is a
@@ -15,48 +16,33 @@ pub mod admit;
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod peer;
 pub mod pool;
 pub mod record;
 pub mod respond;
 pub mod rewrite;
 pub mod send;
 pub mod table;
+pub mod upload;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::ResponseBody;
 pub use error::Failure;
+pub use peer::Peer;
 pub use table::Table;
+pub use upload::RequestBody;
 
 use crate::observe::AccessLog;
 use crate::routing::{RequestView, method_index};
 use record::Trail;
-
-/// What a connection knows of its peer, computed once per connection.
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// The peer IP as a header value, for `X-Forwarded-For`.
-    pub ip_header: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
-        Peer {
-            addr,
-            ip_header: HeaderValue::from_str(&addr.ip().to_string())
-                .expect("an IP address is a valid header value"),
-        }
-    }
-}
 
 /// The shared state of the request path.
 pub struct Gateway {
@@ -120,7 +106,7 @@ impl Gateway {
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = body.size_hint().exact().unwrap_or(0);
 
-        match send::send(upstream, head, RequestBody::new(body), start).await {
+        match send::send(upstream, head, upload::RequestBody::new(body), start).await {
             Ok(exchange) => Ok(respond::upstream(exchange, trail)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }

@@ -29,7 +29,7 @@ const READY_GRACE: Duration = Duration::from_millis(50);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sending half of an upstream connection.
-pub type Sender = SendRequest<super::body::RequestBody>;
+pub type Sender = SendRequest<super::upload::RequestBody>;
 
 /// Identifies an upstream address in the per-thread pools; stable for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 
-use super::Peer;
 use super::admit::CanonicalPath;
 use super::error::{Failure, Refusal};
 use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::peer::Peer;
 use super::record::LoggedPath;
 use super::table::Upstream;
 use crate::routing::RouteTable;

@@ -15,10 +15,10 @@ use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::body::RequestBody;
 use super::error::{ClientFailure, Failure, Stage};
 use super::pool::{self, Sender};
 use super::table::Upstream;
+use super::upload::RequestBody;
 use crate::observe::UpstreamErrorKind;
 
 /// A response head from the upstream, with the connection that carries its body.

@@ -215,7 +215,7 @@ impl Template {
             } else if *part == "." || *part == ".." {
                 return Err("it holds a dot segment".into());
             } else {
-                match super::canonicalize(&format!("/{part}")) {
+                match super::canon::canonicalize(&format!("/{part}")) {
                     Ok(c) if c.len() == part.len() + 1 => {}
                     _ => return Err(format!("segment {part:?} is not in canonical form")),
                 }
@@ -282,7 +282,7 @@ pub fn check_canonical(s: &str) -> Result<(), String> {
     if !s.starts_with('/') {
         return Err("does not start with /".into());
     }
-    match super::canonicalize(s) {
+    match super::canon::canonicalize(s) {
         Ok(c) if c == s => Ok(()),
         Ok(c) => Err(format!("not canonical; requests are matched as {c:?}")),
         Err(e) => Err(e.to_string()),

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
+use tower::util::MapResponse;
 
 use super::reload::Reloader;
 use super::shift::{ShiftError, shift_file};
@@ -53,13 +54,16 @@ const MAX_BODY: usize = 4096;
 /// The dashboard: one self-contained page (no external assets) that polls the admin API.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// The admin API as a service: its routes, with 405s given their JSON body.
+pub type AdminService = MapResponse<Router, fn(Response) -> Response>;
+
 /// The admin API's routes.
-pub fn router(state: Shared) -> Router {
+pub fn router(state: Shared) -> AdminService {
     let changes = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/routes/{name}/percent", post(shift))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let routes = Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -68,9 +72,10 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/compare", get(compare))
         .merge(changes)
         .fallback(not_found)
-        .layer(middleware::map_response(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state);
+    // Around the whole router: axum adds `Allow` to a 405 outside of any route's layers.
+    MapResponse::new(routes, method_not_allowed as fn(Response) -> Response)
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -293,7 +298,7 @@ async fn not_found(req: Request) -> Response {
 
 /// axum answers a known path with the wrong method 405 and an `Allow` header, but no body:
 /// give it the JSON body every other error has.
-async fn method_not_allowed(resp: Response) -> Response {
+fn method_not_allowed(resp: Response) -> Response {
     if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
         return resp;
     }
