@@ -1,9 +1,9 @@
 //! The floor of the peer benchmark: the same hyper server and pooled hyper client
 //! connections as the gateway, with no feature at all (no routing, rewriting, metrics or
 //! log): `/` split at random between 127.0.0.1:18081 and :18082, listening on :18092.
-//! Comparing it with the gateway in one `peer_bench.py` run shows what the features cost:
-//! `python3 ../shared/bench/peer_bench.py --only nginx,gateway --gateway-cmd
-//! target/release/examples/floor --gateway-port 18092`.
+//! Comparing it with the gateway in one run of the peer benchmark shows what the features
+//! cost: `python3 benches/peer/peer_bench.py --gateway floor=target/release/examples/floor
+//! --gateway strangler='target/release/strangler serve --config benches/peer/strangler.yaml'`.
 
 use http::uri::Authority;
 use hyper::server::conn::http1;

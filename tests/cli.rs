@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §8, with §2's file rules and §3/§4's decisions): the real
+//! The command line (docs/cli.md, with the routes file's rules and the routing decisions): the real
 //! binary, run as a user would.
 
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
 // check
 // ---------------------------------------------------------------------------------------
 
-/// Nine mistakes at once, one of each kind §2 names. Lines are referred to by content.
+/// Nine mistakes at once, one of each kind docs/routes-file.md names. Lines are referred to by content.
 const BAD: &str = "\
 listen: 127.0.0.1:8080
 admin:
@@ -388,7 +388,7 @@ fn explain(method: &str, path: &str, headers: &[&str]) -> Explained {
     }
 }
 
-/// The side §4 gives a sticky key: `xxh3_64(cohort + "\0" + key) % 10000 < percent * 100`.
+/// The side a sticky key gets (docs/routing.md): `xxh3_64(cohort + "\0" + key) % 10000 < percent * 100`.
 fn sticky_side(cohort: &str, key: &str, percent: u64) -> &'static str {
     let bucket = xxhash_rust::xxh3::xxh3_64(format!("{cohort}\0{key}").as_bytes()) % 10000;
     if bucket < percent * 100 {

