@@ -104,6 +104,21 @@ async fn errors_are_json_with_the_right_status() {
     .await;
     assert_eq!((status, v["error"].as_str()), (400, Some("bad_request")));
 
+    let (status, _, v) = json_of(
+        c.post(url("/admin/routes/%FF/percent"))
+            .header("content-type", "application/json")
+            .body(r#"{"percent": 5}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_request")));
+
+    // GET endpoints answer HEAD too.
+    let r = c.head(url("/admin/routes")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
     // None of that changed the file.
     assert!(
         std::fs::read_to_string(&file)

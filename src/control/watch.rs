@@ -7,7 +7,9 @@
 //! symlink on the way to the real file (a link, or a symlinked directory such as a
 //! ConfigMap's `..data`), and the real file; an event about any other name is ignored.
 //! Events are debounced by `notify-debouncer-full` (a reload follows 200 ms after the last
-//! event), and a reload whose content hash equals the config in force changes nothing.
+//! event), and a reload whose content hash equals the config in force changes nothing, so
+//! when events may have been lost (the kernel's queue overflowed, the watch failed) the file
+//! is simply read once more.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -34,14 +36,26 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
     let dirs: HashSet<PathBuf> = names.iter().map(|(d, _)| d.clone()).collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        let Ok(events) = result else { return };
-        let relevant = events.iter().any(|e| {
-            is_change(&e.kind)
-                && e.paths.iter().any(|p| match (p.parent(), p.file_name()) {
-                    (Some(d), Some(n)) => names.contains(&(d.to_path_buf(), n.to_os_string())),
-                    _ => false,
-                })
-        });
+        let relevant = match result {
+            // The kernel's queue overflowed: events were lost, so any might have been ours.
+            Ok(events) => events.iter().any(|e| {
+                e.need_rescan()
+                    || (is_change(&e.kind)
+                        && e.paths.iter().any(|p| match (p.parent(), p.file_name()) {
+                            (Some(d), Some(n)) => {
+                                names.contains(&(d.to_path_buf(), n.to_os_string()))
+                            }
+                            _ => false,
+                        }))
+            }),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "watching the routes file");
+                }
+                // Whatever was missed, one more read settles it.
+                true
+            }
+        };
         if relevant {
             let _ = tx.send(());
         }

@@ -39,10 +39,9 @@ impl CanonicalPath {
 
 /// What admission found.
 pub struct Admission {
-    /// The client's `X-Request-Id` when well-formed, else a new one.
+    /// The client's `X-Request-Id` when well-formed, else a new one (already in the
+    /// request's headers, so routing, the limits and the upstream all see it).
     pub request_id: HeaderValue,
-    /// True when `request_id` was made here (the upstream is sent it).
-    pub new_id: bool,
     pub verdict: Result<CanonicalPath, Refused>,
 }
 
@@ -69,13 +68,16 @@ pub fn admit(head: &mut Parts) -> Admission {
     // Hop-by-hop headers go before the request id is read and the gateway adds its own, so
     // a client cannot have those removed by naming them in `Connection`.
     headers::strip_hop_by_hop(&mut head.headers);
-    let (request_id, new_id) = match head.headers.get(&X_REQUEST_ID) {
-        Some(v) if headers::valid_request_id(v.as_bytes()) => (v.clone(), false),
-        _ => (headers::new_request_id(), true),
+    let request_id = match head.headers.get(&X_REQUEST_ID) {
+        Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let id = headers::new_request_id();
+            head.headers.insert(X_REQUEST_ID, id.clone());
+            id
+        }
     };
     Admission {
         request_id,
-        new_id,
         verdict: check(head, framing_ok),
     }
 }

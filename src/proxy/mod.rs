@@ -95,13 +95,19 @@ impl Gateway {
             peer: peer.addr.ip(),
         });
         trail.decision = decision;
+        trail.decided = true;
         trail.upstream = table.upstream_of(&decision);
         let upstream = &table.upstreams[trail.upstream];
 
-        let new_id = admission.new_id.then(|| trail.request_id.clone());
-        match rewrite::rewrite(&mut head, path, upstream, &table.routing, peer, new_id) {
-            Ok(logged) => trail.path = logged,
-            Err(failure) => return Ok(respond::failure(trail, failure)),
+        if let Err(failure) = rewrite::rewrite(
+            &mut head,
+            path,
+            upstream,
+            &table.routing,
+            peer,
+            &mut trail.path,
+        ) {
+            return Ok(respond::failure(trail, failure));
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = body.size_hint().exact().unwrap_or(0);

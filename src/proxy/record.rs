@@ -43,6 +43,8 @@ pub struct Trail {
     method: usize,
     pub request_id: HeaderValue,
     pub decision: Decision,
+    /// False until `decision` is made (a request refused on arrival has none).
+    pub decided: bool,
     /// Index into `Table::upstreams` of the side that serves.
     pub upstream: usize,
     pub path: LoggedPath,
@@ -71,6 +73,7 @@ impl Trail {
             method,
             request_id,
             decision: Decision::UNMATCHED,
+            decided: false,
             upstream: LEGACY,
             path: LoggedPath::Owned(Box::from("")),
             status: 0,

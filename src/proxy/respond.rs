@@ -41,12 +41,13 @@ pub fn upstream(exchange: Exchange, mut trail: Trail) -> Response<ResponseBody> 
 /// The gateway's own answer to a failed request: JSON naming the route and side (null when
 /// the request was refused before a route was chosen), with the request id.
 pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
-    let (route, side) = match failure {
-        Failure::Refused(_) => (None, None),
-        _ => (
+    let (route, side) = if trail.decided {
+        (
             Some(trail.table.route_name(trail.decision.route)),
             Some(trail.decision.side),
-        ),
+        )
+    } else {
+        (None, None)
     };
     let body = error_body(
         failure,

@@ -2,8 +2,7 @@
 //!
 //! The target in origin form (the upstream's base path, the canonical path, the original
 //! query), `X-Forwarded-For`/`-Proto`/`-Host` (replaced for untrusted peers, extended for
-//! trusted proxies), `Host` (the client's unless the service asks for its own), the request
-//! id when the gateway made it, and HTTP/1.1.
+//! trusted proxies), `Host` (the client's unless the service asks for its own), and HTTP/1.1.
 
 use bytes::Bytes;
 use http::Version;
@@ -13,34 +12,31 @@ use http::uri::{PathAndQuery, Uri};
 
 use super::admit::CanonicalPath;
 use super::error::{Failure, Refusal};
-use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use super::peer::Peer;
 use super::record::LoggedPath;
 use super::table::Upstream;
 use crate::routing::RouteTable;
 
-/// Rewrites `head` for `upstream`. Returns the canonical path for the access log.
+/// Rewrites `head` for `upstream`; `logged` gets the canonical path for the access log.
 pub fn rewrite(
     head: &mut Parts,
     path: CanonicalPath,
     upstream: &Upstream,
     routing: &RouteTable,
     peer: &Peer,
-    new_id: Option<HeaderValue>,
-) -> Result<LoggedPath, Failure> {
-    let logged = target(head, path, upstream)?;
+    logged: &mut LoggedPath,
+) -> Result<(), Failure> {
+    target(head, path, upstream, logged)?;
     // Room for the headers the gateway adds, so the map grows at most once.
-    head.headers.reserve(4);
+    head.headers.reserve(3);
     forwarded(&mut head.headers, routing.is_trusted(peer.addr.ip()), peer);
     if upstream.host_upstream || !head.headers.contains_key(header::HOST) {
         head.headers
             .insert(header::HOST, upstream.host_value.clone());
     }
-    if let Some(id) = new_id {
-        head.headers.insert(X_REQUEST_ID, id);
-    }
     head.version = Version::HTTP_11;
-    Ok(logged)
+    Ok(())
 }
 
 /// Sets the origin-form target: base path, canonical path, original query.
@@ -48,15 +44,17 @@ fn target(
     head: &mut Parts,
     path: CanonicalPath,
     upstream: &Upstream,
-) -> Result<LoggedPath, Failure> {
-    let (pq, logged) = match path {
+    logged: &mut LoggedPath,
+) -> Result<(), Failure> {
+    let pq = match path {
         CanonicalPath::AsSent if upstream.base_path.is_empty() => {
             let pq = head
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            (pq.clone(), LoggedPath::Target(pq))
+            *logged = LoggedPath::Target(pq.clone());
+            pq
         }
         path => {
             let canonical = path.as_str(&head.uri);
@@ -70,18 +68,17 @@ fn target(
                 s.push('?');
                 s.push_str(q);
             }
-            let logged: Box<str> = match path {
+            *logged = LoggedPath::Owned(match path {
                 CanonicalPath::Rewritten(p) => p,
                 CanonicalPath::AsSent => canonical.into(),
-            };
-            let pq = PathAndQuery::from_maybe_shared(Bytes::from(s))
-                .map_err(|_| Failure::Refused(Refusal::BadRequest))?;
-            (pq, LoggedPath::Owned(logged))
+            });
+            PathAndQuery::from_maybe_shared(Bytes::from(s))
+                .map_err(|_| Failure::Refused(Refusal::BadRequest))?
         }
     };
     // Origin form: the connection already names the upstream.
     head.uri = Uri::from(pq);
-    Ok(logged)
+    Ok(())
 }
 
 /// `X-Forwarded-*`: from a trusted proxy, extended (`For`) or kept as sent; from anyone

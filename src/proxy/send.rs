@@ -78,15 +78,14 @@ async fn exchange(
     // A bodiless idempotent request may go out once more, on a new connection, when a
     // reused connection fails before any answer: the upstream closed it (its idle timeout)
     // just as the request went out. That needs a copy of the head, made before sending.
-    let mut replay =
-        (req.body().sent_flag().is_none() && req.method().is_idempotent()).then(|| {
-            let mut r = Request::new(RequestBody::empty());
-            *r.method_mut() = req.method().clone();
-            *r.uri_mut() = req.uri().clone();
-            *r.version_mut() = req.version();
-            *r.headers_mut() = req.headers().clone();
-            r
-        });
+    let mut replay = (!req.body().has_body() && req.method().is_idempotent()).then(|| {
+        let mut r = Request::new(RequestBody::empty());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.headers_mut() = req.headers().clone();
+        r
+    });
     let mut new_only = false;
     loop {
         let checkout = if new_only {

@@ -35,6 +35,11 @@ impl RequestBody {
         }
     }
 
+    /// Whether the request has a body to send.
+    pub(crate) fn has_body(&self) -> bool {
+        self.sent.is_some()
+    }
+
     /// Set once the body has been sent in full; `None` for a request without a body.
     pub(crate) fn sent_flag(&self) -> Option<Arc<AtomicBool>> {
         self.sent.clone()

@@ -2,7 +2,7 @@
 //! curl as much as for programs), extractors whose rejections are JSON too, and the route
 //! table as `GET /admin/routes` shows it.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderValue};
@@ -48,10 +48,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AdminJson<T> {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &j!({"error": "payload_too_large", "message": r.body_text()}),
             )),
-            Err(r) => Err(json(
-                StatusCode::BAD_REQUEST,
-                &j!({"error": "bad_request", "message": r.body_text()}),
-            )),
+            Err(r) => Err(bad_request(r.body_text())),
         }
     }
 }
@@ -66,13 +63,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AdminQuery<T> 
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| AdminQuery(q.0))
-            .map_err(|r: QueryRejection| {
-                json(
-                    StatusCode::BAD_REQUEST,
-                    &j!({"error": "bad_request", "message": r.body_text()}),
-                )
-            })
+            .map_err(|r: QueryRejection| bad_request(r.body_text()))
     }
+}
+
+/// Path parameters; ones that do not decode (invalid UTF-8) are a JSON 400.
+pub struct AdminPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AdminPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| AdminPath(p.0))
+            .map_err(|r: PathRejection| bad_request(r.body_text()))
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    json(
+        StatusCode::BAD_REQUEST,
+        &j!({"error": "bad_request", "message": message}),
+    )
 }
 
 fn sticky(s: &StickyKey) -> Value {

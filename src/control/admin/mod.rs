@@ -4,8 +4,8 @@
 //! Reads need nothing. A `POST` from another origin is refused (403), and when a token is
 //! configured every `POST` needs `Authorization: Bearer <token>` (compared in constant
 //! time; 401 otherwise). Every answer the API makes itself is JSON, its errors included
-//! (`{"error": ..., "message": ...}`): 404, 405, 413, 415 and the rejections of its
-//! extractors. It changes the request path's state only through the reloader.
+//! (`{"error": ...}` and details): 404, 405, 413, 415 and the rejections of its extractors.
+//! It changes the request path's state only through the reloader.
 
 mod json;
 
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -31,7 +31,7 @@ use crate::config::{percent_json, percent_to_bp};
 use crate::observe::{Metrics, Registry, judge};
 use crate::proxy::Gateway;
 use crate::routing::Side;
-use json::{AdminJson, AdminQuery, json};
+use json::{AdminJson, AdminPath, AdminQuery, json};
 
 /// What the admin API reads and drives.
 pub struct AdminState {
@@ -208,7 +208,7 @@ struct PercentBody {
 /// the routes file (in place, atomically), then reloads.
 async fn shift(
     State(s): State<Shared>,
-    Path(route): Path<String>,
+    AdminPath(route): AdminPath<String>,
     AdminJson(body): AdminJson<PercentBody>,
 ) -> Response {
     let Some(bp) = percent_to_bp(body.percent) else {
