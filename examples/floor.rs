@@ -40,20 +40,23 @@ fn main() {
                     async move {
                         let (k, a) = if fastrand::bool() { (k1, a1) } else { (k2, a2) };
                         let now = Instant::now();
-                        let mut co = pool::checkout(k, &a, now).await.unwrap();
+                        let mut co = pool::checkout(k, &a, now, std::time::Duration::from_secs(60))
+                            .await
+                            .unwrap();
                         let (mut parts, body) = req.into_parts();
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co
+                            .conn
                             .sender
                             .send_request(http::Request::from_parts(
                                 parts,
-                                pool::RequestBody::new(body),
+                                pool::RequestBody::new(body, std::time::Duration::from_secs(60)),
                             ))
                             .await
                             .unwrap();
                         // Given back at once (the gateway waits for the body's end); the next
                         // checkout waits until the connection is ready again.
-                        pool::checkin(k, co.sender, now);
+                        pool::checkin(k, co.conn, now);
                         Ok::<_, Infallible>(resp)
                     }
                 });

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,8 +98,19 @@ fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
-    let config = Config::parse(EXAMPLE_ROUTES, Path::new("routes/example.yaml"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The gateway runs on a copy of the embedded file in a directory of its own, watched
+    // like any routes file: shifts and reloads from the demo act on the copy, never on a
+    // checkout's routes/example.yaml.
+    let dir = tempfile::Builder::new()
+        .prefix("strangler-demo-")
+        .tempdir()
+        .context("cannot make a directory for the demo's routes file")?;
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, EXAMPLE_ROUTES)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    let mut config = Config::parse(EXAMPLE_ROUTES, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The demo's admin API is on loopback: it needs no token.
+    config.admin.token_env = None;
     demo_upstream(
         addr_of(&config.legacy.url)?,
         Behaviour {
@@ -131,18 +141,26 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     }
     let log = AccessLog::new(format, access_log);
     let running = crate::control::start(config, log.clone()).await?;
+    let _watch = running.watch()?;
     let public = running.public_addr;
     let admin = running.admin_addr;
     println!();
     println!("strangler demo is running (Ctrl-C to stop)");
+    println!(
+        "  routes file:  {}   (a copy of routes/example.yaml; edit or shift it, it is watched)",
+        file.display()
+    );
     println!("  gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')");
     println!("  dashboard:    http://{admin}/   (legacy vs new, side by side)");
-    println!("  compare:      http://{admin}/admin/compare   (or: cargo run --release -- compare)");
+    println!(
+        "  compare:      http://{admin}/admin/compare   (or: target/release/strangler compare)"
+    );
     println!("  metrics:      http://{admin}/metrics");
     println!("  route table:  http://{admin}/admin/routes");
     println!("  health:       http://{admin}/healthz  http://{admin}/readyz");
     println!(
-        "  explain:      cargo run --release -- explain routes/example.yaml GET /api/orders/42 -H 'x-user-id: alice'"
+        "  explain:      target/release/strangler explain {} GET /api/orders/42 -H 'x-user-id: alice'",
+        file.display()
     );
     println!();
 
@@ -187,11 +205,17 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
         tick.tick().await;
         n += 1;
         let user = USERS[fastrand::usize(..USERS.len())];
+        let beta = n.is_multiple_of(17);
+        // Labelled by the route that takes the request.
         let (method, path, label) = match n % 10 {
             0..=4 => (
                 "GET",
                 format!("/api/orders/{}", fastrand::u32(1..500)),
-                "orders",
+                if beta {
+                    "orders-read-beta"
+                } else {
+                    "orders-read"
+                },
             ),
             5 => ("POST", "/api/orders".to_string(), "orders-write"),
             6 | 7 => (
@@ -211,7 +235,7 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
             .uri(format!("http://{gateway}{path}"))
             .header("x-user-id", user)
             .header("cookie", format!("session=s-{user}"));
-        if n.is_multiple_of(17) {
+        if beta {
             req = req.header("x-tenant", "beta");
         }
         let Ok(req) = req.body(Full::new(Bytes::new())) else {

@@ -96,9 +96,10 @@ pub fn explain(
     let Some(rule) = decision.route else {
         println!("route:      default (no rule takes the request)");
         println!(
-            "side:       legacy ({}), {}",
+            "side:       legacy ({}): the monolith serves what no route takes; upstream {}{}",
             Reason::Unmatched.as_str(),
-            cfg.legacy.url
+            cfg.legacy.authority,
+            cfg.legacy.base_path
         );
         return ExitCode::SUCCESS;
     };
@@ -136,10 +137,14 @@ pub fn explain(
             )
         }
         Reason::Random => match &policy.sticky {
-            Some(k) => {
-                format!("the request carries no {k}: a random draw, new with probability {pct}%")
-            }
-            None => format!("no sticky key: a random draw, new with probability {pct}%"),
+            Some(k) => format!(
+                "the request carries no {k}: a random draw, new with probability {pct}% (this draw gave {})",
+                decision.side
+            ),
+            None => format!(
+                "no sticky key: a random draw, new with probability {pct}% (this draw gave {})",
+                decision.side
+            ),
         },
         Reason::Unmatched => String::new(),
     };
@@ -147,13 +152,8 @@ pub fn explain(
         Side::Legacy => &cfg.legacy,
         Side::New => &cfg.services[rc.service],
     };
-    let shown = if decision.reason == Reason::Random {
-        "side (this draw)"
-    } else {
-        "side"
-    };
     println!(
-        "{shown:<11} {} ({}): {why}; upstream {}{}",
+        "side:       {} ({}): {why}; upstream {}{}",
         decision.side,
         decision.reason.as_str(),
         up.authority,

@@ -26,9 +26,9 @@ use crate::observe::LogFormat;
     about = "A strangler-fig gateway: legacy or new, per route, measured"
 )]
 pub struct Cli {
-    /// Log format: JSON lines (default) or text for people.
-    #[arg(long, value_enum, global = true, default_value = "json")]
-    pub log_format: LogFormat,
+    /// Log format: JSON lines or text for people (default: JSON, but text for `demo`).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -142,7 +142,8 @@ pub fn main() -> ExitCode {
             no_access_log,
             no_watch,
         } => {
-            init_tracing(cli.log_format);
+            let log_format = cli.log_format.unwrap_or(LogFormat::Json);
+            init_tracing(log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -157,15 +158,16 @@ pub fn main() -> ExitCode {
             run(serve(
                 config,
                 ServeOptions {
-                    log_format: cli.log_format,
+                    log_format,
                     access_log: !no_access_log,
                     watch: !no_watch,
                 },
             ))
         }
         Command::Demo { access_log } => {
-            init_tracing(LogFormat::Text);
-            run(demo::run(LogFormat::Text, access_log))
+            let log_format = cli.log_format.unwrap_or(LogFormat::Text);
+            init_tracing(log_format);
+            run(demo::run(log_format, access_log))
         }
     }
 }

@@ -29,6 +29,8 @@ use crate::routing::{Match, Route, RouteTable, SidePolicy, StickyKey};
 
 /// Default for `timeout` of a service and for `drain_timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `idle_timeout` of a service (nginx's `keepalive_timeout` for upstreams).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A validated routes file.
 #[derive(Debug, Clone)]
@@ -47,6 +49,10 @@ pub struct Config {
     pub override_header: Option<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub drain_timeout: Duration,
+    /// What the gateway allows its clients (`client`).
+    pub client: ClientConfig,
+    /// The name this gateway gives itself in `Via` (and recognises there as a loop).
+    pub via: String,
     /// Settings of the legacy-vs-new comparison (`compare`).
     pub compare: CompareConfig,
     pub routes: Vec<RouteConfig>,
@@ -71,9 +77,40 @@ pub struct Service {
     /// Path prefix prepended to every forwarded path; empty or `/x` without trailing slash.
     pub base_path: String,
     pub timeout: Duration,
+    /// How long an unused keep-alive connection to it stays open.
+    pub idle_timeout: Duration,
     /// Send the upstream's own authority as `Host` instead of the client's.
     pub host_upstream: bool,
 }
+
+/// What the gateway allows its clients: the waits it bounds, and the headers it takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// To send a whole request head, and the longest idle time between two requests on a
+    /// kept-alive connection.
+    pub head_timeout: Duration,
+    /// Each wait for more of a request body.
+    pub body_timeout: Duration,
+    /// Each wait for the client to take more of an answer.
+    pub send_timeout: Duration,
+    /// Keep request headers whose names hold `_` (nginx's `underscores_in_headers on`);
+    /// by default they are dropped.
+    pub allow_underscores: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            head_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            allow_underscores: false,
+        }
+    }
+}
+
+/// The name in `Via` when the routes file gives none.
+pub const DEFAULT_VIA: &str = "strangler";
 
 /// One validated route.
 #[derive(Debug, Clone)]
@@ -131,6 +168,10 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A finding about the whole file (it cannot be read, say) has no position.
+        if self.pos.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         let path = if self.path.is_empty() {
             "(document)"
         } else {

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -22,10 +22,10 @@ use super::admin::{self, AdminState};
 use super::reload::Reloader;
 use crate::config::Config;
 use crate::observe::{AccessLog, Metrics, Registry};
-use crate::proxy::{Gateway, Peer, Table};
+use crate::proxy::{ClientIo, Gateway, Peer, Table};
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an admin client may take to send a request head.
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's read buffer bound: the largest request head it will parse.
 const MAX_BUF: usize = 64 * 1024;
 /// How many request headers hyper parses at most.
@@ -133,6 +133,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         token,
         windows,
         ready: ready.clone(),
+        port: admin_addr.port(),
     }));
     let (draining, drain_rx) = watch::channel(false);
     let (closing, close_rx) = watch::channel(false);
@@ -143,12 +144,16 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         admin_listener,
         close_rx,
         GracefulShutdown::new(),
-        move |stream, _addr| {
+        move |stream, _addr, watcher| {
             let svc = TowerToHyperService::new(admin_router.clone());
-            http1::Builder::new()
+            let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
+                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let conn = watcher.watch(conn);
+            async move {
+                let _ = conn.await;
+            }
         },
     ));
     ready.store(true, Ordering::Release);
@@ -166,7 +171,8 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
 }
 
 /// The public listener: each connection served with hyper's HTTP/1.1, until a drain; then
-/// the connections finish their request in flight and close, and `drained` is told.
+/// the connections finish their request in flight and close, and `drained` is told. A
+/// connection's limits (`client.*`) are those of the table in force when it was accepted.
 async fn serve_public(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -174,24 +180,33 @@ async fn serve_public(
     drained: oneshot::Sender<()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let graceful = accept_loop(listener, drain, graceful, move |stream, addr| {
-        let gw = gateway.clone();
+    let graceful = accept_loop(listener, drain, graceful, move |stream, addr, watcher| {
+        let limits = gateway.table.load().config.client.clone();
         let peer = Arc::new(Peer::new(addr));
+        let io = ClientIo::new(stream, peer.clone(), limits.send_timeout);
+        let (gw, p) = (gateway.clone(), peer.clone());
         let svc = service_fn(move |req| {
             let gw = gw.clone();
-            let peer = peer.clone();
+            let peer = p.clone();
             async move { gw.handle(req, &peer).await }
         });
-        http1::Builder::new()
+        let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.head_timeout)
             .max_buf_size(MAX_BUF)
             // Above the default 100, so that the gateway's own limit on the total size of
             // the headers (431, as JSON) is the one clients meet.
             .max_headers(MAX_HEADER_COUNT)
             // The gateway adds nothing to an upstream's answer, not even `Date`.
             .auto_date_header(false)
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(TokioIo::new(io), svc);
+        let (conn, gw) = (watcher.watch(conn), gateway.clone());
+        async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+                gw.record_unread(&peer, &e);
+            }
+        }
     })
     .await;
     tracing::info!(
@@ -208,30 +223,24 @@ async fn wait_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-/// Accepts connections until `stop`, serving each with the connection `serve` makes,
-/// watched by `graceful`, which it returns.
-async fn accept_loop<F, C>(
+/// Accepts connections until `stop`, serving each with the task `serve` makes (which
+/// watches its connection with the watcher of `graceful` it is given); returns `graceful`.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     graceful: GracefulShutdown,
     serve: F,
 ) -> GracefulShutdown
 where
-    F: Fn(TcpStream, SocketAddr) -> C,
-    C: hyper_util::server::graceful::GracefulConnection + Send + 'static,
-    C::Error: std::fmt::Display,
+    F: Fn(TcpStream, SocketAddr, Watcher) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = graceful.watch(serve(stream, addr));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-                        }
-                    });
+                    tokio::spawn(serve(stream, addr, graceful.watcher()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -20,6 +20,7 @@ use crate::routing::{METHODS, Side};
 pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
 pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "strangler_upstream_errors_total";
+pub const CLIENT_ERRORS_TOTAL: &str = "strangler_client_errors_total";
 pub const ROUTE_PERCENT: &str = "strangler_route_percent";
 pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
@@ -52,12 +53,44 @@ impl UpstreamErrorKind {
     }
 }
 
+/// How a client failed its side of an exchange: the `kind` label of
+/// `strangler_client_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// It left before the response head (recorded as 499).
+    Closed,
+    /// Its request body broke off.
+    Body,
+    /// It stopped sending its request body (408).
+    BodyTimeout,
+    /// It stopped taking the answer.
+    SendTimeout,
+    /// It stopped midway through a request head (408).
+    HeadTimeout,
+}
+
+impl ClientErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorKind::Closed => "closed",
+            ClientErrorKind::Body => "body",
+            ClientErrorKind::BodyTimeout => "body_timeout",
+            ClientErrorKind::SendTimeout => "send_timeout",
+            ClientErrorKind::HeadTimeout => "head_timeout",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The process-wide registry and metric families.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    client_errors: IntCounterVec,
     route_percent: GaugeVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -84,6 +117,14 @@ impl Metrics {
         .expect("static metric definition is valid");
         let upstream_errors = IntCounterVec::new(
             Opts::new(UPSTREAM_ERRORS_TOTAL, "Failed upstream exchanges, by kind"),
+            &["route", "side", "kind"],
+        )
+        .expect("static metric definition is valid");
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                CLIENT_ERRORS_TOTAL,
+                "Exchanges a client failed (left, stopped sending or reading), by kind",
+            ),
             &["route", "side", "kind"],
         )
         .expect("static metric definition is valid");
@@ -115,6 +156,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(client_errors.clone()),
             Box::new(route_percent.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_info.clone()),
@@ -129,6 +171,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            client_errors,
             route_percent,
             config_reloads,
             config_info,
@@ -145,6 +188,7 @@ impl Metrics {
             duration: OnceLock::new(),
             codes: ArcSwap::from_pointee(Vec::new()),
             errors: Default::default(),
+            client_errors: Default::default(),
         }
     }
 
@@ -208,6 +252,7 @@ pub struct SideMetrics {
     /// `(method index × 1000 + code, counter)`, grown copy-on-write as new pairs appear.
     codes: ArcSwap<Vec<(u32, IntCounter)>>,
     errors: [OnceLock<IntCounter>; 4],
+    client_errors: [OnceLock<IntCounter>; 5],
 }
 
 impl SideMetrics {
@@ -252,6 +297,19 @@ impl SideMetrics {
         self.errors[kind.index()]
             .get_or_init(|| {
                 self.metrics.upstream_errors.with_label_values(&[
+                    &*self.route,
+                    self.side.as_str(),
+                    kind.as_str(),
+                ])
+            })
+            .inc();
+    }
+
+    /// Counts one exchange the client failed.
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind.index()]
+            .get_or_init(|| {
+                self.metrics.client_errors.with_label_values(&[
                     &*self.route,
                     self.side.as_str(),
                     kind.as_str(),

@@ -16,6 +16,6 @@ pub mod verdict;
 pub mod window;
 
 pub use access_log::{AccessLog, Entry, LogFormat, json_str};
-pub use metrics::{Metrics, SideMetrics, UpstreamErrorKind};
+pub use metrics::{ClientErrorKind, Metrics, SideMetrics, UpstreamErrorKind};
 pub use verdict::judge;
 pub use window::{Registry, RouteWindow};

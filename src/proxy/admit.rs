@@ -1,16 +1,18 @@
 //! The `admit` phase: what the gateway accepts of a request as it arrives (docs/http.md).
 //!
-//! Checks the framing, removes the client's hop-by-hop headers, takes the request id, and
-//! refuses what must never be forwarded: a request target or headers over the limits,
-//! CONNECT, an ambiguous or missing `Host`, and a path that cannot be canonicalized. Runs
-//! before any route is chosen, so a refused request counts under route `default`.
+//! Checks the framing, removes the client's hop-by-hop headers and the headers no client may
+//! send (names with `_`), takes the request id, and refuses what must never be forwarded: a
+//! transfer coding other than `chunked` once, a request that already passed this gateway
+//! (`Via`), a request target or headers over the limits, CONNECT, an ambiguous, missing or
+//! malformed `Host`, and a path that cannot be canonicalized. Runs before any route is
+//! chosen, so a refused request counts under route `default`.
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Uri, Version};
 
 use super::error::Refusal;
-use super::headers::{self, X_REQUEST_ID};
+use super::headers::{self, Coding, X_REQUEST_ID};
 use crate::routing::canonicalize;
 
 /// Longest request target accepted (414 beyond).
@@ -40,8 +42,11 @@ impl CanonicalPath {
 /// What admission found.
 pub struct Admission {
     /// The client's `X-Request-Id` when well-formed, else a new one (already in the
-    /// request's headers, so routing, the limits and the upstream all see it).
+    /// request's headers, as the only one, so routing, the limits and the upstream all see
+    /// it).
     pub request_id: HeaderValue,
+    /// The client said it takes trailers (`TE: trailers`), so the upstream may send them.
+    pub trailers: bool,
     pub verdict: Result<CanonicalPath, Refused>,
 }
 
@@ -61,15 +66,38 @@ impl From<Refusal> for Refused {
     }
 }
 
-/// Admits (or refuses) a request; removes its hop-by-hop headers.
-pub fn admit(head: &mut Parts) -> Admission {
+/// What admission needs of the config.
+pub struct Rules<'a> {
+    pub allow_underscores: bool,
+    /// The gateway's own name in `Via`.
+    pub via: &'a str,
+}
+
+/// Admits (or refuses) a request; removes its hop-by-hop headers and the headers no client
+/// may send.
+pub fn admit(head: &mut Parts, rules: &Rules<'_>) -> Admission {
     // Framing first, while `Transfer-Encoding` is still there to be judged.
-    let framing_ok = headers::transfer_encoding_ok(&head.headers);
+    let coding = headers::transfer_coding(&head.headers);
+    let trailers = head.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     // Hop-by-hop headers go before the request id is read and the gateway adds its own, so
     // a client cannot have those removed by naming them in `Connection`.
     headers::strip_hop_by_hop(&mut head.headers);
-    let request_id = match head.headers.get(&X_REQUEST_ID) {
-        Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
+    headers::strip_underscored(&mut head.headers, rules.allow_underscores);
+    // One id, well-formed: a second or malformed one never reaches the upstream.
+    let mut ids = head.headers.get_all(&X_REQUEST_ID).iter();
+    let (first, second) = (ids.next(), ids.next());
+    let request_id = match first {
+        Some(v) if second.is_none() && headers::valid_request_id(v.as_bytes()) => v.clone(),
+        Some(v) if headers::valid_request_id(v.as_bytes()) => {
+            let v = v.clone();
+            head.headers.insert(X_REQUEST_ID, v.clone());
+            v
+        }
         _ => {
             let id = headers::new_request_id();
             head.headers.insert(X_REQUEST_ID, id.clone());
@@ -78,13 +106,19 @@ pub fn admit(head: &mut Parts) -> Admission {
     };
     Admission {
         request_id,
-        verdict: check(head, framing_ok),
+        trailers,
+        verdict: check(head, coding, rules),
     }
 }
 
-fn check(head: &Parts, framing_ok: bool) -> Result<CanonicalPath, Refused> {
-    if !framing_ok {
-        return Err(Refusal::BadFraming.into());
+fn check(head: &mut Parts, coding: Coding, rules: &Rules<'_>) -> Result<CanonicalPath, Refused> {
+    match coding {
+        Coding::None | Coding::Chunked => {}
+        Coding::Ambiguous => return Err(Refusal::BadFraming.into()),
+        Coding::Other => return Err(Refusal::UnsupportedCoding.into()),
+    }
+    if headers::via_names(&head.headers, rules.via) {
+        return Err(Refusal::Loop.into());
     }
     let uri_len = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI_LEN {
@@ -97,13 +131,7 @@ fn check(head: &Parts, framing_ok: bool) -> Result<CanonicalPath, Refused> {
     if head.method == Method::CONNECT {
         return Err(Refusal::BadRequest.into());
     }
-    // One Host, and one is required of HTTP/1.1 (RFC 9112 §3.2): two would let the gateway
-    // and the upstream disagree about which site is asked for.
-    let mut hosts = head.headers.get_all(header::HOST).iter();
-    let has_host = hosts.next().is_some();
-    if hosts.next().is_some() || (!has_host && head.version == Version::HTTP_11) {
-        return Err(Refusal::BadRequest.into());
-    }
+    host(head)?;
     let raw = head.uri.path();
     match canonicalize(raw) {
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(CanonicalPath::AsSent),
@@ -112,5 +140,28 @@ fn check(head: &Parts, framing_ok: bool) -> Result<CanonicalPath, Refused> {
             refusal: Refusal::BadRequest,
             path: Some(raw.into()),
         }),
+    }
+}
+
+/// `Host` means one thing (RFC 9112 §3.2): an absolute-form target's authority replaces it;
+/// otherwise exactly one, well-formed, is required of HTTP/1.1 (none is allowed of
+/// HTTP/1.0). Two would let the gateway and the upstream disagree about which site is asked
+/// for.
+fn host(head: &mut Parts) -> Result<(), Refused> {
+    if let Some(authority) = head.uri.authority() {
+        let a = authority.as_str();
+        if a.contains('@') || !headers::valid_host(a.as_bytes()) {
+            return Err(Refusal::BadRequest.into());
+        }
+        let value = HeaderValue::from_str(a).map_err(|_| Refused::from(Refusal::BadRequest))?;
+        head.headers.insert(header::HOST, value);
+        return Ok(());
+    }
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if head.version == Version::HTTP_11 => Err(Refusal::BadRequest.into()),
+        (None, _) => Ok(()),
+        (Some(h), None) if headers::valid_host(h.as_bytes()) => Ok(()),
+        _ => Err(Refusal::BadRequest.into()),
     }
 }

@@ -5,7 +5,6 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,30 +13,27 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::error::{Failure, Stage};
-use super::pool::{self, PoolKey, Sender};
+use super::pool::{self, Conn, PoolKey};
 use super::record::Trail;
+use super::upload::Upload;
 use crate::observe::UpstreamErrorKind;
 
 /// An upstream connection held by the response it carries.
 pub(crate) struct Held {
     pub key: PoolKey,
-    pub sender: Sender,
+    pub conn: Conn,
     /// When the exchange started (the connection's idle clock starts no later).
     pub since: Instant,
     /// The request body's completion flag, if it had one.
-    pub uploaded: Option<Arc<AtomicBool>>,
+    pub uploaded: Option<Arc<Upload>>,
 }
 
 impl Held {
     /// Returns the connection to the pool if both directions of the exchange are complete;
     /// otherwise drops it, which closes it.
     fn release(self) {
-        if self
-            .uploaded
-            .as_ref()
-            .is_none_or(|u| u.load(Ordering::Acquire))
-        {
-            pool::checkin(self.key, self.sender, self.since);
+        if self.uploaded.as_ref().is_none_or(|u| u.done()) {
+            pool::checkin(self.key, self.conn, self.since);
         }
     }
 }
@@ -148,8 +144,8 @@ impl Body for ResponseBody {
                     trail.bytes_out += d.len() as u64;
                 }
                 // hyper stops polling a body that says it has ended, so the end is seen
-                // here, with its last frame.
-                if this.is_end_stream() {
+                // here, with its last frame (trailers are always the last).
+                if frame.is_trailers() || this.is_end_stream() {
                     this.finish();
                 } else if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()

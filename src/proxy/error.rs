@@ -1,12 +1,12 @@
 //! How a request can fail, and whose fault it was: one type, [`Failure`], for every failure
 //! the gateway answers or records. It picks the status, the JSON `error` code, the access
-//! log's `error` field and, for the upstream's failures, the `kind` of
-//! `strangler_upstream_errors_total` (docs/http.md, "Errors").
+//! log's `error` field and the `kind` of `strangler_upstream_errors_total` or
+//! `strangler_client_errors_total` (docs/http.md, "Errors").
 
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::observe::{UpstreamErrorKind, json_str};
+use crate::observe::{ClientErrorKind, UpstreamErrorKind, json_str};
 use crate::routing::Side;
 
 /// A failure of a request, by the side that failed.
@@ -14,8 +14,8 @@ use crate::routing::Side;
 pub enum Failure {
     /// The request was refused on arrival, before any route was chosen.
     Refused(Refusal),
-    /// The client's side failed.
-    Client(ClientFailure),
+    /// The client's side failed: it left, broke off or stalled.
+    Client(ClientErrorKind),
     /// The upstream failed, before its response head or while sending its body.
     Upstream {
         kind: UpstreamErrorKind,
@@ -26,24 +26,23 @@ pub enum Failure {
 /// Why a request was refused on arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// 400: a malformed or ambiguous request (path, Host, CONNECT).
+    /// 400: a malformed or ambiguous request (path, `Host`, CONNECT).
     BadRequest,
     /// 400, and the connection is closed: the body's framing cannot be trusted
-    /// (`Transfer-Encoding` other than `chunked` once and last).
+    /// (`chunked` applied twice).
     BadFraming,
+    /// 501, and the connection is closed: a transfer coding the gateway does not apply
+    /// (`gzip, chunked`).
+    UnsupportedCoding,
     /// 414: the request target is over the limit.
     UriTooLong,
     /// 431: the request headers are over the limit.
     HeadersTooLarge,
-}
-
-/// How the client's side failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFailure {
-    /// The client left before the response head (recorded as 499).
-    Left,
-    /// The client's request body broke off mid-upload (400 if it is still there).
-    Upload,
+    /// 508: the request already passed through this gateway (its `Via`).
+    Loop,
+    /// Refused by the HTTP parser before the gateway saw it (400, 414 or 431, the status
+    /// it sent, without a JSON body); recorded for the count and the log.
+    Malformed(u16),
 }
 
 /// When the upstream failed.
@@ -60,34 +59,44 @@ pub enum Stage {
 pub const CLIENT_CLOSED: u16 = 499;
 
 impl Failure {
-    /// The status the gateway answers (or records) for this failure.
+    /// The status the gateway answers (or records) for this failure. A failure after the
+    /// response head (a stalled client or upstream body) keeps the status already sent.
     pub fn status(self) -> StatusCode {
-        match self {
-            Failure::Refused(Refusal::BadRequest | Refusal::BadFraming) => StatusCode::BAD_REQUEST,
-            Failure::Refused(Refusal::UriTooLong) => StatusCode::URI_TOO_LONG,
-            Failure::Refused(Refusal::HeadersTooLarge) => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
-            Failure::Client(ClientFailure::Upload) => StatusCode::BAD_REQUEST,
-            Failure::Client(ClientFailure::Left) => {
-                StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code")
-            }
+        let code = match self {
+            Failure::Refused(Refusal::BadRequest | Refusal::BadFraming) => 400,
+            Failure::Refused(Refusal::UnsupportedCoding) => 501,
+            Failure::Refused(Refusal::UriTooLong) => 414,
+            Failure::Refused(Refusal::HeadersTooLarge) => 431,
+            Failure::Refused(Refusal::Loop) => 508,
+            Failure::Refused(Refusal::Malformed(status)) => status,
+            Failure::Client(ClientErrorKind::Closed) => CLIENT_CLOSED,
+            Failure::Client(ClientErrorKind::Body) => 400,
+            Failure::Client(
+                ClientErrorKind::BodyTimeout
+                | ClientErrorKind::HeadTimeout
+                | ClientErrorKind::SendTimeout,
+            ) => 408,
             Failure::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
-            } => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Upstream { .. } => StatusCode::BAD_GATEWAY,
-        }
+            } => 504,
+            Failure::Upstream { .. } => 502,
+        };
+        StatusCode::from_u16(code).expect("the gateway's statuses are valid")
     }
 
     /// The `error` of the JSON body the gateway answers.
     pub fn code(self) -> &'static str {
         match self {
-            Failure::Refused(Refusal::BadRequest | Refusal::BadFraming) | Failure::Client(_) => {
-                "bad_request"
+            Failure::Refused(Refusal::UnsupportedCoding) => "unsupported_transfer_coding",
+            Failure::Refused(Refusal::UriTooLong | Refusal::Malformed(414)) => "uri_too_long",
+            Failure::Refused(Refusal::HeadersTooLarge | Refusal::Malformed(431)) => {
+                "headers_too_large"
             }
-            Failure::Refused(Refusal::UriTooLong) => "uri_too_long",
-            Failure::Refused(Refusal::HeadersTooLarge) => "headers_too_large",
+            Failure::Refused(Refusal::Loop) => "loop_detected",
+            Failure::Refused(_)
+            | Failure::Client(ClientErrorKind::Body | ClientErrorKind::Closed) => "bad_request",
+            Failure::Client(_) => "request_timeout",
             Failure::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -99,9 +108,13 @@ impl Failure {
     /// The access log's `error` field.
     pub fn log_name(self) -> &'static str {
         match self {
+            Failure::Refused(Refusal::Malformed(_)) => "malformed",
             Failure::Refused(_) => self.code(),
-            Failure::Client(ClientFailure::Left) => "client_closed",
-            Failure::Client(ClientFailure::Upload) => "client_body",
+            Failure::Client(ClientErrorKind::Closed) => "client_closed",
+            Failure::Client(ClientErrorKind::Body) => "client_body",
+            Failure::Client(ClientErrorKind::BodyTimeout) => "client_body_timeout",
+            Failure::Client(ClientErrorKind::SendTimeout) => "client_send_timeout",
+            Failure::Client(ClientErrorKind::HeadTimeout) => "client_head_timeout",
             Failure::Upstream {
                 kind,
                 during: Stage::Head,
@@ -118,15 +131,27 @@ impl Failure {
     }
 
     /// Whether the client's connection must be closed after the answer: its framing can no
-    /// longer be trusted.
+    /// longer be trusted, or part of its body is still unread.
     pub fn closes_connection(self) -> bool {
-        matches!(self, Failure::Refused(Refusal::BadFraming))
+        matches!(
+            self,
+            Failure::Refused(Refusal::BadFraming | Refusal::UnsupportedCoding)
+                | Failure::Client(ClientErrorKind::Body | ClientErrorKind::BodyTimeout)
+        )
     }
 
     /// The `kind` of `strangler_upstream_errors_total`, for the upstream's failures only.
     pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
         match self {
             Failure::Upstream { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of `strangler_client_errors_total`, for the client's failures only.
+    pub fn client_kind(self) -> Option<ClientErrorKind> {
+        match self {
+            Failure::Client(kind) => Some(kind),
             _ => None,
         }
     }
@@ -187,14 +212,27 @@ mod tests {
         };
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(timeout.upstream_kind(), Some(UpstreamErrorKind::Timeout));
-        let left = Failure::Client(ClientFailure::Left);
+        assert_eq!(timeout.client_kind(), None);
+        let left = Failure::Client(ClientErrorKind::Closed);
         assert_eq!(left.status().as_u16(), CLIENT_CLOSED);
         assert_eq!(left.upstream_kind(), None);
+        assert_eq!(left.client_kind(), Some(ClientErrorKind::Closed));
         assert_eq!(left.log_name(), "client_closed");
         let body = Failure::Upstream {
             kind: UpstreamErrorKind::Reset,
             during: Stage::Body,
         };
         assert_eq!(body.log_name(), "upstream_body");
+        let stalled = Failure::Client(ClientErrorKind::BodyTimeout);
+        assert_eq!(
+            (stalled.status().as_u16(), stalled.code()),
+            (408, "request_timeout")
+        );
+        assert!(stalled.closes_connection());
+        let parser = Failure::Refused(Refusal::Malformed(431));
+        assert_eq!(
+            (parser.code(), parser.log_name()),
+            ("headers_too_large", "malformed")
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! The header rules of the request path (docs/http.md, "Headers"): which headers are
-//! hop-by-hop, the headers the gateway owns, and request ids.
+//! The header rules of the request path (docs/http.md, "Forwarding headers"): which
+//! headers are hop-by-hop, the headers the gateway owns, request ids, transfer codings,
+//! `Host` syntax and `Via`.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
@@ -8,8 +9,26 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub use crate::routing::table::X_FORWARDED_FOR;
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that say where a request came from: the gateway sets them (or keeps them from a
+/// trusted proxy), never a client. A name that differs from one of these only by `_` for
+/// `-` is read as the same header by CGI, WSGI and Rack applications.
+pub const FORWARDING: [HeaderName; 9] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX,
+    X_REAL_IP,
+    header::FORWARDED,
+    X_REQUEST_ID,
+    header::VIA,
+];
 
 /// Whether a client's `X-Request-Id` is kept: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn valid_request_id(v: &[u8]) -> bool {
@@ -69,27 +88,123 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Whether a request's `Transfer-Encoding` (all its lines, as one list) is acceptable:
-/// absent, or with `chunked` exactly once and last (RFC 9112 §6.1). `chunked, chunked`,
-/// `chunked, gzip` and the like are what request smuggling between proxies is made of.
-pub fn transfer_encoding_ok(h: &HeaderMap) -> bool {
+/// What a message's `Transfer-Encoding` (all its lines, as one list) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// No `Transfer-Encoding`.
+    None,
+    /// `chunked`, once: the only coding the gateway applies.
+    Chunked,
+    /// `chunked` more than once (RFC 9112 §6.1 forbids it), or an unreadable value: what
+    /// request smuggling between proxies that disagree is made of.
+    Ambiguous,
+    /// Another coding (`gzip, chunked`, or `gzip` alone): one the gateway does not apply.
+    Other,
+}
+
+/// Reads a message's `Transfer-Encoding`.
+pub fn transfer_coding(h: &HeaderMap) -> Coding {
     let mut values = h.get_all(header::TRANSFER_ENCODING).iter().peekable();
     if values.peek().is_none() {
-        return true;
+        return Coding::None;
     }
-    let mut chunked = 0;
-    let mut last_chunked = false;
+    let (mut chunked, mut other) = (0, 0);
     for v in values {
-        let Ok(s) = v.to_str() else { return false };
-        for coding in s.split(',').map(str::trim) {
-            if coding.is_empty() {
-                continue;
+        let Ok(s) = v.to_str() else {
+            return Coding::Ambiguous;
+        };
+        // Empty list elements are allowed and ignored (RFC 9110 §5.6.1).
+        for coding in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else {
+                other += 1;
             }
-            last_chunked = coding.eq_ignore_ascii_case("chunked");
-            chunked += usize::from(last_chunked);
         }
     }
-    chunked == 1 && last_chunked
+    match (chunked, other) {
+        (c, _) if c > 1 => Coding::Ambiguous,
+        (1, 0) => Coding::Chunked,
+        (0, 0) => Coding::None,
+        _ => Coding::Other,
+    }
+}
+
+/// Whether `v` is a valid `Host` (RFC 9112 §3.2, RFC 3986 §3.2.2): a registered name (letters,
+/// digits, `-`, `.`, `_`, `~`) or a bracketed IPv6 literal, with an optional port of 1 to
+/// 65535. A list (`a, b`), user info, a path, spaces or an out-of-range port are not.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let ok = std::str::from_utf8(&rest[..end])
+            .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return false;
+        }
+        (&b""[..], &rest[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &b""[..]),
+        }
+    };
+    let name_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .is_some_and(|p| (1..=65535).contains(&p))
+        }
+        _ => false,
+    };
+    // A bracketed literal has no name part; anything else needs one.
+    let name_present = !host.is_empty() || v.starts_with(b"[");
+    name_ok && port_ok && name_present
+}
+
+/// Removes request headers whose names hold `_`: all of them (nginx's default), or, with
+/// `allow_underscores`, those that name a forwarding header once `_` is read as `-`.
+pub fn strip_underscored(h: &mut HeaderMap, allow_underscores: bool) {
+    if !h.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let doomed: SmallVec<[HeaderName; 4]> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            !allow_underscores || {
+                let dashed = n.as_str().replace('_', "-");
+                FORWARDING.iter().any(|f| f.as_str() == dashed)
+            }
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        h.remove(n);
+    }
+}
+
+/// Whether a `Via` list names `name` as one of the proxies it passed (a loop).
+pub fn via_names(h: &HeaderMap, name: &str) -> bool {
+    h.get_all(header::VIA).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|element| {
+                element
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|by| by.eq_ignore_ascii_case(name))
+            })
+        })
+    })
 }
 
 /// Total size of the headers as sent (name, value, and ": " and CRLF).
@@ -127,24 +242,82 @@ mod tests {
     }
 
     #[test]
-    fn transfer_encodings() {
+    fn transfer_codings() {
         let te = |values: &[&str]| {
             let mut h = HeaderMap::new();
             for v in values {
                 h.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
             }
-            transfer_encoding_ok(&h)
+            transfer_coding(&h)
         };
-        assert!(te(&[]));
-        assert!(te(&["chunked"]));
-        assert!(te(&["Chunked"]));
-        assert!(te(&["gzip, chunked"]));
-        assert!(te(&["gzip", "chunked"]));
-        assert!(!te(&["chunked, chunked"]));
-        assert!(!te(&["chunked", "chunked"]));
-        assert!(!te(&["chunked, gzip"]));
-        assert!(!te(&["gzip"]));
-        // Empty list elements are allowed and ignored (RFC 9110 §5.6.1).
-        assert!(te(&["chunked, "]));
+        assert_eq!(te(&[]), Coding::None);
+        assert_eq!(te(&["chunked"]), Coding::Chunked);
+        assert_eq!(te(&["Chunked"]), Coding::Chunked);
+        assert_eq!(te(&["chunked, "]), Coding::Chunked);
+        assert_eq!(te(&["gzip, chunked"]), Coding::Other);
+        assert_eq!(te(&["gzip", "chunked"]), Coding::Other);
+        assert_eq!(te(&["gzip"]), Coding::Other);
+        assert_eq!(te(&["chunked, chunked"]), Coding::Ambiguous);
+        assert_eq!(te(&["chunked", "chunked"]), Coding::Ambiguous);
+        assert_eq!(te(&["gzip", "chunked, chunked"]), Coding::Ambiguous);
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "good.example",
+            "good.example:8080",
+            "a",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:65535",
+            "under_score.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "good.example, evil.example",
+            "evil.example/x?",
+            "a b",
+            "user@evil.example",
+            "a:99999999",
+            "a:0",
+            "a:",
+            ":80",
+            "",
+            "[::1",
+            "[nope]",
+            "[::1]x",
+            "a:80:80",
+            "é.example",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn underscores() {
+        let mut h = HeaderMap::new();
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x_custom", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut allowed = h.clone();
+        strip_underscored(&mut h, false);
+        assert_eq!(h.len(), 1);
+        strip_underscored(&mut allowed, true);
+        assert!(allowed.contains_key("x_custom") && !allowed.contains_key("x_forwarded_for"));
+    }
+
+    #[test]
+    fn via_loops() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::VIA,
+            HeaderValue::from_static("1.0 fred, 1.1 p.example (Apache/1.1)"),
+        );
+        assert!(!via_names(&h, "strangler"));
+        h.append(header::VIA, HeaderValue::from_static("1.1 Strangler"));
+        assert!(via_names(&h, "strangler"));
+        assert!(via_names(&h, "fred"));
     }
 }

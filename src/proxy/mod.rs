@@ -14,9 +14,9 @@
 
 pub mod admit;
 pub mod body;
+pub mod connection;
 pub mod error;
 pub mod headers;
-pub mod peer;
 pub mod pool;
 pub mod record;
 pub mod respond;
@@ -35,8 +35,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::ResponseBody;
+pub use connection::{ClientIo, Peer};
 pub use error::Failure;
-pub use peer::Peer;
 pub use table::Table;
 pub use upload::RequestBody;
 
@@ -63,16 +63,24 @@ impl Gateway {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: &Peer,
+        peer: &Arc<Peer>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
         let table = self.table.load_full();
         let (mut head, body) = req.into_parts();
+        let client = &table.config.client;
 
-        let admission = admit::admit(&mut head);
+        let admission = admit::admit(
+            &mut head,
+            &admit::Rules {
+                allow_underscores: client.allow_underscores,
+                via: &table.config.via,
+            },
+        );
         let mut trail = Trail::begin(
             table.clone(),
             &self.access_log,
+            peer,
             start,
             method_index(&head.method),
             admission.request_id,
@@ -99,22 +107,64 @@ impl Gateway {
         trail.upstream = table.upstream_of(&decision);
         let upstream = &table.upstreams[trail.upstream];
 
+        let length = body.size_hint().exact();
+        let facts = rewrite::Facts {
+            chunked_body: length.is_none() && !body.is_end_stream(),
+            trailers: admission.trailers,
+        };
         if let Err(failure) = rewrite::rewrite(
             &mut head,
             path,
             upstream,
-            &table.routing,
+            &table,
             peer,
+            facts,
             &mut trail.path,
         ) {
             return Ok(respond::failure(trail, failure));
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
-        trail.bytes_in = body.size_hint().exact().unwrap_or(0);
+        trail.bytes_in = length.unwrap_or(0);
 
-        match send::send(upstream, head, upload::RequestBody::new(body), start).await {
+        let body = upload::RequestBody::new(body, client.body_timeout);
+        match send::send(upstream, head, body, start).await {
             Ok(exchange) => Ok(respond::upstream(exchange, trail)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }
+    }
+
+    /// Records a request the HTTP parser refused before the gateway saw it, or a head the
+    /// client left unfinished past `client.head_timeout`: counted under route `default` and
+    /// logged, like every request the gateway refuses (the parser has answered it already,
+    /// or closed the connection).
+    pub fn record_unread(&self, peer: &Arc<Peer>, error: &hyper::Error) {
+        let failure = if error.is_parse() {
+            let status = if error.is_parse_too_large() {
+                // hyper answers an over-long target 414 and any other oversized head 431.
+                if error.to_string().contains("URI too long") {
+                    414
+                } else {
+                    431
+                }
+            } else {
+                400
+            };
+            Failure::Refused(error::Refusal::Malformed(status))
+        } else if error.is_timeout() && peer.sent_since_answer() {
+            Failure::Client(crate::observe::ClientErrorKind::HeadTimeout)
+        } else {
+            return;
+        };
+        let mut trail = Trail::begin(
+            self.table.load_full(),
+            &self.access_log,
+            peer,
+            Instant::now(),
+            crate::routing::METHOD_OTHER,
+            headers::new_request_id(),
+        );
+        trail.status = failure.status().as_u16();
+        trail.failure = Some(failure);
+        trail.record();
     }
 }

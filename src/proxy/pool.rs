@@ -8,11 +8,16 @@
 //! same job with a shared, locked pool and per-request bookkeeping that cost about a tenth of
 //! the gateway's CPU per request in the peer benchmark; this is the lean version of it.
 //!
+//! An idle connection is closed after its service's `idle_timeout` by its own task, whatever
+//! else happens on its thread, so idle connections (to upstreams a reload removed among
+//! them) do not pile up.
+//!
 //! It owns connections only; what to send and which upstream to use are the other phases'.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -25,8 +30,6 @@ use tokio::net::TcpStream;
 const MAX_IDLE_PER_THREAD: usize = 256;
 /// How long a checkout waits for a pooled connection that is not ready at once.
 const READY_GRACE: Duration = Duration::from_millis(50);
-/// An idle connection older than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sending half of an upstream connection.
 pub type Sender = SendRequest<super::upload::RequestBody>;
@@ -52,64 +55,110 @@ impl PoolKey {
     }
 }
 
+/// What a connection's own task watches: when it became idle, in milliseconds since
+/// `epoch()` plus one (0 while it carries an exchange), to close it once idle for `timeout`
+/// whether or not another request ever looks at the pool again; and `abort`, to close it at
+/// once when an exchange on it is given up.
+struct IdleClock {
+    since: AtomicU64,
+    timeout: Duration,
+    abort: tokio::sync::Notify,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl IdleClock {
+    fn in_use(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    fn idle_since(&self, t: Instant) {
+        let ms = t.saturating_duration_since(epoch()).as_millis() as u64;
+        self.since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// When the connection is due to close, if it is idle.
+    fn due(&self) -> Option<Instant> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(epoch() + Duration::from_millis(ms - 1) + self.timeout),
+        }
+    }
+}
+
+/// An upstream connection: its sending half, and the clock its task closes it by.
+pub struct Conn {
+    pub sender: Sender,
+    clock: Arc<IdleClock>,
+}
+
+impl Conn {
+    /// Closes the connection now, with whatever exchange it carries (an upstream that
+    /// stopped reading a request body would otherwise hold it, and the client's body with
+    /// it, for ever).
+    pub fn abort(self) {
+        self.clock.abort.notify_one();
+    }
+}
+
 thread_local! {
     /// Idle connections by pool key, newest last.
-    static IDLE: RefCell<Vec<Vec<(Sender, Instant)>>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<Vec<(Conn, Instant)>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A connection checked out of the pool.
 pub struct Checkout {
-    pub sender: Sender,
+    pub conn: Conn,
     /// False when it was reused: a request it fails to send may be retried on a new one.
     pub fresh: bool,
 }
 
-/// Takes an idle connection to `authority`, or opens one. `now` is a recent instant (the
-/// request's start), which spares a clock read.
+/// Takes an idle connection to `authority`, or opens one that closes after `idle_timeout`
+/// idle. `now` is a recent instant (the request's start), which spares a clock read.
 pub async fn checkout(
     key: PoolKey,
     authority: &Authority,
     now: Instant,
+    idle_timeout: Duration,
 ) -> std::io::Result<Checkout> {
-    while let Some(mut sender) = pop_idle(key, now) {
+    while let Some(mut conn) = pop_idle(key, now) {
         // A connection is given back only once its exchange is complete, so it is nearly
         // always ready at the first look; one that is not gets a short grace, then is closed.
-        let first = poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+        let first = poll_fn(|cx| Poll::Ready(conn.sender.poll_ready(cx))).await;
         let ready = match first {
             Poll::Ready(r) => r.is_ok(),
             Poll::Pending => matches!(
-                tokio::time::timeout(READY_GRACE, sender.ready()).await,
+                tokio::time::timeout(READY_GRACE, conn.sender.ready()).await,
                 Ok(Ok(()))
             ),
         };
         if ready {
-            return Ok(Checkout {
-                sender,
-                fresh: false,
-            });
+            return Ok(Checkout { conn, fresh: false });
         }
     }
-    connect(authority).await.map(|sender| Checkout {
-        sender,
-        fresh: true,
-    })
+    connect(authority, idle_timeout)
+        .await
+        .map(|conn| Checkout { conn, fresh: true })
 }
 
 /// Opens a new connection to `authority`, bypassing the idle ones.
-pub async fn open(authority: &Authority) -> std::io::Result<Checkout> {
-    connect(authority).await.map(|sender| Checkout {
-        sender,
-        fresh: true,
-    })
+pub async fn open(authority: &Authority, idle_timeout: Duration) -> std::io::Result<Checkout> {
+    connect(authority, idle_timeout)
+        .await
+        .map(|conn| Checkout { conn, fresh: true })
 }
 
-fn pop_idle(key: PoolKey, now: Instant) -> Option<Sender> {
+fn pop_idle(key: PoolKey, now: Instant) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(key.0)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some((conn, since)) = list.pop() {
+            if !conn.sender.is_closed() && now.duration_since(since) < conn.clock.timeout {
+                conn.clock.in_use();
+                return Some(conn);
             }
         }
         None
@@ -119,8 +168,8 @@ fn pop_idle(key: PoolKey, now: Instant) -> Option<Sender> {
 /// Gives a connection back after its exchange completed (response body at its end). `since`
 /// is when it counts as idle from: the request's start, a little early, which errs on the
 /// side of closing idle connections sooner.
-pub fn checkin(key: PoolKey, sender: Sender, since: Instant) {
-    if sender.is_closed() {
+pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
+    if conn.sender.is_closed() {
         return;
     }
     IDLE.with(|idle| {
@@ -129,13 +178,18 @@ pub fn checkin(key: PoolKey, sender: Sender, since: Instant) {
             idle.resize_with(key.0 + 1, Vec::new);
         }
         let list = &mut idle[key.0];
+        // Connections its task has closed meanwhile go first (oldest first).
+        if list.first().is_some_and(|(c, _)| c.sender.is_closed()) {
+            list.retain(|(c, _)| !c.sender.is_closed());
+        }
         if list.len() < MAX_IDLE_PER_THREAD {
-            list.push((sender, since));
+            conn.clock.idle_since(since);
+            list.push((conn, since));
         }
     });
 }
 
-async fn connect(authority: &Authority) -> std::io::Result<Sender> {
+async fn connect(authority: &Authority, idle_timeout: Duration) -> std::io::Result<Conn> {
     let port = authority.port_u16().unwrap_or(80);
     let host = authority.host();
     // IPv6 literals come bracketed in an authority.
@@ -149,10 +203,34 @@ async fn connect(authority: &Authority) -> std::io::Result<Sender> {
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
+    let clock = Arc::new(IdleClock {
+        since: AtomicU64::new(0),
+        timeout: idle_timeout,
+        abort: tokio::sync::Notify::new(),
+    });
+    let idle = clock.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+        let mut conn = std::pin::pin!(conn);
+        loop {
+            // Sleep until the connection is due to close, or for a whole timeout while it
+            // carries an exchange; then look again.
+            let wake = idle.due().unwrap_or_else(|| Instant::now() + idle.timeout);
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return;
+                }
+                () = idle.abort.notified() => return,
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if idle.due().is_some_and(|due| due <= Instant::now()) {
+                        // Idle for its whole timeout: dropping the connection closes it.
+                        return;
+                    }
+                }
+            }
         }
     });
-    Ok(sender)
+    Ok(Conn { sender, clock })
 }

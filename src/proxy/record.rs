@@ -13,9 +13,10 @@ use std::time::Instant;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
 
-use super::error::{CLIENT_CLOSED, ClientFailure, Failure};
+use super::connection::Peer;
+use super::error::{CLIENT_CLOSED, Failure};
 use super::table::{LEGACY, Table};
-use crate::observe::{AccessLog, Entry};
+use crate::observe::{AccessLog, ClientErrorKind, Entry};
 use crate::routing::{Decision, METHODS};
 
 /// The path the access log shows: the canonical path, kept without a copy when the request's
@@ -38,6 +39,8 @@ impl LoggedPath {
 pub struct Trail {
     pub table: Arc<Table>,
     log: Arc<AccessLog>,
+    /// The client's connection (a stall it caused is known there).
+    peer: Arc<Peer>,
     pub start: Instant,
     /// Index into `METHODS`.
     method: usize,
@@ -62,6 +65,7 @@ impl Trail {
     pub fn begin(
         table: Arc<Table>,
         log: &Arc<AccessLog>,
+        peer: &Arc<Peer>,
         start: Instant,
         method: usize,
         request_id: HeaderValue,
@@ -69,6 +73,7 @@ impl Trail {
         Trail {
             table,
             log: log.clone(),
+            peer: peer.clone(),
             start,
             method,
             request_id,
@@ -96,7 +101,10 @@ impl Trail {
         if self.status == 0 {
             self.status = CLIENT_CLOSED;
             self.failure
-                .get_or_insert(Failure::Client(ClientFailure::Left));
+                .get_or_insert(Failure::Client(ClientErrorKind::Closed));
+        } else if self.failure.is_none() && self.peer.send_timed_out() {
+            // The answer was cut off because the client stopped taking it.
+            self.failure = Some(Failure::Client(ClientErrorKind::SendTimeout));
         }
         let d = self.decision;
         let stats = self.table.stats(d.route);
@@ -104,6 +112,9 @@ impl Trail {
         metrics.record(self.method, self.status, elapsed.as_secs_f64());
         if let Some(kind) = self.failure.and_then(Failure::upstream_kind) {
             metrics.upstream_error(kind);
+        }
+        if let Some(kind) = self.failure.and_then(Failure::client_kind) {
+            metrics.client_error(kind);
         }
         // Errors for the comparison: 5xx answers and gateway failures (which are 5xx); a
         // client that left (499) is neither side's failure.

@@ -1,34 +1,46 @@
 //! The `respond` phase: the response head the client gets, and its body.
 //!
 //! The upstream's head loses its hop-by-hop headers (and a stale `Content-Length` beside
-//! `Transfer-Encoding`, RFC 9112 §6.3) and gains the request id; its body streams through
-//! [`ResponseBody`]. A failure gets the gateway's own JSON answer (docs/http.md, "Errors").
+//! `Transfer-Encoding`, RFC 9112 §6.3; a repeated one is folded into one) and gains the
+//! request id and `Via`; its body streams through [`ResponseBody`], trailers included. An
+//! answer whose body the gateway could not relay as sent (a transfer coding other than
+//! `chunked`, `Content-Length`s that disagree) or an unasked-for 101 is refused: 502. A
+//! failure gets the gateway's own JSON answer (docs/http.md, "Errors").
 
-use http::Response;
 use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
 use super::body::{Held, ResponseBody};
-use super::error::{Failure, error_body};
-use super::headers::{X_REQUEST_ID, strip_hop_by_hop};
+use super::error::{Failure, Stage, error_body};
+use super::headers::{Coding, X_REQUEST_ID, strip_hop_by_hop, transfer_coding};
 use super::record::Trail;
 use super::send::Exchange;
+use crate::observe::UpstreamErrorKind;
 
 /// The upstream's answer, on its way to the client.
 pub fn upstream(exchange: Exchange, mut trail: Trail) -> Response<ResponseBody> {
     let (mut parts, body) = exchange.response.into_parts();
-    // A message with both is framed by Transfer-Encoding (RFC 9112 §6.3); the gateway
-    // re-frames the body, so the stale length must not reach the client.
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        parts.headers.remove(header::CONTENT_LENGTH);
+    if let Err(why) = relayable(&mut parts) {
+        let up = &trail.table.upstreams[trail.upstream];
+        tracing::debug!(upstream = %up.authority, why, "refusing the upstream's answer");
+        // The connection is dropped with `exchange.conn`: it is not reused.
+        let failure = Failure::Upstream {
+            kind: UpstreamErrorKind::Protocol,
+            during: Stage::Head,
+        };
+        return self::failure(trail, failure);
     }
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID, trail.request_id.clone());
+    parts
+        .headers
+        .append(header::VIA, trail.table.via(parts.version).clone());
     trail.status = parts.status.as_u16();
     let upstream = &trail.table.upstreams[trail.upstream];
     let (key, read_timeout) = (upstream.pool_key, upstream.timeout);
     let conn = Held {
         key,
-        sender: exchange.sender,
+        conn: exchange.conn,
         since: trail.start,
         uploaded: exchange.uploaded,
     };
@@ -36,6 +48,60 @@ pub fn upstream(exchange: Exchange, mut trail: Trail) -> Response<ResponseBody> 
         parts,
         ResponseBody::upstream(body, trail, conn, read_timeout),
     )
+}
+
+/// Whether the upstream's head can be relayed as it is meant, after folding a repeated
+/// `Content-Length` and dropping a stale one; the reason when not.
+fn relayable(parts: &mut http::response::Parts) -> Result<(), &'static str> {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The gateway asks for no upgrade (it removes `Upgrade`), so a 101 is a protocol
+        // error, and relaying it would leave the client with a connection that goes nowhere.
+        return Err("a 101 Switching Protocols to a request that asked for no upgrade");
+    }
+    match transfer_coding(&parts.headers) {
+        Coding::None => {}
+        Coding::Chunked => {
+            // A message with both is framed by Transfer-Encoding (RFC 9112 §6.3); the
+            // gateway re-frames the body, so the stale length must not reach the client.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(());
+        }
+        Coding::Ambiguous | Coding::Other => {
+            return Err(
+                "a transfer coding other than chunked (the client would get the coded bytes as they are)",
+            );
+        }
+    }
+    let mut lengths = parts
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .peekable();
+    let first = lengths.next();
+    let repeated = lengths.peek().is_some() || first.is_some_and(|v| v.as_bytes().contains(&b','));
+    if repeated {
+        // `Content-Length: 5, 5` (or two lines): one value, or none (RFC 9110 §8.6).
+        let mut value: Option<u64> = None;
+        for v in parts.headers.get_all(header::CONTENT_LENGTH) {
+            for n in v
+                .to_str()
+                .map_err(|_| "an unreadable Content-Length")?
+                .split(',')
+            {
+                let n: u64 = n.trim().parse().map_err(|_| "an invalid Content-Length")?;
+                if value.is_some_and(|v| v != n) {
+                    return Err("Content-Lengths that disagree");
+                }
+                value = Some(n);
+            }
+        }
+        if let Some(n) = value {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    Ok(())
 }
 
 /// The gateway's own answer to a failed request: JSON naming the route and side (null when

@@ -1,8 +1,12 @@
-//! The `rewrite` phase: the upstream's copy of the request (docs/http.md, "Headers").
+//! The `rewrite` phase: the upstream's copy of the request (docs/http.md, "Forwarding
+//! headers").
 //!
 //! The target in origin form (the upstream's base path, the canonical path, the original
-//! query), `X-Forwarded-For`/`-Proto`/`-Host` (replaced for untrusted peers, extended for
-//! trusted proxies), `Host` (the client's unless the service asks for its own), and HTTP/1.1.
+//! query); `X-Forwarded-For`/`-Proto`/`-Host` (replaced for untrusted peers, extended for
+//! trusted proxies) and the other forwarding headers (removed unless a trusted proxy sent
+//! them); `Host` (the client's unless the service asks for its own); `Via`; the framing of a
+//! body (`chunked` when its length is unknown, whatever the method); `TE: trailers` when the
+//! client takes trailers; and HTTP/1.1.
 
 use bytes::Bytes;
 use http::Version;
@@ -11,29 +15,58 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 
 use super::admit::CanonicalPath;
+use super::connection::Peer;
 use super::error::{Failure, Refusal};
-use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use super::peer::Peer;
+use super::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
+    X_REAL_IP,
+};
 use super::record::LoggedPath;
-use super::table::Upstream;
-use crate::routing::RouteTable;
+use super::table::{Table, Upstream};
+
+/// What the rewrite needs to know of the request beyond its head.
+pub struct Facts {
+    /// The body's length is unknown (it arrived chunked).
+    pub chunked_body: bool,
+    /// The client takes trailers (`TE: trailers`).
+    pub trailers: bool,
+}
 
 /// Rewrites `head` for `upstream`; `logged` gets the canonical path for the access log.
 pub fn rewrite(
     head: &mut Parts,
     path: CanonicalPath,
     upstream: &Upstream,
-    routing: &RouteTable,
+    table: &Table,
     peer: &Peer,
+    facts: Facts,
     logged: &mut LoggedPath,
 ) -> Result<(), Failure> {
     target(head, path, upstream, logged)?;
     // Room for the headers the gateway adds, so the map grows at most once.
-    head.headers.reserve(3);
-    forwarded(&mut head.headers, routing.is_trusted(peer.addr.ip()), peer);
+    head.headers.reserve(4);
+    forwarded(
+        &mut head.headers,
+        table.routing.is_trusted(peer.addr.ip()),
+        peer,
+    );
     if upstream.host_upstream || !head.headers.contains_key(header::HOST) {
         head.headers
             .insert(header::HOST, upstream.host_value.clone());
+    }
+    head.headers
+        .append(header::VIA, table.via(head.version).clone());
+    // hyper sends no body for a GET, HEAD or CONNECT whose length it does not know unless
+    // told: a body that arrived chunked goes on chunked, whatever the method.
+    if facts.chunked_body {
+        head.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    if facts.trailers {
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     head.version = Version::HTTP_11;
     Ok(())
@@ -109,6 +142,15 @@ fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
             h.insert(X_FORWARDED_HOST, host);
         }
     } else {
+        // What only a trusted proxy may tell: removed (the gateway sets the three above).
+        for name in [
+            X_REAL_IP,
+            X_FORWARDED_PORT,
+            X_FORWARDED_PREFIX,
+            header::FORWARDED,
+        ] {
+            h.remove(name);
+        }
         h.insert(X_FORWARDED_FOR, peer.ip_header.clone());
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         match h.get(header::HOST).cloned() {

@@ -2,31 +2,33 @@
 //! connection pool, up to the response head.
 //!
 //! The wait for the head is bounded by the service's `timeout`, counted from the request's
-//! start and extended while the client is still uploading (a slow upload is not the
-//! upstream's slowness). A reused connection found closed before the request went out is
-//! replaced; a bodiless idempotent request whose reused connection closed under it is sent
-//! once more on a new one. Every failure comes back as a [`Failure`] naming its side.
+//! start and extended while the upload is still moving or waits on the client (a slow upload
+//! is not the upstream's slowness, and a client that stops sending meets
+//! `client.body_timeout`); an upstream that takes nothing of the body for a whole `timeout`
+//! has stopped reading it, and times out. A reused connection found closed before the
+//! request went out is replaced; a bodiless idempotent request whose reused connection
+//! closed under it is sent once more on a new one. Every failure comes back as a [`Failure`]
+//! naming its side.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::error::{ClientFailure, Failure, Stage};
-use super::pool::{self, Sender};
+use super::error::{Failure, Stage};
+use super::pool::{self, Conn};
 use super::table::Upstream;
-use super::upload::RequestBody;
-use crate::observe::UpstreamErrorKind;
+use super::upload::{RequestBody, Upload};
+use crate::observe::{ClientErrorKind, UpstreamErrorKind};
 
 /// A response head from the upstream, with the connection that carries its body.
 pub struct Exchange {
-    pub sender: Sender,
+    pub conn: Conn,
     pub response: Response<Incoming>,
-    /// The request body's completion flag (`None`: it had no body).
-    pub uploaded: Option<Arc<AtomicBool>>,
+    /// The upload's state (`None`: the request had no body).
+    pub uploaded: Option<Arc<Upload>>,
 }
 
 /// Sends the request to `upstream` and waits for its response head.
@@ -36,35 +38,43 @@ pub async fn send(
     body: RequestBody,
     start: Instant,
 ) -> Result<Exchange, Failure> {
-    let uploaded = body.sent_flag();
+    let uploaded = body.upload();
     let timeout = upstream.timeout;
     let mut deadline = start + timeout;
-    let mut exchange = std::pin::pin!(exchange(upstream, Request::from_parts(head, body), start));
-    loop {
-        match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
-            Ok(Ok((sender, response))) => {
-                return Ok(Exchange {
-                    sender,
-                    response,
-                    uploaded,
-                });
-            }
-            Ok(Err(failure)) => return Err(failure),
-            Err(_)
-                if uploaded
-                    .as_ref()
-                    .is_some_and(|u| !u.load(Ordering::Acquire)) =>
-            {
-                deadline = Instant::now() + timeout;
-            }
-            Err(_) => {
-                return Err(Failure::Upstream {
-                    kind: UpstreamErrorKind::Timeout,
-                    during: Stage::Head,
-                });
+    let mut taken = 0;
+    let head_received = {
+        let upload = uploaded.as_deref();
+        let mut exchange = std::pin::pin!(exchange(
+            upstream,
+            Request::from_parts(head, body),
+            start,
+            upload
+        ));
+        loop {
+            match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
+                Ok(received) => break received,
+                Err(_)
+                    if upload.is_some_and(|u| {
+                        !u.done() && (u.waiting_on_client() || u.taken() != taken)
+                    }) =>
+                {
+                    taken = upload.map_or(0, Upload::taken);
+                    deadline = Instant::now() + timeout;
+                }
+                Err(_) => {
+                    break Err(Failure::Upstream {
+                        kind: UpstreamErrorKind::Timeout,
+                        during: Stage::Head,
+                    });
+                }
             }
         }
-    }
+    };
+    head_received.map(|(conn, response)| Exchange {
+        conn,
+        response,
+        uploaded,
+    })
 }
 
 /// Sends `req` on a pooled connection to `upstream`. A reused connection that turns out to
@@ -74,7 +84,8 @@ async fn exchange(
     upstream: &Upstream,
     mut req: Request<RequestBody>,
     now: Instant,
-) -> Result<(Sender, Response<Incoming>), Failure> {
+    upload: Option<&Upload>,
+) -> Result<(Conn, Response<Incoming>), Failure> {
     // A bodiless idempotent request may go out once more, on a new connection, when a
     // reused connection fails before any answer: the upstream closed it (its idle timeout)
     // just as the request went out. That needs a copy of the head, made before sending.
@@ -89,19 +100,29 @@ async fn exchange(
     let mut new_only = false;
     loop {
         let checkout = if new_only {
-            pool::open(&upstream.authority).await
+            pool::open(&upstream.authority, upstream.idle_timeout).await
         } else {
-            pool::checkout(upstream.pool_key, &upstream.authority, now).await
+            pool::checkout(
+                upstream.pool_key,
+                &upstream.authority,
+                now,
+                upstream.idle_timeout,
+            )
+            .await
         };
-        let mut co = checkout.map_err(|e| {
+        let co = checkout.map_err(|e| {
             tracing::debug!(upstream = %upstream.authority, error = %e, "cannot connect to the upstream");
             Failure::Upstream {
                 kind: UpstreamErrorKind::Connect,
                 during: Stage::Head,
             }
         })?;
-        match co.sender.try_send_request(req).await {
-            Ok(resp) => return Ok((co.sender, resp)),
+        // From here the connection carries the request: if this future is dropped before
+        // the head arrives (the head timeout), the connection is closed with it.
+        let mut carrying = Carrying(Some(co.conn));
+        let sending = carrying.conn().sender.try_send_request(req);
+        match sending.await {
+            Ok(resp) => return Ok((carrying.keep(), resp)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) if !co.fresh => req = unsent,
                 None if !co.fresh && replay.is_some() && closed_under_us(e.error()) => {
@@ -109,17 +130,44 @@ async fn exchange(
                     req = replay.take().expect("checked is_some");
                     new_only = true;
                 }
-                _ => return Err(failure_of(upstream, &e.into_error())),
+                _ => return Err(failure_of(upstream, upload, &e.into_error())),
             },
         }
     }
 }
 
+/// A connection carrying a request whose answer has not come yet; dropped so, it is
+/// closed (its exchange is given up).
+struct Carrying(Option<Conn>);
+
+impl Carrying {
+    fn conn(&mut self) -> &mut Conn {
+        self.0.as_mut().expect("a connection until kept")
+    }
+
+    fn keep(mut self) -> Conn {
+        self.0.take().expect("a connection until kept")
+    }
+}
+
+impl Drop for Carrying {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.abort();
+        }
+    }
+}
+
 /// The side and kind of a failed exchange.
-fn failure_of(upstream: &Upstream, e: &hyper::Error) -> Failure {
-    // The client's request body failed (it left mid-upload): nothing the upstream did.
+fn failure_of(upstream: &Upstream, upload: Option<&Upload>, e: &hyper::Error) -> Failure {
+    // The client's request body failed (it left or stalled mid-upload): nothing the
+    // upstream did.
     if e.is_user() {
-        return Failure::Client(ClientFailure::Upload);
+        return Failure::Client(if upload.is_some_and(Upload::timed_out) {
+            ClientErrorKind::BodyTimeout
+        } else {
+            ClientErrorKind::Body
+        });
     }
     tracing::debug!(upstream = %upstream.authority, error = %e, "upstream exchange failed");
     let kind = if e.is_parse() || e.is_parse_status() {

@@ -26,6 +26,8 @@ pub struct Upstream {
     /// Prepended to the forwarded path; empty for none.
     pub base_path: Box<str>,
     pub timeout: Duration,
+    /// How long an unused keep-alive connection to it stays open.
+    pub idle_timeout: Duration,
     /// Always send `host_value` as `Host` (`host_header: upstream`); otherwise only when the
     /// client sent none (HTTP/1.0), since HTTP/1.1 requires one.
     pub host_upstream: bool,
@@ -51,6 +53,8 @@ pub struct Table {
     pub upstreams: Vec<Upstream>,
     /// One per route, in table order, then one for `default`.
     stats: Vec<RouteStats>,
+    /// `Via` as the gateway adds it to a message received as HTTP/1.0 and as HTTP/1.1.
+    pub via: [HeaderValue; 2],
 }
 
 impl Table {
@@ -68,6 +72,7 @@ impl Table {
                 authority: s.authority.clone(),
                 base_path: s.base_path.as_str().into(),
                 timeout: s.timeout,
+                idle_timeout: s.idle_timeout,
                 host_upstream: s.host_upstream,
                 host_value: HeaderValue::from_str(s.authority.as_str())
                     .expect("an authority is a valid header value"),
@@ -84,7 +89,12 @@ impl Table {
                 window: windows.route(name),
             })
             .collect();
+        let via = ["1.0", "1.1"].map(|v| {
+            HeaderValue::from_str(&format!("{v} {}", config.via))
+                .expect("a validated via name is a valid header value")
+        });
         Ok(Table {
+            via,
             config: Arc::new(config),
             routing,
             upstreams,
@@ -113,6 +123,12 @@ impl Table {
     #[inline]
     pub fn stats(&self, route: Option<usize>) -> &RouteStats {
         &self.stats[route.unwrap_or(self.stats.len() - 1)]
+    }
+
+    /// The `Via` element for a message received in `version`.
+    #[inline]
+    pub fn via(&self, version: http::Version) -> &HeaderValue {
+        &self.via[usize::from(version != http::Version::HTTP_10)]
     }
 
     /// Index into `upstreams` of the upstream that serves a decision.

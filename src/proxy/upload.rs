@@ -1,80 +1,172 @@
 //! The client's request body on its way upstream, streamed and never buffered.
+//!
+//! It keeps the state the other phases need about the upload: whether it is complete (an
+//! upstream connection is reused only once both directions are done), how much the upstream
+//! has taken (the wait for the response head is extended only while the upload moves), and
+//! whether the client is the one the upload waits on. Each wait for more of the client's
+//! body is bounded by `client.body_timeout`.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-/// The client's request body on its way upstream. Marks when it has been sent in full, so
-/// the connection is reused only once both directions are done, and the head timeout does
-/// not run out during a slow upload.
+/// Errors of a request body, for hyper's client.
+pub type UploadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the other phases know of an upload in progress.
+#[derive(Default)]
+pub struct Upload {
+    /// The body has been handed upstream in full.
+    done: AtomicBool,
+    /// Bytes the upstream has taken so far.
+    taken: AtomicU64,
+    /// The upload waits on the client (not on the upstream).
+    waiting_on_client: AtomicBool,
+    /// The client stopped sending for longer than `client.body_timeout`.
+    timed_out: AtomicBool,
+}
+
+impl Upload {
+    pub fn done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+}
+
+/// The client's request body on its way upstream.
 pub struct RequestBody {
     /// `None`: an empty body (a replayed bodiless request).
     inner: Option<Incoming>,
     /// `None` for a request without a body (nothing to wait for).
-    sent: Option<Arc<AtomicBool>>,
+    upload: Option<Arc<Upload>>,
+    /// Each wait for more of the client's body.
+    timeout: Duration,
+    /// Runs while the client is waited on; made on the first wait, reused after.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `idle` runs for the current wait.
+    armed: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming) -> RequestBody {
-        let sent = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    /// The body of a request; each wait for more of it is bounded by `timeout`.
+    pub fn new(inner: Incoming, timeout: Duration) -> RequestBody {
+        let upload = (!inner.is_end_stream()).then(|| Arc::new(Upload::default()));
         RequestBody {
             inner: Some(inner),
-            sent,
+            upload,
+            timeout,
+            idle: None,
+            armed: false,
         }
     }
 
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
-            sent: None,
+            upload: None,
+            timeout: Duration::ZERO,
+            idle: None,
+            armed: false,
         }
     }
 
     /// Whether the request has a body to send.
     pub(crate) fn has_body(&self) -> bool {
-        self.sent.is_some()
+        self.upload.is_some()
     }
 
-    /// Set once the body has been sent in full; `None` for a request without a body.
-    pub(crate) fn sent_flag(&self) -> Option<Arc<AtomicBool>> {
-        self.sent.clone()
+    /// The upload's state; `None` for a request without a body.
+    pub(crate) fn upload(&self) -> Option<Arc<Upload>> {
+        self.upload.clone()
     }
 
-    fn mark_sent(&self) {
-        if let Some(s) = &self.sent {
-            s.store(true, Ordering::Release);
+    fn mark_done(&self) {
+        if let Some(u) = &self.upload {
+            u.done.store(true, Ordering::Release);
         }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UploadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
-            this.mark_sent();
+        let upload = this.upload.as_deref();
+        match &polled {
+            Poll::Pending => {
+                if let Some(u) = upload {
+                    u.waiting_on_client.store(true, Ordering::Relaxed);
+                }
+                if !this.armed {
+                    let deadline = tokio::time::Instant::now() + this.timeout;
+                    match &mut this.idle {
+                        Some(idle) => idle.as_mut().reset(deadline),
+                        None => this.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.armed = true;
+                }
+                let idle = this.idle.as_mut().expect("armed above");
+                if idle.as_mut().poll(cx).is_ready() {
+                    if let Some(u) = upload {
+                        u.timed_out.store(true, Ordering::Relaxed);
+                    }
+                    let err = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent nothing more of its body within client.body_timeout",
+                    );
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(u) = upload {
+                    u.waiting_on_client.store(false, Ordering::Relaxed);
+                    if let Some(d) = frame.data_ref() {
+                        u.taken.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                // The next wait starts its own clock.
+                this.armed = false;
+            }
+            Poll::Ready(_) => {}
         }
-        polled
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
+            this.mark_done();
+        }
+        polled.map(|p| p.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
         let end = self.inner.as_ref().is_none_or(Body::is_end_stream);
         if end {
-            self.mark_sent();
+            self.mark_done();
         }
         end
     }

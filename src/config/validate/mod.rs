@@ -14,13 +14,16 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::yaml::{Key, Node, Pos, Value};
-use super::{AdminConfig, CompareConfig, Config, DEFAULT_TIMEOUT, Diagnostic, Service};
+use super::{
+    AdminConfig, ClientConfig, CompareConfig, Config, DEFAULT_TIMEOUT, DEFAULT_VIA, Diagnostic,
+    Service,
+};
 
 pub(super) use services::valid_name;
 
 const ROUTE_KEYS: &[&str] = &["name", "match", "service", "percent", "sticky", "cohort"];
 const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
-const SERVICE_KEYS: &[&str] = &["url", "timeout", "host_header"];
+const SERVICE_KEYS: &[&str] = &["url", "timeout", "idle_timeout", "host_header"];
 const TOP_KEYS: &[&str] = &[
     "listen",
     "admin",
@@ -30,6 +33,8 @@ const TOP_KEYS: &[&str] = &[
     "override",
     "trusted_proxies",
     "drain_timeout",
+    "client",
+    "via",
     "compare",
     "routes",
 ];
@@ -286,6 +291,14 @@ impl Validator {
             None => Some(DEFAULT_TIMEOUT),
             Some(n) => self.duration(n, "drain_timeout"),
         };
+        let client = match f.get("client") {
+            None => Some(ClientConfig::default()),
+            Some(n) => self.client(n),
+        };
+        let via = match f.get("via") {
+            None => Some(DEFAULT_VIA.to_string()),
+            Some(n) => self.via(n),
+        };
 
         let routes = match f.get("routes") {
             None => Vec::new(),
@@ -333,6 +346,8 @@ impl Validator {
             override_header,
             trusted_proxies,
             drain_timeout: drain_timeout?,
+            client: client?,
+            via: via?,
             compare: compare?,
             routes,
             warnings: Vec::new(),

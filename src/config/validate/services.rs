@@ -2,7 +2,7 @@
 
 use super::{SERVICE_KEYS, Validator, join};
 use crate::config::yaml::{Node, Value};
-use crate::config::{DEFAULT_TIMEOUT, Service};
+use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Service};
 use crate::routing::check_canonical;
 
 impl Validator {
@@ -15,6 +15,10 @@ impl Validator {
         let timeout = match f.get("timeout") {
             Some(t) => self.duration(t, &join(path, "timeout")),
             None => Some(DEFAULT_TIMEOUT),
+        };
+        let idle_timeout = match f.get("idle_timeout") {
+            Some(t) => self.duration(t, &join(path, "idle_timeout")),
+            None => Some(DEFAULT_IDLE_TIMEOUT),
         };
         let host_upstream = match f.get("host_header") {
             None => Some(false),
@@ -48,6 +52,7 @@ impl Validator {
             authority,
             base_path,
             timeout: timeout?,
+            idle_timeout: idle_timeout?,
             host_upstream: host_upstream?,
         })
     }

@@ -7,10 +7,64 @@ use ipnet::IpNet;
 
 use super::{Validator, join};
 use crate::config::yaml::{Node, Value};
-use crate::config::{AdminConfig, CompareConfig};
+use crate::config::{AdminConfig, ClientConfig, CompareConfig};
 use crate::routing::StickyKey;
 
 impl Validator {
+    pub(super) fn client(&mut self, n: &Node) -> Option<ClientConfig> {
+        let f = self.fields(
+            n,
+            "client",
+            &[
+                "head_timeout",
+                "body_timeout",
+                "send_timeout",
+                "allow_underscores",
+            ],
+        )?;
+        let mut c = ClientConfig::default();
+        let mut ok = true;
+        for (key, slot) in [
+            ("head_timeout", &mut c.head_timeout),
+            ("body_timeout", &mut c.body_timeout),
+            ("send_timeout", &mut c.send_timeout),
+        ] {
+            if let Some(v) = f.get(key) {
+                match self.duration(v, &format!("client.{key}")) {
+                    Some(d) => *slot = d,
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(v) = f.get("allow_underscores") {
+            match v.value {
+                Value::Bool(b) => c.allow_underscores = b,
+                _ => {
+                    self.wrong(v, "client.allow_underscores", "true or false");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(c)
+    }
+
+    /// The name in `Via`: a token (RFC 9110 §7.6.3's pseudonym).
+    pub(super) fn via(&mut self, n: &Node) -> Option<String> {
+        let s = self.string(n, "via", "a name like strangler-edge")?;
+        let token = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            self.wrong(
+                n,
+                "via",
+                "a name of letters, digits and - . _ (an HTTP token), like strangler-edge",
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
     pub(super) fn admin(&mut self, n: &Node) -> Option<AdminConfig> {
         let f = self.fields(n, "admin", &["listen", "token_env"])?;
         let listen = match f.get("listen") {

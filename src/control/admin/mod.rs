@@ -44,6 +44,9 @@ pub struct AdminState {
     pub windows: Arc<Registry>,
     /// True once the config is loaded and the public listener is up; false while draining.
     pub ready: Arc<AtomicBool>,
+    /// The admin listener's port: without a token, only requests for `localhost` or a
+    /// loopback address on this port are answered.
+    pub port: u16,
 }
 
 type Shared = Arc<AdminState>;
@@ -73,6 +76,7 @@ pub fn router(state: Shared) -> AdminService {
         .merge(changes)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), guard_host))
         .with_state(state);
     // Around the whole router: axum adds `Allow` to a 405 outside of any route's layers.
     MapResponse::new(routes, method_not_allowed as fn(Response) -> Response)
@@ -200,6 +204,7 @@ async fn reload(State(s): State<Shared>) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PercentBody {
     percent: f64,
 }
@@ -248,6 +253,42 @@ async fn shift(
     task.await.unwrap_or_else(|e| internal(&e))
 }
 
+/// Without a token, the admin API answers only requests addressed to it as `localhost` or
+/// a loopback address: a page whose host name an attacker re-points at 127.0.0.1 (DNS
+/// rebinding) sends its own name as `Host`, and is refused before it can read or change
+/// anything. With a token, the token guards changes wherever the listener is.
+async fn guard_host(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if s.token.is_none()
+        && let Some(host) = req.headers().get(header::HOST)
+        && !local_host(host.as_bytes(), s.port)
+    {
+        return json(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "forbidden", "message": "without admin.token_env, the admin API answers only requests for localhost or a loopback address"}),
+        );
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` names this machine's loopback: `localhost`, `127.x.y.z` or `[::1]`, with
+/// no port or the admin listener's.
+fn local_host(host: &[u8], port: u16) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let (name, given_port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(':') && !p.contains(']') => (n, Some(p)),
+        _ => (host, None),
+    };
+    let port_ok = given_port.is_none_or(|p| p.parse::<u16>() == Ok(port));
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    port_ok && loopback
+}
+
 /// Guards the state-changing routes: same origin, and the bearer token when one is set.
 async fn authorize(State(s): State<Shared>, req: Request, next: Next) -> Response {
     match refusal(&s, req.headers()) {
@@ -274,9 +315,14 @@ fn refusal(s: &AdminState, h: &HeaderMap) -> Option<Response> {
         }
     }
     let token = s.token.as_deref()?;
-    let given = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token itself is not.
+    let given = h.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let space = v.iter().position(|&b| b == b' ')?;
+        v[..space]
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| v[space..].trim_ascii_start())
+    });
     if given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes()))) {
         return None;
     }
@@ -354,4 +400,34 @@ fn shift_error(e: &ShiftError) -> Response {
         v["errors"] = Value::from(errors);
     }
     json(status, &v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_host;
+
+    #[test]
+    fn local_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:9901",
+            "LocalHost:9901",
+            "127.0.0.1:9901",
+            "127.1.2.3",
+            "[::1]:9901",
+            "[::1]",
+        ] {
+            assert!(local_host(ok.as_bytes(), 9901), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:9901",
+            "localhost:9902",
+            "10.0.0.1:9901",
+            "[::2]:9901",
+            "localhost.attacker.example",
+            "",
+        ] {
+            assert!(!local_host(bad.as_bytes(), 9901), "{bad}");
+        }
+    }
 }

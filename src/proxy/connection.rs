@@ -1,0 +1,163 @@
+//! The client's connection: what it knows of its peer ([`Peer`], made once per connection)
+//! and the stream it wraps ([`ClientIo`]), which bounds each wait for the client to take
+//! more of an answer (`client.send_timeout`, as nginx's `send_timeout`) and notes whether
+//! the client sent anything since the last answer (so that a connection closed by the head
+//! timeout midway through a head is told apart from an idle one).
+
+use std::future::Future as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The client end of a connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+    /// The client stopped taking an answer for longer than `client.send_timeout`.
+    send_timed_out: AtomicBool,
+    /// Bytes arrived since the gateway last wrote to the client.
+    read_since_write: AtomicBool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            ip_header: HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            send_timed_out: AtomicBool::new(false),
+            read_since_write: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the client stopped taking an answer (the connection was closed for it).
+    pub fn send_timed_out(&self) -> bool {
+        self.send_timed_out.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client sent bytes since the last answer: a timeout now cut a request
+    /// head short, rather than closing an idle connection.
+    pub fn sent_since_answer(&self) -> bool {
+        self.read_since_write.load(Ordering::Relaxed)
+    }
+}
+
+/// A client's stream, as the HTTP server reads and writes it.
+pub struct ClientIo<S> {
+    inner: S,
+    peer: Arc<Peer>,
+    send_timeout: Duration,
+    /// Runs while a write waits; made on the first wait, reused after.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<S> ClientIo<S> {
+    pub fn new(inner: S, peer: Arc<Peer>, send_timeout: Duration) -> ClientIo<S> {
+        ClientIo {
+            inner,
+            peer,
+            send_timeout,
+            stalled: None,
+            armed: false,
+        }
+    }
+
+    /// A write is waiting: `Ready(err)` once it has waited for longer than the timeout.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.send_timeout;
+            match &mut self.stalled {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.stalled = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let stalled = self.stalled.as_mut().expect("armed above");
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.peer.send_timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing more of the answer within client.send_timeout",
+            ));
+        }
+        Poll::Pending
+    }
+
+    fn wrote(&mut self) {
+        self.armed = false;
+        self.peer.read_since_write.store(false, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.peer.read_since_write.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.wait(cx).map(Err),
+            ready => {
+                this.wrote();
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.wait(cx).map(Err),
+            ready => {
+                this.wrote();
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.wait(cx).map(Err),
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
