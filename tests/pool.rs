@@ -161,3 +161,56 @@ async fn bodiless_idempotent_requests_are_replayed_when_a_reused_connection_clos
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"], "upstream_unavailable");
 }
+
+/// An idle upstream connection is closed after the service's `idle_timeout`, by itself:
+/// no later request has to come along and find it stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_on_time() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => {
+                            let _ = closed.send(std::time::Instant::now());
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        buf.clear();
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://{addr}, idle_timeout: 1s}}\nroutes: []\n"
+    ))
+    .await;
+    let resp = client().get(gw.url("/a")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let answered = std::time::Instant::now();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), closed_rx.recv())
+        .await
+        .expect("the idle upstream connection was closed")
+        .unwrap();
+    let idle = closed.duration_since(answered);
+    assert!(
+        idle >= std::time::Duration::from_millis(500) && idle < std::time::Duration::from_secs(5),
+        "closed after {idle:?} idle (idle_timeout 1s)"
+    );
+}

@@ -278,13 +278,20 @@ async fn admin_token_guards_changes() {
             .unwrap();
         assert_eq!(r.status(), 401, "{wrong}");
     }
-    let r = c
-        .post(&url)
-        .header("authorization", "Bearer s3cret-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    for right in [
+        "Bearer s3cret-token",
+        "bearer s3cret-token",
+        "BEARER  s3cret-token",
+    ] {
+        let r = c
+            .post(&url)
+            .header("authorization", right)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{right}");
+    }
     for read in ["/admin/routes", "/metrics", "/healthz", "/readyz"] {
         let r = c
             .get(format!("http://{}{read}", gw.admin))

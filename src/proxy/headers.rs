@@ -50,12 +50,14 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
+/// The hop-by-hop headers of RFC 9110 §7.6.1. `Trailer` is not one: it declares the
+/// trailer fields of a message end to end, and the HTTP codec writes only the trailers it
+/// names, so it stays for trailers (gRPC's `grpc-status` among them) to arrive.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
         || name == header::TE
-        || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
 }

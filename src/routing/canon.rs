@@ -24,6 +24,8 @@ pub enum CanonError {
     InvalidUtf8,
     #[error("the path holds a backslash")]
     Backslash,
+    #[error("the path holds a byte that must be percent-encoded (not ASCII)")]
+    NotAscii,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -45,7 +47,8 @@ fn unreserved(b: u8) -> bool {
 /// Canonical means: percent-encoded unreserved characters decoded (other escapes kept, hex in
 /// upper case), repeated slashes merged, `.` and `..` segments resolved. Rejected: a climb
 /// above the root, an encoded `/ \ ? #` or NUL, a malformed escape, control bytes, a raw
-/// backslash, or invalid UTF-8 after decoding.
+/// backslash, a raw byte that is not ASCII (it must be percent-encoded), or invalid UTF-8
+/// after decoding.
 pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, CanonError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -66,6 +69,7 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, CanonError> {
             }
             b'\\' => return Err(CanonError::Backslash),
             0..=0x1f | 0x7f => return Err(CanonError::ControlChar),
+            0x80.. => return Err(CanonError::NotAscii),
             _ => {}
         }
         prev = b;
@@ -200,6 +204,7 @@ mod tests {
         assert_eq!(c("/a/%0a"), Err(CanonError::ControlChar));
         assert_eq!(c("/a/%ff"), Err(CanonError::InvalidUtf8));
         assert_eq!(c("/a\\b"), Err(CanonError::Backslash));
+        assert_eq!(c("/caf\u{e9}"), Err(CanonError::NotAscii));
         assert_eq!(c("a"), Err(CanonError::NotAbsolute));
     }
 }
