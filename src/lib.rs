@@ -26,7 +26,9 @@ pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
 pub use control::{Running, start};
 pub use observe::{AccessLog, LogFormat};
-pub use routing::{Decision, Reason, RequestView, RouteTable, Router, Side};
+pub use routing::{
+    CanonError, Decision, Reason, RequestView, RouteTable, Router, Side, canonicalize,
+};
 
 /// The per-thread upstream connection pool and the request body it sends, for
 /// `examples/floor.rs`, which measures hyper and the pool with none of the gateway's

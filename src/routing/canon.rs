@@ -26,6 +26,8 @@ pub enum CanonError {
     Backslash,
     #[error("the path holds a byte that must be percent-encoded (not ASCII)")]
     NotAscii,
+    #[error("the path holds a dot segment with parameters (`..;` or `.;`)")]
+    DotSegmentParams,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -47,8 +49,8 @@ fn unreserved(b: u8) -> bool {
 /// Canonical means: percent-encoded unreserved characters decoded (other escapes kept, hex in
 /// upper case), repeated slashes merged, `.` and `..` segments resolved. Rejected: a climb
 /// above the root, an encoded `/ \ ? #` or NUL, a malformed escape, control bytes, a raw
-/// backslash, a raw byte that is not ASCII (it must be percent-encoded), or invalid UTF-8
-/// after decoding.
+/// backslash, a raw byte that is not ASCII (it must be percent-encoded), a dot segment with
+/// parameters (`..;x`), or invalid UTF-8 after decoding.
 pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, CanonError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -63,7 +65,7 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, CanonError> {
             b'/' if prev == b'/' => needs_work = true,
             b'.' if prev == b'/' => {
                 let next = bytes.get(i + 1).copied();
-                if next.is_none() || next == Some(b'/') || next == Some(b'.') {
+                if next.is_none() || matches!(next, Some(b'/' | b'.' | b';')) {
                     needs_work = true;
                 }
             }
@@ -133,6 +135,11 @@ fn slow(bytes: &[u8]) -> Result<String, CanonError> {
     let mut out: Vec<&str> = Vec::new();
     let mut ends_in_dir = trailing;
     for seg in text.split('/').filter(|s| !s.is_empty()) {
+        // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring, Jetty):
+        // forwarded as a plain segment it would climb past the route it matched.
+        if seg.contains(';') && matches!(seg.split(';').next(), Some("." | "..")) {
+            return Err(CanonError::DotSegmentParams);
+        }
         match seg {
             "." => ends_in_dir = true,
             ".." => {
@@ -205,6 +212,11 @@ mod tests {
         assert_eq!(c("/a/%ff"), Err(CanonError::InvalidUtf8));
         assert_eq!(c("/a\\b"), Err(CanonError::Backslash));
         assert_eq!(c("/caf\u{e9}"), Err(CanonError::NotAscii));
+        assert_eq!(c("/api/..;/admin"), Err(CanonError::DotSegmentParams));
+        assert_eq!(c("/api/.;x/admin"), Err(CanonError::DotSegmentParams));
+        assert_eq!(c("/api/%2e%2e;/admin"), Err(CanonError::DotSegmentParams));
+        assert_eq!(c("/api/x;jsessionid=1").unwrap(), "/api/x;jsessionid=1");
+        assert_eq!(c("/api/..x;y").unwrap(), "/api/..x;y");
         assert_eq!(c("a"), Err(CanonError::NotAbsolute));
     }
 }

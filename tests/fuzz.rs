@@ -1,0 +1,670 @@
+//! Generated-input tests (proptest) for the parts that read hostile or careless input: the
+//! routes-file reader and validator, the path canonicalizer, the router (against a plain
+//! reference implementation of the precedence rules) and the request-head handling of a
+//! running gateway. Zero panics, and the properties below, for every generated case.
+//!
+//! `cargo test` runs each harness for proptest's default number of cases (256);
+//! `scripts/fuzz` runs them for longer (`PROPTEST_CASES`). A failing case is kept by proptest
+//! under `proptest-regressions/` and replayed first on every later run.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use strangler::{Config, RequestView, canonicalize};
+
+/// Where failing cases are kept, replayed first by every later run.
+const REGRESSIONS: &str = "tests/fuzz.proptest-regressions";
+
+// ------------------------------------------------------------------------------------------
+// The routes file
+
+/// YAML-shaped text: the file's own keys and values, nested, in random order and kinds,
+/// with the odd stray character.
+fn yaml_like() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        "listen",
+        "admin",
+        "legacy",
+        "services",
+        "routes",
+        "name",
+        "match",
+        "path",
+        "prefix",
+        "regex",
+        "methods",
+        "headers",
+        "service",
+        "percent",
+        "sticky",
+        "cohort",
+        "url",
+        "timeout",
+        "idle_timeout",
+        "header",
+        "cookie",
+        "client_ip",
+        "compare",
+        "window",
+        "client",
+        "body_timeout",
+        "via",
+        "trusted_proxies",
+        "orders",
+        "present",
+        "x-t",
+    ]);
+    let scalar = prop_oneof![
+        prop::sample::select(vec![
+            "127.0.0.1:8080",
+            "http://127.0.0.1:9001",
+            "http://h:1/base",
+            "/api/{id}",
+            "/files/{*rest}",
+            "/a",
+            "'/x/{y}'",
+            "\"[0-9]+\"",
+            "30s",
+            "0",
+            "100",
+            "12.5",
+            "101",
+            "-1",
+            "true",
+            "null",
+            "~",
+            "GET",
+            "[GET, POST]",
+            "{}",
+            "[]",
+            "orders",
+            "a",
+            "ftp://x",
+            "'('",
+            "1e400",
+            "\"\\u0000\"",
+            "&a",
+            "*a",
+            "!!str x",
+        ])
+        .prop_map(str::to_string),
+        "[ -~]{0,12}",
+    ];
+    let leaf = (key.clone(), scalar).prop_map(|(k, v)| format!("{k}: {v}"));
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            // A nested mapping.
+            (key.clone(), prop::collection::vec(inner.clone(), 1..5)).prop_map(|(k, items)| {
+                let body: Vec<String> = items
+                    .iter()
+                    .flat_map(|i| i.lines().map(|l| format!("  {l}")).collect::<Vec<_>>())
+                    .collect();
+                format!("{k}:\n{}", body.join("\n"))
+            }),
+            // A sequence of mappings.
+            (key.clone(), prop::collection::vec(inner, 1..4)).prop_map(|(k, items)| {
+                let mut out = format!("{k}:");
+                for i in items {
+                    let mut lines = i.lines();
+                    if let Some(first) = lines.next() {
+                        out.push_str(&format!("\n  - {first}"));
+                    }
+                    for l in lines {
+                        out.push_str(&format!("\n    {l}"));
+                    }
+                }
+                out
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn the_routes_file_reader_never_panics(docs in prop::collection::vec(yaml_like(), 1..6)) {
+        let text = docs.join("\n");
+        if let Ok(cfg) = Config::parse(&text, Path::new("fuzz.yaml")) {
+            // A valid file compiles, and its table decides.
+            let table = cfg.compile().expect("a valid file compiles");
+            let headers = HeaderMap::new();
+            let _ = table.decide(&RequestView {
+                path: "/api/7",
+                method: &Method::GET,
+                headers: &headers,
+                query: None,
+                peer: IpAddr::from([127, 0, 0, 1]),
+            });
+        }
+    }
+
+    #[test]
+    fn the_routes_file_reader_never_panics_on_any_text(text in "\\PC{0,300}") {
+        let _ = Config::parse(&text, Path::new("fuzz.yaml"));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Canonical paths
+
+/// Paths made of the pieces that matter: separators, dots, escapes of every kind, bytes
+/// that are not ASCII.
+fn path_like() -> impl Strategy<Value = String> {
+    let piece = prop::sample::select(vec![
+        "/", "//", ".", "..", "a", "api", "%2e", "%2E", "%2f", "%2F", "%5c", "%00", "%0a", "%41",
+        "%7e", "%c3%a9", "%c0%ae", "%ff", "%", "%4", "%zz", ";", "..;", "?", "#", "\\", "\u{e9}",
+        "~", "-", "_", "%25", "%20",
+    ]);
+    prop::collection::vec(piece, 0..12).prop_map(|p| format!("/{}", p.concat()))
+}
+
+fn check_canonical_form(c: &str) {
+    assert!(c.starts_with('/'), "{c}");
+    assert!(c.is_ascii(), "{c}");
+    assert!(!c.contains("//"), "{c}");
+    for seg in c.split('/') {
+        assert!(seg != "." && seg != "..", "{c}");
+    }
+    let b = c.as_bytes();
+    for (i, _) in c.match_indices('%') {
+        let hex = &b[i + 1..i + 3];
+        assert!(
+            hex.iter()
+                .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)),
+            "{c}"
+        );
+        let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+        assert!(
+            !(v.is_ascii_alphanumeric() || b"-._~".contains(&v)),
+            "an unreserved character left encoded in {c}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn canonical_paths_are_canonical(path in path_like()) {
+        if let Ok(c) = canonicalize(&path) {
+            check_canonical_form(&c);
+            // Canonical is a fixed point.
+            let again = canonicalize(&c).expect("a canonical path is accepted");
+            prop_assert_eq!(again.as_ref(), c.as_ref());
+            // A path the canonicalizer left as it was needed no change at all.
+            if matches!(c, Cow::Borrowed(_)) {
+                prop_assert_eq!(c.as_ref(), path.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonicalizer_never_panics(path in "\\PC{0,64}") {
+        let _ = canonicalize(&path);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The router, against a reference
+
+const SEGMENTS: &[&str] = &["a", "b", "api", "x"];
+
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(Vec<String>),
+    /// Each segment: `Some(literal)` or `None` for a parameter; the bool: a final `{*rest}`.
+    Template(Vec<Option<String>>, bool),
+    Prefix(Vec<String>),
+    Regex(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    pattern: Pattern,
+    methods: Option<Vec<&'static str>>,
+    /// `x-t: 1` required.
+    header: bool,
+}
+
+const REGEXES: &[&str] = &[
+    "/a/[0-9]+",
+    "/b/.*",
+    "/(a|b)/x",
+    "/x/y",
+    "/api/[a-z]+/[0-9]+",
+];
+
+fn segments() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(
+        prop::sample::select(SEGMENTS).prop_map(str::to_string),
+        1..4,
+    )
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let pattern = prop_oneof![
+        segments().prop_map(Pattern::Exact),
+        (
+            prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(SEGMENTS).prop_map(|s| Some(s.to_string())),
+                    Just(None)
+                ],
+                0..3
+            ),
+            any::<bool>()
+        )
+            .prop_filter("a template has a parameter", |(segs, rest)| {
+                *rest || segs.iter().any(Option::is_none)
+            })
+            .prop_map(|(segs, rest)| Pattern::Template(segs, rest)),
+        prop::collection::vec(
+            prop::sample::select(SEGMENTS).prop_map(str::to_string),
+            0..3
+        )
+        .prop_map(Pattern::Prefix),
+        prop::sample::select(REGEXES).prop_map(Pattern::Regex),
+    ];
+    let methods = prop_oneof![
+        Just(None),
+        Just(Some(vec!["GET"])),
+        Just(Some(vec!["POST"])),
+        Just(Some(vec!["GET", "POST"])),
+    ];
+    (pattern, methods, any::<bool>()).prop_map(|(pattern, methods, header)| Rule {
+        pattern,
+        methods,
+        header,
+    })
+}
+
+fn render(rules: &[Rule]) -> String {
+    let mut s = String::from(
+        "listen: 127.0.0.1:0\nlegacy: {url: 'http://127.0.0.1:1'}\nservices:\n  s: {url: 'http://127.0.0.1:2'}\nroutes:\n",
+    );
+    for (i, r) in rules.iter().enumerate() {
+        let m = match &r.pattern {
+            Pattern::Exact(segs) => format!("path: '/{}'", segs.join("/")),
+            Pattern::Template(segs, rest) => {
+                let mut parts: Vec<String> = segs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| s.clone().unwrap_or_else(|| format!("{{p{k}}}")))
+                    .collect();
+                if *rest {
+                    parts.push("{*rest}".into());
+                }
+                format!("path: '/{}'", parts.join("/"))
+            }
+            Pattern::Prefix(segs) => format!("prefix: '/{}'", segs.join("/")),
+            Pattern::Regex(re) => format!("regex: '{re}'"),
+        };
+        s.push_str(&format!(
+            "  - name: r{i}\n    service: s\n    match:\n      {m}\n"
+        ));
+        if let Some(ms) = &r.methods {
+            s.push_str(&format!("      methods: [{}]\n", ms.join(", ")));
+        }
+        if r.header {
+            s.push_str("      headers: {x-t: '1'}\n");
+        }
+    }
+    s
+}
+
+/// The reference: every rule that matches, ordered by the precedence rules as the docs
+/// state them, the first whose conditions hold.
+fn reference(rules: &[Rule], path: &str, method: &str, header: bool) -> Option<usize> {
+    let segs: Vec<&str> = path[1..].split('/').collect();
+    // (tier, rank within the tier, group key, rule) for the rules whose pattern matches.
+    type Rank = (i64, bool, usize, usize);
+    let mut hits: Vec<(u8, Rank, String, usize)> = Vec::new();
+    let first_index = |key: &str| {
+        rules
+            .iter()
+            .position(|r| group_key(&r.pattern) == key)
+            .unwrap()
+    };
+    for (i, r) in rules.iter().enumerate() {
+        let key = group_key(&r.pattern);
+        let rank = match &r.pattern {
+            Pattern::Exact(s) => {
+                (path == format!("/{}", s.join("/"))).then_some((0, (0, false, 0, 0)))
+            }
+            Pattern::Template(t, rest) => {
+                let fixed = t.len();
+                let fits = if *rest {
+                    segs.len() > fixed
+                } else {
+                    segs.len() == fixed
+                };
+                let matches = fits
+                    && t.iter().zip(&segs).all(|(want, got)| match want {
+                        Some(l) => l == got,
+                        None => !got.is_empty(),
+                    });
+                let literals = t.iter().filter(|s| s.is_some()).count();
+                let params = t.iter().filter(|s| s.is_none()).count();
+                matches.then_some((1, (-(literals as i64), *rest, params, first_index(&key))))
+            }
+            Pattern::Prefix(p) => {
+                let prefix = format!("/{}", p.join("/"));
+                let matches =
+                    prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/"));
+                matches.then_some((2, (-(prefix.len() as i64), false, 0, 0)))
+            }
+            Pattern::Regex(re) => regex::Regex::new(&format!("^(?:{re})$"))
+                .unwrap()
+                .is_match(path)
+                .then_some((3, (first_index(&key) as i64, false, 0, 0))),
+        };
+        if let Some((tier, rank)) = rank {
+            hits.push((tier, rank, key, i));
+        }
+    }
+    // Groups in precedence order; inside a group, more conditions first, then file order.
+    hits.sort_by(|a, b| {
+        let conds =
+            |i: usize| usize::from(rules[i].methods.is_some()) + usize::from(rules[i].header);
+        (a.0, a.1, &a.2, std::cmp::Reverse(conds(a.3)), a.3).cmp(&(
+            b.0,
+            b.1,
+            &b.2,
+            std::cmp::Reverse(conds(b.3)),
+            b.3,
+        ))
+    });
+    hits.into_iter().map(|h| h.3).find(|&i| {
+        let r = &rules[i];
+        r.methods.as_ref().is_none_or(|m| m.contains(&method)) && (!r.header || header)
+    })
+}
+
+fn group_key(p: &Pattern) -> String {
+    match p {
+        Pattern::Exact(s) => format!("e/{}", s.join("/")),
+        Pattern::Template(t, rest) => format!(
+            "t/{}{}",
+            t.iter()
+                .map(|s| s.clone().unwrap_or_else(|| "{}".into()))
+                .collect::<Vec<_>>()
+                .join("/"),
+            if *rest { "/{*}" } else { "" }
+        ),
+        Pattern::Prefix(s) => format!("p/{}", s.join("/")),
+        Pattern::Regex(r) => format!("r/{r}"),
+    }
+}
+
+fn request_path() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "api", "x", "y", "7", "42", "z9"]),
+            0..5,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(segs, slash)| {
+            let mut p = format!("/{}", segs.join("/"));
+            if slash && p.len() > 1 {
+                p.push('/');
+            }
+            p
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn the_router_agrees_with_the_reference(
+        rules in prop::collection::vec(rule(), 1..12),
+        requests in prop::collection::vec(
+            (request_path(), prop::sample::select(vec!["GET", "POST", "PUT"]), any::<bool>()),
+            1..16
+        ),
+    ) {
+        let text = render(&rules);
+        let cfg = Config::parse(&text, Path::new("fuzz.yaml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let table = cfg.compile().unwrap();
+        for (path, method, header) in requests {
+            let mut headers = HeaderMap::new();
+            if header {
+                headers.insert("x-t", HeaderValue::from_static("1"));
+            }
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            let got = table
+                .decide(&RequestView {
+                    path: &path,
+                    method: &m,
+                    headers: &headers,
+                    query: None,
+                    peer: IpAddr::from([127, 0, 0, 1]),
+                })
+                .route;
+            let want = reference(&rules, &path, method, header);
+            prop_assert_eq!(got, want, "{} {} x-t:{}\n{}", method, path, header, text);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Request heads, against a running gateway
+
+/// Panics on the gateway's own threads since the hook was set.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+const GATEWAY_THREAD: &str = "fuzz-gateway";
+
+struct Target {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+}
+
+/// One gateway (with an upstream that answers everything 200) for every case.
+fn target() -> &'static Target {
+    static T: OnceLock<Target> = OnceLock::new();
+    T.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(GATEWAY_THREAD) {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(GATEWAY_THREAD)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let upstream = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            |req: http::Request<hyper::body::Incoming>| async move {
+                                use http_body_util::BodyExt as _;
+                                let _ = req.into_body().collect().await;
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                                ))
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                            .await;
+                    });
+                }
+            });
+            let cfg = Config::parse(
+                &format!(
+                    "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{upstream}', timeout: 2s}}\nservices:\n  s: {{url: 'http://{upstream}', timeout: 2s}}\nclient: {{head_timeout: 1s, body_timeout: 1s, send_timeout: 1s}}\ntrusted_proxies: [10.0.0.0/8]\nroutes:\n  - name: api\n    match: {{prefix: /api}}\n    service: s\n    percent: 50\n    sticky: {{header: x-user}}\n"
+                ),
+                Path::new("fuzz.yaml"),
+            )
+            .unwrap();
+            let running = strangler::start(cfg, strangler::AccessLog::new(strangler::LogFormat::Json, false))
+                .await
+                .unwrap();
+            let addr = running.public_addr;
+            // Serves for the rest of the test process.
+            std::mem::forget(running);
+            addr
+        });
+        Target { rt, addr }
+    })
+}
+
+fn head_like() -> impl Strategy<Value = Vec<u8>> {
+    let method = prop::sample::select(vec![
+        "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PURGE", "get",
+        "G ET", "", "\u{e9}",
+    ]);
+    let target = prop_oneof![
+        path_like(),
+        Just("*".to_string()),
+        Just("http://evil.example/api/x".to_string()),
+        Just("evil.example:80".to_string()),
+        "[ -~]{0,20}",
+    ];
+    let version = prop::sample::select(vec![
+        "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "http/1.1", "",
+    ]);
+    let name = prop::sample::select(vec![
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "TE",
+        "Via",
+        "X-User",
+        "X-Forwarded-For",
+        "X_Forwarded_For",
+        "X-Request-Id",
+        "Expect",
+        "Upgrade",
+        "Trailer",
+        "Forwarded",
+        "Cookie",
+        "X A",
+        "",
+        "Host ",
+    ]);
+    let value = prop_oneof![
+        prop::sample::select(vec![
+            "h",
+            "good.example, evil.example",
+            "chunked",
+            "chunked, chunked",
+            "gzip, chunked",
+            "5",
+            "5, 5",
+            "-1",
+            "1x",
+            "close",
+            "keep-alive",
+            "trailers",
+            "1.1 strangler",
+            "100-continue",
+            "websocket",
+            "10.0.0.1, 6.6.6.6",
+            "a\u{0}b",
+            "[::1]:80",
+            "",
+        ])
+        .prop_map(str::to_string),
+        "[ -~]{0,16}",
+    ];
+    let header = (name, value).prop_map(|(n, v)| format!("{n}: {v}\r\n"));
+    (
+        method,
+        target,
+        version,
+        prop::collection::vec(header, 0..8),
+        prop::sample::select(vec![
+            "",
+            "hello",
+            "5\r\nhello\r\n0\r\n\r\n",
+            "zz\r\n",
+            "0\r\n\r\n",
+        ]),
+    )
+        .prop_map(|(m, t, v, hs, body)| {
+            format!("{m} {t} {v}\r\n{}\r\n{body}", hs.concat()).into_bytes()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn request_heads_never_panic_the_gateway(head in head_like()) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let t = target();
+        let answer = t.rt.block_on(async {
+            let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+            let _ = s.write_all(&head).await;
+            let mut buf = vec![0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            buf.truncate(n);
+            buf
+        });
+        // An answer, if any, is an HTTP/1.x status line.
+        if !answer.is_empty() {
+            let text = String::from_utf8_lossy(&answer);
+            prop_assert!(
+                text.starts_with("HTTP/1.1 ") || text.starts_with("HTTP/1.0 "),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(&head),
+                text
+            );
+        }
+        prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a panic on {:?}", String::from_utf8_lossy(&head));
+    }
+}
+
+/// The gateway still serves after the generated heads (run after them or alone).
+#[test]
+fn the_gateway_serves_after_hostile_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = target();
+    let answer = t.rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        buf
+    });
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+}
