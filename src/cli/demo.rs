@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::control::serve::wait_for_stop;
-use crate::observe::{AccessLog, LogFormat};
+use crate::observe::{AccessLog, LogFormat, stdout};
 
 /// The example routes file, built into the binary so the demo runs from anywhere.
 pub const EXAMPLE_ROUTES: &str = include_str!("../../routes/example.yaml");
@@ -180,7 +180,8 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, [n, new, err])| format!("{k}: {n} req ({new} new, {err} errors)"))
                     .collect();
-                println!("demo traffic so far: {}", line.join(" | "));
+                // Through the stdout writer: a stalled terminal must not stall the traffic.
+                stdout().print(&format!("demo traffic so far: {}\n", line.join(" | ")));
             }
         })
     };

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, format_percent, percent_to_bp};
 use crate::control::serve::{ServeOptions, serve};
 use crate::control::shift::shift_file;
-use crate::observe::LogFormat;
+use crate::observe::{LogFormat, LogLines};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -209,7 +209,8 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         // Colours only for a terminal, never into files or pipes.
         .with_ansi(std::io::stdout().is_terminal())
-        .with_writer(std::io::stdout);
+        // Through the process's one stdout writer, which nothing ever waits on.
+        .with_writer(LogLines);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.compact().try_init(),

@@ -9,6 +9,7 @@
 //! A reload that finds the file's content hash equal to the config in force changes
 //! nothing.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,15 +74,21 @@ impl Reloader {
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
-        // Parsing and compiling may take a while for large files: off the runtime's threads.
+        // Every step but the swap takes time in proportion to the routes (reading,
+        // validating, compiling, the metric series and compare windows of removed routes,
+        // the new percent gauges): all of it off the runtime's threads, each step linear.
         let built = tokio::task::spawn_blocking(move || -> Result<Option<Table>, ConfigErrors> {
             let config = Config::load(&path)?;
             if config.hash == current {
                 return Ok(None);
             }
-            Table::compile(config, &metrics, &windows)
-                .map(Some)
-                .map_err(|e| ConfigErrors::whole_file(&path, e))
+            let table = Table::compile(config, &metrics, &windows)
+                .map_err(|e| ConfigErrors::whole_file(&path, e))?;
+            let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
+            metrics.retain_routes(&names);
+            windows.retain(&names);
+            table.publish(&metrics);
+            Ok(Some(table))
         })
         .await
         .unwrap_or_else(|e| {
@@ -129,11 +136,10 @@ impl Reloader {
                     );
                 }
                 let hash = table.config.hash.clone();
-                let names: Vec<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
-                self.metrics.retain_routes(&names);
-                self.windows.retain(&names);
-                table.publish(&self.metrics);
-                self.gateway.table.store(Arc::new(table));
+                let old = self.gateway.table.swap(Arc::new(table));
+                // Freeing a large table takes time too: not on a runtime thread (when no
+                // request holds it any more; otherwise the last one frees it).
+                tokio::task::spawn_blocking(move || drop(old));
                 self.metrics.count_reload(true);
                 for w in &warnings {
                     tracing::warn!(trigger = why, warning = %w, "reload");

@@ -1,15 +1,14 @@
 //! The access log: one JSON line per request on stdout (docs/operations.md, "Logs").
 //!
-//! Lines are formatted straight into a shared buffer and written out in batches by a thread of
-//! its own (every 100 ms, or sooner when the buffer passes 64 KiB), so a request costs a short
-//! format and no system call, and a slow or stalled stdout never blocks the request path: past
-//! 8 MiB of unwritten lines, new lines are dropped and counted, and the count is logged.
-//! Lines are never split across writes.
+//! Lines are formatted straight into the process's stdout buffer ([`super::stdout`]), so a
+//! request costs a short format and no system call, and a slow or stalled stdout never
+//! blocks it.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stdout::stdout;
 
 /// Text (for people) or JSON lines (for machines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,99 +36,31 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-const FLUSH_AT: usize = 64 * 1024;
-/// Unwritten lines kept at most; beyond, lines are dropped (and counted).
-const MAX_BUFFERED: usize = 8 << 20;
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
-
-/// The access log sink.
+/// The access log: lines formatted straight into the process's stdout buffer.
 pub struct AccessLog {
-    state: Mutex<State>,
-    /// Wakes the writer thread early when the buffer fills.
-    full: Condvar,
     format: LogFormat,
     enabled: bool,
 }
 
-struct State {
-    buf: String,
-    /// A monotonic instant and the wall-clock time at it, in Unix milliseconds: timestamps
-    /// are derived from the request's start instead of reading the clock again. Re-read at
-    /// every flush, so wall-clock adjustments show within 100 ms.
-    base: (Instant, u128),
-    /// Lines dropped since the last report because stdout did not keep up.
-    dropped: u64,
-}
-
-fn wall_base() -> (Instant, u128) {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    (Instant::now(), ms)
-}
-
 impl AccessLog {
-    /// A log; when enabled, a thread writes it out until the log is dropped.
+    /// A log; when enabled, its lines go to the process's stdout writer.
     pub fn new(format: LogFormat, enabled: bool) -> Arc<AccessLog> {
-        let log = Arc::new(AccessLog {
-            state: Mutex::new(State {
-                buf: String::with_capacity(2 * FLUSH_AT),
-                base: wall_base(),
-                dropped: 0,
-            }),
-            full: Condvar::new(),
-            format,
-            enabled,
-        });
         if enabled {
-            let weak = Arc::downgrade(&log);
-            let spawned = std::thread::Builder::new()
-                .name("access-log".into())
-                .spawn(move || writer(weak));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the access-log writer; lines will be written inline");
-            }
+            stdout();
         }
-        log
+        Arc::new(AccessLog { format, enabled })
     }
 
-    /// Takes what is buffered (and resyncs the wall clock), under the lock.
-    fn take(&self, wait: bool) -> (String, u64) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if wait && st.buf.len() < FLUSH_AT {
-            st = self
-                .full
-                .wait_timeout(st, FLUSH_EVERY)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        st.base = wall_base();
-        let dropped = std::mem::take(&mut st.dropped);
-        let out = if st.buf.is_empty() {
-            String::new()
-        } else {
-            std::mem::replace(&mut st.buf, String::with_capacity(2 * FLUSH_AT))
-        };
-        (out, dropped)
-    }
-
-    /// Writes out whatever is buffered, now (at shutdown).
+    /// Waits (2 s at most) until the lines logged so far are written.
     pub fn flush(&self) {
-        let (out, dropped) = self.take(false);
-        write_out(&out, dropped);
+        stdout().flush(Duration::from_secs(2));
     }
 
     pub fn log(&self, e: &Entry<'_>) {
         if !self.enabled {
             return;
         }
-        let full = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.buf.len() >= MAX_BUFFERED {
-                st.dropped += 1;
-                return;
-            }
+        stdout().append(|st| {
             let (base_at, base_ms) = st.base;
             let ms = match e.start.checked_duration_since(base_at) {
                 Some(d) => base_ms + d.as_millis(),
@@ -195,36 +126,8 @@ impl AccessLog {
                     );
                 }
             }
-            b.len() >= FLUSH_AT
-        };
-        if full {
-            self.full.notify_one();
-        }
+        });
     }
-}
-
-/// The writer thread: writes the buffer out every 100 ms, or when it fills; ends with the log.
-fn writer(log: Weak<AccessLog>) {
-    loop {
-        let Some(log) = log.upgrade() else { return };
-        let (out, dropped) = log.take(true);
-        // The log is not kept alive while writing: a stalled stdout must not pin it.
-        drop(log);
-        write_out(&out, dropped);
-    }
-}
-
-fn write_out(out: &str, dropped: u64) {
-    let mut stdout = std::io::stdout().lock();
-    // A closed stdout must not take the gateway down; the log is best effort.
-    let _ = stdout.write_all(out.as_bytes());
-    if dropped > 0 {
-        let _ = writeln!(
-            stdout,
-            "{{\"kind\":\"access_log_dropped\",\"lines\":{dropped},\"message\":\"stdout did not keep up\"}}"
-        );
-    }
-    let _ = stdout.flush();
 }
 
 /// Appends `s` as a JSON string literal.

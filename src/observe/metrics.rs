@@ -7,6 +7,7 @@
 //! copy-on-write cache per route and side, so the registry's hashing and locking are paid once
 //! per distinct (method, code), not per request.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -24,6 +25,7 @@ pub const CLIENT_ERRORS_TOTAL: &str = "strangler_client_errors_total";
 pub const ROUTE_PERCENT: &str = "strangler_route_percent";
 pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
+pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 
 /// Buckets of `strangler_request_duration_seconds`, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
@@ -95,7 +97,10 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
     /// Routes with a `strangler_route_percent` series.
-    percent_routes: std::sync::Mutex<Vec<String>>,
+    percent_routes: std::sync::Mutex<HashSet<String>>,
+    /// Lines stdout could not take, as last exported.
+    log_dropped: IntCounter,
+    log_dropped_seen: std::sync::Mutex<u64>,
 }
 
 impl Metrics {
@@ -152,8 +157,14 @@ impl Metrics {
             &["hash"],
         )
         .expect("static metric definition is valid");
+        let log_dropped = IntCounter::new(
+            LOG_LINES_DROPPED_TOTAL,
+            "Log and access-log lines dropped because stdout did not keep up",
+        )
+        .expect("static metric definition is valid");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(client_errors.clone()),
@@ -176,6 +187,8 @@ impl Metrics {
             config_reloads,
             config_info,
             percent_routes: Default::default(),
+            log_dropped,
+            log_dropped_seen: Default::default(),
         })
     }
 
@@ -199,20 +212,20 @@ impl Metrics {
             .percent_routes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !published.iter().any(|r| r == route) {
-            published.push(route.to_string());
+        if !published.contains(route) {
+            published.insert(route.to_string());
         }
     }
 
     /// Drops the percentage series of routes that are no longer in the table (their request
     /// counters stay: counters never go back).
-    pub fn retain_routes(&self, routes: &[&str]) {
+    pub fn retain_routes(&self, routes: &HashSet<&str>) {
         let mut published = self
             .percent_routes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         published.retain(|r| {
-            let keep = routes.contains(&r.as_str());
+            let keep = routes.contains(r.as_str());
             if !keep {
                 let _ = self.route_percent.remove_label_values(&[r]);
             }
@@ -234,6 +247,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        {
+            let now = super::stdout::stdout().dropped_total();
+            let mut seen = self
+                .log_dropped_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.log_dropped.inc_by(now.saturating_sub(*seen));
+            *seen = now.max(*seen);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -2,7 +2,8 @@
 //! new").
 //!
 //! - [`metrics`]: the Prometheus registry, metric names and per-route handles;
-//! - [`access_log`]: one line per request, written off the request path;
+//! - [`stdout`]: the process's one stdout writer, which nothing ever waits on;
+//! - [`access_log`]: one line per request, through it;
 //! - [`window`]: rolling per-route, per-side figures over a sliding window;
 //! - [`verdict`]: whether the new side is worse than legacy, from those figures;
 //! - [`prometheus`]: the same comparison computed from Prometheus, across replicas.
@@ -12,10 +13,12 @@
 pub mod access_log;
 pub mod metrics;
 pub mod prometheus;
+pub mod stdout;
 pub mod verdict;
 pub mod window;
 
 pub use access_log::{AccessLog, Entry, LogFormat, json_str};
 pub use metrics::{ClientErrorKind, Metrics, SideMetrics, UpstreamErrorKind};
+pub use stdout::{LogLines, stdout};
 pub use verdict::judge;
 pub use window::{Registry, RouteWindow};

@@ -8,7 +8,7 @@
 //! is a few relaxed atomic increments; the window's figures are summed when asked for.
 //! The figures survive reloads: they are kept by route name, not by table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -221,9 +221,9 @@ impl Registry {
 
     /// Forgets the routes not in `names` (after a reload removed or renamed them), so their
     /// memory goes once the last request holding them is done.
-    pub fn retain(&self, names: &[&str]) {
+    pub fn retain(&self, names: &HashSet<&str>) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.retain(|name, _| name == DEFAULT_ROUTE || names.contains(&name.as_str()));
+        routes.retain(|name, _| name == DEFAULT_ROUTE || names.contains(name.as_str()));
     }
 
     /// How much of `window` the figures can cover: all of it, or the time since start.
