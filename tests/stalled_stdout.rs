@@ -25,6 +25,9 @@ impl Drop for Stalled {
     }
 }
 
+// The child is killed and reaped by `Drop` once constructed; before that, a failed start
+// panics the test, which ends the test process anyway.
+#[allow(clippy::zombie_processes)]
 fn spawn_stalled(config: &std::path::Path, threads: Option<&str>) -> Stalled {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"));
     cmd.arg("serve").arg("--config").arg(config);
