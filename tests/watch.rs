@@ -126,3 +126,109 @@ async fn a_valid_change_is_in_force_within_a_second() {
     }
     assert_eq!(reloads(&gw, "error").await, 0.0);
 }
+
+async fn wait_for_percent(gw: &GatewayProcess, want: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while percent_in_force(gw).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: percent {want} not in force"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Points `link` at `target` atomically, as deploy tools do (a new link renamed over it).
+fn repoint(link: &Path, target: &str) {
+    let tmp = link.with_extension("new-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// The usual release layout: `current -> releases/N`, the gateway started on
+/// `current/routes.yaml`. Switching `current` is seen, and so are edits in the new release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_symlink_switch_is_followed() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    for (n, p) in [(1, 10), (2, 20)] {
+        let release = dir.path().join(format!("releases/{n}"));
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join("routes.yaml"), routes(&legacy.url(), p)).unwrap();
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("releases/1", &current).unwrap();
+    let gw = GatewayProcess::spawn(&current.join("routes.yaml"), &[]).await;
+    assert_eq!(percent_in_force(&gw).await, 10.0);
+    repoint(&current, "releases/2");
+    wait_for_percent(&gw, 20.0, "after switching current to releases/2").await;
+    std::fs::write(
+        dir.path().join("releases/2/routes.yaml"),
+        routes(&legacy.url(), 25),
+    )
+    .unwrap();
+    wait_for_percent(&gw, 25.0, "after editing releases/2").await;
+    // The old release is no longer what counts.
+    std::fs::write(
+        dir.path().join("releases/1/routes.yaml"),
+        routes(&legacy.url(), 11),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(percent_in_force(&gw).await, 25.0);
+}
+
+/// A file symlink moved to a file in another directory: edits there are seen, a shift through
+/// the link included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_symlink_moved_elsewhere_is_followed() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    for (d, p) in [("a", 10), ("b", 20)] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+        std::fs::write(
+            dir.path().join(d).join("routes.yaml"),
+            routes(&legacy.url(), p),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    let link = dir.path().join("conf/routes.yaml");
+    std::os::unix::fs::symlink("../a/routes.yaml", &link).unwrap();
+    let gw = GatewayProcess::spawn(&link, &[]).await;
+    repoint(&link, "../b/routes.yaml");
+    wait_for_percent(&gw, 20.0, "after moving the link").await;
+    std::fs::write(dir.path().join("b/routes.yaml"), routes(&legacy.url(), 30)).unwrap();
+    wait_for_percent(&gw, 30.0, "after editing the new target").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(["shift", link.to_str().unwrap(), "all", "40"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_percent(&gw, 40.0, "after a shift through the link").await;
+}
+
+/// The file's directory renamed away and made again: the watch follows, and says in the log
+/// what it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_renamed_and_made_again_is_followed() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 10)).unwrap();
+    let gw = GatewayProcess::spawn(&conf.join("routes.yaml"), &[]).await;
+    std::fs::rename(&conf, dir.path().join("conf.old")).unwrap();
+    // The gateway may look while the directory is missing: it says so and polls.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 20)).unwrap();
+    wait_for_percent(&gw, 20.0, "after the directory was made again").await;
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 30)).unwrap();
+    wait_for_percent(&gw, 30.0, "after an edit in the new directory").await;
+}

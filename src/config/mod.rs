@@ -246,7 +246,7 @@ impl Config {
                 });
             }
         };
-        let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        let hash = Config::hash_of(text);
         let mut v = validate::Validator::new(path);
         let cfg = v.root(&root, path, hash);
         if v.errors.is_empty() {
@@ -257,6 +257,24 @@ impl Config {
             v.errors.sort_by_key(|d| (d.pos.line, d.pos.col));
             Err(ConfigErrors { errors: v.errors })
         }
+    }
+
+    /// The hash of a routes file's text (xxh3, hex): the `hash` label of
+    /// `strangler_config_info`.
+    pub fn hash_of(text: &str) -> String {
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+
+    /// Reads a routes file, unless its content hashes to `unchanged` (then `None`, without
+    /// validating it again).
+    pub fn load_if_changed(path: &Path, unchanged: &str) -> Result<Option<Config>, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::whole_file(path, format!("cannot read the routes file: {e}"))
+        })?;
+        if Config::hash_of(&text) == unchanged {
+            return Ok(None);
+        }
+        Config::parse(&text, path).map(Some)
     }
 
     /// The `i`-th upstream: 0 is legacy, `1 + k` is `services[k]`.

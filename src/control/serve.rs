@@ -1,6 +1,8 @@
 //! The life of `strangler serve` (docs/operations.md): start, reload on SIGHUP and on file
 //! changes, drain on SIGTERM or Ctrl-C, exit.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::observe::{AccessLog, LogFormat};
 
@@ -23,13 +25,13 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     let drain_timeout = config.drain_timeout;
     let log = AccessLog::new(opts.log_format, opts.access_log);
     let running = super::server::start(config, log.clone()).await?;
-    let _watch = match opts.watch.then(|| running.watch()) {
+    let watch = match opts.watch.then(|| running.watch()) {
         None => None,
         Some(Ok(w)) => {
             // A change between the first read and the watch's start would go unseen: one
             // more read now (nothing is swapped if the file is as it was).
             let _ = running.reloader.reload("start").await;
-            Some(w)
+            Some(Arc::new(w))
         }
         Some(Err(e)) => {
             tracing::warn!(error = %e, "cannot watch the routes file; reload with SIGHUP or POST /admin/reload");
@@ -38,10 +40,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     };
     #[cfg(unix)]
     {
-        let reloader = running.reloader.clone();
+        let (reloader, watch) = (running.reloader.clone(), watch.clone());
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let _ = reloader.reload("SIGHUP").await;
+                match &watch {
+                    // Resolves the symlink chain again, then reloads.
+                    Some(w) => w.rearm(),
+                    None => {
+                        let _ = reloader.reload("SIGHUP").await;
+                    }
+                }
             }
         });
     }

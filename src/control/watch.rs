@@ -10,11 +10,17 @@
 //! event), and a reload whose content hash equals the config in force changes nothing, so
 //! when events may have been lost (the kernel's queue overflowed, the watch failed) the file
 //! is simply read once more.
+//!
+//! On every event and every SIGHUP the symlink chain is resolved again and what it now
+//! points to is watched (a release symlink switched to another directory, a directory
+//! renamed and made again). A directory that cannot be watched is logged, and the file's
+//! identity (real path, inode, size, modification time) is polled every [`POLL_EVERY`]
+//! until the watch can be armed again.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -24,30 +30,71 @@ use super::reload::Reloader;
 
 /// Quiet time after the last event before a reload: an editor's write may come in parts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often the file's identity is looked at when a directory on its way cannot be
+/// watched (it does not exist yet, or the system refuses the watch).
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// What the watch reacts to: the names that matter, as (real directory, file name), and the
+/// directories watched for them.
+#[derive(Default)]
+struct Armed {
+    names: HashSet<(PathBuf, OsString)>,
+    dirs: HashSet<PathBuf>,
+}
+
+impl Armed {
+    /// Whether an event path is about the routes file, its symlink chain, or a watched
+    /// directory itself (removed or renamed: the watch must be re-armed).
+    fn concerns(&self, p: &Path) -> bool {
+        if self.dirs.contains(p) {
+            return true;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(d), Some(n)) => self.names.contains(&(d.to_path_buf(), n.to_os_string())),
+            _ => false,
+        }
+    }
+}
+
+type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// Why the watch task wakes: a relevant event (or events may have been lost), or SIGHUP.
+/// Either way, the chain is resolved again and the file reloaded.
+enum Wake {
+    Event,
+    Rearm,
+}
 
 /// A running watch; dropping it stops it.
 pub struct Watch {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    wake: tokio::sync::mpsc::UnboundedSender<Wake>,
+    _debouncer: Arc<Mutex<Watcher>>,
+}
+
+impl Watch {
+    /// Resolves the symlink chain again and watches what it now points to (SIGHUP does
+    /// this); a reload follows.
+    pub fn rearm(&self) {
+        let _ = self.wake.send(Wake::Rearm);
+    }
 }
 
 /// Starts watching `reloader`'s file. Must run inside a tokio runtime.
 pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
-    let names = chain(reloader.path());
-    let dirs: HashSet<PathBuf> = names.iter().map(|(d, _)| d.clone()).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+    let armed = Arc::new(Mutex::new(Armed::default()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
+    let seen = armed.clone();
+    let events = tx.clone();
+    let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let relevant = match result {
             // The kernel's queue overflowed: events were lost, so any might have been ours.
-            Ok(events) => events.iter().any(|e| {
-                e.need_rescan()
-                    || (is_change(&e.kind)
-                        && e.paths.iter().any(|p| match (p.parent(), p.file_name()) {
-                            (Some(d), Some(n)) => {
-                                names.contains(&(d.to_path_buf(), n.to_os_string()))
-                            }
-                            _ => false,
-                        }))
-            }),
+            Ok(batch) => {
+                let armed = seen.lock().unwrap_or_else(|p| p.into_inner());
+                batch.iter().any(|e| {
+                    e.need_rescan()
+                        || (is_change(&e.kind) && e.paths.iter().any(|p| armed.concerns(p)))
+                })
+            }
             Err(errors) => {
                 for e in &errors {
                     tracing::warn!(error = %e, "watching the routes file");
@@ -57,25 +104,101 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
             }
         };
         if relevant {
-            let _ = tx.send(());
+            let _ = events.send(Wake::Event);
         }
     })?;
-    for dir in &dirs {
-        debouncer.watch(dir, notify::RecursiveMode::NonRecursive)?;
-    }
+    let debouncer = Arc::new(Mutex::new(debouncer));
+    let path = reloader.path().to_path_buf();
+    // Armed once now, so that a watch that cannot start is an error at start.
+    let mut polling = arm(&path, &armed, &debouncer);
     let me = Arc::downgrade(reloader);
+    let (task_armed, task_debouncer) = (armed.clone(), debouncer.clone());
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Several batches may have queued during a reload: one more reload reads them all.
+        let mut identity = Identity::of(&path);
+        let mut poll = tokio::time::interval(POLL_EVERY);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let why = tokio::select! {
+                wake = rx.recv() => match wake {
+                    None => return,
+                    Some(Wake::Event) => "file change",
+                    Some(Wake::Rearm) => "SIGHUP",
+                },
+                _ = poll.tick(), if polling => {
+                    if Identity::of(&path) == identity {
+                        continue;
+                    }
+                    "file change (polled)"
+                }
+            };
+            // Several wakes may have queued during a reload: one more reload reads them all.
             while rx.try_recv().is_ok() {}
+            // Every time: the chain may have moved (a release symlink switched, a directory
+            // renamed and made again).
+            polling = arm(&path, &task_armed, &task_debouncer);
+            identity = Identity::of(&path);
             let Some(me) = me.upgrade() else { return };
             // Errors are logged and counted by `reload`.
-            let _ = me.reload("file change").await;
+            let _ = me.reload(why).await;
         }
     });
     Ok(Watch {
+        wake: tx,
         _debouncer: debouncer,
     })
+}
+
+/// Resolves the symlink chain of `path` and watches the directories it runs through now
+/// (unwatching those it left). Returns whether some could not be watched: then the file's
+/// identity is polled.
+fn arm(path: &Path, armed: &Mutex<Armed>, debouncer: &Mutex<Watcher>) -> bool {
+    let names = chain(path);
+    let dirs: HashSet<PathBuf> = names.iter().map(|(d, _)| d.clone()).collect();
+    let mut armed = armed.lock().unwrap_or_else(|p| p.into_inner());
+    let mut watcher = debouncer.lock().unwrap_or_else(|p| p.into_inner());
+    // A chain that does not end in a file (a link to a directory not made yet): what comes
+    // next cannot be watched, so the file is polled.
+    let mut missing = std::fs::canonicalize(path).is_err();
+    if missing {
+        tracing::warn!(file = %path.display(), interval = ?POLL_EVERY, "the routes file cannot be found where it is named: polling until it is back");
+    }
+    for gone in armed.dirs.difference(&dirs) {
+        let _ = watcher.unwatch(gone);
+    }
+    let mut watched = HashSet::new();
+    for dir in &dirs {
+        if armed.dirs.contains(dir) {
+            watched.insert(dir.clone());
+            continue;
+        }
+        match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(dir.clone());
+            }
+            Err(e) => {
+                missing = true;
+                tracing::warn!(dir = %dir.display(), error = %e, interval = ?POLL_EVERY, "cannot watch a directory of the routes file: polling the file instead");
+            }
+        }
+    }
+    armed.names = names;
+    armed.dirs = watched;
+    missing
+}
+
+/// What identifies the file's content on disk without reading it: its real path, inode,
+/// size and modification time.
+#[derive(PartialEq, Eq)]
+struct Identity(Option<(PathBuf, u64, u64, std::time::SystemTime)>);
+
+impl Identity {
+    fn of(path: &Path) -> Identity {
+        use std::os::unix::fs::MetadataExt as _;
+        Identity(std::fs::canonicalize(path).ok().and_then(|real| {
+            let m = std::fs::metadata(&real).ok()?;
+            Some((real, m.ino(), m.size(), m.modified().ok()?))
+        }))
+    }
 }
 
 /// Whether an event can mean new content: a write, a create, a rename, a removal. Opens,
