@@ -173,3 +173,37 @@ async fn strangler_compare_prints_the_table() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+/// A window covers at least what it says (whole slots, plus the slot in progress) and says
+/// how much it covers; a window below one slot is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_covers_what_it_says() {
+    let (_legacy, _orders, gw) =
+        two_route_gateway("compare: {resolution: 1s, retention: 1m, window: 1m}\n").await;
+    // Up for longer than the window: what it covers is not cut short by the start.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    forced_traffic(&gw, "/steady", "new", 100, 0).await;
+    let sent = std::time::Instant::now();
+    // However the slot boundaries fall, traffic less than a window old is in the window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let v = compare(&gw, "?window=1s").await;
+    let covered = v["covered_seconds"].as_f64().unwrap();
+    let age = sent.elapsed().as_secs_f64();
+    assert!((1.0..2.05).contains(&covered), "{v}");
+    if age < 1.0 {
+        assert_eq!(route(&v, "steady")["new"]["requests"], 100, "{v}");
+    }
+    let v = compare(&gw, "?window=5s").await;
+    assert_eq!(route(&v, "steady")["new"]["requests"], 100, "{v}");
+    // Capped by the time the gateway has been up (about 2 s here).
+    let covered = v["covered_seconds"].as_f64().unwrap();
+    assert!((1.5..6.05).contains(&covered), "{v}");
+    for bad in ["500ms", "1ms", "2m"] {
+        let r = client()
+            .get(gw.admin_url(&format!("/admin/compare?window={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}

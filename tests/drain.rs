@@ -146,3 +146,126 @@ async fn signals_right_after_start_are_handled() {
         }
     }
 }
+
+/// An upstream that answers every request with a chunked body trickling out (a chunk every
+/// 100 ms, for a minute).
+async fn trickling_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                for _ in 0..600 {
+                    if s.write_all(b"5\r\nhello\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Starts a long download through `gw` and returns once its first bytes have arrived (the
+/// socket is kept open, and read, by a task of its own).
+async fn start_download(gw: &GatewayProcess) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(b"GET /download HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+}
+
+/// The access-log line of the request the drain cut.
+fn cut_line(gw: &GatewayProcess) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = gw
+            .lines
+            .recv_timeout(left)
+            .expect("an access-log line for the request the drain cut");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["kind"] == "access"
+        {
+            return v;
+        }
+    }
+}
+
+/// A download still running when the drain times out is cut, and the cut is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_by_the_drain_is_logged_and_counted() {
+    let up = trickling_upstream().await;
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{up}'}}\ndrain_timeout: 1s\nroutes: []\n"
+    ));
+    let mut gw = GatewayProcess::spawn(&file, &[]).await;
+    start_download(&gw).await;
+    let term = Instant::now();
+    gw.signal("-TERM");
+    let status = gw.exit_status().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        term.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        term.elapsed()
+    );
+    let v = cut_line(&gw);
+    assert_eq!(v["error"], "drain", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["bytes_out"].as_u64().unwrap() > 0, "{v}");
+}
+
+/// A second SIGTERM ends the drain at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let up = trickling_upstream().await;
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{up}'}}\ndrain_timeout: 60s\nroutes: []\n"
+    ));
+    let mut gw = GatewayProcess::spawn(&file, &[]).await;
+    start_download(&gw).await;
+    gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    gw.signal("-TERM");
+    let status = gw.exit_status().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        second.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(cut_line(&gw)["error"], "drain");
+}

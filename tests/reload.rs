@@ -335,3 +335,77 @@ async fn edits_of_a_symlinks_target_are_seen() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Adding or removing `admin.token_env` by reload applies at once, and says so; a reload can
+/// never leave an admin listener beyond loopback without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_admin_token_and_never_drops_a_required_one() {
+    let legacy = Upstream::start("legacy").await;
+    let plain = format!("{}routes: []\n", config_head(&legacy.url(), &[]));
+    let guarded = plain.replace(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 127.0.0.1:0\n  token_env: STRANGLER_TEST_TOKEN\n",
+    );
+    assert_ne!(plain, guarded);
+    let (_dir, file) = routes_file(&plain);
+    let gw = GatewayProcess::spawn(&file, &[("STRANGLER_TEST_TOKEN", "t0ken")]).await;
+    let c = client();
+    let reload = |auth: Option<&'static str>| {
+        let mut r = c.post(format!("http://{}/admin/reload", gw.admin));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    assert_eq!(reload(None).await.unwrap().status(), 200);
+    replace(&file, &guarded);
+    let r = reload(None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["warnings"].to_string().contains("need it from now on"),
+        "{v}"
+    );
+    assert_eq!(reload(None).await.unwrap().status(), 401);
+    replace(&file, &plain);
+    let r = reload(Some("Bearer t0ken")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["warnings"].to_string().contains("no longer need a token"),
+        "{v}"
+    );
+    assert_eq!(reload(None).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_leave_an_open_admin_listener_without_a_token() {
+    let legacy = Upstream::start("legacy").await;
+    let open = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 0.0.0.0:0\n  token_env: STRANGLER_TEST_TOKEN\nlegacy: {{url: {}}}\nroutes: []\n",
+        legacy.url()
+    );
+    let (_dir, file) = routes_file(&open);
+    let gw = GatewayProcess::spawn(&file, &[("STRANGLER_TEST_TOKEN", "t0ken")]).await;
+    let admin = format!("127.0.0.1:{}", gw.admin.port());
+    replace(
+        &file,
+        &open.replace("STRANGLER_TEST_TOKEN", "STRANGLER_UNSET_TOKEN"),
+    );
+    let r = client()
+        .post(format!("http://{admin}/admin/reload"))
+        .header("authorization", "Bearer t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["errors"].to_string().contains("needs a token"), "{v}");
+    // The token is still required.
+    let r = client()
+        .post(format!("http://{admin}/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -305,3 +305,137 @@ fn concurrent_shifts_from_several_processes_all_survive() {
         assert_eq!(got, (11 + i as u32) * 100, "{r}");
     }
 }
+
+/// A routes file `root:nogroup 640`, read by a gateway running as `nobody:nogroup`: a shift
+/// run as root keeps owner, group and mode, so the gateway can still read the file, and
+/// applies the change. (Recreated only as root, as CI runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_keeps_the_files_owner_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !is_root() {
+        eprintln!("skipped: recreating a file owned by another user needs root");
+        return;
+    }
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}  orders:\n    url: {}\nroutes:\n  - name: a\n    match: {{prefix: /}}\n    service: orders\n",
+            config_head(&legacy.url(), &[]),
+            legacy.url()
+        ),
+    )
+    .unwrap();
+    const NOGROUP: u32 = 65534;
+    std::os::unix::fs::chown(&file, Some(0), Some(NOGROUP)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let gw = GatewayProcess::spawn_as(&file, 65534, NOGROUP).await;
+    let out = strangler(&["shift", file.to_str().unwrap(), "a", "35"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, NOGROUP, 0o640));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value = client()
+            .get(format!("http://{}/admin/routes", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["routes"][0]["percent"] == 35 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway running as nobody did not apply the shift"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Another tool rewriting the file in place, in two writes 20 ms apart, while shifts run: no
+/// shift ever writes back a half-written file (each waits for the file to be still, or
+/// refuses), so no route is ever lost.
+#[test]
+fn a_shift_never_writes_back_a_half_written_file() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let routes: String = (0..20)
+        .map(|i| format!("  - name: r{i}\n    match: {{prefix: /r{i}}}\n    service: orders\n"))
+        .collect();
+    let head = "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nservices:\n  orders: {url: http://127.0.0.1:9002}\nroutes:\n";
+    let full = format!("{head}{routes}");
+    // The first write stops after ten whole routes: a valid file, with half the routes.
+    let cut = full.match_indices("  - name: r10\n").next().unwrap().0;
+    let (first, second) = full.split_at(cut);
+    let (_dir, file) = routes_file(&full);
+    // A shift's edit (`percent: 7`) on a file with fewer than 20 routes: a half-written file
+    // written back, its missing routes lost.
+    let lost = |text: &str| text.contains("percent: 7") && text.matches("- name:").count() < 20;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let losses = std::sync::Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (file, stop, losses) = (file.clone(), stop.clone(), losses.clone());
+        let (first, second) = (first.to_string(), second.to_string());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if lost(&std::fs::read_to_string(&file).unwrap()) {
+                    losses.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&file)
+                    .unwrap();
+                f.write_all(first.as_bytes()).unwrap();
+                f.sync_data().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                f.write_all(second.as_bytes()).unwrap();
+                drop(f);
+                std::thread::sleep(std::time::Duration::from_millis(
+                    150 + fastrand::u64(0..100),
+                ));
+            }
+        })
+    };
+    let mut refused = 0;
+    for i in 0..30 {
+        let out = strangler(&[
+            "shift",
+            file.to_str().unwrap(),
+            &format!("r{}", i % 20),
+            "7",
+        ]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("kept changing"), "{err}");
+            refused += 1;
+        }
+        if lost(&std::fs::read_to_string(&file).unwrap()) {
+            losses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(
+        losses.load(Ordering::Relaxed),
+        0,
+        "a shift wrote back a half-written file ({refused} of 30 shifts refused)"
+    );
+    let out = strangler(&["shift", file.to_str().unwrap(), "r19", "9"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(Config::load(&file).unwrap().routes.len(), 20);
+}

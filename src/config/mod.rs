@@ -277,6 +277,14 @@ impl Config {
         Config::parse(&text, path).map(Some)
     }
 
+    /// The admin token: the value of the environment variable `admin.token_env` names, when
+    /// it holds one.
+    pub fn admin_token(&self) -> Option<String> {
+        let var = self.admin.token_env.as_deref()?;
+        let t = std::env::var(var).unwrap_or_default().trim().to_string();
+        (!t.is_empty()).then_some(t)
+    }
+
     /// The `i`-th upstream: 0 is legacy, `1 + k` is `services[k]`.
     pub fn upstream(&self, i: usize) -> &Service {
         if i == 0 {

@@ -74,6 +74,7 @@ impl Reloader {
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
+        let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
         // the new percent gauges): all of it off the runtime's threads, each step linear.
@@ -83,6 +84,17 @@ impl Reloader {
             let Some(config) = Config::load_if_changed(&path, &current)? else {
                 return Ok(None);
             };
+            // An admin listener beyond loopback was only started with a token: a new file must
+            // not take it away.
+            if !admin_listen.ip().is_loopback() && config.admin_token().is_none() {
+                return Err(ConfigErrors::whole_file(
+                    &path,
+                    format!(
+                        "the admin listener {admin_listen} is beyond loopback and needs a token, but admin.token_env ({}) holds none: the previous config keeps serving",
+                        config.admin.token_env.as_deref().unwrap_or("not set")
+                    ),
+                ));
+            }
             let table = Table::compile(config, &metrics, &windows)
                 .map_err(|e| ConfigErrors::whole_file(&path, e))?;
             let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
@@ -128,6 +140,26 @@ impl Reloader {
                     warnings.push(format!(
                         "admin.listen changed to {}: needs a restart; still listening on {}",
                         table.config.admin.listen, self.admin_listen
+                    ));
+                }
+                let previous = self.gateway.table.load();
+                match (previous.config.admin_token(), table.config.admin_token()) {
+                    (None, Some(_)) => warnings.push(
+                        "admin.token_env now holds a token: state-changing admin calls need it from now on".to_string(),
+                    ),
+                    (Some(_), None) => warnings.push(format!(
+                        "{}: state-changing admin calls no longer need a token",
+                        match &table.config.admin.token_env {
+                            Some(var) => format!("admin.token_env names {var}, which holds no token"),
+                            None => "admin.token_env was removed".to_string(),
+                        }
+                    )),
+                    _ => {}
+                }
+                if previous.config.drain_timeout != table.config.drain_timeout {
+                    warnings.push(format!(
+                        "drain_timeout is now {} (it applies to the next stop)",
+                        humantime::format_duration(table.config.drain_timeout)
                     ));
                 }
                 let (old, new) = (&self.windows.config, &table.config.compare);

@@ -19,10 +19,9 @@ pub struct ServeOptions {
 pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM or SIGHUP that arrives once the gateway says it is
     // listening must never meet the default action (exit at once).
-    let stop = StopSignals::install()?;
+    let mut stop = StopSignals::install()?;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let drain_timeout = config.drain_timeout;
     let log = AccessLog::new(opts.log_format, opts.access_log);
     let running = super::server::start(config, log.clone()).await?;
     let watch = match opts.watch.then(|| running.watch()) {
@@ -57,11 +56,22 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     // (a supervisor, a test) knows that a change of the file from now on is seen.
     tracing::info!(public = %running.public_addr, admin = %running.admin_addr, "listening");
     stop.wait().await;
+    // The drain timeout of the config in force (a reload may have changed it).
+    let drain_timeout = running.gateway.table.load().config.drain_timeout;
     tracing::info!(timeout = ?drain_timeout, "stopping: draining in-flight requests");
-    if running.drain(drain_timeout).await {
+    // A second SIGTERM (or Ctrl-C) ends the drain at once, as operators expect.
+    let drained = tokio::select! {
+        clean = running.drain(drain_timeout) => clean,
+        () = stop.wait() => {
+            tracing::warn!("a second stop signal: ending the drain now");
+            false
+        }
+    };
+    if drained {
         tracing::info!("drained");
     } else {
-        tracing::warn!("drain timeout: closing the connections still open");
+        // Each request cut is recorded: counted, and logged with "error": "drain".
+        running.cut().await;
     }
     running.close();
     log.flush();
@@ -82,8 +92,8 @@ impl StopSignals {
         })
     }
 
-    /// Resolves on Ctrl-C or SIGTERM.
-    pub async fn wait(mut self) {
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    pub async fn wait(&mut self) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         tokio::select! {
@@ -98,7 +108,7 @@ impl StopSignals {
 /// Resolves on Ctrl-C or SIGTERM (listening from this call on).
 pub async fn wait_for_stop() {
     match StopSignals::install() {
-        Ok(s) => s.wait().await,
+        Ok(mut s) => s.wait().await,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }

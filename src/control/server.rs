@@ -16,7 +16,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 use super::admin::{self, AdminState};
 use super::reload::Reloader;
@@ -42,8 +43,10 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     /// Tells the public listener to stop accepting and its connections to finish.
     draining: watch::Sender<bool>,
-    /// Resolves once every public connection has closed after a drain began.
-    drained: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Tells the public listener to close the connections still open (the drain is over).
+    cut: Arc<Notify>,
+    /// True once every public connection has closed after a drain began.
+    drained: watch::Receiver<bool>,
     /// Tells the admin listener to stop (at exit).
     closing: watch::Sender<bool>,
 }
@@ -55,10 +58,21 @@ impl Running {
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.ready.store(false, Ordering::Release);
         let _ = self.draining.send(true);
-        let Some(drained) = self.drained.lock().await.take() else {
-            return true;
-        };
-        tokio::time::timeout(timeout, drained).await.is_ok()
+        let mut drained = self.drained.clone();
+        tokio::time::timeout(timeout, drained.wait_for(|d| *d))
+            .await
+            .is_ok()
+    }
+
+    /// Ends a drain now: closes the public connections still open; each request they carry
+    /// is recorded (counted and logged, `"error": "drain"`). Returns once they are closed
+    /// (or after a few seconds).
+    pub async fn cut(&self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.draining.send(true);
+        self.cut.notify_one();
+        let mut drained = self.drained.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(3), drained.wait_for(|d| *d)).await;
     }
 
     /// Starts watching the routes file: reloads when it changes (dropping the `Watch`
@@ -74,18 +88,18 @@ impl Running {
     }
 }
 
-/// The admin token: the value of the variable `admin.token_env` names, if any.
-fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
-    let token = config.admin.token_env.as_deref().and_then(|var| {
-        let t = std::env::var(var).unwrap_or_default().trim().to_string();
-        if t.is_empty() {
-            tracing::warn!(
-                variable = var,
-                "admin.token_env names a variable that holds no token"
-            );
-        }
-        (!t.is_empty()).then_some(t)
-    });
+/// Refuses to start an admin listener beyond loopback without a token; warns when
+/// `admin.token_env` names a variable that holds none.
+fn check_admin_token(config: &Config) -> anyhow::Result<()> {
+    let token = config.admin_token();
+    if let Some(var) = config.admin.token_env.as_deref()
+        && token.is_none()
+    {
+        tracing::warn!(
+            variable = var,
+            "admin.token_env names a variable that holds no token"
+        );
+    }
     if !config.admin.listen.ip().is_loopback() && token.is_none() {
         anyhow::bail!(
             "the admin listener {} is beyond loopback, but the environment variable {} (admin.token_env) holds no token: refusing to start",
@@ -93,12 +107,12 @@ fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
             config.admin.token_env.as_deref().unwrap_or("(none)")
         );
     }
-    Ok(token)
+    Ok(())
 }
 
 /// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result<Running> {
-    let token = admin_token(&config)?;
+    check_admin_token(&config)?;
     let config_file = config.file.clone();
     // A reload compares against the addresses as configured (`:0` stays `:0`).
     let (configured_listen, configured_admin) = (config.listen, config.admin.listen);
@@ -130,32 +144,43 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         gateway: gateway.clone(),
         metrics: metrics.clone(),
         reloader: reloader.clone(),
-        token,
         windows,
         ready: ready.clone(),
         port: admin_addr.port(),
     }));
     let (draining, drain_rx) = watch::channel(false);
     let (closing, close_rx) = watch::channel(false);
-    let (drained_tx, drained_rx) = oneshot::channel();
+    let (drained_tx, drained_rx) = watch::channel(false);
+    let cut = Arc::new(Notify::new());
 
-    tokio::spawn(serve_public(public, gateway.clone(), drain_rx, drained_tx));
-    tokio::spawn(accept_loop(
-        admin_listener,
-        close_rx,
-        GracefulShutdown::new(),
-        move |stream, _addr, watcher| {
-            let svc = TowerToHyperService::new(admin_router.clone());
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
-            let conn = watcher.watch(conn);
-            async move {
-                let _ = conn.await;
-            }
-        },
+    tokio::spawn(serve_public(
+        public,
+        gateway.clone(),
+        drain_rx,
+        cut.clone(),
+        drained_tx,
     ));
+    tokio::spawn(async move {
+        let mut tasks = JoinSet::new();
+        accept_loop(
+            admin_listener,
+            close_rx,
+            GracefulShutdown::new(),
+            &mut tasks,
+            move |stream, _addr, watcher| {
+                let svc = TowerToHyperService::new(admin_router.clone());
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = watcher.watch(conn);
+                async move {
+                    let _ = conn.await;
+                }
+            },
+        )
+        .await;
+    });
     ready.store(true, Ordering::Release);
     Ok(Running {
         public_addr,
@@ -165,56 +190,78 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         reloader,
         ready,
         draining,
-        drained: tokio::sync::Mutex::new(Some(drained_rx)),
+        cut,
+        drained: drained_rx,
         closing,
     })
 }
 
 /// The public listener: each connection served with hyper's HTTP/1.1, until a drain; then
-/// the connections finish their request in flight and close, and `drained` is told. A
-/// connection's limits (`client.*`) are those of the table in force when it was accepted.
+/// the connections finish their request in flight and close, and `drained` is told. When
+/// `cut` comes first, the connections still open are closed. A connection's limits
+/// (`client.*`) are those of the table in force when it was accepted.
 async fn serve_public(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     drain: watch::Receiver<bool>,
-    drained: oneshot::Sender<()>,
+    cut: Arc<Notify>,
+    drained: watch::Sender<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let graceful = accept_loop(listener, drain, graceful, move |stream, addr, watcher| {
-        let limits = gateway.table.load().config.client.clone();
-        let peer = Arc::new(Peer::new(addr));
-        let io = ClientIo::new(stream, peer.clone(), limits.send_timeout);
-        let (gw, p) = (gateway.clone(), peer.clone());
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            let peer = p.clone();
-            async move { gw.handle(req, &peer).await }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.head_timeout)
-            .max_buf_size(MAX_BUF)
-            // Above the default 100, so that the gateway's own limit on the total size of
-            // the headers (431, as JSON) is the one clients meet.
-            .max_headers(MAX_HEADER_COUNT)
-            // The gateway adds nothing to an upstream's answer, not even `Date`.
-            .auto_date_header(false)
-            .serve_connection(TokioIo::new(io), svc);
-        let (conn, gw) = (watcher.watch(conn), gateway.clone());
-        async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
-                gw.record_unread(&peer, &e);
+    let mut tasks = JoinSet::new();
+    // Seen by every connection's requests: set, they were cut by the end of a drain.
+    let cutting = Arc::new(AtomicBool::new(false));
+    let flag = cutting.clone();
+    let accepted = accept_loop(
+        listener,
+        drain,
+        graceful,
+        &mut tasks,
+        move |stream, addr, watcher| {
+            let limits = gateway.table.load().config.client.clone();
+            let peer = Arc::new(Peer::new(addr, flag.clone()));
+            let io = ClientIo::new(stream, peer.clone(), limits.send_timeout);
+            let (gw, p) = (gateway.clone(), peer.clone());
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                let peer = p.clone();
+                async move { gw.handle(req, &peer).await }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.head_timeout)
+                .max_buf_size(MAX_BUF)
+                // Above the default 100, so that the gateway's own limit on the total size of
+                // the headers (431, as JSON) is the one clients meet.
+                .max_headers(MAX_HEADER_COUNT)
+                // The gateway adds nothing to an upstream's answer, not even `Date`.
+                .auto_date_header(false)
+                .serve_connection(TokioIo::new(io), svc);
+            let (conn, gw) = (watcher.watch(conn), gateway.clone());
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+                    gw.record_unread(&peer, &e);
+                }
             }
-        }
-    })
-    .await;
+        },
+    );
+    let graceful = accepted.await;
     tracing::info!(
         connections = graceful.count(),
         "draining: finishing the requests in flight"
     );
-    graceful.shutdown().await;
-    let _ = drained.send(());
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = cut.notified() => {
+            tracing::warn!(connections = tasks.len(), "drain over: closing the connections still open");
+            cutting.store(true, Ordering::Release);
+            // Dropping a connection's task drops the request it carries, which records it.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let _ = drained.send(true);
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was
@@ -224,11 +271,13 @@ async fn wait_true(flag: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts connections until `stop`, serving each with the task `serve` makes (which
-/// watches its connection with the watcher of `graceful` it is given); returns `graceful`.
+/// watches its connection with the watcher of `graceful` it is given), spawned into
+/// `tasks`; returns `graceful`.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     graceful: GracefulShutdown,
+    tasks: &mut JoinSet<()>,
     serve: F,
 ) -> GracefulShutdown
 where
@@ -240,7 +289,9 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve(stream, addr, graceful.watcher()));
+                    // Finished connections leave the set as new ones come.
+                    while tasks.try_join_next().is_some() {}
+                    tasks.spawn(serve(stream, addr, graceful.watcher()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -4,11 +4,14 @@
 //! file: only that value's characters change (comments and layout stay byte for byte), a
 //! missing `percent` key is inserted with the route's indentation, the result is validated
 //! before it replaces the file, and the write is atomic (a temporary file renamed over the
-//! original). Reloading is the caller's business (the running gateway watches the file; the
+//! original, with its mode, owner and group), made only if the file is still the one that was
+//! read. Reloading is the caller's business (the running gateway watches the file; the
 //! admin API reloads at once).
 
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::yaml::{self, Node, Pos, Value};
 use crate::config::{Config, ConfigErrors, format_percent};
@@ -25,6 +28,31 @@ pub enum ShiftError {
         "{path} is read-only; change the percentage at its source (where the file is generated or mounted from)"
     )]
     ReadOnly { path: PathBuf },
+    #[error(
+        "the directory {dir} cannot be written ({source}): a shift writes a new file beside the routes file and renames it over, and locks .NAME.lock beside it"
+    )]
+    DirReadOnly {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path} ({source}): run the shift as a user that can read and write it")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot keep the owner and group of {path} ({uid}:{gid}): {source}; run the shift as the file's owner or as root"
+    )]
+    Owner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} kept changing while it was being edited (another tool writing it?); nothing was written: try again"
+    )]
+    Changing { path: PathBuf },
     #[error("no route named {0:?} in the routes file")]
     NoSuchRoute(String),
     #[error("the routes file is invalid as it stands; fix it first:\n{0}")]
@@ -43,7 +71,36 @@ pub struct Shifted {
     pub after: u32,
 }
 
+/// A file that changed less than this long ago may be in the middle of another tool's
+/// write (one that rewrites it in place, in parts): the shift waits for it to be still.
+const QUIET: Duration = Duration::from_millis(100);
+/// How long a shift keeps trying while the file keeps changing.
+const PATIENCE: Duration = Duration::from_secs(3);
+
+/// What the file on disk is, without its content: to tell whether it changed.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity {
+    ino: u64,
+    len: u64,
+    mtime: SystemTime,
+}
+
+impl Identity {
+    fn of(meta: &std::fs::Metadata) -> Identity {
+        Identity {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
 /// Sets `route`'s percentage (basis points) in the file at `path`, in place.
+///
+/// The new text replaces the file only if the file is still the one that was read (same
+/// inode, size, modification time and content), and had been still for a moment when it
+/// was read; otherwise it is read again, for up to a few seconds, then the shift is refused.
+/// The new file keeps the old one's mode, owner and group.
 pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftError> {
     let io = |source| ShiftError::Io {
         path: path.to_path_buf(),
@@ -57,27 +114,86 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
             path: path.to_path_buf(),
         });
     }
+    let dir = directory(&target);
     // One writer at a time, across processes (the CLI and every gateway on this file):
     // read, edit and rename happen under an exclusive lock on a file beside it.
-    let _lock = lock_beside(&target).map_err(|source| read_only_or(path, source))?;
-    let text = std::fs::read_to_string(&target).map_err(io)?;
-    let (new_text, shifted) = shift_text(&text, path, route, bp)?;
-    if shifted.before == shifted.after {
+    let _lock = lock_beside(&target).map_err(|source| denied(path, &dir, source))?;
+    let give_up = Instant::now() + PATIENCE;
+    loop {
+        let before = std::fs::metadata(&target).map_err(io)?;
+        let text = std::fs::read_to_string(&target).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ShiftError::Unreadable {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            } else {
+                io(source)
+            }
+        })?;
+        let read = Identity::of(&before);
+        let age = SystemTime::now()
+            .duration_since(read.mtime)
+            .unwrap_or_default();
+        if age < QUIET {
+            if Instant::now() >= give_up {
+                return Err(ShiftError::Changing {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::thread::sleep(QUIET - age);
+            continue;
+        }
+        let (new_text, shifted) = shift_text(&text, path, route, bp)?;
+        if shifted.before == shifted.after {
+            return Ok(shifted);
+        }
+        let tmp = prepare(&dir, &new_text, &before).map_err(|e| match e {
+            Prepared::Dir(source) => denied(path, &dir, source),
+            Prepared::Owner(source) => ShiftError::Owner {
+                path: path.to_path_buf(),
+                uid: before.uid(),
+                gid: before.gid(),
+                source,
+            },
+        })?;
+        // Still the file that was read? Another writer that does not take the lock (and
+        // writes in place) may have changed it meanwhile: then read it again.
+        let now = std::fs::metadata(&target).map_err(io)?;
+        let unchanged =
+            Identity::of(&now) == read && std::fs::read_to_string(&target).is_ok_and(|t| t == text);
+        if !unchanged {
+            drop(tmp);
+            if Instant::now() >= give_up {
+                return Err(ShiftError::Changing {
+                    path: path.to_path_buf(),
+                });
+            }
+            continue;
+        }
+        tmp.persist(&target)
+            .map_err(|e| denied(path, &dir, e.error))?;
         return Ok(shifted);
     }
-    write_atomically(&target, &new_text, meta.permissions())
-        .map_err(|source| read_only_or(path, source))?;
-    Ok(shifted)
 }
 
-/// A permission problem is the file being read-only where it is; anything else is I/O.
-fn read_only_or(path: &Path, source: std::io::Error) -> ShiftError {
+fn directory(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A permission problem in the directory (the lock, the new file, the rename); anything
+/// else is I/O.
+fn denied(path: &Path, dir: &Path, source: std::io::Error) -> ShiftError {
     if matches!(
         source.kind(),
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
     ) {
-        ShiftError::ReadOnly {
-            path: path.to_path_buf(),
+        ShiftError::DirReadOnly {
+            dir: dir.to_path_buf(),
+            source,
         }
     } else {
         ShiftError::Io {
@@ -85,6 +201,40 @@ fn read_only_or(path: &Path, source: std::io::Error) -> ShiftError {
             source,
         }
     }
+}
+
+/// Why the new file could not be made.
+enum Prepared {
+    /// The directory refused it.
+    Dir(std::io::Error),
+    /// Its owner and group could not be made the old file's.
+    Owner(std::io::Error),
+}
+
+/// The new file, beside the old one: written, synced, with the old one's mode, owner and
+/// group (as `sed -i` and editors keep them), ready to be renamed over it.
+fn prepare(
+    dir: &Path,
+    text: &str,
+    old: &std::fs::Metadata,
+) -> Result<tempfile::NamedTempFile, Prepared> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".strangler-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(Prepared::Dir)?;
+    tmp.write_all(text.as_bytes()).map_err(Prepared::Dir)?;
+    tmp.as_file().sync_all().map_err(Prepared::Dir)?;
+    if (old.uid(), old.gid()) != {
+        let m = tmp.as_file().metadata().map_err(Prepared::Dir)?;
+        (m.uid(), m.gid())
+    } {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()))
+            .map_err(Prepared::Owner)?;
+    }
+    // After the owner: changing it may clear set-id bits.
+    std::fs::set_permissions(tmp.path(), old.permissions()).map_err(Prepared::Dir)?;
+    Ok(tmp)
 }
 
 /// An exclusive lock on `.NAME.lock` beside `target`, held until the file is dropped.
@@ -101,15 +251,11 @@ fn lock_beside(target: &Path) -> std::io::Result<std::fs::File> {
 
 /// `.NAME.SUFFIX` in the directory of `path`.
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.join(format!(".{name}.{suffix}"))
+    directory(path).join(format!(".{name}.{suffix}"))
 }
 
 /// The text with `route`'s percentage set to `bp`, validated.
@@ -271,24 +417,6 @@ fn scalar_len(s: &str) -> usize {
             .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b',' | b'}' | b']' | b'#'))
             .unwrap_or(b.len()),
     }
-}
-
-/// Replaces `path` with `text` atomically: a temporary file beside it, written, synced and
-/// given `perms`, renamed over it.
-fn write_atomically(path: &Path, text: &str, perms: std::fs::Permissions) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".strangler-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    std::fs::set_permissions(tmp.path(), perms)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -51,7 +51,20 @@ fn bucket_range(i: usize) -> (f64, f64) {
 /// How many slots `config` asks for.
 fn slot_count(config: &CompareConfig) -> usize {
     let r = config.resolution.as_millis().max(1);
-    (config.retention.as_millis().div_ceil(r) as usize).clamp(1, 3600)
+    // One more than the retention needs: the slot in progress.
+    (config.retention.as_millis().div_ceil(r) as usize).clamp(1, 3600) + 1
+}
+
+/// The slots a window reads: from `oldest` to `now` (the slot in progress), and how much
+/// time they cover. A window of `w` is rounded up to whole slots, plus the slot in progress:
+/// it covers at least `w` (once the gateway has been up that long), and less than `w` plus
+/// one slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    oldest: u64,
+    now: u64,
+    /// From the start of the oldest slot (or the gateway's start) to now.
+    pub covered: Duration,
 }
 
 struct Slot {
@@ -123,12 +136,9 @@ impl RouteWindow {
 
     /// Requests and errors per slot over the last `window`, oldest first, one point per slot
     /// (zeros included): `[seconds from the window's start, requests, errors]`.
-    pub fn series(&self, side: Side, window: Duration) -> Vec<[f64; 3]> {
+    pub fn series(&self, side: Side, span: &Span) -> Vec<[f64; 3]> {
         let reg = &self.registry;
-        let now = reg.epoch_of(Instant::now());
-        let span = ((window.as_millis() / reg.resolution.as_millis().max(1)).max(1) as u64)
-            .min(reg.slots as u64);
-        let oldest = now.saturating_sub(span - 1);
+        let (oldest, now) = (span.oldest, span.now);
         let slot_secs = reg.resolution.as_secs_f64();
         let slots = self.sides[side.index()].slots.get();
         (oldest..=now)
@@ -146,16 +156,12 @@ impl RouteWindow {
             .collect()
     }
 
-    /// The figures of one side over the last `window`.
-    pub fn figures(&self, side: Side, window: Duration) -> SideFigures {
-        let reg = &self.registry;
+    /// The figures of one side over `span`.
+    pub fn figures(&self, side: Side, span: &Span) -> SideFigures {
         let Some(slots) = self.sides[side.index()].slots.get() else {
             return SideFigures::from_counts(0, 0, &[0; BUCKETS]);
         };
-        let now = reg.epoch_of(Instant::now());
-        let span = (window.as_millis() / reg.resolution.as_millis().max(1)).max(1) as u64;
-        let span = span.min(slots.len() as u64);
-        let oldest = now.saturating_sub(span - 1);
+        let (oldest, now) = (span.oldest, span.now);
         let (mut requests, mut errors) = (0u64, 0u64);
         let mut hist = [0u64; BUCKETS];
         for slot in slots.iter() {
@@ -226,9 +232,20 @@ impl Registry {
         routes.retain(|name, _| name == DEFAULT_ROUTE || names.contains(name.as_str()));
     }
 
-    /// How much of `window` the figures can cover: all of it, or the time since start.
-    pub fn covered(&self, window: Duration) -> Duration {
-        window.min(self.start.elapsed().max(self.resolution))
+    /// The slots a window of `window` reads now (see [`Span`]).
+    pub fn span(&self, window: Duration) -> Span {
+        let since = self.start.elapsed();
+        let res = self.resolution.as_millis().max(1);
+        let now = (since.as_millis() / res) as u64;
+        let full = (window.as_millis().div_ceil(res) as u64).min(self.slots as u64 - 1);
+        let oldest = now.saturating_sub(full);
+        let slot_start = Duration::from_millis((u128::from(now) * res) as u64);
+        let covered = since.saturating_sub(slot_start) + self.resolution * (now - oldest) as u32;
+        Span {
+            oldest,
+            now,
+            covered,
+        }
     }
 
     /// The width of one slot.
@@ -238,7 +255,7 @@ impl Registry {
 
     /// The longest window that can be asked for.
     pub fn retention(&self) -> Duration {
-        self.resolution * self.slots as u32
+        self.resolution * (self.slots as u32 - 1)
     }
 }
 
@@ -352,9 +369,10 @@ mod tests {
         for i in 0..100 {
             w.record(Side::New, t0, Duration::from_millis(5), i % 10 == 0);
         }
-        let f = w.figures(Side::New, Duration::from_secs(1));
+        let span = reg.span(Duration::from_secs(1));
+        let f = w.figures(Side::New, &span);
         assert_eq!((f.requests, f.errors), (100, 10));
-        assert_eq!(w.figures(Side::Legacy, Duration::from_secs(1)).requests, 0);
+        assert_eq!(w.figures(Side::Legacy, &span).requests, 0);
         // A recording far later reuses the slots; the old traffic is out of the window.
         let later = t0 + Duration::from_secs(5);
         w.record(Side::New, later, Duration::from_millis(5), false);

@@ -25,17 +25,27 @@ pub struct Peer {
     send_timed_out: AtomicBool,
     /// Bytes arrived since the gateway last wrote to the client.
     read_since_write: AtomicBool,
+    /// Set for every connection of a listener whose drain ran out of time: what they carry
+    /// is being cut.
+    cut: Arc<AtomicBool>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// The peer at `addr`, on a listener whose drain cut is `cut`.
+    pub fn new(addr: SocketAddr, cut: Arc<AtomicBool>) -> Peer {
         Peer {
             addr,
             ip_header: HeaderValue::from_str(&addr.ip().to_string())
                 .expect("an IP address is a valid header value"),
             send_timed_out: AtomicBool::new(false),
             read_since_write: AtomicBool::new(false),
+            cut,
         }
+    }
+
+    /// Whether the drain is cutting this connection.
+    pub fn cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// Whether the client stopped taking an answer (the connection was closed for it).

@@ -21,6 +21,8 @@ pub enum Failure {
         kind: UpstreamErrorKind,
         during: Stage,
     },
+    /// The gateway cut the exchange: its drain ran out of time (or was ended at once).
+    Drained,
 }
 
 /// Why a request was refused on arrival.
@@ -81,6 +83,7 @@ impl Failure {
                 ..
             } => 504,
             Failure::Upstream { .. } => 502,
+            Failure::Drained => 503,
         };
         StatusCode::from_u16(code).expect("the gateway's statuses are valid")
     }
@@ -102,6 +105,7 @@ impl Failure {
                 ..
             } => "upstream_timeout",
             Failure::Upstream { .. } => "upstream_unavailable",
+            Failure::Drained => "draining",
         }
     }
 
@@ -127,6 +131,7 @@ impl Failure {
                 during: Stage::Body,
                 ..
             } => "upstream_body",
+            Failure::Drained => "drain",
         }
     }
 

@@ -98,7 +98,13 @@ impl Trail {
     fn write(&mut self) {
         self.recorded = true;
         let elapsed = self.start.elapsed();
-        if self.status == 0 {
+        if self.failure.is_none() && self.peer.cut() {
+            // Cut by the end of a drain: not the client's doing, nor the upstream's.
+            self.failure = Some(Failure::Drained);
+            if self.status == 0 {
+                self.status = Failure::Drained.status().as_u16();
+            }
+        } else if self.status == 0 {
             self.status = CLIENT_CLOSED;
             self.failure
                 .get_or_insert(Failure::Client(ClientErrorKind::Closed));

@@ -281,9 +281,28 @@ impl GatewayProcess {
     // start panics the test, which ends the test process anyway.
     #[allow(clippy::zombie_processes)]
     pub async fn spawn_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
-        use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"));
         cmd.arg("serve").arg("--config").arg(config).args(args);
+        Self::spawn_command(cmd, env).await
+    }
+
+    /// As `spawn`, run as the user and group `uid`:`gid` (with `setpriv`; needs root).
+    pub async fn spawn_as(config: &Path, uid: u32, gid: u32) -> GatewayProcess {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg(env!("CARGO_BIN_EXE_strangler"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config);
+        Self::spawn_command(cmd, &[]).await
+    }
+
+    // See `spawn_with`.
+    #[allow(clippy::zombie_processes)]
+    async fn spawn_command(mut cmd: std::process::Command, env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead;
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {
@@ -372,6 +391,15 @@ impl GatewayProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Whether the tests run as root (some can only be recreated as root: files owned by
+/// another user, a gateway running as `nobody`).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Writes a routes file into a new temporary directory; keep the directory alive.

@@ -38,8 +38,6 @@ pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
-    /// The bearer token state-changing calls need; `None`: none configured.
-    pub token: Option<String>,
     /// The rolling legacy-vs-new figures.
     pub windows: Arc<Registry>,
     /// True once the config is loaded and the public listener is up; false while draining.
@@ -129,17 +127,20 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
     // layout is the one the registry was made with.
     let table = s.gateway.table.load();
     let cfg = &table.config.compare;
-    let retention = s.windows.retention();
+    let (retention, slot) = (s.windows.retention(), s.windows.resolution());
     let window = match q.window.as_deref().map(humantime::parse_duration) {
         None => cfg.window,
-        Some(Ok(w)) if !w.is_zero() && w <= retention => w,
+        Some(Ok(w)) if w >= slot && w <= retention => w,
         Some(_) => {
             return bad_request(format!(
-                "window: a duration like 5m, at most the retention ({})",
+                "window: a duration like 5m, from one slot ({}) to the retention ({})",
+                humantime::format_duration(slot),
                 humantime::format_duration(retention)
             ));
         }
     };
+    // One span for every route, so that all read the same slots.
+    let span = s.windows.span(window);
     let with_series = q.series.as_deref() == Some("1");
     let routes: Vec<_> = table
         .routing
@@ -149,9 +150,9 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
         .map(|(i, r)| {
             let w = &table.stats(Some(i)).window;
             let figures = |side| {
-                let mut f = w.figures(side, window);
+                let mut f = w.figures(side, &span);
                 if with_series {
-                    f.series = Some(w.series(side, window));
+                    f.series = Some(w.series(side, &span));
                 }
                 f
             };
@@ -168,7 +169,7 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
         StatusCode::OK,
         &json!({
             "window_seconds": window.as_secs_f64(),
-            "covered_seconds": round1(s.windows.covered(window)),
+            "covered_seconds": round1(span.covered),
             "slot_seconds": s.windows.resolution().as_secs_f64(),
             "min_requests": cfg.min_requests,
             "max_p99_ratio": cfg.max_p99_ratio,
@@ -258,7 +259,7 @@ async fn shift(
 /// rebinding) sends its own name as `Host`, and is refused before it can read or change
 /// anything. With a token, the token guards changes wherever the listener is.
 async fn guard_host(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if s.token.is_none()
+    if s.gateway.table.load().config.admin_token().is_none()
         && let Some(host) = req.headers().get(header::HOST)
         && !local_host(host.as_bytes(), s.port)
     {
@@ -314,7 +315,8 @@ fn refusal(s: &AdminState, h: &HeaderMap) -> Option<Response> {
             ));
         }
     }
-    let token = s.token.as_deref()?;
+    // The token of the config in force (a reload may add or remove `admin.token_env`).
+    let token = s.gateway.table.load().config.admin_token()?;
     // The scheme is case-insensitive (RFC 9110 §11.1); the token itself is not.
     let given = h.get(header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();
@@ -386,6 +388,10 @@ fn internal(e: &dyn std::fmt::Display) -> Response {
 fn shift_error(e: &ShiftError) -> Response {
     let (status, code, errors) = match e {
         ShiftError::ReadOnly { .. } => (StatusCode::CONFLICT, "read_only", None),
+        ShiftError::DirReadOnly { .. } => (StatusCode::CONFLICT, "directory_read_only", None),
+        ShiftError::Changing { .. } => (StatusCode::CONFLICT, "file_changing", None),
+        ShiftError::Unreadable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "unreadable", None),
+        ShiftError::Owner { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_keep_owner", None),
         ShiftError::NoSuchRoute(_) => (StatusCode::NOT_FOUND, "no_such_route", None),
         ShiftError::InvalidBefore(c) | ShiftError::InvalidAfter(c) => (
             StatusCode::BAD_REQUEST,
