@@ -570,3 +570,109 @@ fn check_hints_at_quoting_a_template_in_a_flow_mapping() {
     let out = run(&["check", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 }
+
+// ---------------------------------------------------------------------------------------
+// messages
+// ---------------------------------------------------------------------------------------
+
+/// A message quotes at most the start of a value, with its size: a 2 MB regex, route name
+/// or key does not make a 2 MB error.
+#[test]
+fn check_cuts_long_quoted_values() {
+    let big = "a".repeat(2_000_000);
+    // A plain key is at most 1024 characters in YAML.
+    let key = "b".repeat(1000);
+    let (_dir, file) = write_file(&format!(
+        "listen: 127.0.0.1:8080\nlegacy: {{url: http://127.0.0.1:9001}}\nservices:\n  orders: {{url: http://127.0.0.1:9002}}\nroutes:\n  - name: \"{big}\"\n    match: {{regex: \"({big}\"}}\n    service: orders\n  - name: \"{big}\"\n    match: {{prefix: /x}}\n    service: \"{big}\"\n    {key}: 1\n"
+    ));
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    assert!(text.len() < 4096, "{} bytes of messages", text.len());
+    // Each error still says what and where: the invalid regex, the duplicate name, the
+    // unknown service and the unknown key, each with the value's start and its size.
+    assert!(
+        text.contains("an invalid regex (error: unclosed group)"),
+        "{text}"
+    );
+    assert!(text.contains("duplicate route name \"aaaa"), "{text}");
+    assert!(text.contains("unknown service \"aaaa"), "{text}");
+    assert!(text.contains("unknown key \"bbbb"), "{text}");
+    assert!(text.contains("\"… (1000 bytes)"), "{text}");
+    assert!(text.contains("\"… (2000001 bytes)"), "{text}");
+    assert!(text.contains("\"… (2000000 bytes)"), "{text}");
+    // The key's YAML path is cut too.
+    assert!(
+        text.contains(&format!("routes[1].{}…:", &key[..60])),
+        "{text}"
+    );
+}
+
+/// A second YAML document is refused in the file's own terms, where it starts.
+#[test]
+fn check_allows_one_document_per_file() {
+    let text = "listen: 127.0.0.1:8080\nlegacy: {url: http://127.0.0.1:9001}\nroutes: []\n---\nlisten: 127.0.0.1:8081\n";
+    let (_dir, file) = write_file(text);
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = stdout(&out);
+    assert!(
+        out.contains(&format!("{}:4:1:", file.display()))
+            && out.contains("a second document starts here")
+            && out.contains("one document per file"),
+        "{out}"
+    );
+    assert!(!out.contains("from_str_multiple"), "{out}");
+}
+
+/// A file that cannot be read is an error about the whole file: no made-up position.
+#[test]
+fn check_of_a_file_that_cannot_be_read_names_no_position() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("missing.yaml");
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "error: {}: cannot read the routes file:",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(":0:"), "{text}");
+}
+
+/// `shift --help` says what each argument is.
+#[test]
+fn shift_help_describes_every_argument() {
+    let out = run(&["shift", "--help"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = stdout(&out);
+    for arg in ["<FILE>", "<ROUTE>", "<PERCENT>"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(arg))
+            .unwrap_or_else(|| panic!("no {arg} line in\n{text}"));
+        assert!(line.trim_start()[arg.len()..].trim().len() > 10, "{line}");
+    }
+}
+
+/// `--admin` and `--prometheus` take an address without a scheme as http; anything that
+/// is not an http URL is refused with what is wrong, before anything is sent.
+#[test]
+fn compare_says_what_is_wrong_with_a_base_url() {
+    for (given, says) in [
+        ("ftp://127.0.0.1:9901", "ftp:// is not spoken"),
+        ("https://127.0.0.1:9901", "https:// is not spoken"),
+        ("http://", "not a URL"),
+        ("127.0.0.1:9901/?x=1", "no query"),
+    ] {
+        for flag in ["--admin", "--prometheus"] {
+            let out = run(&["compare", flag, given]);
+            assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(says) && err.contains(flag), "{given}: {err}");
+        }
+    }
+}

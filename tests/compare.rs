@@ -163,6 +163,20 @@ async fn strangler_compare_prints_the_table() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(route(&v, "flaky")["verdict"], "worse");
+    // The admin address as admin.listen writes it, without a scheme: http is assumed.
+    let bare = admin.trim_start_matches("http://");
+    let out = tokio::process::Command::new(bin)
+        .args(["compare", "--admin", bare, "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(route(&v, "flaky")["verdict"], "worse");
     // An unreachable admin API is a clear error, exit 1.
     let dead = dead_addr().await;
     let out = tokio::process::Command::new(bin)

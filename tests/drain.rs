@@ -245,6 +245,26 @@ async fn a_request_cut_by_the_drain_is_logged_and_counted() {
     assert_eq!(v["error"], "drain", "{v}");
     assert_eq!(v["status"], 200, "{v}");
     assert!(v["bytes_out"].as_u64().unwrap() > 0, "{v}");
+    // Counted: strangler_requests_cut_total, whose total the drain's last line gives.
+    let over = log_line(&gw, "drain over: requests still in flight were cut");
+    assert_eq!(over["fields"]["requests_cut"], 1, "{over}");
+}
+
+/// The next log line (not access log) whose message is `message`.
+fn log_line(gw: &GatewayProcess, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = gw
+            .lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("a log line {message:?}"));
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == message
+        {
+            return v;
+        }
+    }
 }
 
 /// A second SIGTERM ends the drain at once.

@@ -439,3 +439,104 @@ fn a_shift_never_writes_back_a_half_written_file() {
     );
     assert_eq!(Config::load(&file).unwrap().routes.len(), 20);
 }
+
+/// `strangler shift` as a user without privileges: as root, through `setpriv` as nobody (so
+/// that file permissions apply), else as this user.
+fn shift_unprivileged(file: &Path, route: &str, percent: &str) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_strangler"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_strangler"))
+    };
+    cmd.arg("shift").arg(file).args([route, percent]);
+    cmd.output().unwrap()
+}
+
+/// An unreadable file and a directory that cannot be written are told apart, from the CLI
+/// and from the API, and neither is called a read-only file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_says_whether_the_file_or_its_directory_is_the_problem() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        two_routes(&config_head(&legacy.url(), &[("orders", &legacy.url())])),
+    )
+    .unwrap();
+    let root = is_root();
+    if root {
+        for p in [dir.path(), &file] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(dir.path(), 0o755);
+    let gw = if root {
+        GatewayProcess::spawn_as(&file, 65534, 65534).await
+    } else {
+        GatewayProcess::spawn(&file, &[]).await
+    };
+    let api = || async {
+        let r = client()
+            .post(format!("http://{}/admin/routes/a/percent", gw.admin))
+            .header("content-type", "application/json")
+            .body(r#"{"percent": 5}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+
+    // A file that cannot be read (write-only).
+    mode(&file, 0o200);
+    let out = shift_unprivileged(&file, "a", "5");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot read") && !err.contains("read-only"),
+        "{err}"
+    );
+    let (status, v) = api().await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (500, Some("unreadable")),
+        "{v}"
+    );
+    mode(&file, 0o644);
+
+    // A writable file in a directory that cannot be written.
+    mode(dir.path(), 0o555);
+    let out = shift_unprivileged(&file, "a", "5");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the directory") && err.contains("cannot be written"),
+        "{err}"
+    );
+    let (status, v) = api().await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (409, Some("directory_read_only")),
+        "{v}"
+    );
+    mode(dir.path(), 0o755);
+
+    // Both fixed, the shift goes through.
+    let out = shift_unprivileged(&file, "a", "5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("percent: 5")
+    );
+}

@@ -68,15 +68,19 @@ pub enum Command {
     /// Change one route's percentage in the routes file, in place (a running gateway
     /// watching the file picks it up).
     Shift {
+        /// The routes file to edit (the one a gateway runs with `--config`); edited in
+        /// place, keeping its comments, layout, owner, group and mode.
         file: PathBuf,
+        /// The `name` of the route whose `percent` changes.
         route: String,
-        /// 0 to 100, at most two decimals.
+        /// The new share of the route's requests that go to its service: 0 to 100, at most
+        /// two decimals.
         percent: String,
     },
     /// Legacy vs new per route, from a running gateway's admin API, as a table.
     Compare {
-        /// The admin listener's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        /// The admin listener's base URL (`http://` is assumed when no scheme is given).
+        #[arg(long, default_value = "http://127.0.0.1:9901", value_parser = base_url)]
         admin: String,
         /// The window, like 5m (default: the gateway's `compare.window`).
         #[arg(long)]
@@ -85,8 +89,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Compute the table from Prometheus (all replicas together) instead of one
-        /// gateway's admin API: the Prometheus server's base URL.
-        #[arg(long)]
+        /// gateway's admin API: the Prometheus server's base URL (`http://` is assumed when
+        /// no scheme is given).
+        #[arg(long, value_parser = base_url)]
         prometheus: Option<String>,
         /// With --prometheus: requests per side below which the verdict is insufficient_data.
         #[arg(long, default_value_t = 50)]
@@ -101,6 +106,33 @@ pub enum Command {
         #[arg(long)]
         access_log: bool,
     },
+}
+
+/// A server's base URL from the command line: `127.0.0.1:9901` is taken as
+/// `http://127.0.0.1:9901`; anything but an http URL with a host is refused with what was
+/// wrong.
+fn base_url(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    let full = if given.contains("://") {
+        given.to_string()
+    } else {
+        format!("http://{given}")
+    };
+    let url = reqwest::Url::parse(&full)
+        .map_err(|e| format!("not a URL ({e}); like http://127.0.0.1:9901"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "{}:// is not spoken by this client (no TLS); use http://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host; like http://127.0.0.1:9901".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a base URL has no query or fragment; like http://127.0.0.1:9901".into());
+    }
+    Ok(full.trim_end_matches('/').to_string())
 }
 
 /// Entry point of the binary.

@@ -1,6 +1,7 @@
 //! Lints: findings about a valid file that are worth a warning, such as rules that can
 //! never win. Run by `strangler check`, at start and at every reload.
 
+use super::yaml::quote;
 use super::{Config, Diagnostic};
 use crate::routing::group_order;
 
@@ -31,11 +32,11 @@ fn unreachable_rules(cfg: &Config, out: &mut Vec<Diagnostic>) {
                     pos: r.pos,
                     path: format!("routes[{ri}]"),
                     message: format!(
-                        "route {:?} can never win: route {:?} matches the same {} {:?} and {why}",
-                        r.name,
-                        e.name,
+                        "route {} can never win: route {} matches the same {} {} and {why}",
+                        quote(&r.name),
+                        quote(&e.name),
                         r.matcher.path.kind(),
-                        r.matcher.path.pattern()
+                        quote(r.matcher.path.pattern())
                     ),
                 });
             }

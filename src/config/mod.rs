@@ -23,7 +23,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 pub use percent::{format_percent, percent_json, percent_to_bp};
-pub use yaml::Pos;
+pub use yaml::{Pos, quote};
 
 use crate::routing::{Match, Route, RouteTable, SidePolicy, StickyKey};
 

@@ -67,10 +67,23 @@ impl Node {
             Value::Bool(b) => b.to_string(),
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
-            Value::Str(s) => format!("{s:?}"),
+            Value::Str(s) => quote(s),
             Value::Seq(_) => "a list".into(),
             Value::Map(_) => "a mapping".into(),
         }
+    }
+}
+
+/// How many characters of a value an error message quotes.
+pub const QUOTE_CHARS: usize = 60;
+
+/// A value quoted for an error message, as Rust quotes strings, cut after [`QUOTE_CHARS`]
+/// characters with its full size given: `"(aaaa…"… (2000001 bytes)`. A message about a
+/// 2 MB regex stays one line long.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &s[..end], s.len()),
+        None => format!("{s:?}"),
     }
 }
 
@@ -96,16 +109,35 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(root) => Ok(into_node(root)),
         Err(e) => {
-            let pos = e
+            let mut pos = e
                 .location()
                 .map(|l| Pos {
                     line: l.line() as u32,
                     col: l.column() as u32,
                 })
                 .unwrap_or_default();
-            let message = e.without_snippet().to_string();
-            // The rendered message may repeat the location; keep its first line only.
-            let message = message.lines().next().unwrap_or("invalid YAML").to_string();
+            let e = e.without_snippet();
+            let message = if matches!(e, serde_saphyr::Error::MultipleDocuments { .. }) {
+                // Told at the `---` that starts it (the parser points at its content).
+                let start = text
+                    .lines()
+                    .take(pos.line as usize)
+                    .enumerate()
+                    .filter(|(_, l)| l.starts_with("---"))
+                    .last()
+                    .map(|(i, _)| i);
+                if let Some(i) = start {
+                    pos = Pos {
+                        line: i as u32 + 1,
+                        col: 1,
+                    };
+                }
+                "a second document starts here; allowed: one document per file".into()
+            } else {
+                // The rendered message may repeat the location; keep its first line only.
+                let message = e.to_string();
+                message.lines().next().unwrap_or("invalid YAML").to_string()
+            };
             Err(SyntaxError { pos, message })
         }
     }

@@ -23,8 +23,9 @@ impl AdminClient {
         let url = format!("{}{path_and_query}", self.base);
         let resp = self.http.get(&url).send().await.map_err(|e| {
             anyhow::anyhow!(
-                "cannot reach the admin API at {}: {e} (is the gateway running, and is this its admin.listen?)",
-                self.base
+                "cannot reach the admin API at {}: {} (is the gateway running, and is this its admin.listen?)",
+                self.base,
+                causes(&e)
             )
         })?;
         let status = resp.status();
@@ -40,4 +41,20 @@ impl AdminClient {
         }
         Ok(body)
     }
+}
+
+/// An error and its causes, innermost last: reqwest's own wording ("error sending request")
+/// says little without the cause that follows it ("Connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

@@ -72,6 +72,11 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         // Each request cut is recorded: counted, and logged with "error": "drain".
         running.cut().await;
+        let cut = running.metrics.cut_total();
+        tracing::warn!(
+            requests_cut = cut,
+            "drain over: requests still in flight were cut"
+        );
     }
     running.close();
     log.flush();

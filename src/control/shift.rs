@@ -53,7 +53,7 @@ pub enum ShiftError {
         "{path} kept changing while it was being edited (another tool writing it?); nothing was written: try again"
     )]
     Changing { path: PathBuf },
-    #[error("no route named {0:?} in the routes file")]
+    #[error("no route named {} in the routes file", crate::config::quote(.0))]
     NoSuchRoute(String),
     #[error("the routes file is invalid as it stands; fix it first:\n{0}")]
     InvalidBefore(ConfigErrors),
@@ -135,14 +135,22 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
         let age = SystemTime::now()
             .duration_since(read.mtime)
             .unwrap_or_default();
-        if age < QUIET {
-            if Instant::now() >= give_up {
+        // Changed while it was being read: not what the text says. And an empty file is
+        // taken for one being rewritten: a truncation is seen with its new size a moment
+        // before its new modification time.
+        let during = Identity::of(&std::fs::metadata(&target).map_err(io)?) != read;
+        let moving = age < QUIET || during;
+        if moving || text.trim().is_empty() {
+            if Instant::now() < give_up {
+                std::thread::sleep(QUIET.saturating_sub(age).max(Duration::from_millis(10)));
+                continue;
+            }
+            if moving {
                 return Err(ShiftError::Changing {
                     path: path.to_path_buf(),
                 });
             }
-            std::thread::sleep(QUIET - age);
-            continue;
+            // Empty and still: reported as the invalid file it is.
         }
         let (new_text, shifted) = shift_text(&text, path, route, bp)?;
         if shifted.before == shifted.after {

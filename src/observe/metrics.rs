@@ -26,6 +26,7 @@ pub const ROUTE_PERCENT: &str = "strangler_route_percent";
 pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
+pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
 
 /// Buckets of `strangler_request_duration_seconds`, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
@@ -101,6 +102,8 @@ pub struct Metrics {
     /// Lines stdout could not take, as last exported.
     log_dropped: IntCounter,
     log_dropped_seen: std::sync::Mutex<u64>,
+    /// Requests cut by the end of a drain.
+    cut: IntCounter,
 }
 
 impl Metrics {
@@ -162,8 +165,14 @@ impl Metrics {
             "Log and access-log lines dropped because stdout did not keep up",
         )
         .expect("static metric definition is valid");
+        let cut = IntCounter::new(
+            REQUESTS_CUT_TOTAL,
+            "Requests cut because a drain ran out of time (or was ended by a second signal)",
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cut.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -189,6 +198,7 @@ impl Metrics {
             percent_routes: Default::default(),
             log_dropped,
             log_dropped_seen: Default::default(),
+            cut,
         })
     }
 
@@ -243,6 +253,11 @@ impl Metrics {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Requests cut by the end of a drain, so far.
+    pub fn cut_total(&self) -> u64 {
+        self.cut.get()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -315,6 +330,11 @@ impl SideMetrics {
     }
 
     /// Counts one failed upstream exchange.
+    /// A request of this route and side cut by the end of a drain.
+    pub fn cut(&self) {
+        self.metrics.cut.inc();
+    }
+
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.errors[kind.index()]
             .get_or_init(|| {

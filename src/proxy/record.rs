@@ -122,6 +122,9 @@ impl Trail {
         if let Some(kind) = self.failure.and_then(Failure::client_kind) {
             metrics.client_error(kind);
         }
+        if self.failure == Some(Failure::Drained) {
+            metrics.cut();
+        }
         // Errors for the comparison: 5xx answers and gateway failures (which are 5xx); a
         // client that left (499) is neither side's failure.
         let error = self.status >= 500 && self.status != CLIENT_CLOSED;

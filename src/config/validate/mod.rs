@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::yaml::{Key, Node, Pos, Value};
+use super::yaml::{Key, Node, Pos, QUOTE_CHARS, Value, quote};
 use super::{
     AdminConfig, ClientConfig, CompareConfig, Config, DEFAULT_TIMEOUT, DEFAULT_VIA, Diagnostic,
     Service,
@@ -39,6 +39,9 @@ const TOP_KEYS: &[&str] = &[
     "routes",
 ];
 
+/// The longest message (in characters) one error carries.
+const MESSAGE_CHARS: usize = 600;
+
 /// Collects errors while walking the tree.
 pub(super) struct Validator {
     file: String,
@@ -60,11 +63,17 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The YAML path of `key` under `path`; a long key is cut, as [`quote`] cuts values.
 fn join(path: &str, key: &str) -> String {
+    let cut = key.char_indices().nth(QUOTE_CHARS).map(|(end, _)| end);
+    let (key, more) = match cut {
+        Some(end) => (&key[..end], "…"),
+        None => (key, ""),
+    };
     if path.is_empty() {
-        key.to_string()
+        format!("{key}{more}")
     } else {
-        format!("{path}.{key}")
+        format!("{path}.{key}{more}")
     }
 }
 
@@ -77,11 +86,19 @@ impl Validator {
     }
 
     fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        let mut message = message.into();
+        // Values are quoted cut ([`quote`]); this bounds what a library's own wording
+        // (a regex or path error repeating its input) can add.
+        if let Some((end, _)) = message.char_indices().nth(MESSAGE_CHARS) {
+            let size = message.len();
+            message.truncate(end);
+            message.push_str(&format!("… (message cut, {size} bytes)"));
+        }
         self.errors.push(Diagnostic {
             file: self.file.clone(),
             pos,
             path: path.to_string(),
-            message: message.into(),
+            message,
         });
     }
 
@@ -115,8 +132,8 @@ impl Validator {
                     k.pos,
                     &p,
                     format!(
-                        "unknown key {:?}; allowed keys here: {}",
-                        k.name,
+                        "unknown key {}; allowed keys here: {}",
+                        quote(&k.name),
                         allowed.join(", ")
                     ),
                 );
@@ -126,8 +143,8 @@ impl Validator {
                     k.pos,
                     &p,
                     format!(
-                        "duplicate key {:?} (first at line {line}); allowed: each key once",
-                        k.name
+                        "duplicate key {} (first at line {line}); allowed: each key once",
+                        quote(&k.name)
                     ),
                 );
             } else {
@@ -238,7 +255,10 @@ impl Validator {
                             self.error(
                                 k.pos,
                                 &p,
-                                format!("duplicate service {:?}; allowed: each name once", k.name),
+                                format!(
+                                    "duplicate service {}; allowed: each name once",
+                                    quote(&k.name)
+                                ),
                             );
                             continue;
                         }
@@ -248,8 +268,8 @@ impl Validator {
                                 k.pos,
                                 &p,
                                 format!(
-                                    "service name {:?}; allowed: [a-z0-9][a-z0-9_-]*, not \"legacy\"",
-                                    k.name
+                                    "service name {}; allowed: [a-z0-9][a-z0-9_-]*, not \"legacy\"",
+                                    quote(&k.name)
                                 ),
                             );
                         }

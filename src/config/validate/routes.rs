@@ -4,7 +4,7 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::{MATCH_KEYS, ROUTE_KEYS, Validator, join, valid_name};
-use crate::config::yaml::{Key, Node, Value};
+use crate::config::yaml::{Key, Node, Value, quote};
 use crate::config::{RouteConfig, percent_to_bp};
 use crate::routing::{HeaderCond, HeaderTest, Match, PathMatch, Template, check_canonical};
 
@@ -63,7 +63,7 @@ impl Validator {
                         self.error(
                             sn.pos,
                             &p,
-                            format!("unknown service {s:?}; allowed: {allowed}"),
+                            format!("unknown service {q}; allowed: {allowed}", q = quote(s)),
                         );
                         None
                     }
@@ -166,7 +166,7 @@ impl Validator {
                         self.error(
                             n.pos,
                             path,
-                            format!("found {s:?}, an invalid regex ({why}); allowed: a regex in the syntax of the Rust regex crate"),
+                            format!("found {q}, an invalid regex ({why}); allowed: a regex in the syntax of the Rust regex crate", q = quote(s)),
                         );
                         None
                     }
@@ -178,7 +178,10 @@ impl Validator {
                     self.error(
                         n.pos,
                         path,
-                        format!("found {s:?} ({why}); allowed: a canonical path starting with /"),
+                        format!(
+                            "found {q} ({why}); allowed: a canonical path starting with /",
+                            q = quote(s)
+                        ),
                     );
                     return None;
                 }
@@ -198,7 +201,7 @@ impl Validator {
                             self.error(
                                 n.pos,
                                 path,
-                                format!("found {s:?}, a malformed template ({why}); allowed: segments that are literal or exactly {{name}}, and an optional final {{*name}}"),
+                                format!("found {q}, a malformed template ({why}); allowed: segments that are literal or exactly {{name}}, and an optional final {{*name}}", q = quote(s)),
                             );
                             None
                         }
@@ -209,7 +212,8 @@ impl Validator {
                             n.pos,
                             path,
                             format!(
-                                "found {s:?} ({why}); allowed: a canonical path starting with /"
+                                "found {q} ({why}); allowed: a canonical path starting with /",
+                                q = quote(s)
                             ),
                         );
                         return None;
@@ -275,8 +279,8 @@ impl Validator {
                     k.pos,
                     &p,
                     format!(
-                        "found header name {:?}; allowed: a valid HTTP header name",
-                        k.name
+                        "found header name {}; allowed: a valid HTTP header name",
+                        quote(&k.name)
                     ),
                 );
                 ok = false;
@@ -286,7 +290,7 @@ impl Validator {
                 self.error(
                     k.pos,
                     &p,
-                    format!("duplicate header condition {:?} (names are case-insensitive); allowed: each header once", k.name),
+                    format!("duplicate header condition {} (names are case-insensitive); allowed: each header once", quote(&k.name)),
                 );
                 ok = false;
                 continue;
@@ -330,7 +334,7 @@ impl Validator {
                                 Ok(r) => Some(HeaderTest::Regex(r)),
                                 Err(e) => {
                                     let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
-                                    self.error(cv.pos, &cp, format!("found {s:?}, an invalid regex ({why}); allowed: a regex in the syntax of the Rust regex crate"));
+                                    self.error(cv.pos, &cp, format!("found {q}, an invalid regex ({why}); allowed: a regex in the syntax of the Rust regex crate", q = quote(s)));
                                     None
                                 }
                             })
@@ -387,7 +391,10 @@ impl Validator {
                 self.error(
                     n.pos,
                     &format!("routes[{i}].name"),
-                    format!("duplicate route name {name:?} (first at line {line}); allowed: unique names"),
+                    format!(
+                        "duplicate route name {q} (first at line {line}); allowed: unique names",
+                        q = quote(name)
+                    ),
                 );
             } else {
                 seen.push((name, n.pos.line));

@@ -1,7 +1,7 @@
 //! Services: the legacy monolith and the extracted services, with their URLs.
 
 use super::{SERVICE_KEYS, Validator, join};
-use crate::config::yaml::{Node, Value};
+use crate::config::yaml::{Node, Value, quote};
 use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Service};
 use crate::routing::check_canonical;
 
@@ -41,7 +41,10 @@ impl Validator {
                 self.error(
                     url_node.pos,
                     &url_path,
-                    format!("found {url:?} ({why}); allowed: http://host:port[/base]"),
+                    format!(
+                        "found {q} ({why}); allowed: http://host:port[/base]",
+                        q = quote(url)
+                    ),
                 );
                 return None;
             }
