@@ -4,7 +4,7 @@
 //! and then across 5 reloads (each a real change of the file, so each swaps a new table in).
 //!
 //! `cargo bench --bench reload_latency` (release build of the binary; about a minute).
-//! `ROUTES=20000` changes the size.
+//! `ROUTES=20000` changes the size; `STRANGLER_BIN=path` measures another build.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -139,7 +139,9 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, routes_file(n, 0, &up, port, admin)).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        let bin = std::env::var("STRANGLER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_strangler").to_string());
+        let mut child = std::process::Command::new(bin)
             .args(["serve", "--no-access-log", "--no-watch", "--config"])
             .arg(&file)
             .env("TOKIO_WORKER_THREADS", "1")

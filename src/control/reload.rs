@@ -12,7 +12,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::config::{Config, ConfigErrors};
 use crate::observe::{Metrics, Registry};
@@ -78,7 +79,7 @@ impl Reloader {
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
         // the new percent gauges): all of it off the runtime's threads, each step linear.
-        let built = tokio::task::spawn_blocking(move || -> Result<Option<Table>, ConfigErrors> {
+        let built = in_background(move || -> Result<Option<Table>, ConfigErrors> {
             // An unchanged file is not validated again (a 10,000-route file takes most of a
             // second).
             let Some(config) = Config::load_if_changed(&path, &current)? else {
@@ -142,7 +143,7 @@ impl Reloader {
                         table.config.admin.listen, self.admin_listen
                     ));
                 }
-                let previous = self.gateway.table.load();
+                let previous = self.gateway.table.load_full();
                 match (previous.config.admin_token(), table.config.admin_token()) {
                     (None, Some(_)) => warnings.push(
                         "admin.token_env now holds a token: state-changing admin calls need it from now on".to_string(),
@@ -170,9 +171,10 @@ impl Reloader {
                 }
                 let hash = table.config.hash.clone();
                 let old = self.gateway.table.swap(Arc::new(table));
-                // Freeing a large table takes time too: not on a runtime thread (when no
-                // request holds it any more; otherwise the last one frees it).
-                tokio::task::spawn_blocking(move || drop(old));
+                // Freeing a large table takes time too: never on a runtime thread, whichever
+                // request held it last.
+                drop(previous);
+                retire(old);
                 self.metrics.count_reload(true);
                 for w in &warnings {
                     tracing::warn!(trigger = why, warning = %w, "reload");
@@ -187,3 +189,59 @@ impl Reloader {
         }
     }
 }
+
+/// Runs `work` on a thread of its own at a lower CPU priority (nice +10, where the system
+/// allows it), so that on a busy machine requests win the CPU over a reload's compile.
+/// Resolves to its result, or to an error if it panicked.
+fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, String>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("strangler-reload".into())
+        .spawn(move || {
+            // On Linux, this thread's own niceness; failure only leaves it at the default.
+            #[cfg(target_os = "linux")]
+            let _ = rustix::process::setpriority_process(None, 10);
+            let _ = tx.send(work());
+        });
+    async move {
+        spawned.map_err(|e| format!("cannot start a thread: {e}"))?;
+        rx.await.map_err(|_| "the work panicked".to_string())
+    }
+}
+
+/// Hands an old table to the thread that frees old tables off the request path: it holds
+/// each until no request does (requests in flight keep the table they started with), then
+/// drops it there.
+fn retire(old: Arc<Table>) {
+    static RETIRED: OnceLock<std::sync::mpsc::Sender<Arc<Table>>> = OnceLock::new();
+    let sender = RETIRED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Table>>();
+        let started = std::thread::Builder::new()
+            .name("strangler-retire".into())
+            .spawn(move || {
+                #[cfg(target_os = "linux")]
+                let _ = rustix::process::setpriority_process(None, 10);
+                let mut held: Vec<Arc<Table>> = Vec::new();
+                loop {
+                    match rx.recv_timeout(RETIRE_EVERY) {
+                        Ok(t) => held.push(t),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // The table is no longer published, so a count of one is final.
+                    held.retain(|t| Arc::strong_count(t) > 1);
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the thread that frees old tables: they are freed where they are last used");
+        }
+        tx
+    });
+    // Without the thread, the table is dropped here (or by the last request holding it).
+    let _ = sender.send(old);
+}
+
+/// How often the retiring thread looks at the tables it holds.
+const RETIRE_EVERY: Duration = Duration::from_millis(50);
