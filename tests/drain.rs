@@ -289,3 +289,40 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     );
     assert_eq!(cut_line(&gw)["error"], "drain");
 }
+
+/// A request still waiting for its upstream's answer when the drain ends gets no answer:
+/// it is logged and counted as cut, with 444 (no answer sent), which is no 5xx: neither
+/// side failed, and the comparison does not count it against either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_before_its_answer_is_no_error_of_either_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that takes requests and never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{up}', timeout: 60s}}\ndrain_timeout: 1s\nroutes: []\n"
+    ));
+    let mut gw = GatewayProcess::spawn(&file, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    // A moment for the request to reach the upstream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("-TERM");
+    let status = gw.exit_status().await;
+    assert!(status.success(), "{status:?}");
+    let v = cut_line(&gw);
+    assert_eq!(v["error"], "drain", "{v}");
+    assert_eq!(v["status"], 444, "{v}");
+    // The client got no answer: the connection was closed.
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+}

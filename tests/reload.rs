@@ -409,3 +409,40 @@ async fn a_reload_cannot_leave_an_open_admin_listener_without_a_token() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// A reload that sets a default compare window the slots made at start cannot hold says
+/// so, and the comparison uses (and reports) the longest window it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_a_window_beyond_the_slots_in_force_warns_and_fits() {
+    let legacy = Upstream::start("legacy").await;
+    let head = config_head(&legacy.url(), &[]);
+    let small =
+        format!("{head}compare: {{resolution: 1s, retention: 1m, window: 1m}}\nroutes: []\n");
+    let large =
+        format!("{head}compare: {{resolution: 1s, retention: 10m, window: 5m}}\nroutes: []\n");
+    let (_dir, file) = routes_file(&small);
+    let gw = GatewayProcess::spawn(&file, &[]).await;
+    replace(&file, &large);
+    let r = client()
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["warnings"]
+            .to_string()
+            .contains("compare.window 5m does not fit"),
+        "{v}"
+    );
+    let v: serde_json::Value = client()
+        .get(format!("http://{}/admin/compare", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["window_seconds"], 60.0, "{v}");
+}

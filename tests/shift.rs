@@ -539,4 +539,54 @@ async fn a_shift_says_whether_the_file_or_its_directory_is_the_problem() {
             .unwrap()
             .contains("percent: 5")
     );
+
+    // A lock file made by root (`sudo strangler shift` first) does not stop the gateway's
+    // own shifts: a lock needs only reading.
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        let lock = dir.path().join(".routes.yaml.lock");
+        std::fs::remove_file(&lock).unwrap();
+        let out = strangler(&["shift", file.to_str().unwrap(), "a", "6"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::metadata(&lock).unwrap().uid(), 0);
+        let (status, v) = api().await;
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("percent: 5")
+        );
+    }
+}
+
+/// A file whose modification time is in the future (clock skew, an extracted archive) is
+/// shifted: it is seen to be still by reading it twice, not refused as "kept changing".
+#[test]
+fn a_file_dated_in_the_future_can_be_shifted() {
+    let (_dir, file) = routes_file(&two_routes(&config_head(
+        "http://127.0.0.1:9001",
+        &[("orders", "http://127.0.0.1:9002")],
+    )));
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let out = strangler(&["shift", file.to_str().unwrap(), "a", "7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("percent: 7")
+    );
 }

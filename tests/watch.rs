@@ -232,3 +232,28 @@ async fn a_directory_renamed_and_made_again_is_followed() {
     std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 30)).unwrap();
     wait_for_percent(&gw, 30.0, "after an edit in the new directory").await;
 }
+
+/// A deploy that swaps the directory at once (`mv conf conf.old && mkdir conf && cp ...`),
+/// quicker than the watch's debounce, and then `rm -rf` and make it again: each new
+/// directory is watched, though it has the old one's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_at_once_is_followed() {
+    let legacy = Upstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 10)).unwrap();
+    let gw = GatewayProcess::spawn(&conf.join("routes.yaml"), &[]).await;
+    std::fs::rename(&conf, dir.path().join("conf.old")).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 20)).unwrap();
+    wait_for_percent(&gw, 20.0, "after the directory was swapped").await;
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 30)).unwrap();
+    wait_for_percent(&gw, 30.0, "after an edit in the new directory").await;
+    std::fs::remove_dir_all(&conf).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 40)).unwrap();
+    wait_for_percent(&gw, 40.0, "after the directory was removed and made again").await;
+    std::fs::write(conf.join("routes.yaml"), routes(&legacy.url(), 50)).unwrap();
+    wait_for_percent(&gw, 50.0, "after an edit in the remade directory").await;
+}

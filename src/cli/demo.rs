@@ -144,25 +144,23 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     let _watch = running.watch()?;
     let public = running.public_addr;
     let admin = running.admin_addr;
-    println!();
-    println!("strangler demo is running (Ctrl-C to stop)");
-    println!(
-        "  routes file:  {}   (a copy of routes/example.yaml; edit or shift it, it is watched)",
-        file.display()
-    );
-    println!("  gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')");
-    println!("  dashboard:    http://{admin}/   (legacy vs new, side by side)");
-    println!(
-        "  compare:      http://{admin}/admin/compare   (or: target/release/strangler compare)"
-    );
-    println!("  metrics:      http://{admin}/metrics");
-    println!("  route table:  http://{admin}/admin/routes");
-    println!("  health:       http://{admin}/healthz  http://{admin}/readyz");
-    println!(
-        "  explain:      target/release/strangler explain {} GET /api/orders/42 -H 'x-user-id: alice'",
-        file.display()
-    );
-    println!();
+    // Through the stdout writer, as every line of the process: in order with the log, and
+    // never waited on.
+    let file = file.display();
+    stdout().print(&format!(
+        "
+strangler demo is running (Ctrl-C to stop)
+  routes file:  {file}   (a copy of routes/example.yaml; edit or shift it, it is watched)
+  gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')
+  dashboard:    http://{admin}/   (legacy vs new, side by side)
+  compare:      http://{admin}/admin/compare   (or: target/release/strangler compare)
+  metrics:      http://{admin}/metrics
+  route table:  http://{admin}/admin/routes
+  health:       http://{admin}/healthz  http://{admin}/readyz
+  explain:      target/release/strangler explain {file} GET /api/orders/42 -H 'x-user-id: alice'
+
+"
+    ));
 
     let tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>> = Arc::default();
     for worker in 0..4 {
@@ -189,8 +187,8 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     reporter.abort();
     running.drain(Duration::from_secs(5)).await;
     running.close();
+    stdout().print("demo stopped\n");
     log.flush();
-    println!("demo stopped");
     Ok(())
 }
 

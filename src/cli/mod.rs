@@ -224,7 +224,10 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    let result = rt.block_on(fut);
+    // What was logged before an error (the file's warnings, say) is written out too.
+    crate::observe::stdout().flush(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

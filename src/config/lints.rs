@@ -16,11 +16,23 @@ pub fn run(cfg: &Config) -> Vec<Diagnostic> {
 /// that has no conditions, or the very same conditions.
 fn unreachable_rules(cfg: &Config, out: &mut Vec<Diagnostic>) {
     for group in group_order(cfg.routes.iter().map(|r| &r.matcher)) {
+        // The first rule tried without conditions, and the first with each set of
+        // conditions: the earlier of the two that apply is the one that shadows (linear in
+        // the group, however large).
+        // Positions in the group, in the order its rules are tried.
+        let mut unconditioned: Option<usize> = None;
+        let mut first_with = std::collections::HashMap::new();
         for (pos, &ri) in group.iter().enumerate() {
             let r = &cfg.routes[ri];
-            let shadow = group[..pos].iter().map(|&j| &cfg.routes[j]).find(|e| {
-                e.matcher.condition_count() == 0 || e.matcher.same_conditions(&r.matcher)
-            });
+            let same = *first_with.entry(r.matcher.conditions_key()).or_insert(pos);
+            let shadow = [unconditioned, (same != pos).then_some(same)]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|p| &cfg.routes[group[p]]);
+            if r.matcher.condition_count() == 0 && unconditioned.is_none() {
+                unconditioned = Some(pos);
+            }
             if let Some(e) = shadow {
                 let why = if e.matcher.condition_count() == 0 {
                     "has no conditions"

@@ -169,6 +169,16 @@ impl Reloader {
                         "compare.resolution and compare.retention changes need a restart; the window, min_requests and max_p99_ratio apply now".to_string(),
                     );
                 }
+                let (slot, retention) = (self.windows.resolution(), self.windows.retention());
+                if new.window > retention || new.window < slot {
+                    warnings.push(format!(
+                        "compare.window {} does not fit the slots in force until a restart ({} slots, {} kept): the default window is {} until then",
+                        humantime::format_duration(new.window),
+                        humantime::format_duration(slot),
+                        humantime::format_duration(retention),
+                        humantime::format_duration(new.window.clamp(slot, retention)),
+                    ));
+                }
                 let hash = table.config.hash.clone();
                 let old = self.gateway.table.swap(Arc::new(table));
                 // Freeing a large table takes time too: never on a runtime thread, whichever

@@ -35,6 +35,13 @@ pub enum ShiftError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "cannot open or lock {lock} ({source}): every shift of this file locks it; run the shift as a user that can read it"
+    )]
+    Lock {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {path} ({source}): run the shift as a user that can read and write it")]
     Unreadable {
         path: PathBuf,
@@ -117,8 +124,12 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
     let dir = directory(&target);
     // One writer at a time, across processes (the CLI and every gateway on this file):
     // read, edit and rename happen under an exclusive lock on a file beside it.
-    let _lock = lock_beside(&target).map_err(|source| denied(path, &dir, source))?;
+    let _lock = lock_beside(&target, path, &dir)?;
     let give_up = Instant::now() + PATIENCE;
+    // The previous read, when it was not taken for a still file: the same bytes and
+    // identity seen again a moment later count as still, whatever the modification time
+    // says (a time in the future, after clock skew or an extracted archive).
+    let mut previous: Option<(Identity, String, Instant)> = None;
     loop {
         let before = std::fs::metadata(&target).map_err(io)?;
         let text = std::fs::read_to_string(&target).map_err(|source| {
@@ -132,20 +143,29 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
             }
         })?;
         let read = Identity::of(&before);
-        let age = SystemTime::now()
-            .duration_since(read.mtime)
-            .unwrap_or_default();
-        // Changed while it was being read: not what the text says. And an empty file is
-        // taken for one being rewritten: a truncation is seen with its new size a moment
-        // before its new modification time.
+        // Unchanged while it was being read, else the text may not be what the file holds.
         let during = Identity::of(&std::fs::metadata(&target).map_err(io)?) != read;
-        let moving = age < QUIET || during;
-        if moving || text.trim().is_empty() {
+        let age = SystemTime::now().duration_since(read.mtime).ok();
+        let seen_still = previous
+            .as_ref()
+            .is_some_and(|(i, t, at)| *i == read && *t == text && at.elapsed() >= QUIET);
+        let still = !during && (age.is_some_and(|a| a >= QUIET) || seen_still);
+        // An empty file is taken for one being rewritten: a truncation is seen with its
+        // new size a moment before its new modification time.
+        if !still || text.trim().is_empty() {
             if Instant::now() < give_up {
-                std::thread::sleep(QUIET.saturating_sub(age).max(Duration::from_millis(10)));
+                let wait = age.map_or(QUIET, |a| QUIET.saturating_sub(a));
+                if !still
+                    && previous
+                        .as_ref()
+                        .is_none_or(|(i, t, _)| *i != read || *t != text)
+                {
+                    previous = Some((read, text, Instant::now()));
+                }
+                std::thread::sleep(wait.max(Duration::from_millis(10)));
                 continue;
             }
-            if moving {
+            if !still {
                 return Err(ShiftError::Changing {
                     path: path.to_path_buf(),
                 });
@@ -245,15 +265,25 @@ fn prepare(
     Ok(tmp)
 }
 
-/// An exclusive lock on `.NAME.lock` beside `target`, held until the file is dropped.
-fn lock_beside(target: &Path) -> std::io::Result<std::fs::File> {
+/// An exclusive lock on `.NAME.lock` beside `target`, held until the file is dropped. The
+/// lock needs only reading: an existing lock file (made by another user, say root running
+/// the CLI) is opened read-only, so any user who can read it can lock it.
+fn lock_beside(target: &Path, path: &Path, dir: &Path) -> Result<std::fs::File, ShiftError> {
     let lock = sibling(target, "lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock)?;
-    f.lock()?;
+    let f = match std::fs::File::open(&lock) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| denied(path, dir, source))?,
+        Err(source) => return Err(ShiftError::Lock { lock, source }),
+    };
+    f.lock().map_err(|source| ShiftError::Lock {
+        lock: lock.clone(),
+        source,
+    })?;
     Ok(f)
 }
 

@@ -17,7 +17,7 @@
 //! identity (real path, inode, size, modification time) is polled every [`POLL_EVERY`]
 //! until the watch can be armed again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,18 +35,19 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// What the watch reacts to: the names that matter, as (real directory, file name), and the
-/// directories watched for them.
+/// directories watched for them, each with the (device, inode) it had when it was watched:
+/// a directory made again at the same path is another directory, to be watched anew.
 #[derive(Default)]
 struct Armed {
     names: HashSet<(PathBuf, OsString)>,
-    dirs: HashSet<PathBuf>,
+    dirs: HashMap<PathBuf, (u64, u64)>,
 }
 
 impl Armed {
-    /// Whether an event path is about the routes file, its symlink chain, or a watched
-    /// directory itself (removed or renamed: the watch must be re-armed).
+    /// Whether an event path is about the routes file, its symlink chain, or a directory of
+    /// the chain itself (removed or renamed: the watch must be re-armed).
     fn concerns(&self, p: &Path) -> bool {
-        if self.dirs.contains(p) {
+        if self.names.iter().any(|(d, _)| d == p) {
             return true;
         }
         match (p.parent(), p.file_name()) {
@@ -68,7 +69,15 @@ enum Wake {
 /// A running watch; dropping it stops it.
 pub struct Watch {
     wake: tokio::sync::mpsc::UnboundedSender<Wake>,
+    task: tokio::task::AbortHandle,
     _debouncer: Arc<Mutex<Watcher>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The task holds the debouncer too; once it is gone, so is the debouncer's thread.
+        self.task.abort();
+    }
 }
 
 impl Watch {
@@ -89,7 +98,20 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
         let relevant = match result {
             // The kernel's queue overflowed: events were lost, so any might have been ours.
             Ok(batch) => {
-                let armed = seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut armed = seen.lock().unwrap_or_else(|p| p.into_inner());
+                // A watched directory removed or renamed took its watch with it: forgotten
+                // here, it is watched anew by the next arming, whatever its inode then
+                // (a directory made again at once may get the same one).
+                for e in batch.iter() {
+                    if matches!(
+                        e.kind,
+                        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                    ) {
+                        for p in &e.paths {
+                            armed.dirs.remove(p);
+                        }
+                    }
+                }
                 batch.iter().any(|e| {
                     e.need_rescan()
                         || (is_change(&e.kind) && e.paths.iter().any(|p| armed.concerns(p)))
@@ -113,8 +135,15 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
     let mut polling = arm(&path, &armed, &debouncer);
     let me = Arc::downgrade(reloader);
     let (task_armed, task_debouncer) = (armed.clone(), debouncer.clone());
-    tokio::spawn(async move {
-        let mut identity = Identity::of(&path);
+    let task = tokio::spawn(async move {
+        // File system calls (and the round trip to the watcher's thread) are made off the
+        // runtime's threads: a slow file system must not stall requests.
+        let identity_of = |path: PathBuf| async move {
+            tokio::task::spawn_blocking(move || Identity::of(&path))
+                .await
+                .unwrap_or(Identity(None))
+        };
+        let mut identity = identity_of(path.clone()).await;
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -125,7 +154,7 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
                     Some(Wake::Rearm) => "SIGHUP",
                 },
                 _ = poll.tick(), if polling => {
-                    if Identity::of(&path) == identity {
+                    if identity_of(path.clone()).await == identity {
                         continue;
                     }
                     "file change (polled)"
@@ -135,8 +164,11 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
             while rx.try_recv().is_ok() {}
             // Every time: the chain may have moved (a release symlink switched, a directory
             // renamed and made again).
-            polling = arm(&path, &task_armed, &task_debouncer);
-            identity = Identity::of(&path);
+            let (p, a, d) = (path.clone(), task_armed.clone(), task_debouncer.clone());
+            (polling, identity) =
+                tokio::task::spawn_blocking(move || (arm(&p, &a, &d), Identity::of(&p)))
+                    .await
+                    .unwrap_or((true, Identity(None)));
             let Some(me) = me.upgrade() else { return };
             // Errors are logged and counted by `reload`.
             let _ = me.reload(why).await;
@@ -144,6 +176,7 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
     });
     Ok(Watch {
         wake: tx,
+        task: task.abort_handle(),
         _debouncer: debouncer,
     })
 }
@@ -162,18 +195,31 @@ fn arm(path: &Path, armed: &Mutex<Armed>, debouncer: &Mutex<Watcher>) -> bool {
     if missing {
         tracing::warn!(file = %path.display(), interval = ?POLL_EVERY, "the routes file cannot be found where it is named: polling until it is back");
     }
-    for gone in armed.dirs.difference(&dirs) {
+    for gone in armed.dirs.keys().filter(|d| !dirs.contains(*d)) {
         let _ = watcher.unwatch(gone);
     }
-    let mut watched = HashSet::new();
+    let mut watched = HashMap::new();
     for dir in &dirs {
-        if armed.dirs.contains(dir) {
-            watched.insert(dir.clone());
-            continue;
+        let id = dir_id(dir);
+        match (armed.dirs.get(dir), id) {
+            // Still the directory that was watched.
+            (Some(was), Some(now)) if *was == now => {
+                watched.insert(dir.clone(), now);
+                continue;
+            }
+            // Another directory at the same path (renamed or removed, and made again):
+            // the old watch went with the old directory.
+            (Some(_), _) => {
+                let _ = watcher.unwatch(dir);
+            }
+            // Not watched, or forgotten after its removal: any watch left is stale.
+            (None, _) => {
+                let _ = watcher.unwatch(dir);
+            }
         }
         match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
             Ok(()) => {
-                watched.insert(dir.clone());
+                watched.insert(dir.clone(), id.unwrap_or_default());
             }
             Err(e) => {
                 missing = true;
@@ -184,6 +230,12 @@ fn arm(path: &Path, armed: &Mutex<Armed>, debouncer: &Mutex<Watcher>) -> bool {
     armed.names = names;
     armed.dirs = watched;
     missing
+}
+
+/// A directory's (device, inode), or `None` if it cannot be read.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// What identifies the file's content on disk without reading it: its real path, inode,

@@ -329,12 +329,12 @@ impl SideMetrics {
         });
     }
 
-    /// Counts one failed upstream exchange.
     /// A request of this route and side cut by the end of a drain.
     pub fn cut(&self) {
         self.metrics.cut.inc();
     }
 
+    /// Counts one failed upstream exchange.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.errors[kind.index()]
             .get_or_init(|| {

@@ -57,8 +57,8 @@ fn slot_count(config: &CompareConfig) -> usize {
 
 /// The slots a window reads: from `oldest` to `now` (the slot in progress), and how much
 /// time they cover. A window of `w` is rounded up to whole slots, plus the slot in progress:
-/// it covers at least `w` (once the gateway has been up that long), and less than `w` plus
-/// one slot.
+/// it covers at least `w` (once the gateway has been up that long), and less than two slots
+/// more than `w` (less than one more when `w` is a whole number of slots).
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
     oldest: u64,

@@ -60,6 +60,11 @@ pub enum Stage {
 /// "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// The status recorded for a request the end of a drain cut before its response head: no
+/// answer was sent (nginx's 444, "connection closed without response"). Not a 5xx: the cut
+/// is neither side's failure, and must not count against either in the comparison.
+pub const CUT_UNANSWERED: u16 = 444;
+
 impl Failure {
     /// The status the gateway answers (or records) for this failure. A failure after the
     /// response head (a stalled client or upstream body) keeps the status already sent.
@@ -83,7 +88,7 @@ impl Failure {
                 ..
             } => 504,
             Failure::Upstream { .. } => 502,
-            Failure::Drained => 503,
+            Failure::Drained => CUT_UNANSWERED,
         };
         StatusCode::from_u16(code).expect("the gateway's statuses are valid")
     }

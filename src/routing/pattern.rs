@@ -118,20 +118,19 @@ impl Match {
         usize::from(self.methods.is_some()) + self.headers.len()
     }
 
-    /// Whether two rules have the same conditions (methods in any order, headers in any
-    /// order), so that the one tried second can never win.
-    pub fn same_conditions(&self, other: &Match) -> bool {
-        let methods = match (&self.methods, &other.methods) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.len() == b.len() && a.iter().all(|m| b.contains(m)),
-            _ => false,
-        };
-        methods
-            && self.headers.len() == other.headers.len()
-            && self
-                .headers
-                .iter()
-                .all(|x| other.headers.iter().any(|y| x.to_string() == y.to_string()))
+    /// The rule's conditions in a form two rules share exactly when they have the same
+    /// conditions (methods in any order, headers in any order), so that the one tried
+    /// second can never win.
+    pub fn conditions_key(&self) -> (Option<Vec<String>>, Vec<String>) {
+        let methods = self.methods.as_ref().map(|ms| {
+            let mut v: Vec<String> = ms.iter().map(|m| m.as_str().to_string()).collect();
+            v.sort();
+            v.dedup();
+            v
+        });
+        let mut headers: Vec<String> = self.headers.iter().map(ToString::to_string).collect();
+        headers.sort();
+        (methods, headers)
     }
 }
 
@@ -140,12 +139,17 @@ impl Match {
 /// can never win; the router groups rules the same way.
 pub fn group_order<'a>(rules: impl IntoIterator<Item = &'a Match>) -> Vec<Vec<usize>> {
     let rules: Vec<&Match> = rules.into_iter().collect();
+    // Groups in order of their first rule; found by key in a map (linear in the rules).
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, r) in rules.iter().enumerate() {
         let key = r.path.key();
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => v.push(i),
-            None => groups.push((key, vec![i])),
+        match index.get(&key) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((key, vec![i]));
+            }
         }
     }
     groups

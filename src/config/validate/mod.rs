@@ -39,6 +39,12 @@ const TOP_KEYS: &[&str] = &[
     "routes",
 ];
 
+/// Every name under `services` (valid or not): looked up by name, listed in file order.
+struct Defined<'a> {
+    names: std::collections::HashSet<&'a str>,
+    listed: Vec<&'a str>,
+}
+
 /// The longest message (in characters) one error carries.
 const MESSAGE_CHARS: usize = 600;
 
@@ -329,14 +335,22 @@ impl Validator {
                 value: Value::Seq(items),
                 ..
             }) => {
-                let valid: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                let valid: std::collections::HashMap<&str, usize> = services
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.name.as_str(), i))
+                    .collect();
                 let mut out = Vec::new();
                 // Every name under `services`, also of services that failed validation: a
                 // route naming one of those is not reported a second time, and an unknown
                 // name is told what is defined.
-                let defined: Vec<String> = match f.get("services").map(|n| &n.value) {
-                    Some(Value::Map(e)) => e.iter().map(|(k, _)| k.name.clone()).collect(),
+                let defined: Vec<&str> = match f.get("services").map(|n| &n.value) {
+                    Some(Value::Map(e)) => e.iter().map(|(k, _)| k.name.as_str()).collect(),
                     _ => Vec::new(),
+                };
+                let defined = Defined {
+                    names: defined.iter().copied().collect(),
+                    listed: defined,
                 };
                 for (i, item) in items.iter().enumerate() {
                     if let Some(r) = self.route(item, i, &valid, &defined) {

@@ -3,7 +3,9 @@
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::{MATCH_KEYS, ROUTE_KEYS, Validator, join, valid_name};
+use std::collections::HashMap;
+
+use super::{Defined, MATCH_KEYS, ROUTE_KEYS, Validator, join, valid_name};
 use crate::config::yaml::{Key, Node, Value, quote};
 use crate::config::{RouteConfig, percent_to_bp};
 use crate::routing::{HeaderCond, HeaderTest, Match, PathMatch, Template, check_canonical};
@@ -13,8 +15,8 @@ impl Validator {
         &mut self,
         n: &Node,
         i: usize,
-        valid: &[&str],
-        defined: &[String],
+        valid: &HashMap<&str, usize>,
+        defined: &Defined,
     ) -> Option<RouteConfig> {
         let path = format!("routes[{i}]");
         let f = self.fields(n, &path, ROUTE_KEYS)?;
@@ -51,14 +53,14 @@ impl Validator {
             .and_then(|sn| {
                 let p = join(&path, "service");
                 let s = self.string(sn, &p, "a service name")?;
-                match valid.iter().position(|k| *k == s) {
-                    Some(idx) => Some((idx, s.to_string())),
-                    None if defined.iter().any(|k| k == s) => None,
+                match valid.get(s) {
+                    Some(&idx) => Some((idx, s.to_string())),
+                    None if defined.names.contains(s) => None,
                     None => {
-                        let allowed = if defined.is_empty() {
+                        let allowed = if defined.listed.is_empty() {
                             "a key of `services` (none are defined)".to_string()
                         } else {
-                            format!("one of the services defined: {}", defined.join(", "))
+                            format!("one of the services defined: {}", defined.listed.join(", "))
                         };
                         self.error(
                             sn.pos,
@@ -378,7 +380,8 @@ impl Validator {
     /// Reports duplicate route names, over every route of the file (also those with other
     /// errors), with each route's index in the file.
     pub(super) fn check_names(&mut self, items: &[Node]) {
-        let mut seen: Vec<(&str, u32)> = Vec::new();
+        // By name: linear in the routes (a 20,000-route file is checked in a blink).
+        let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let Value::Map(entries) = &item.value else {
                 continue;
@@ -387,7 +390,7 @@ impl Validator {
                 continue;
             };
             let Value::Str(name) = &n.value else { continue };
-            if let Some((_, line)) = seen.iter().find(|(s, _)| s == name) {
+            if let Some(line) = seen.get(name.as_str()) {
                 self.error(
                     n.pos,
                     &format!("routes[{i}].name"),
@@ -397,7 +400,7 @@ impl Validator {
                     ),
                 );
             } else {
-                seen.push((name, n.pos.line));
+                seen.insert(name, n.pos.line);
             }
         }
     }

@@ -129,7 +129,9 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
     let cfg = &table.config.compare;
     let (retention, slot) = (s.windows.retention(), s.windows.resolution());
     let window = match q.window.as_deref().map(humantime::parse_duration) {
-        None => cfg.window,
+        // A reload may have set a window the slots made at start cannot hold: cut to fit
+        // (the reload said so), and reported as what it is.
+        None => cfg.window.clamp(slot, retention),
         Some(Ok(w)) if w >= slot && w <= retention => w,
         Some(_) => {
             return bad_request(format!(
@@ -392,6 +394,7 @@ fn shift_error(e: &ShiftError) -> Response {
         ShiftError::Changing { .. } => (StatusCode::CONFLICT, "file_changing", None),
         ShiftError::Unreadable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "unreadable", None),
         ShiftError::Owner { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_keep_owner", None),
+        ShiftError::Lock { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_lock", None),
         ShiftError::NoSuchRoute(_) => (StatusCode::NOT_FOUND, "no_such_route", None),
         ShiftError::InvalidBefore(c) | ShiftError::InvalidAfter(c) => (
             StatusCode::BAD_REQUEST,
