@@ -11,6 +11,7 @@
 
 mod lints;
 mod percent;
+pub mod tls;
 mod validate;
 pub mod yaml;
 
@@ -55,6 +56,8 @@ pub struct Config {
     pub via: String,
     /// Settings of the legacy-vs-new comparison (`compare`).
     pub compare: CompareConfig,
+    /// TLS on the public listener (`tls`), its files loaded and checked.
+    pub tls: Option<tls::Tls>,
     pub routes: Vec<RouteConfig>,
     /// Non-fatal findings (rules that can never win, ...).
     pub warnings: Vec<Diagnostic>,
@@ -127,6 +130,8 @@ pub struct RouteConfig {
     /// Route-level sticky key; `None` falls back to the file-wide one.
     pub sticky: Option<StickyKey>,
     pub cohort: String,
+    /// Whether upgrade requests (WebSocket) are tunnelled; `false` refuses them (400).
+    pub upgrades: bool,
 }
 
 /// Settings of the legacy-vs-new comparison (the routes file's `compare` section).

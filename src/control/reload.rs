@@ -68,6 +68,13 @@ impl Reloader {
         &self.path
     }
 
+    /// The TLS files of the config in force and the fingerprint they were loaded with.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf, u64)> {
+        let table = self.gateway.table.load();
+        let tls = table.config.tls.as_ref()?;
+        Some((tls.cert.clone(), tls.key.clone(), tls.fingerprint))
+    }
+
     /// Re-reads the file now. `why` names the trigger in the log.
     pub async fn reload(&self, why: &str) -> Result<Reloaded, ConfigErrors> {
         let _one = self.serial.lock().await;
@@ -75,6 +82,7 @@ impl Reloader {
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
+        let tls = self.tls_files();
         let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
@@ -82,8 +90,17 @@ impl Reloader {
         let built = in_background(move || -> Result<Option<Table>, ConfigErrors> {
             // An unchanged file is not validated again (a 10,000-route file takes most of a
             // second).
-            let Some(config) = Config::load_if_changed(&path, &current)? else {
-                return Ok(None);
+            // ...unless the TLS files it names changed.
+            let tls_changed = tls.is_some_and(|(cert, key, fp)| {
+                crate::config::tls::fingerprint(&cert, &key) != Some(fp)
+            });
+            let config = if tls_changed {
+                Config::load(&path)?
+            } else {
+                let Some(config) = Config::load_if_changed(&path, &current)? else {
+                    return Ok(None);
+                };
+                config
             };
             // An admin listener beyond loopback was only started with a token: a new file must
             // not take it away.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -156,6 +157,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     tokio::spawn(serve_public(
         public,
         gateway.clone(),
+        metrics.clone(),
         drain_rx,
         cut.clone(),
         drained_tx,
@@ -196,13 +198,16 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     })
 }
 
-/// The public listener: each connection served with hyper's HTTP/1.1, until a drain; then
-/// the connections finish their request in flight and close, and `drained` is told. When
+/// The public listener: each connection served with hyper (HTTP/1.1 and HTTP/2), until a
+/// drain; then the connections finish their request in flight and close, the open tunnels
+/// end, and `drained` is told. When
 /// `cut` comes first, the connections still open are closed. A connection's limits
-/// (`client.*`) are those of the table in force when it was accepted.
+/// (`client.*`) and TLS certificate are those of the table in force when it was accepted
+/// (a reload that changes them changes new connections only).
 async fn serve_public(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     drain: watch::Receiver<bool>,
     cut: Arc<Notify>,
     drained: watch::Sender<bool>,
@@ -212,36 +217,41 @@ async fn serve_public(
     // Seen by every connection's requests: set, they were cut by the end of a drain.
     let cutting = Arc::new(AtomicBool::new(false));
     let flag = cutting.clone();
+    let tunnels = gateway.tunnels.clone();
     let accepted = accept_loop(
         listener,
         drain,
         graceful,
         &mut tasks,
         move |stream, addr, watcher| {
-            let limits = gateway.table.load().config.client.clone();
-            let peer = Arc::new(Peer::new(addr, flag.clone()));
+            let (limits, tls) = {
+                let table = gateway.table.load();
+                let tls = table.config.tls.as_ref().map(|t| t.server.clone());
+                (table.config.client.clone(), tls)
+            };
+            let peer = Arc::new(Peer::new(addr, flag.clone(), tls.is_some()));
             let io = ClientIo::new(stream, peer.clone(), limits.send_timeout);
-            let (gw, p) = (gateway.clone(), peer.clone());
-            let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                let peer = p.clone();
-                async move { gw.handle(req, &peer).await }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.head_timeout)
-                .max_buf_size(MAX_BUF)
-                // Above the default 100, so that the gateway's own limit on the total size of
-                // the headers (431, as JSON) is the one clients meet.
-                .max_headers(MAX_HEADER_COUNT)
-                // The gateway adds nothing to an upstream's answer, not even `Date`.
-                .auto_date_header(false)
-                .serve_connection(TokioIo::new(io), svc);
-            let (conn, gw) = (watcher.watch(conn), gateway.clone());
+            let (gw, metrics) = (gateway.clone(), metrics.clone());
             async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
-                    gw.record_unread(&peer, &e);
+                let Some(tls) = tls else {
+                    return serve_client(io, &limits, watcher, gw, peer).await;
+                };
+                // The handshake is bounded like a request head.
+                let accepted = tokio::time::timeout(
+                    limits.head_timeout,
+                    tokio_rustls::TlsAcceptor::from(tls).accept(io),
+                )
+                .await;
+                match accepted {
+                    Ok(Ok(stream)) => serve_client(stream, &limits, watcher, gw, peer).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                        metrics.tls_handshake_failed();
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
+                        metrics.tls_handshake_failed();
+                    }
                 }
             }
         },
@@ -252,16 +262,75 @@ async fn serve_public(
         "draining: finishing the requests in flight"
     );
     tokio::select! {
-        () = graceful.shutdown() => {}
+        // Upgraded connections (WebSocket) have left their HTTP connection: they are waited
+        // for on their own.
+        () = async { graceful.shutdown().await; tunnels.closed().await } => {}
         () = cut.notified() => {
-            tracing::warn!(connections = tasks.len(), "drain over: closing the connections still open");
+            tracing::warn!(
+                connections = tasks.len(),
+                tunnels = tunnels.open(),
+                "drain over: closing the connections still open"
+            );
             cutting.store(true, Ordering::Release);
-            // Dropping a connection's task drops the request it carries, which records it.
+            // Dropping a connection's task drops the request it carries, which records it;
+            // a tunnel records itself when it is closed.
+            tunnels.cut();
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+            tunnels.closed().await;
         }
     }
     let _ = drained.send(true);
+}
+
+/// Serves one client connection (plain or TLS) until it closes or the drain ends it.
+async fn serve_client<I>(
+    io: I,
+    limits: &crate::config::ClientConfig,
+    watcher: Watcher,
+    gateway: Arc<Gateway>,
+    peer: Arc<Peer>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (gw, p) = (gateway.clone(), peer.clone());
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        let peer = p.clone();
+        async move { gw.handle(req, &peer).await }
+    });
+    let builder = public_builder(limits);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer.addr, error = %e, "client connection ended with an error");
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            gateway.record_unread(&peer, e);
+        }
+    }
+}
+
+/// The public listener's HTTP server: HTTP/1.1, and HTTP/2 with prior knowledge (h2c) or
+/// by ALPN, on one port; upgrades (WebSocket) enabled. `limits` are the `client` settings in
+/// force when the connection was accepted.
+fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(MAX_BUF)
+        // Above the default 100, so that the gateway's own limit on the total size of the
+        // headers (431, as JSON) is the one clients meet.
+        .max_headers(MAX_HEADER_COUNT)
+        // The gateway adds nothing to an upstream's answer, not even `Date`.
+        .auto_date_header(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // As for HTTP/1.1: above the gateway's own limit (431 as JSON) on the headers' size.
+        .max_header_list_size(MAX_BUF as u32)
+        .auto_date_header(false);
+    builder
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was

@@ -146,6 +146,11 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
         let mut identity = identity_of(path.clone()).await;
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tls_poll = tokio::time::interval(POLL_EVERY);
+        tls_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The TLS files' fingerprint a reload was last asked for (a bad certificate is
+        // reported once, not at every poll).
+        let mut tls_tried: Option<u64> = None;
         loop {
             let why = tokio::select! {
                 wake = rx.recv() => match wake {
@@ -158,6 +163,15 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
                         continue;
                     }
                     "file change (polled)"
+                }
+                _ = tls_poll.tick() => {
+                    let Some(me) = me.upgrade() else { return };
+                    let Some(changed) = tls_changed(&me).await else { continue };
+                    if tls_tried == Some(changed) {
+                        continue;
+                    }
+                    tls_tried = Some(changed);
+                    "TLS files changed"
                 }
             };
             // Several wakes may have queued during a reload: one more reload reads them all.
@@ -179,6 +193,21 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
         task: task.abort_handle(),
         _debouncer: debouncer,
     })
+}
+
+/// The fingerprint of the TLS files in force when it is no longer the one loaded (the
+/// files were replaced or rewritten, through symlinks too); `None` when unchanged, when a
+/// file cannot be read (a replacement in progress), or without TLS. Polled every
+/// [`POLL_EVERY`]: certificate renewals replace files in many ways (Kubernetes secrets swap
+/// a symlinked directory), and a reread of two small files catches them all.
+async fn tls_changed(reloader: &Reloader) -> Option<u64> {
+    let tls = reloader.tls_files()?;
+    tokio::task::spawn_blocking(move || {
+        crate::config::tls::fingerprint(&tls.0, &tls.1).filter(|fp| *fp != tls.2)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Resolves the symlink chain of `path` and watches the directories it runs through now

@@ -27,6 +27,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "strangler_tls_handshake_errors_total";
 
 /// Buckets of `strangler_request_duration_seconds`, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
@@ -104,6 +105,8 @@ pub struct Metrics {
     log_dropped_seen: std::sync::Mutex<u64>,
     /// Requests cut by the end of a drain.
     cut: IntCounter,
+    /// TLS handshakes on the public listener that failed or timed out.
+    tls_errors: IntCounter,
 }
 
 impl Metrics {
@@ -170,9 +173,15 @@ impl Metrics {
             "Requests cut because a drain ran out of time (or was ended by a second signal)",
         )
         .expect("static metric definition is valid");
+        let tls_errors = IntCounter::new(
+            TLS_HANDSHAKE_ERRORS_TOTAL,
+            "TLS handshakes on the public listener that failed or did not finish within client.head_timeout",
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cut.clone()),
+            Box::new(tls_errors.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -199,6 +208,7 @@ impl Metrics {
             log_dropped,
             log_dropped_seen: Default::default(),
             cut,
+            tls_errors,
         })
     }
 
@@ -253,6 +263,11 @@ impl Metrics {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// A TLS handshake on the public listener failed.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_errors.inc();
     }
 
     /// Requests cut by the end of a drain, so far.

@@ -85,6 +85,17 @@ impl ResponseBody {
         b
     }
 
+    /// No body, and nothing to record (a 101's: its tunnel records the request).
+    pub(crate) fn empty() -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(None),
+            trail: None,
+            conn: None,
+            idle: None,
+            read_timeout: Duration::ZERO,
+        }
+    }
+
     /// A complete body the gateway made, recorded as `trail` once sent.
     pub(crate) fn made(body: Bytes, trail: Trail) -> ResponseBody {
         ResponseBody {

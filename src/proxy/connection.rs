@@ -21,6 +21,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The peer IP as a header value, for `X-Forwarded-For`.
     pub ip_header: HeaderValue,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// The client stopped taking an answer for longer than `client.send_timeout`.
     send_timed_out: AtomicBool,
     /// Bytes arrived since the gateway last wrote to the client.
@@ -31,10 +33,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer at `addr`, on a listener whose drain cut is `cut`.
-    pub fn new(addr: SocketAddr, cut: Arc<AtomicBool>) -> Peer {
+    /// The peer at `addr`, on a listener whose drain cut is `cut`; `tls` when the connection
+    /// is (to be) TLS.
+    pub fn new(addr: SocketAddr, cut: Arc<AtomicBool>, tls: bool) -> Peer {
         Peer {
             addr,
+            tls,
             ip_header: HeaderValue::from_str(&addr.ip().to_string())
                 .expect("an IP address is a valid header value"),
             send_timed_out: AtomicBool::new(false),

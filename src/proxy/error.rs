@@ -42,6 +42,8 @@ pub enum Refusal {
     HeadersTooLarge,
     /// 508: the request already passed through this gateway (its `Via`).
     Loop,
+    /// 400: an upgrade (WebSocket) asked of a route with `upgrades: false`.
+    UpgradeRefused,
     /// Refused by the HTTP parser before the gateway saw it (400, 414 or 431, the status
     /// it sent, without a JSON body); recorded for the count and the log.
     Malformed(u16),
@@ -70,7 +72,9 @@ impl Failure {
     /// response head (a stalled client or upstream body) keeps the status already sent.
     pub fn status(self) -> StatusCode {
         let code = match self {
-            Failure::Refused(Refusal::BadRequest | Refusal::BadFraming) => 400,
+            Failure::Refused(
+                Refusal::BadRequest | Refusal::BadFraming | Refusal::UpgradeRefused,
+            ) => 400,
             Failure::Refused(Refusal::UnsupportedCoding) => 501,
             Failure::Refused(Refusal::UriTooLong) => 414,
             Failure::Refused(Refusal::HeadersTooLarge) => 431,
@@ -102,6 +106,7 @@ impl Failure {
                 "headers_too_large"
             }
             Failure::Refused(Refusal::Loop) => "loop_detected",
+            Failure::Refused(Refusal::UpgradeRefused) => "upgrade_refused",
             Failure::Refused(_)
             | Failure::Client(ClientErrorKind::Body | ClientErrorKind::Closed) => "bad_request",
             Failure::Client(_) => "request_timeout",

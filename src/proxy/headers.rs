@@ -90,6 +90,36 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to: one `Upgrade` value, with `upgrade`
+/// among the `Connection` options (RFC 9110 §7.8). `h2c` is never one: an upgrade to
+/// cleartext HTTP/2 is an offer to this hop, and tunnelled through to the upstream it would
+/// carry requests the gateway never sees (the "h2c smuggling" of proxies that forward it);
+/// such a request is served as the ordinary request it also is.
+pub fn upgrade_asked(h: &HeaderMap, version: http::Version) -> Option<HeaderValue> {
+    let mut values = h.get_all(header::UPGRADE).iter();
+    let (proto, second) = (values.next()?, values.next());
+    if second.is_some() || version != http::Version::HTTP_11 {
+        return None;
+    }
+    let p = proto.to_str().ok()?.trim();
+    if p.is_empty() || p.contains(',') || p.eq_ignore_ascii_case("h2c") {
+        return None;
+    }
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| proto.clone())
+}
+
+/// Asks the upstream for the upgrade the client asked for: `Connection: upgrade` and its
+/// `Upgrade`, the only hop-by-hop headers that go through.
+pub fn ask_upgrade(h: &mut HeaderMap, proto: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, proto);
+}
+
 /// What a message's `Transfer-Encoding` (all its lines, as one list) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {

@@ -6,7 +6,8 @@
 //! 3. [`rewrite`]: the upstream's copy of the request (target, `X-Forwarded-*`, `Host`);
 //! 4. [`send`]: the exchange through the per-thread connection [`pool`], up to the head;
 //! 5. [`respond`]: the response head and its streamed [`body`] (the request's own body
-//!    goes up as an [`upload`]);
+//!    goes up as an [`upload`]); after a 101, the two connections are joined in a
+//!    [`tunnel`];
 //! 6. [`record`]: metrics, compare window and access log, when the response ends.
 //!
 //! [`Gateway::handle`] reads as that list. Bodies are never buffered. Every failure is a
@@ -23,6 +24,7 @@ pub mod respond;
 pub mod rewrite;
 pub mod send;
 pub mod table;
+pub mod tunnel;
 pub mod upload;
 
 use std::convert::Infallible;
@@ -38,6 +40,7 @@ pub use body::ResponseBody;
 pub use connection::{ClientIo, Peer};
 pub use error::Failure;
 pub use table::Table;
+pub use tunnel::Tunnels;
 pub use upload::RequestBody;
 
 use crate::observe::AccessLog;
@@ -49,6 +52,8 @@ pub struct Gateway {
     /// The table in force, swapped whole by a reload.
     pub table: ArcSwap<Table>,
     pub access_log: Arc<AccessLog>,
+    /// The upgraded connections open (a drain waits for them).
+    pub tunnels: Arc<Tunnels>,
 }
 
 impl Gateway {
@@ -56,17 +61,22 @@ impl Gateway {
         Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
             access_log,
+            tunnels: Arc::default(),
         })
     }
 
     /// Serves one request.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Arc<Peer>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
         let table = self.table.load_full();
+        // An upgrade asked (WebSocket): the protocol, and the client's connection once the
+        // 101 is sent. Read before admission removes `Upgrade` with the hop-by-hop headers.
+        let upgrade = headers::upgrade_asked(req.headers(), req.version())
+            .map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut head, body) = req.into_parts();
         let client = &table.config.client;
 
@@ -106,6 +116,12 @@ impl Gateway {
         trail.decided = true;
         trail.upstream = table.upstream_of(&decision);
         let upstream = &table.upstreams[trail.upstream];
+        if upgrade.is_some() && !table.upgrades(decision.route) {
+            return Ok(respond::failure(
+                trail,
+                Failure::Refused(error::Refusal::UpgradeRefused),
+            ));
+        }
 
         let length = body.size_hint().exact();
         let facts = rewrite::Facts {
@@ -125,10 +141,14 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
+        let upgrade = upgrade.map(|(proto, client)| {
+            headers::ask_upgrade(&mut head.headers, proto);
+            client
+        });
 
         let body = upload::RequestBody::new(body, client.body_timeout);
         match send::send(upstream, head, body, start).await {
-            Ok(exchange) => Ok(respond::upstream(exchange, trail)),
+            Ok(exchange) => Ok(respond::upstream(exchange, trail, upgrade, &self.tunnels)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }
     }

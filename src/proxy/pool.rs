@@ -210,7 +210,8 @@ async fn connect(authority: &Authority, idle_timeout: Duration) -> std::io::Resu
     });
     let idle = clock.clone();
     tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
+        // An upgraded exchange (a 101) ends the connection's HTTP and hands its stream over.
+        let mut conn = std::pin::pin!(conn.with_upgrades());
         loop {
             // Sleep until the connection is due to close, or for a whole timeout while it
             // carries an exchange; then look again.

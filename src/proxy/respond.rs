@@ -4,21 +4,40 @@
 //! `Transfer-Encoding`, RFC 9112 §6.3; a repeated one is folded into one) and gains the
 //! request id and `Via`; its body streams through [`ResponseBody`], trailers included. An
 //! answer whose body the gateway could not relay as sent (a transfer coding other than
-//! `chunked`, `Content-Length`s that disagree) or an unasked-for 101 is refused: 502. A
-//! failure gets the gateway's own JSON answer (docs/http.md, "Errors").
+//! `chunked`, `Content-Length`s that disagree) or an unasked-for 101 is refused: 502. A 101
+//! to an upgrade the client asked for is relayed, and the two connections are joined in a
+//! [`tunnel`](super::tunnel). A failure gets the gateway's own JSON answer (docs/http.md,
+//! "Errors").
+
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
 
 use super::body::{Held, ResponseBody};
 use super::error::{Failure, Stage, error_body};
-use super::headers::{Coding, X_REQUEST_ID, strip_hop_by_hop, transfer_coding};
+use super::headers::{Coding, X_REQUEST_ID, ask_upgrade, strip_hop_by_hop, transfer_coding};
 use super::record::Trail;
 use super::send::Exchange;
+use super::tunnel::{self, Tunnels};
 use crate::observe::UpstreamErrorKind;
 
-/// The upstream's answer, on its way to the client.
-pub fn upstream(exchange: Exchange, mut trail: Trail) -> Response<ResponseBody> {
+/// The upstream's answer, on its way to the client. `upgrade` is the client's connection
+/// when it asked for an upgrade: a 101 joins it to the upstream's in a tunnel.
+pub fn upstream(
+    mut exchange: Exchange,
+    mut trail: Trail,
+    upgrade: Option<OnUpgrade>,
+    tunnels: &Arc<Tunnels>,
+) -> Response<ResponseBody> {
+    if let Some(client) = upgrade
+        && exchange.response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && exchange.response.headers().contains_key(header::UPGRADE)
+    {
+        let upstream = hyper::upgrade::on(&mut exchange.response);
+        return switched(exchange, trail, client, upstream, tunnels);
+    }
     let (mut parts, body) = exchange.response.into_parts();
     if let Err(why) = relayable(&mut parts) {
         let up = &trail.table.upstreams[trail.upstream];
@@ -50,13 +69,43 @@ pub fn upstream(exchange: Exchange, mut trail: Trail) -> Response<ResponseBody> 
     )
 }
 
+/// The upstream's 101: relayed with its `Upgrade` and `Connection: upgrade`; once it is
+/// sent, the two connections are joined and the request is recorded when the tunnel ends.
+fn switched(
+    exchange: Exchange,
+    mut trail: Trail,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    tunnels: &Arc<Tunnels>,
+) -> Response<ResponseBody> {
+    let (mut parts, _) = exchange.response.into_parts();
+    let proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = proto {
+        ask_upgrade(&mut parts.headers, proto);
+    }
+    parts.headers.insert(X_REQUEST_ID, trail.request_id.clone());
+    parts
+        .headers
+        .append(header::VIA, trail.table.via(parts.version).clone());
+    trail.status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
+    let idle = trail.table.upstreams[trail.upstream].idle_timeout;
+    // The connection is the tunnel's now; its pool handle is of no more use.
+    drop(exchange.conn);
+    tunnel::spawn(client, upstream, trail, idle, tunnels);
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
 /// Whether the upstream's head can be relayed as it is meant, after folding a repeated
 /// `Content-Length` and dropping a stale one; the reason when not.
 fn relayable(parts: &mut http::response::Parts) -> Result<(), &'static str> {
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        // The gateway asks for no upgrade (it removes `Upgrade`), so a 101 is a protocol
-        // error, and relaying it would leave the client with a connection that goes nowhere.
-        return Err("a 101 Switching Protocols to a request that asked for no upgrade");
+        // Upgrades asked for are handled before this; to any other request a 101 is a
+        // protocol error, and relaying it would leave the client with a connection that
+        // goes nowhere.
+        return Err(
+            "a 101 Switching Protocols to a request that asked for no upgrade (or without Upgrade)",
+        );
     }
     match transfer_coding(&parts.headers) {
         Coding::None => {}

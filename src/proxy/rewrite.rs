@@ -134,7 +134,7 @@ fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
         };
         h.insert(X_FORWARDED_FOR, value);
         if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h.insert(X_FORWARDED_PROTO, proto(peer));
         }
         if !h.contains_key(&X_FORWARDED_HOST)
             && let Some(host) = h.get(header::HOST).cloned()
@@ -152,7 +152,7 @@ fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
             h.remove(name);
         }
         h.insert(X_FORWARDED_FOR, peer.ip_header.clone());
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(X_FORWARDED_PROTO, proto(peer));
         match h.get(header::HOST).cloned() {
             Some(host) => {
                 h.insert(X_FORWARDED_HOST, host);
@@ -162,4 +162,9 @@ fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
             }
         }
     }
+}
+
+/// `X-Forwarded-Proto` for a client of this gateway.
+fn proto(peer: &Peer) -> HeaderValue {
+    HeaderValue::from_static(if peer.tls { "https" } else { "http" })
 }

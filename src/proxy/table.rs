@@ -53,8 +53,8 @@ pub struct Table {
     pub upstreams: Vec<Upstream>,
     /// One per route, in table order, then one for `default`.
     stats: Vec<RouteStats>,
-    /// `Via` as the gateway adds it to a message received as HTTP/1.0 and as HTTP/1.1.
-    pub via: [HeaderValue; 2],
+    /// `Via` as the gateway adds it to a message received as HTTP/1.0, HTTP/1.1 and HTTP/2.
+    pub via: [HeaderValue; 3],
 }
 
 impl Table {
@@ -89,7 +89,7 @@ impl Table {
                 window: windows.route(name),
             })
             .collect();
-        let via = ["1.0", "1.1"].map(|v| {
+        let via = ["1.0", "1.1", "2"].map(|v| {
             HeaderValue::from_str(&format!("{v} {}", config.via))
                 .expect("a validated via name is a valid header value")
         });
@@ -125,10 +125,22 @@ impl Table {
         &self.stats[route.unwrap_or(self.stats.len() - 1)]
     }
 
+    /// Whether a decision's route tunnels upgrades (`upgrades`, true by default and for
+    /// requests no route takes).
+    #[inline]
+    pub fn upgrades(&self, route: Option<usize>) -> bool {
+        route.is_none_or(|i| self.config.routes[i].upgrades)
+    }
+
     /// The `Via` element for a message received in `version`.
     #[inline]
     pub fn via(&self, version: http::Version) -> &HeaderValue {
-        &self.via[usize::from(version != http::Version::HTTP_10)]
+        let i = match version {
+            http::Version::HTTP_10 => 0,
+            http::Version::HTTP_2 => 2,
+            _ => 1,
+        };
+        &self.via[i]
     }
 
     /// Index into `upstreams` of the upstream that serves a decision.

@@ -21,7 +21,9 @@ use super::{
 
 pub(super) use services::valid_name;
 
-const ROUTE_KEYS: &[&str] = &["name", "match", "service", "percent", "sticky", "cohort"];
+const ROUTE_KEYS: &[&str] = &[
+    "name", "match", "service", "percent", "sticky", "cohort", "upgrades",
+];
 const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
 const SERVICE_KEYS: &[&str] = &["url", "timeout", "idle_timeout", "host_header"];
 const TOP_KEYS: &[&str] = &[
@@ -36,6 +38,7 @@ const TOP_KEYS: &[&str] = &[
     "client",
     "via",
     "compare",
+    "tls",
     "routes",
 ];
 
@@ -325,6 +328,10 @@ impl Validator {
             None => Some(DEFAULT_VIA.to_string()),
             Some(n) => self.via(n),
         };
+        let tls = match f.get("tls") {
+            None => Some(None),
+            Some(n) => self.tls(n, file).map(Some),
+        };
 
         let routes = match f.get("routes") {
             None => Vec::new(),
@@ -383,6 +390,7 @@ impl Validator {
             client: client?,
             via: via?,
             compare: compare?,
+            tls: tls?,
             routes,
             warnings: Vec::new(),
         };

@@ -93,6 +93,16 @@ impl Validator {
                 }
             }
         };
+        let upgrades = match f.get("upgrades") {
+            None => Some(true),
+            Some(v) => match v.value {
+                Value::Bool(b) => Some(b),
+                _ => {
+                    self.wrong(v, &join(&path, "upgrades"), "true or false");
+                    None
+                }
+            },
+        };
         let matcher = matched?;
         let (service, service_name) = service?;
         Some(RouteConfig {
@@ -103,6 +113,7 @@ impl Validator {
             percent_bp: percent_bp?,
             sticky: sticky?,
             cohort: cohort?.unwrap_or(service_name),
+            upgrades: upgrades?,
         })
     }
 

@@ -2,15 +2,41 @@
 //! legacy-vs-new comparison.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use ipnet::IpNet;
 
 use super::{Validator, join};
+use crate::config::tls::{self, Tls};
 use crate::config::yaml::{Node, Value};
 use crate::config::{AdminConfig, ClientConfig, CompareConfig};
 use crate::routing::StickyKey;
 
 impl Validator {
+    /// `tls: {cert, key}`: PEM files, relative to the routes file's directory; read and
+    /// checked now, so that a bad certificate is an invalid config.
+    pub(super) fn tls(&mut self, n: &Node, file: &Path) -> Option<Tls> {
+        let f = self.fields(n, "tls", &["cert", "key"])?;
+        let cert = self.require(&f, "tls", "cert", "the certificate chain's PEM file");
+        let key = self.require(&f, "tls", "key", "the private key's PEM file");
+        let (cert, key) = (cert?, key?);
+        let cert_path = self.string(cert, "tls.cert", "a file path")?;
+        let key_path = self.string(key, "tls.key", "a file path")?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let (cp, kp) = (dir.join(cert_path), dir.join(key_path));
+        match tls::load(&cp, &kp) {
+            Ok(t) => Some(t),
+            Err((part, message)) => {
+                let (node, path) = match part {
+                    tls::Part::Key => (key, "tls.key"),
+                    tls::Part::Cert | tls::Part::Both => (cert, "tls.cert"),
+                };
+                self.error(node.pos, path, message);
+                None
+            }
+        }
+    }
+
     pub(super) fn client(&mut self, n: &Node) -> Option<ClientConfig> {
         let f = self.fields(
             n,

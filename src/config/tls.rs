@@ -1,0 +1,112 @@
+//! The public listener's TLS (`tls: {cert, key}`): the PEM files read and checked into a
+//! rustls server config when the routes file is validated, so `strangler check` and a
+//! reload refuse a bad certificate the same way they refuse any invalid config, and the
+//! gateway never starts (or swaps in) a listener it cannot serve.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The listener's certificate chain and key, loaded.
+#[derive(Clone)]
+pub struct Tls {
+    /// The certificate chain's file (PEM, leaf first), as resolved from the routes file.
+    pub cert: PathBuf,
+    /// The private key's file (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The rustls config every new TLS connection is accepted with (ALPN: h2, http/1.1).
+    pub server: Arc<ServerConfig>,
+    /// xxh3 of both files' bytes: whether what they hold changed.
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+/// Which of the two files a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Cert,
+    Key,
+    /// The two together (a key that is not the certificate's).
+    Both,
+}
+
+/// Reads and checks `cert` and `key`.
+pub fn load(cert: &Path, key: &Path) -> Result<Tls, (Part, String)> {
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| (Part::Cert, format!("cannot read {}: {e}", cert.display())))?;
+    let key_pem = std::fs::read(key)
+        .map_err(|e| (Part::Key, format!("cannot read {}: {e}", key.display())))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            (
+                Part::Cert,
+                format!("{}: not a PEM certificate chain: {e}", cert.display()),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err((
+            Part::Cert,
+            format!(
+                "{}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+                cert.display()
+            ),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            Part::Key,
+            format!(
+                "{}: no usable private key in it (expected PEM: PKCS#8, PKCS#1 or SEC1): {e}",
+                key.display()
+            ),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (Part::Both, e.to_string()))?
+        .with_no_client_auth()
+        // Checks that the key is the certificate's.
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            (
+                Part::Both,
+                format!(
+                    "{} and {} do not make a usable pair: {e}",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+        })?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&cert_pem);
+    h.update(&key_pem);
+    Ok(Tls {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        server: Arc::new(server),
+        fingerprint: h.digest(),
+    })
+}
+
+/// The fingerprint the files at `cert` and `key` have now (`None`: one cannot be read).
+pub fn fingerprint(cert: &Path, key: &Path) -> Option<u64> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&std::fs::read(cert).ok()?);
+    h.update(&std::fs::read(key).ok()?);
+    Some(h.digest())
+}
