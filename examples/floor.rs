@@ -28,31 +28,37 @@ fn main() {
             .unwrap();
         let a1: Authority = "127.0.0.1:18081".parse().unwrap();
         let a2: Authority = "127.0.0.1:18082".parse().unwrap();
-        let k1 = PoolKey::of(&a1);
-        let k2 = PoolKey::of(&a2);
+        let dial = |authority: &Authority| pool::Dial {
+            authority: authority.clone(),
+            protocol: pool::Protocol::Http1,
+            tls: None,
+            idle_timeout: std::time::Duration::from_secs(60),
+        };
+        let (d1, d2) = (dial(&a1), dial(&a2));
+        let k1 = PoolKey::of(&d1);
+        let k2 = PoolKey::of(&d2);
         loop {
             let (s, _) = l.accept().await.unwrap();
             s.set_nodelay(true).unwrap();
-            let (a1, a2) = (a1.clone(), a2.clone());
+            let (d1, d2) = (d1.clone(), d2.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (a1, a2) = (a1.clone(), a2.clone());
+                    let (d1, d2) = (d1.clone(), d2.clone());
                     async move {
-                        let (k, a) = if fastrand::bool() { (k1, a1) } else { (k2, a2) };
+                        let (k, d) = if fastrand::bool() { (k1, d1) } else { (k2, d2) };
                         let now = Instant::now();
-                        let mut co = pool::checkout(k, &a, now, std::time::Duration::from_secs(60))
-                            .await
-                            .unwrap();
+                        let mut co = pool::checkout(k, &d, now).await.unwrap();
                         let (mut parts, body) = req.into_parts();
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co
                             .conn
                             .sender
-                            .send_request(http::Request::from_parts(
+                            .send(http::Request::from_parts(
                                 parts,
                                 pool::RequestBody::new(body, std::time::Duration::from_secs(60)),
                             ))
                             .await
+                            .map_err(|e| e.into_error())
                             .unwrap();
                         // Given back at once (the gateway waits for the body's end); the next
                         // checkout waits until the connection is ready again.

@@ -34,6 +34,7 @@ pub use routing::{
 /// `examples/floor.rs`, which measures hyper and the pool with none of the gateway's
 /// features.
 pub mod floor {
+    pub use crate::config::Protocol;
     pub use crate::proxy::RequestBody;
-    pub use crate::proxy::pool::{PoolKey, checkin, checkout};
+    pub use crate::proxy::pool::{Dial, PoolKey, checkin, checkout};
 }

@@ -84,6 +84,35 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Send the upstream's own authority as `Host` instead of the client's.
     pub host_upstream: bool,
+    /// What it speaks (`protocol`).
+    pub protocol: Protocol,
+    /// TLS to it (an `https://` URL): the client config, trusting `ca` or the system's roots.
+    pub tls: Option<tls::Upstream>,
+}
+
+/// The protocol the gateway speaks to a service (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (the default), in clear or over TLS.
+    Http1,
+    /// HTTP/2 with prior knowledge, in clear (gRPC services inside a cluster).
+    H2c,
+    /// HTTP/2 over TLS, chosen by ALPN.
+    H2,
+}
+
+impl Protocol {
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+        }
+    }
 }
 
 /// What the gateway allows its clients: the waits it bounds, and the headers it takes.

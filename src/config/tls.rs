@@ -1,10 +1,11 @@
-//! The public listener's TLS (`tls: {cert, key}`): the PEM files read and checked into a
-//! rustls server config when the routes file is validated, so `strangler check` and a
-//! reload refuse a bad certificate the same way they refuse any invalid config, and the
-//! gateway never starts (or swaps in) a listener it cannot serve.
+//! TLS, with rustls: the public listener's (`tls: {cert, key}`), whose PEM files are read
+//! and checked into a rustls server config when the routes file is validated, so `strangler
+//! check` and a reload refuse a bad certificate the same way they refuse any invalid config
+//! and the gateway never starts (or swaps in) a listener it cannot serve; and the client
+//! side of `https://` services, trusting the service's `ca` or the system's roots.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
@@ -109,4 +110,72 @@ pub fn fingerprint(cert: &Path, key: &Path) -> Option<u64> {
     h.update(&std::fs::read(cert).ok()?);
     h.update(&std::fs::read(key).ok()?);
     Some(h.digest())
+}
+
+/// The TLS of an `https://` service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub config: Arc<rustls::ClientConfig>,
+    /// What it trusts: xxh3 of its `ca` file, 0 for the system's roots (connections made
+    /// with one trust are not reused under another).
+    pub trust: u64,
+}
+
+/// The client config of an `https://` service: trusting the certificates of the PEM file
+/// `ca`, or else the system's store (read once per process), offering `alpn`.
+pub fn client(ca: Option<&Path>, alpn: &[u8]) -> Result<Upstream, String> {
+    let mut trust = 0;
+    let roots = match ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            trust = xxhash_rust::xxh3::xxh3_64(&pem) | 1;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert
+                    .map_err(|e| format!("{}: not a PEM certificate list: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: an unusable CA certificate: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "{}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ));
+            }
+            Arc::new(roots)
+        }
+        None => system_roots()?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Upstream {
+        config: Arc::new(config),
+        trust,
+    })
+}
+
+/// The system's trusted roots (the platform's store, as rustls-native-certs finds it).
+fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(
+                    "no CA certificates in the system's store (install ca-certificates, or name a PEM file with ca)"
+                        .to_string(),
+                );
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
 }

@@ -34,6 +34,8 @@ pub struct Entry<'a> {
     pub bytes_out: u64,
     pub upstream: &'a str,
     pub error: Option<&'a str>,
+    /// The `grpc-status` of a gRPC call.
+    pub grpc_status: Option<u32>,
 }
 
 /// The access log: lines formatted straight into the process's stdout buffer.
@@ -105,12 +107,16 @@ impl AccessLog {
                         b.push_str(",\"error\":");
                         json_str(b, err);
                     }
+                    if let Some(code) = e.grpc_status {
+                        b.push_str(",\"grpc_status\":");
+                        b.push_str(itoa::Buffer::new().format(code));
+                    }
                     b.push_str("}\n");
                 }
                 LogFormat::Text => {
                     let _ = writeln!(
                         b,
-                        "{} {} {} {:.1}ms route={} side={} ({}) up={} in={} out={} id={}{}",
+                        "{} {} {} {:.1}ms route={} side={} ({}) up={} in={} out={} id={}{}{}",
                         e.method,
                         e.path,
                         e.status,
@@ -122,7 +128,10 @@ impl AccessLog {
                         e.bytes_in,
                         e.bytes_out,
                         e.request_id,
-                        e.error.map(|x| format!(" error={x}")).unwrap_or_default()
+                        e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
+                        e.grpc_status
+                            .map(|c| format!(" grpc_status={c}"))
+                            .unwrap_or_default()
                     );
                 }
             }

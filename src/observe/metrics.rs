@@ -27,6 +27,39 @@ pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_INFO: &str = "strangler_config_info";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
+pub const GRPC_RESPONSES_TOTAL: &str = "strangler_grpc_responses_total";
+
+/// The names of gRPC's status codes, by code, then OTHER for any beyond them (the label
+/// stays bounded whatever an upstream sends).
+pub const GRPC_CODES: [&str; 18] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+    "OTHER",
+];
+
+/// Whether a gRPC status is the server's fault, for the comparison and guards: UNKNOWN,
+/// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE and DATA_LOSS, the codes gRPC's own status
+/// mapping (and Google's AIP-194 retry guidance) attribute to the server or to its
+/// unavailability, as HTTP's 5xx are. The others report the caller's request (NOT_FOUND,
+/// INVALID_ARGUMENT, PERMISSION_DENIED, ...) or its choice (CANCELLED), as HTTP's 4xx do.
+pub fn grpc_server_fault(code: u32) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
+}
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "strangler_tls_handshake_errors_total";
 
 /// Buckets of `strangler_request_duration_seconds`, in seconds.
@@ -107,6 +140,7 @@ pub struct Metrics {
     cut: IntCounter,
     /// TLS handshakes on the public listener that failed or timed out.
     tls_errors: IntCounter,
+    grpc: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,8 +212,17 @@ impl Metrics {
             "TLS handshakes on the public listener that failed or did not finish within client.head_timeout",
         )
         .expect("static metric definition is valid");
+        let grpc = IntCounterVec::new(
+            Opts::new(
+                GRPC_RESPONSES_TOTAL,
+                "gRPC answers, by route, side and grpc-status (its name; OTHER beyond the 17 codes)",
+            ),
+            &["route", "side", "grpc_code"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc.clone()),
             Box::new(cut.clone()),
             Box::new(tls_errors.clone()),
             Box::new(requests.clone()),
@@ -209,6 +252,7 @@ impl Metrics {
             log_dropped_seen: Default::default(),
             cut,
             tls_errors,
+            grpc,
         })
     }
 
@@ -222,6 +266,7 @@ impl Metrics {
             codes: ArcSwap::from_pointee(Vec::new()),
             errors: Default::default(),
             client_errors: Default::default(),
+            grpc: Default::default(),
         }
     }
 
@@ -305,6 +350,8 @@ pub struct SideMetrics {
     codes: ArcSwap<Vec<(u32, IntCounter)>>,
     errors: [OnceLock<IntCounter>; 4],
     client_errors: [OnceLock<IntCounter>; 5],
+    /// By gRPC status code, the last for OTHER.
+    grpc: [OnceLock<IntCounter>; 18],
 }
 
 impl SideMetrics {
@@ -357,6 +404,20 @@ impl SideMetrics {
                     &*self.route,
                     self.side.as_str(),
                     kind.as_str(),
+                ])
+            })
+            .inc();
+    }
+
+    /// Counts one gRPC answer by its `grpc-status`.
+    pub fn grpc(&self, code: u32) {
+        let i = (code as usize).min(GRPC_CODES.len() - 1);
+        self.grpc[i]
+            .get_or_init(|| {
+                self.metrics.grpc.with_label_values(&[
+                    &*self.route,
+                    self.side.as_str(),
+                    GRPC_CODES[i],
                 ])
             })
             .inc();

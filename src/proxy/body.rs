@@ -153,6 +153,10 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(trail)) = (frame.data_ref(), this.trail.as_mut()) {
                     trail.bytes_out += d.len() as u64;
+                } else if let (Some(t), Some(trail)) = (frame.trailers_ref(), this.trail.as_mut())
+                    && let Some(code) = super::headers::grpc_status(t)
+                {
+                    trail.grpc = Some(code);
                 }
                 // hyper stops polling a body that says it has ended, so the end is seen
                 // here, with its last frame (trailers are always the last).

@@ -155,6 +155,26 @@ impl Failure {
         )
     }
 
+    /// The `grpc-status` the gateway answers a gRPC call with for this failure (gRPC clients
+    /// read the call's outcome from it, not from the HTTP status): what a retry could fix is
+    /// UNAVAILABLE, a call whose time ran out DEADLINE_EXCEEDED, a request refused for its
+    /// own sake INVALID_ARGUMENT (RESOURCE_EXHAUSTED when over a limit), and a call its
+    /// client gave up CANCELLED.
+    pub fn grpc_status(self) -> u32 {
+        match self {
+            Failure::Refused(Refusal::UriTooLong | Refusal::HeadersTooLarge) => 8,
+            Failure::Refused(Refusal::Malformed(414 | 431)) => 8,
+            Failure::Refused(Refusal::Loop) => 13,
+            Failure::Refused(_) => 3,
+            Failure::Client(_) => 1,
+            Failure::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                ..
+            } => 4,
+            Failure::Upstream { .. } | Failure::Drained => 14,
+        }
+    }
+
     /// The `kind` of `strangler_upstream_errors_total`, for the upstream's failures only.
     pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
         match self {

@@ -120,6 +120,19 @@ pub fn ask_upgrade(h: &mut HeaderMap, proto: HeaderValue) {
     h.insert(header::UPGRADE, proto);
 }
 
+/// A gRPC answer's status (`grpc-status`, in its trailers or, for an answer without a
+/// body, in its head).
+pub fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Whether a request is a gRPC call: `content-type: application/grpc` (or `+proto`,
+/// `+json`, ...).
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// What a message's `Transfer-Encoding` (all its lines, as one list) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {

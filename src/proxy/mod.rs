@@ -95,6 +95,7 @@ impl Gateway {
             method_index(&head.method),
             admission.request_id,
         );
+        trail.grpc_call = headers::is_grpc(&head.headers);
         let path = match admission.verdict {
             Ok(path) => path,
             Err(refused) => {
@@ -141,10 +142,15 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
-        let upgrade = upgrade.map(|(proto, client)| {
-            headers::ask_upgrade(&mut head.headers, proto);
-            client
-        });
+        // An HTTP/2 service is asked for no upgrade (HTTP/2 has none): the request goes as
+        // the ordinary request it also is.
+        let upgrade =
+            upgrade
+                .filter(|_| !upstream.dial.protocol.is_http2())
+                .map(|(proto, client)| {
+                    headers::ask_upgrade(&mut head.headers, proto);
+                    client
+                });
 
         let body = upload::RequestBody::new(body, client.body_timeout);
         match send::send(upstream, head, body, start).await {

@@ -1,4 +1,6 @@
-//! Keep-alive connections to upstreams: hyper HTTP/1 client connections, pooled per thread.
+//! Keep-alive connections to upstreams: hyper HTTP/1 client connections, pooled per thread,
+//! and HTTP/2 connections (`protocol: h2c | h2`), one per upstream per thread, shared by its
+//! requests as streams. Either in clear or over TLS (rustls) for `https://` services.
 //!
 //! Each runtime thread keeps its own idle connections per upstream address, so a checkout or
 //! a check-in is a push or pop on a thread-local list: no lock, no shared map, nothing that
@@ -22,9 +24,16 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use super::upload::RequestBody;
+use crate::config::Protocol;
 
 /// Idle connections kept per upstream per thread; more are closed.
 const MAX_IDLE_PER_THREAD: usize = 256;
@@ -32,23 +41,65 @@ const MAX_IDLE_PER_THREAD: usize = 256;
 const READY_GRACE: Duration = Duration::from_millis(50);
 
 /// The sending half of an upstream connection.
-pub type Sender = SendRequest<super::upload::RequestBody>;
+pub enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    /// A handle on a connection its thread shares: each request is a stream of it.
+    H2(http2::SendRequest<RequestBody>),
+}
 
-/// Identifies an upstream address in the per-thread pools; stable for the process.
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends a request; a request the connection could not take comes back in the error.
+    pub async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// How to reach an upstream: its address, protocol and TLS.
+#[derive(Clone)]
+pub struct Dial {
+    pub authority: Authority,
+    pub protocol: Protocol,
+    /// TLS to it, with the name its certificate must carry and what it trusts (see
+    /// `config::tls::Upstream::trust`).
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>, u64)>,
+    /// How long an unused connection to it stays open.
+    pub idle_timeout: Duration,
+}
+
+/// Identifies an upstream (address, protocol, TLS and its trust) in the per-thread pools;
+/// stable for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolKey(usize);
 
-static KEYS: Mutex<Vec<Authority>> = Mutex::new(Vec::new());
+static KEYS: Mutex<Vec<(Authority, Protocol, Option<u64>)>> = Mutex::new(Vec::new());
 
 impl PoolKey {
-    /// The key of an upstream address (the same address always gets the same key, so
-    /// connections survive a config reload that keeps the address).
-    pub fn of(authority: &Authority) -> PoolKey {
+    /// The key of an upstream (the same one always gets the same key, so connections
+    /// survive a config reload that keeps it).
+    pub fn of(dial: &Dial) -> PoolKey {
+        let id = (
+            dial.authority.clone(),
+            dial.protocol,
+            dial.tls.as_ref().map(|t| t.2),
+        );
         let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
-        match keys.iter().position(|a| a == authority) {
+        match keys.iter().position(|k| *k == id) {
             Some(i) => PoolKey(i),
             None => {
-                keys.push(authority.clone());
+                keys.push(id);
                 PoolKey(keys.len() - 1)
             }
         }
@@ -98,15 +149,23 @@ pub struct Conn {
 impl Conn {
     /// Closes the connection now, with whatever exchange it carries (an upstream that
     /// stopped reading a request body would otherwise hold it, and the client's body with
-    /// it, for ever).
+    /// it, for ever). An HTTP/2 connection carries other requests too: it stays (the
+    /// abandoned exchange's stream is reset when its response is dropped).
     pub fn abort(self) {
-        self.clock.abort.notify_one();
+        if matches!(self.sender, Sender::H1(_)) {
+            self.clock.abort.notify_one();
+        }
     }
 }
+
+/// A thread's HTTP/2 connection to an upstream.
+type Shared = (http2::SendRequest<RequestBody>, Arc<IdleClock>);
 
 thread_local! {
     /// Idle connections by pool key, newest last.
     static IDLE: RefCell<Vec<Vec<(Conn, Instant)>>> = const { RefCell::new(Vec::new()) };
+    /// The HTTP/2 connection of each pool key, shared by this thread's requests.
+    static SHARED: RefCell<Vec<Option<Shared>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A connection checked out of the pool.
@@ -116,22 +175,28 @@ pub struct Checkout {
     pub fresh: bool,
 }
 
-/// Takes an idle connection to `authority`, or opens one that closes after `idle_timeout`
-/// idle. `now` is a recent instant (the request's start), which spares a clock read.
-pub async fn checkout(
-    key: PoolKey,
-    authority: &Authority,
-    now: Instant,
-    idle_timeout: Duration,
-) -> std::io::Result<Checkout> {
+/// Takes an idle connection to the upstream (or its thread's HTTP/2 connection), or opens
+/// one. `now` is a recent instant (the request's start), which spares a clock read.
+pub async fn checkout(key: PoolKey, dial: &Dial, now: Instant) -> std::io::Result<Checkout> {
+    if dial.protocol.is_http2() {
+        if let Some(conn) = shared(key) {
+            return Ok(Checkout { conn, fresh: false });
+        }
+        let conn = connect(dial).await?;
+        share(key, &conn);
+        return Ok(Checkout { conn, fresh: true });
+    }
     while let Some(mut conn) = pop_idle(key, now) {
+        let Sender::H1(sender) = &mut conn.sender else {
+            continue;
+        };
         // A connection is given back only once its exchange is complete, so it is nearly
         // always ready at the first look; one that is not gets a short grace, then is closed.
-        let first = poll_fn(|cx| Poll::Ready(conn.sender.poll_ready(cx))).await;
+        let first = poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
         let ready = match first {
             Poll::Ready(r) => r.is_ok(),
             Poll::Pending => matches!(
-                tokio::time::timeout(READY_GRACE, conn.sender.ready()).await,
+                tokio::time::timeout(READY_GRACE, sender.ready()).await,
                 Ok(Ok(()))
             ),
         };
@@ -139,16 +204,44 @@ pub async fn checkout(
             return Ok(Checkout { conn, fresh: false });
         }
     }
-    connect(authority, idle_timeout)
+    connect(dial)
         .await
         .map(|conn| Checkout { conn, fresh: true })
 }
 
-/// Opens a new connection to `authority`, bypassing the idle ones.
-pub async fn open(authority: &Authority, idle_timeout: Duration) -> std::io::Result<Checkout> {
-    connect(authority, idle_timeout)
-        .await
-        .map(|conn| Checkout { conn, fresh: true })
+/// Opens a new connection to the upstream, bypassing the idle ones (an HTTP/2 one replaces
+/// the thread's shared connection).
+pub async fn open(key: PoolKey, dial: &Dial) -> std::io::Result<Checkout> {
+    let conn = connect(dial).await?;
+    if dial.protocol.is_http2() {
+        share(key, &conn);
+    }
+    Ok(Checkout { conn, fresh: true })
+}
+
+/// A handle on this thread's open HTTP/2 connection to the upstream, if it has one.
+fn shared(key: PoolKey) -> Option<Conn> {
+    SHARED.with(|shared| {
+        let shared = shared.borrow();
+        let (sender, clock) = shared.get(key.0)?.as_ref()?;
+        (!sender.is_closed()).then(|| Conn {
+            sender: Sender::H2(sender.clone()),
+            clock: clock.clone(),
+        })
+    })
+}
+
+fn share(key: PoolKey, conn: &Conn) {
+    let Sender::H2(sender) = &conn.sender else {
+        return;
+    };
+    SHARED.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        if shared.len() <= key.0 {
+            shared.resize_with(key.0 + 1, || None);
+        }
+        shared[key.0] = Some((sender.clone(), conn.clock.clone()));
+    });
 }
 
 fn pop_idle(key: PoolKey, now: Instant) -> Option<Conn> {
@@ -169,7 +262,8 @@ fn pop_idle(key: PoolKey, now: Instant) -> Option<Conn> {
 /// is when it counts as idle from: the request's start, a little early, which errs on the
 /// side of closing idle connections sooner.
 pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
-    if conn.sender.is_closed() {
+    // An HTTP/2 connection stays shared; only HTTP/1 ones are pooled.
+    if conn.sender.is_closed() || matches!(conn.sender, Sender::H2(_)) {
         return;
     }
     IDLE.with(|idle| {
@@ -189,7 +283,8 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
     });
 }
 
-async fn connect(authority: &Authority, idle_timeout: Duration) -> std::io::Result<Conn> {
+async fn connect(dial: &Dial) -> std::io::Result<Conn> {
+    let authority = &dial.authority;
     let port = authority.port_u16().unwrap_or(80);
     let host = authority.host();
     // IPv6 literals come bracketed in an authority.
@@ -199,15 +294,45 @@ async fn connect(authority: &Authority, idle_timeout: Duration) -> std::io::Resu
         .unwrap_or(host);
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
     let clock = Arc::new(IdleClock {
         since: AtomicU64::new(0),
-        timeout: idle_timeout,
+        timeout: dial.idle_timeout,
         abort: tokio::sync::Notify::new(),
     });
+    let sender = match &dial.tls {
+        None => handshake(stream, dial.protocol, &clock).await?,
+        Some((config, name, _)) => {
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name.clone(), stream)
+                .await?;
+            handshake(tls, dial.protocol, &clock).await?
+        }
+    };
+    Ok(Conn { sender, clock })
+}
+
+/// The HTTP handshake on a connected stream; the connection's task is spawned.
+async fn handshake<I>(io: I, protocol: Protocol, clock: &Arc<IdleClock>) -> std::io::Result<Sender>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if protocol.is_http2() {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
     let idle = clock.clone();
     tokio::spawn(async move {
         // An upgraded exchange (a 101) ends the connection's HTTP and hands its stream over.
@@ -233,5 +358,5 @@ async fn connect(authority: &Authority, idle_timeout: Duration) -> std::io::Resu
             }
         }
     });
-    Ok(Conn { sender, clock })
+    Ok(Sender::H1(sender))
 }

@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use super::connection::Peer;
 use super::error::{CLIENT_CLOSED, Failure};
 use super::table::{LEGACY, Table};
-use crate::observe::{AccessLog, ClientErrorKind, Entry};
+use crate::observe::{AccessLog, ClientErrorKind, Entry, grpc_server_fault};
 use crate::routing::{Decision, METHODS};
 
 /// The path the access log shows: the canonical path, kept without a copy when the request's
@@ -57,6 +57,11 @@ pub struct Trail {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub failure: Option<Failure>,
+    /// The answer's `grpc-status`, for a gRPC call.
+    pub grpc: Option<u32>,
+    /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
+    /// errors are answered as gRPC errors.
+    pub grpc_call: bool,
     recorded: bool,
 }
 
@@ -85,6 +90,8 @@ impl Trail {
             bytes_in: 0,
             bytes_out: 0,
             failure: None,
+            grpc: None,
+            grpc_call: false,
             recorded: false,
         }
     }
@@ -125,9 +132,14 @@ impl Trail {
         if self.failure == Some(Failure::Drained) {
             metrics.cut();
         }
-        // Errors for the comparison: 5xx answers and gateway failures (which are 5xx); a
-        // client that left (499) is neither side's failure.
-        let error = self.status >= 500 && self.status != CLIENT_CLOSED;
+        if let Some(code) = self.grpc {
+            metrics.grpc(code);
+        }
+        // Errors for the comparison: 5xx answers and gateway failures (which are 5xx), and
+        // gRPC calls that failed by the server's fault (their HTTP status is 200); a client
+        // that left (499) is neither side's failure.
+        let error = (self.status >= 500 && self.status != CLIENT_CLOSED)
+            || self.grpc.is_some_and(grpc_server_fault);
         stats.window.record(d.side, self.start, elapsed, error);
         self.log.log(&Entry {
             start: self.start,
@@ -143,6 +155,7 @@ impl Trail {
             bytes_out: self.bytes_out,
             upstream: self.table.upstreams[self.upstream].authority.as_str(),
             error: self.failure.map(Failure::log_name),
+            grpc_status: self.grpc,
         });
     }
 }

@@ -17,7 +17,9 @@ use hyper::upgrade::OnUpgrade;
 
 use super::body::{Held, ResponseBody};
 use super::error::{Failure, Stage, error_body};
-use super::headers::{Coding, X_REQUEST_ID, ask_upgrade, strip_hop_by_hop, transfer_coding};
+use super::headers::{
+    Coding, X_REQUEST_ID, ask_upgrade, grpc_status, strip_hop_by_hop, transfer_coding,
+};
 use super::record::Trail;
 use super::send::Exchange;
 use super::tunnel::{self, Tunnels};
@@ -55,6 +57,8 @@ pub fn upstream(
         .headers
         .append(header::VIA, trail.table.via(parts.version).clone());
     trail.status = parts.status.as_u16();
+    // A gRPC answer without a body carries its status in its head ("Trailers-Only").
+    trail.grpc = grpc_status(&parts.headers);
     let upstream = &trail.table.upstreams[trail.upstream];
     let (key, read_timeout) = (upstream.pool_key, upstream.timeout);
     let conn = Held {
@@ -156,6 +160,9 @@ fn relayable(parts: &mut http::response::Parts) -> Result<(), &'static str> {
 /// The gateway's own answer to a failed request: JSON naming the route and side (null when
 /// the request was refused before a route was chosen), with the request id.
 pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
+    if trail.grpc_call {
+        return grpc_failure(trail, failure);
+    }
     let (route, side) = if trail.decided {
         (
             Some(trail.table.route_name(trail.decision.route)),
@@ -185,5 +192,42 @@ pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
     if failure.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// The gateway's own answer to a failed gRPC call: a gRPC error ("Trailers-Only": HTTP 200,
+/// no body, `grpc-status` and `grpc-message` in the head), which gRPC clients read as the
+/// call's status; a JSON body would be a protocol error to them.
+fn grpc_failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
+    let code = failure.grpc_status();
+    let (route, side) = if trail.decided {
+        (
+            trail.table.route_name(trail.decision.route),
+            trail.decision.side.as_str(),
+        )
+    } else {
+        ("none", "none")
+    };
+    // Only characters gRPC sends as they are (no percent-encoding needed).
+    let message = format!(
+        "strangler: {} (route {route}, side {side}, request id {})",
+        failure.code(),
+        trail.request_id.to_str().unwrap_or("-")
+    );
+    trail.status = StatusCode::OK.as_u16();
+    trail.grpc = Some(code);
+    trail.failure = Some(failure);
+    let request_id = trail.request_id.clone();
+    let mut resp = Response::new(ResponseBody::made(bytes::Bytes::new(), trail));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(m) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", m);
+    }
+    h.insert(X_REQUEST_ID, request_id);
     resp
 }

@@ -6,7 +6,8 @@
 //! trusted proxies) and the other forwarding headers (removed unless a trusted proxy sent
 //! them); `Host` (the client's unless the service asks for its own); `Via`; the framing of a
 //! body (`chunked` when its length is unknown, whatever the method); `TE: trailers` when the
-//! client takes trailers; and HTTP/1.1.
+//! client takes trailers; and HTTP/1.1, or HTTP/2 for services that speak it (`:authority`
+//! and `:scheme` instead of `Host`).
 
 use bytes::Bytes;
 use http::Version;
@@ -56,6 +57,13 @@ pub fn rewrite(
     }
     head.headers
         .append(header::VIA, table.via(head.version).clone());
+    if facts.trailers {
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upstream.dial.protocol.is_http2() {
+        return to_http2(head, upstream);
+    }
     // hyper sends no body for a GET, HEAD or CONNECT whose length it does not know unless
     // told: a body that arrived chunked goes on chunked, whatever the method.
     if facts.chunked_body {
@@ -64,11 +72,29 @@ pub fn rewrite(
             HeaderValue::from_static("chunked"),
         );
     }
-    if facts.trailers {
-        head.headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     head.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// An HTTP/2 upstream's copy: `Host` becomes `:authority` and the target gets its scheme
+/// (HTTP/2 requests carry both as pseudo-headers); `TE: trailers` stays (gRPC requires it
+/// and the client asked for it), the body needs no framing header.
+fn to_http2(head: &mut Parts, upstream: &Upstream) -> Result<(), Failure> {
+    let host = head
+        .headers
+        .remove(header::HOST)
+        .unwrap_or_else(|| upstream.host_value.clone());
+    let authority = http::uri::Authority::try_from(host.as_bytes())
+        .map_err(|_| Failure::Refused(Refusal::BadRequest))?;
+    let mut parts = std::mem::take(&mut head.uri).into_parts();
+    parts.scheme = Some(if upstream.dial.tls.is_some() {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    head.uri = Uri::from_parts(parts).map_err(|_| Failure::Refused(Refusal::BadRequest))?;
+    head.version = Version::HTTP_2;
     Ok(())
 }
 

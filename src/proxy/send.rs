@@ -100,15 +100,9 @@ async fn exchange(
     let mut new_only = false;
     loop {
         let checkout = if new_only {
-            pool::open(&upstream.authority, upstream.idle_timeout).await
+            pool::open(upstream.pool_key, &upstream.dial).await
         } else {
-            pool::checkout(
-                upstream.pool_key,
-                &upstream.authority,
-                now,
-                upstream.idle_timeout,
-            )
-            .await
+            pool::checkout(upstream.pool_key, &upstream.dial, now).await
         };
         let co = checkout.map_err(|e| {
             tracing::debug!(upstream = %upstream.authority, error = %e, "cannot connect to the upstream");
@@ -120,8 +114,8 @@ async fn exchange(
         // From here the connection carries the request: if this future is dropped before
         // the head arrives (the head timeout), the connection is closed with it.
         let mut carrying = Carrying(Some(co.conn));
-        let sending = carrying.conn().sender.try_send_request(req);
-        match sending.await {
+        let sending = carrying.conn().sender.send(req).await;
+        match sending {
             Ok(resp) => return Ok((carrying.keep(), resp)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) if !co.fresh => req = unsent,

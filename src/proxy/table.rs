@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::Authority;
 
-use super::pool::PoolKey;
+use super::pool::{Dial, PoolKey};
 use crate::config::Config;
 use crate::observe::{Metrics, Registry, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
@@ -33,8 +33,10 @@ pub struct Upstream {
     pub host_upstream: bool,
     /// The authority as a `Host` value.
     pub host_value: HeaderValue,
-    /// The connection pool key of the address.
+    /// The connection pool key of the upstream.
     pub pool_key: PoolKey,
+    /// How to connect to it (protocol, TLS).
+    pub dial: Dial,
 }
 
 /// The measurement handles of one route.
@@ -67,16 +69,20 @@ impl Table {
         let routing = config.compile()?;
         let upstreams = std::iter::once(&config.legacy)
             .chain(config.services.iter())
-            .map(|s| Upstream {
-                name: s.name.as_str().into(),
-                authority: s.authority.clone(),
-                base_path: s.base_path.as_str().into(),
-                timeout: s.timeout,
-                idle_timeout: s.idle_timeout,
-                host_upstream: s.host_upstream,
-                host_value: HeaderValue::from_str(s.authority.as_str())
-                    .expect("an authority is a valid header value"),
-                pool_key: PoolKey::of(&s.authority),
+            .map(|s| {
+                let dial = dial(s);
+                Upstream {
+                    name: s.name.as_str().into(),
+                    authority: s.authority.clone(),
+                    base_path: s.base_path.as_str().into(),
+                    timeout: s.timeout,
+                    idle_timeout: s.idle_timeout,
+                    host_upstream: s.host_upstream,
+                    host_value: HeaderValue::from_str(s.authority.as_str())
+                        .expect("an authority is a valid header value"),
+                    pool_key: PoolKey::of(&dial),
+                    dial,
+                }
             })
             .collect();
         let stats = routing
@@ -150,5 +156,24 @@ impl Table {
             (Side::New, Some(i)) => 1 + self.routing.routes()[i].service,
             _ => LEGACY,
         }
+    }
+}
+
+/// How to connect to a service.
+fn dial(s: &crate::config::Service) -> Dial {
+    let host = s.authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Dial {
+        authority: s.authority.clone(),
+        protocol: s.protocol,
+        tls: s.tls.as_ref().map(|tls| {
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .expect("a validated host is a server name");
+            (tls.config.clone(), name, tls.trust)
+        }),
+        idle_timeout: s.idle_timeout,
     }
 }

@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub der: CertificateDer<'static>,
+    pub pem: String,
 }
 
 /// A leaf certificate and its key, as PEM, and the certificate as DER.
@@ -36,6 +37,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             der: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -122,4 +124,20 @@ where
         .unwrap();
     tokio::spawn(conn);
     sender
+}
+
+/// A rustls server config for `leaf`, offering `alpn`.
+pub fn server(leaf: &Leaf, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = vec![leaf.der.clone()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }

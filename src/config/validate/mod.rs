@@ -25,7 +25,14 @@ const ROUTE_KEYS: &[&str] = &[
     "name", "match", "service", "percent", "sticky", "cohort", "upgrades",
 ];
 const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
-const SERVICE_KEYS: &[&str] = &["url", "timeout", "idle_timeout", "host_header"];
+const SERVICE_KEYS: &[&str] = &[
+    "url",
+    "timeout",
+    "idle_timeout",
+    "host_header",
+    "protocol",
+    "ca",
+];
 const TOP_KEYS: &[&str] = &[
     "listen",
     "admin",
@@ -231,6 +238,33 @@ impl Validator {
         }
     }
 
+    /// A route whose service speaks HTTP/2 while legacy speaks HTTP/1.1 (or the other way)
+    /// cannot be split: a gRPC call that legacy got over HTTP/1.1 would fail. Such a route
+    /// sends everything to its service (percent 100).
+    fn check_protocols(
+        &mut self,
+        legacy: &Service,
+        services: &[Service],
+        routes: &[crate::config::RouteConfig],
+    ) {
+        for (i, r) in routes.iter().enumerate() {
+            let service = &services[r.service];
+            if service.protocol.is_http2() != legacy.protocol.is_http2() && r.percent_bp < 10_000 {
+                self.error(
+                    r.pos,
+                    &format!("routes[{i}]"),
+                    format!(
+                        "route {} is split between legacy ({}) and {} ({}), which speak different protocols; allowed: percent 100, or the same protocol on both sides",
+                        quote(&r.name),
+                        legacy.protocol.as_str(),
+                        service.name,
+                        service.protocol.as_str()
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn root(&mut self, root: &Node, file: &Path, hash: String) -> Option<Config> {
         let f = self.fields(root, "", TOP_KEYS)?;
         let listen = self
@@ -250,7 +284,7 @@ impl Validator {
         };
         let legacy = self
             .require(&f, "", "legacy", "the monolith: a mapping with url")
-            .and_then(|n| self.service(n, "legacy", "legacy"));
+            .and_then(|n| self.service(n, "legacy", "legacy", file));
 
         let mut services: Vec<Service> = Vec::new();
         let mut service_ok = true;
@@ -282,7 +316,7 @@ impl Validator {
                                 ),
                             );
                         }
-                        match self.service(v, &p, &k.name) {
+                        match self.service(v, &p, &k.name, file) {
                             Some(s) => services.push(s),
                             None => service_ok = false,
                         }
@@ -373,6 +407,9 @@ impl Validator {
             }
         };
 
+        if let Some(legacy) = &legacy {
+            self.check_protocols(legacy, &services, &routes);
+        }
         if !self.errors.is_empty() || !service_ok {
             return None;
         }

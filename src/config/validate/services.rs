@@ -1,12 +1,21 @@
 //! Services: the legacy monolith and the extracted services, with their URLs.
 
+use std::path::Path;
+
 use super::{SERVICE_KEYS, Validator, join};
+use crate::config::tls;
 use crate::config::yaml::{Node, Value, quote};
-use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Service};
+use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Service};
 use crate::routing::check_canonical;
 
 impl Validator {
-    pub(super) fn service(&mut self, n: &Node, path: &str, name: &str) -> Option<Service> {
+    pub(super) fn service(
+        &mut self,
+        n: &Node,
+        path: &str,
+        name: &str,
+        file: &Path,
+    ) -> Option<Service> {
         let f = self.fields(n, path, SERVICE_KEYS)?;
         let url_node = self.require(&f, path, "url", "a URL like http://127.0.0.1:9001")?;
         let url_path = join(path, "url");
@@ -35,19 +44,102 @@ impl Validator {
                 }
             },
         };
-        let (authority, base_path) = match parsed {
+        let protocol = match f.get("protocol") {
+            None => Some(Protocol::Http1),
+            Some(p) => match &p.value {
+                Value::Str(s) if s == "http1" => Some(Protocol::Http1),
+                Value::Str(s) if s == "h2c" => Some(Protocol::H2c),
+                Value::Str(s) if s == "h2" => Some(Protocol::H2),
+                _ => {
+                    self.wrong(
+                        p,
+                        &join(path, "protocol"),
+                        "http1 (default), h2c (HTTP/2 in clear) or h2 (HTTP/2 over TLS)",
+                    );
+                    None
+                }
+            },
+        };
+        let (https, authority, base_path) = match parsed {
             Ok(p) => p,
             Err(why) => {
                 self.error(
                     url_node.pos,
                     &url_path,
                     format!(
-                        "found {q} ({why}); allowed: http://host:port[/base]",
+                        "found {q} ({why}); allowed: http://host:port[/base] or https://host:port[/base]",
                         q = quote(url)
                     ),
                 );
                 return None;
             }
+        };
+        let protocol = protocol?;
+        match (protocol, https) {
+            (Protocol::H2c, true) => {
+                self.error(
+                    url_node.pos,
+                    &url_path,
+                    format!("found {q} with protocol h2c, which is HTTP/2 in clear; allowed: an http:// URL, or protocol h2 for HTTP/2 over TLS", q = quote(url)),
+                );
+                return None;
+            }
+            (Protocol::H2, false) => {
+                self.error(
+                    url_node.pos,
+                    &url_path,
+                    format!("found {q} with protocol h2, which is HTTP/2 over TLS; allowed: an https:// URL, or protocol h2c for HTTP/2 in clear", q = quote(url)),
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let tls = if https {
+            let host = authority.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            if rustls_pki_types::ServerName::try_from(host).is_err() {
+                self.error(
+                    url_node.pos,
+                    &url_path,
+                    format!(
+                        "found {q}, whose host cannot be checked against a certificate; allowed: a DNS name or an IP address",
+                        q = quote(url)
+                    ),
+                );
+                return None;
+            }
+            let ca = match f.get("ca") {
+                None => None,
+                Some(c) => {
+                    let s = self.string(c, &join(path, "ca"), "a PEM file of CA certificates")?;
+                    Some((c, file.parent().unwrap_or(Path::new(".")).join(s)))
+                }
+            };
+            let alpn: &[u8] = if protocol == Protocol::H2 {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            match tls::client(ca.as_ref().map(|(_, p)| p.as_path()), alpn) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let (pos, p) = match &ca {
+                        Some((c, _)) => (c.pos, join(path, "ca")),
+                        None => (url_node.pos, url_path.clone()),
+                    };
+                    self.error(pos, &p, e);
+                    return None;
+                }
+            }
+        } else {
+            if let Some(c) = f.get("ca") {
+                self.wrong(c, &join(path, "ca"), "ca only with an https:// URL");
+                return None;
+            }
+            None
         };
         Some(Service {
             name: name.to_string(),
@@ -57,6 +149,8 @@ impl Validator {
             timeout: timeout?,
             idle_timeout: idle_timeout?,
             host_upstream: host_upstream?,
+            protocol,
+            tls,
         })
     }
 }
@@ -70,14 +164,14 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
-/// Splits `http://host:port[/base]` into authority and base path.
-fn parse_upstream_url(url: &str) -> Result<(http::uri::Authority, String), String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err("TLS to upstreams is not supported yet".into());
+/// Splits `http[s]://host:port[/base]` into TLS or not, authority and base path.
+fn parse_upstream_url(url: &str) -> Result<(bool, http::uri::Authority, String), String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
     } else {
-        return Err("the scheme must be http".into());
+        return Err("the scheme must be http or https".into());
     };
     let (auth, base) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -101,7 +195,7 @@ fn parse_upstream_url(url: &str) -> Result<(http::uri::Authority, String), Strin
     if !base.is_empty() {
         check_canonical(base).map_err(|e| format!("base path {e}"))?;
     }
-    Ok((authority, base.to_string()))
+    Ok((https, authority, base.to_string()))
 }
 
 #[cfg(test)]
@@ -110,16 +204,10 @@ mod tests {
 
     #[test]
     fn bad_urls() {
-        for u in [
-            "https://a:1",
-            "http://a",
-            "ftp://a:1",
-            "http://a:1/x?y",
-            "http://u@a:1",
-        ] {
+        for u in ["http://a", "ftp://a:1", "http://a:1/x?y", "http://u@a:1"] {
             assert!(parse_upstream_url(u).is_err(), "{u}");
         }
-        let (a, b) = parse_upstream_url("http://[::1]:9000/base").unwrap();
+        let (_, a, b) = parse_upstream_url("http://[::1]:9000/base").unwrap();
         assert_eq!(a.as_str(), "[::1]:9000");
         assert_eq!(b, "/base");
     }
