@@ -42,6 +42,7 @@ struct Order {
 
 const GET: &str = "/orders.v1.Orders/Get";
 const LIST: &str = "/orders.v1.Orders/List";
+const CHAT: &str = "/orders.v1.Orders/Chat";
 
 #[derive(Clone)]
 struct Get(&'static str);
@@ -97,7 +98,39 @@ impl tonic::server::ServerStreamingService<GetOrder> for List {
     }
 }
 
-/// A gRPC server named `name` on h2c: `Get` (unary) and `List` (server streaming).
+#[derive(Clone)]
+struct Chat(&'static str);
+
+impl tonic::server::StreamingService<GetOrder> for Chat {
+    type Response = Order;
+    type ResponseStream = OrderStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<OrderStream>, Status>> + Send>>;
+
+    /// Answers each message as it comes (bidirectional streaming).
+    fn call(&mut self, req: Request<tonic::Streaming<GetOrder>>) -> Self::Future {
+        let name = self.0;
+        Box::pin(async move {
+            let mut incoming = req.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = incoming.message().await {
+                    let order = Order {
+                        id: m.id,
+                        served_by: name.to_string(),
+                    };
+                    if tx.send(Ok(order)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let stream: OrderStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            Ok(Response::new(stream))
+        })
+    }
+}
+
+/// A gRPC server named `name` on h2c: `Get` (unary), `List` (server streaming) and `Chat`
+/// (bidirectional streaming).
 async fn grpc_server(name: &'static str) -> SocketAddr {
     grpc_server_on(name, None).await
 }
@@ -125,6 +158,11 @@ async fn grpc_server_on(
                     LIST => {
                         tonic::server::Grpc::new(ProstCodec::<Order, GetOrder>::default())
                             .server_streaming(List(name), req)
+                            .await
+                    }
+                    CHAT => {
+                        tonic::server::Grpc::new(ProstCodec::<Order, GetOrder>::default())
+                            .streaming(Chat(name), req)
                             .await
                     }
                     _ => Status::unimplemented("no such method").into_http(),
@@ -280,6 +318,50 @@ async fn server_streaming_and_trailers_reach_the_client() {
     assert_eq!(status.message(), "failing mid-stream");
 }
 
+/// Each message goes through and is answered before the next is sent: neither direction is
+/// held back until the other ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_goes_message_by_message() {
+    let (_gw, mut c) = setup(100).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<GetOrder>(1);
+    c.ready().await.unwrap();
+    let call = c.streaming(
+        Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        PathAndQuery::from_static(CHAT),
+        ProstCodec::<GetOrder, Order>::default(),
+    );
+    let first = GetOrder {
+        id: "m0".into(),
+        ..Default::default()
+    };
+    tx.send(first).await.unwrap();
+    let mut answers = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    for i in 0..50 {
+        let got = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("each answer comes before the next message is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.id, got.served_by.as_str()),
+            (format!("m{i}"), "orders")
+        );
+        let next = GetOrder {
+            id: format!("m{}", i + 1),
+            ..Default::default()
+        };
+        tx.send(next).await.unwrap();
+    }
+    drop(tx);
+    // The last message sent is answered, then the call ends with the server's status.
+    assert_eq!(answers.message().await.unwrap().unwrap().id, "m50");
+    assert!(answers.message().await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_codes_reach_the_client_the_metrics_and_the_comparison() {
     let (gw, mut c) = setup(50).await;
@@ -433,15 +515,18 @@ fn check_refuses_a_split_between_protocols() {
         err.contains("routes.yaml:6:5: routes[0]: route \"orders-grpc\" is split between legacy (http1) and orders (h2c)"),
         "{err}"
     );
-    let (_dir, file) = routes_file(&text.replace("percent: 50", "percent: 100"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // One side only: no split.
+    for percent in ["percent: 100", "percent: 0"] {
+        let (_dir, file) = routes_file(&text.replace("percent: 50", percent));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+            .arg("check")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{percent}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

@@ -29,6 +29,18 @@ pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
 pub const GRPC_RESPONSES_TOTAL: &str = "strangler_grpc_responses_total";
 
+#[cfg(test)]
+mod grpc_tests {
+    #[test]
+    fn the_fault_regex_names_the_fault_codes() {
+        let named: Vec<&str> = (0..17)
+            .filter(|c| super::grpc_server_fault(*c))
+            .map(|c| super::GRPC_CODES[c as usize])
+            .collect();
+        assert_eq!(named.join("|"), super::GRPC_SERVER_FAULTS);
+    }
+}
+
 /// The names of gRPC's status codes, by code, then OTHER for any beyond them (the label
 /// stays bounded whatever an upstream sends).
 pub const GRPC_CODES: [&str; 18] = [
@@ -60,6 +72,9 @@ pub const GRPC_CODES: [&str; 18] = [
 pub fn grpc_server_fault(code: u32) -> bool {
     matches!(code, 2 | 4 | 13 | 14 | 15)
 }
+
+/// The names of the server-fault codes, as a PromQL regex over `grpc_code`.
+pub const GRPC_SERVER_FAULTS: &str = "UNKNOWN|DEADLINE_EXCEEDED|INTERNAL|UNAVAILABLE|DATA_LOSS";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "strangler_tls_handshake_errors_total";
 
 /// Buckets of `strangler_request_duration_seconds`, in seconds.

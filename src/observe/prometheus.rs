@@ -54,8 +54,8 @@ fn by_route_side(result: &[Value]) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
-/// Every route's comparison over `window`, from Prometheus at `base`. 5xx answers count as
-/// errors, as in the gateway's own figures.
+/// Every route's comparison over `window`, from Prometheus at `base`. 5xx answers and gRPC
+/// calls failed by the server's fault count as errors, as in the gateway's own figures.
 pub async fn compare(
     base: &str,
     window: Duration,
@@ -78,7 +78,7 @@ pub async fn compare(
         )
         .await?,
     );
-    let errors = by_route_side(
+    let mut errors = by_route_side(
         &query(
             &client,
             base,
@@ -86,6 +86,15 @@ pub async fn compare(
         )
         .await?,
     );
+    // gRPC calls failed by the server's fault are answered with HTTP 200.
+    let grpc_faults = format!(
+        "strangler_grpc_responses_total{{grpc_code=~\"{}\"}}",
+        super::metrics::GRPC_SERVER_FAULTS
+    );
+    for (k, v) in by_route_side(&query(&client, base, &growth(&grpc_faults, "route, side")).await?)
+    {
+        *errors.entry(k).or_default() += v;
+    }
     let mut quantiles: BTreeMap<(String, String), [Option<f64>; 3]> = BTreeMap::new();
     for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
         let promql = format!(

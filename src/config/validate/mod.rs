@@ -240,7 +240,7 @@ impl Validator {
 
     /// A route whose service speaks HTTP/2 while legacy speaks HTTP/1.1 (or the other way)
     /// cannot be split: a gRPC call that legacy got over HTTP/1.1 would fail. Such a route
-    /// sends everything to its service (percent 100).
+    /// sends everything to one side (percent 0 or 100).
     fn check_protocols(
         &mut self,
         legacy: &Service,
@@ -249,12 +249,13 @@ impl Validator {
     ) {
         for (i, r) in routes.iter().enumerate() {
             let service = &services[r.service];
-            if service.protocol.is_http2() != legacy.protocol.is_http2() && r.percent_bp < 10_000 {
+            let split = r.percent_bp != 0 && r.percent_bp != 10_000;
+            if service.protocol.is_http2() != legacy.protocol.is_http2() && split {
                 self.error(
                     r.pos,
                     &format!("routes[{i}]"),
                     format!(
-                        "route {} is split between legacy ({}) and {} ({}), which speak different protocols; allowed: percent 100, or the same protocol on both sides",
+                        "route {} is split between legacy ({}) and {} ({}), which speak different protocols; allowed: percent 0 or 100 (one side only), or the same protocol on both sides",
                         quote(&r.name),
                         legacy.protocol.as_str(),
                         service.name,
