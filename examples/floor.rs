@@ -3,7 +3,7 @@
 //! log): `/` split at random between 127.0.0.1:18081 and :18082, listening on :18092.
 //! Comparing it with the gateway in one run of the peer benchmark shows what the features
 //! cost: `python3 benches/peer/peer_bench.py --gateway floor=target/release/examples/floor
-//! --gateway strangler='target/release/strangler serve --config benches/peer/strangler.yaml'`.
+//! --gateway strangler='target/release/strangler serve --config RUNDIR/strangler.yaml'`.
 
 use http::uri::Authority;
 use hyper::server::conn::http1;

@@ -496,6 +496,51 @@ async fn a_grpc_service_over_tls_with_its_own_ca() {
     );
 }
 
+/// The gateway's own gRPC error is a "Trailers-Only" answer: its head ends the stream (no
+/// DATA frame), as gRPC's protocol requires; grpc-go and grpc-java reject anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_grpc_error_is_trailers_only() {
+    use http_body::Body as _;
+    let legacy = grpc_server("legacy").await;
+    let dead = dead_addr().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{legacy}', protocol: h2c}}\nservices:\n  orders: {{url: 'http://{dead}', protocol: h2c}}\nroutes:\n  - name: orders-grpc\n    match: {{prefix: /orders.v1.Orders/}}\n    service: orders\n    percent: 100\n"
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut h2 = support::tls::h2(
+        tokio::net::TcpStream::connect(gw.running.public_addr)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let req = http::Request::post(format!("http://{}{GET}", gw.running.public_addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
+        .unwrap();
+    h2.ready().await.unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    assert_eq!(resp.headers()["grpc-status"], "14");
+    assert!(
+        resp.body().is_end_stream(),
+        "the head ended the stream: no DATA frame follows"
+    );
+    // Counted as the new side's UNAVAILABLE, and as its connect failure.
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"strangler_grpc_responses_total{grpc_code="UNAVAILABLE",route="orders-grpc",side="new"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
 #[test]
 fn check_refuses_a_split_between_protocols() {
     let text = "listen: 127.0.0.1:0\nlegacy: {url: 'http://127.0.0.1:9'}\nservices:\n  orders: {url: 'http://127.0.0.1:10', protocol: h2c}\nroutes:\n  - name: orders-grpc\n    match: {prefix: /orders.v1.Orders/}\n    service: orders\n    percent: 50\n";

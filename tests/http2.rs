@@ -272,3 +272,126 @@ async fn h2_and_http1_over_tls_by_alpn() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A connection with no request under way is closed after `client.head_timeout`, whatever
+/// it sends that makes no request: nothing at all, part of HTTP/2's preface, or an HTTP/2
+/// connection whose streams have all ended. A stream under way keeps its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_under_way_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (legacy, orders) = (
+        Upstream::start("legacy").await,
+        Upstream::start("orders").await,
+    );
+    let yaml =
+        routes(&legacy, &orders).replace("override:", "client: {head_timeout: 1s}\noverride:");
+    assert!(yaml.contains("head_timeout: 1s"));
+    let gw = Gateway::start(&yaml).await;
+    let addr = gw.running.public_addr;
+    let closed_within = |mut s: TcpStream, secs: u64| async move {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    };
+    // Nothing sent.
+    let s = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(s, 5).await, "a silent connection stayed open");
+    // Part of the preface, then nothing.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_within(s, 5).await,
+        "half a preface held the connection"
+    );
+
+    // HTTP/2: a stream that takes 2.5 s (longer than head_timeout) keeps its connection;
+    // once it has ended, the idle connection is closed.
+    let mut h2 = h2c(&gw).await;
+    let req = Request::get(format!("http://{addr}/slow"))
+        .header("x-test-delay-ms", "2500")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(&mut h2, req).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"legacy"[..]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !h2.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle HTTP/2 connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/2 client that stops taking a download (it never opens its stream's flow-control
+/// window again) does not hold the upstream's connection: after `client.send_timeout` it is
+/// closed, and the request is the client's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_stops_reading_releases_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends a 1 GiB answer as fast as it is taken, and says when its
+    // connection was closed under it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&b[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        while s.write_all(&chunk).await.is_ok() {}
+        let _ = closed_tx.send(());
+    });
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{up}', timeout: 60s}}\nclient: {{send_timeout: 1s}}\nroutes: []\n"
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut h2 = h2c(&gw).await;
+    h2.ready().await.unwrap();
+    let resp = h2
+        .send_request(get(&format!("http://{}/big", gw.running.public_addr)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body is never read: the client's window stays shut.
+    tokio::time::timeout(Duration::from_secs(10), closed_rx)
+        .await
+        .expect("the upstream connection was closed")
+        .unwrap();
+    drop(resp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let series =
+        r#"strangler_client_errors_total{kind="send_timeout",route="default",side="legacy"}"#;
+    loop {
+        let m = gw.metrics().await;
+        if metric(&m, series) == Some(1.0) {
+            assert_eq!(
+                metric(
+                    &m,
+                    r#"strangler_upstream_errors_total{kind="reset",route="default",side="legacy"}"#
+                ),
+                None,
+                "not the upstream's failure:\n{m}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -16,17 +16,25 @@ use support::tls::{self, Ca, Leaf};
 use support::*;
 
 fn write_pair(dir: &Path, leaf: &Leaf) {
-    // As renewal tools do: new files renamed over the old ones.
-    for (name, text) in [("cert.pem", &leaf.cert_pem), ("key.pem", &leaf.key_pem)] {
-        let tmp = dir.join(format!(".{name}.new"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.join(name)).unwrap();
-    }
+    std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+}
+
+/// Publishes a new certificate and key at once, as Kubernetes does a secret's: both files in
+/// a new directory `version`, then the symlink `live` swapped to it (a rename: atomic).
+fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
+    let v = dir.join(version);
+    std::fs::create_dir(&v).unwrap();
+    std::fs::write(v.join("cert.pem"), cert_pem).unwrap();
+    std::fs::write(v.join("key.pem"), key_pem).unwrap();
+    let tmp = dir.join(".live.new");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("live")).unwrap();
 }
 
 fn config(legacy: &Upstream) -> String {
     format!(
-        "{}tls: {{cert: cert.pem, key: key.pem}}\nroutes: []\n",
+        "{}tls: {{cert: live/cert.pem, key: live/key.pem}}\nroutes: []\n",
         config_head(&legacy.url(), &[])
     )
 }
@@ -51,7 +59,7 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_keeps_open_on
     let ca = Ca::new("test CA");
     let (first, second) = (ca.leaf("first"), ca.leaf("second"));
     let (dir, file) = routes_file(&config(&legacy));
-    write_pair(dir.path(), &first);
+    publish(dir.path(), "v1", &first.cert_pem, &first.key_pem);
     let gw = GatewayProcess::spawn(&file, &[]).await;
     let port = gw.public.port();
     let client = ca.client(&[b"h2"]);
@@ -62,7 +70,7 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_keeps_open_on
     assert_eq!(get_over(&mut open, port).await, 200);
 
     // Renewed: new connections get the new certificate (the files are polled every 2 s).
-    write_pair(dir.path(), &second);
+    publish(dir.path(), "v2", &second.cert_pem, &second.key_pem);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = tls::connect(gw.public, client.clone()).await.unwrap();
@@ -79,8 +87,9 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_keeps_open_on
     assert_eq!(get_over(&mut open, port).await, 200);
 
     // A broken certificate: the reload is refused and counted; the last good one serves.
-    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").unwrap();
     let series = r#"strangler_config_reloads_total{result="error"}"#;
+    assert_eq!(metric(&client_metrics(gw.admin).await, series), Some(0.0));
+    publish(dir.path(), "v3", "not a certificate\n", &second.key_pem);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = client_metrics(gw.admin).await;

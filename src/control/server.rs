@@ -230,7 +230,12 @@ async fn serve_public(
                 (table.config.client.clone(), tls)
             };
             let peer = Arc::new(Peer::new(addr, flag.clone(), tls.is_some()));
-            let io = ClientIo::new(stream, peer.clone(), limits.send_timeout);
+            let io = ClientIo::new(
+                stream,
+                peer.clone(),
+                limits.send_timeout,
+                limits.head_timeout,
+            );
             let (gw, metrics) = (gateway.clone(), metrics.clone());
             async move {
                 let Some(tls) = tls else {

@@ -5,6 +5,7 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,21 @@ pub struct ResponseBody {
     /// Bounds each wait for more of the upstream's body; made on the first wait.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     read_timeout: Duration,
+    /// Whether an HTTP/2 client keeps taking the body (see [`ResponseBody::watch_client`]).
+    taking: Option<Arc<Taking>>,
+}
+
+/// How an HTTP/2 client takes a response body, as its watchdog sees it.
+#[derive(Default)]
+struct Taking {
+    /// A frame was taken since the watchdog last looked.
+    moved: AtomicBool,
+    /// The last poll is waiting on the upstream (not the client's doing).
+    waiting_upstream: AtomicBool,
+    /// The body has ended or was dropped.
+    ended: AtomicBool,
+    /// The watchdog found the client stalled and closed the upstream connection.
+    stalled: AtomicBool,
 }
 
 enum Inner {
@@ -76,6 +92,7 @@ impl ResponseBody {
             conn: Some(conn),
             idle: None,
             read_timeout,
+            taking: None,
         };
         // A body with nothing in it (HEAD, 204, 304, `Content-Length: 0`) is never polled:
         // it has ended already.
@@ -93,7 +110,15 @@ impl ResponseBody {
             conn: None,
             idle: None,
             read_timeout: Duration::ZERO,
+            taking: None,
         }
+    }
+
+    /// No body, recorded as `trail` once the head is sent (hyper never polls a body that
+    /// has ended: it is recorded now, as the answer goes out).
+    pub(crate) fn nothing(trail: Trail) -> ResponseBody {
+        trail.record();
+        ResponseBody::empty()
     }
 
     /// A complete body the gateway made, recorded as `trail` once sent.
@@ -104,12 +129,48 @@ impl ResponseBody {
             conn: None,
             idle: None,
             read_timeout: Duration::ZERO,
+            taking: None,
         }
+    }
+
+    /// For an HTTP/2 client: closes the upstream (HTTP/1) connection when the client takes
+    /// nothing of the body for `send_timeout`. An HTTP/2 stream whose flow-control window
+    /// the client does not open again is simply not polled by hyper, so no timer of the
+    /// body's own would run; without this, one client could hold upstream connections for
+    /// as long as it keeps its connection. A task of its own looks every `send_timeout`.
+    pub(crate) fn watch_client(&mut self, send_timeout: Duration) {
+        let Some(abort) = self.conn.as_ref().and_then(|h| h.conn.aborter()) else {
+            return;
+        };
+        if self.is_end_stream() {
+            return;
+        }
+        let taking = Arc::new(Taking::default());
+        self.taking = Some(taking.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(send_timeout).await;
+                if taking.ended.load(Ordering::Relaxed) {
+                    return;
+                }
+                if taking.moved.swap(false, Ordering::Relaxed)
+                    || taking.waiting_upstream.load(Ordering::Relaxed)
+                {
+                    continue;
+                }
+                taking.stalled.store(true, Ordering::Relaxed);
+                abort.abort();
+                return;
+            }
+        });
     }
 
     /// The response has ended: the connection goes back to the pool and the request is
     /// recorded.
     fn finish(&mut self) {
+        if let Some(t) = &self.taking {
+            t.ended.store(true, Ordering::Relaxed);
+        }
         if let Some(held) = self.conn.take() {
             held.release();
         }
@@ -123,11 +184,38 @@ impl ResponseBody {
     fn upstream_failed(&mut self, kind: UpstreamErrorKind) {
         self.conn = None;
         if let Some(mut trail) = self.trail.take() {
-            trail.failure = Some(Failure::Upstream {
-                kind,
-                during: Stage::Body,
+            let stalled = self
+                .taking
+                .as_ref()
+                .is_some_and(|t| t.stalled.load(Ordering::Relaxed));
+            trail.failure = Some(if stalled {
+                // Its connection was closed because the client took nothing more.
+                Failure::Client(crate::observe::ClientErrorKind::SendTimeout)
+            } else {
+                Failure::Upstream {
+                    kind,
+                    during: Stage::Body,
+                }
             });
             trail.record();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(t) = &self.taking {
+            t.ended.store(true, Ordering::Relaxed);
+            // Dropped (the client reset its stream, or its connection ended) after the
+            // watchdog found it stalled: the client's failure.
+            if t.stalled.load(Ordering::Relaxed)
+                && let Some(mut trail) = self.trail.take()
+            {
+                trail.failure = Some(Failure::Client(
+                    crate::observe::ClientErrorKind::SendTimeout,
+                ));
+                trail.record();
+            }
         }
     }
 }
@@ -149,6 +237,13 @@ impl Body for ResponseBody {
                 return Poll::Ready(frame);
             }
         };
+        if let Some(t) = &this.taking {
+            t.waiting_upstream
+                .store(polled.is_pending(), Ordering::Relaxed);
+            if polled.is_ready() {
+                t.moved.store(true, Ordering::Relaxed);
+            }
+        }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(trail)) = (frame.data_ref(), this.trail.as_mut()) {

@@ -1,6 +1,8 @@
 //! The client's connection: what it knows of its peer ([`Peer`], made once per connection)
 //! and the stream it wraps ([`ClientIo`]), which bounds each wait for the client to take
-//! more of an answer (`client.send_timeout`, as nginx's `send_timeout`) and notes whether
+//! more of an answer (`client.send_timeout`, as nginx's `send_timeout`), closes a
+//! connection that goes `client.head_timeout` without a request under way (nginx's
+//! `keepalive_timeout`; for HTTP/2 and before the first request too), and notes whether
 //! the client sent anything since the last answer (so that a connection closed by the head
 //! timeout midway through a head is told apart from an idle one).
 
@@ -9,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +32,10 @@ pub struct Peer {
     /// Set for every connection of a listener whose drain ran out of time: what they carry
     /// is being cut.
     cut: Arc<AtomicBool>,
+    /// Requests of this connection not yet recorded (HTTP/2 carries several at once; a
+    /// tunnel is one until it closes).
+    active: AtomicUsize,
+    idle_timed_out: AtomicBool,
 }
 
 impl Peer {
@@ -44,7 +50,30 @@ impl Peer {
             send_timed_out: AtomicBool::new(false),
             read_since_write: AtomicBool::new(false),
             cut,
+            active: AtomicUsize::new(0),
+            idle_timed_out: AtomicBool::new(false),
         }
+    }
+
+    /// A request of this connection began.
+    pub fn request_began(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request of this connection was recorded.
+    pub fn request_ended(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// No request is under way on the connection.
+    fn idle(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether the connection was closed for staying idle (or with a request head, or
+    /// HTTP/2's preface, left unfinished) for `client.head_timeout`.
+    pub fn idle_timed_out(&self) -> bool {
+        self.idle_timed_out.load(Ordering::Relaxed)
     }
 
     /// Whether the drain is cutting this connection.
@@ -72,17 +101,62 @@ pub struct ClientIo<S> {
     /// Runs while a write waits; made on the first wait, reused after.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+    /// How long the connection may stay idle (`client.head_timeout`).
+    idle_timeout: Duration,
+    /// Runs while a read waits on an idle connection; made on the first such wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle_armed: bool,
 }
 
 impl<S> ClientIo<S> {
-    pub fn new(inner: S, peer: Arc<Peer>, send_timeout: Duration) -> ClientIo<S> {
+    /// `send_timeout` bounds each wait for the client to take more of an answer;
+    /// `idle_timeout` how long the connection may go without a request under way: from its
+    /// start (a client that never sends a byte, or never more than the TLS handshake or
+    /// part of HTTP/2's preface) and between requests, for HTTP/1.1 and HTTP/2 alike. Bytes
+    /// that make no request (a head or a preface trickled in, HTTP/2 pings) do not extend
+    /// it.
+    pub fn new(
+        inner: S,
+        peer: Arc<Peer>,
+        send_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> ClientIo<S> {
         ClientIo {
             inner,
             peer,
             send_timeout,
             stalled: None,
             armed: false,
+            idle_timeout,
+            idle: None,
+            idle_armed: false,
         }
+    }
+
+    /// A read waits: `Ready(err)` once the connection has been idle for longer than
+    /// `idle_timeout`.
+    fn wait_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.peer.idle() {
+            self.idle_armed = false;
+            return Poll::Pending;
+        }
+        if !self.idle_armed {
+            let deadline = tokio::time::Instant::now() + self.idle_timeout;
+            match &mut self.idle {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.idle_armed = true;
+        }
+        let idle = self.idle.as_mut().expect("armed above");
+        if idle.as_mut().poll(cx).is_ready() {
+            self.peer.idle_timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request under way for client.head_timeout",
+            ));
+        }
+        Poll::Pending
     }
 
     /// A write is waiting: `Ready(err)` once it has waited for longer than the timeout.
@@ -121,10 +195,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.peer.read_since_write.store(true, Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.peer.read_since_write.store(true, Ordering::Relaxed);
+                polled
+            }
+            Poll::Pending => this.wait_idle(cx).map(Err),
+            ready => ready,
         }
-        polled
     }
 }
 

@@ -126,11 +126,15 @@ pub fn grpc_status(h: &HeaderMap) -> Option<u32> {
     h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Whether a request is a gRPC call: `content-type: application/grpc` (or `+proto`,
-/// `+json`, ...).
-pub fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// Whether a request is a gRPC call: HTTP/2 with `content-type: application/grpc` (or
+/// `application/grpc+proto`, `+json`, ...; not gRPC-Web, whose clients read HTTP statuses).
+pub fn is_grpc(version: http::Version, h: &HeaderMap) -> bool {
+    version == http::Version::HTTP_2
+        && h.get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.strip_prefix(b"application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+        })
 }
 
 /// What a message's `Transfer-Encoding` (all its lines, as one list) asks for.

@@ -95,7 +95,9 @@ impl Gateway {
             method_index(&head.method),
             admission.request_id,
         );
-        trail.grpc_call = headers::is_grpc(&head.headers);
+        trail.count_on_connection();
+        trail.client_h2 = head.version == http::Version::HTTP_2;
+        trail.grpc_call = headers::is_grpc(head.version, &head.headers);
         let path = match admission.verdict {
             Ok(path) => path,
             Err(refused) => {
@@ -148,8 +150,8 @@ impl Gateway {
             upgrade
                 .filter(|_| !upstream.dial.protocol.is_http2())
                 .map(|(proto, client)| {
-                    headers::ask_upgrade(&mut head.headers, proto);
-                    client
+                    headers::ask_upgrade(&mut head.headers, proto.clone());
+                    (proto, client)
                 });
 
         let body = upload::RequestBody::new(body, client.body_timeout);
@@ -176,7 +178,7 @@ impl Gateway {
                 400
             };
             Failure::Refused(error::Refusal::Malformed(status))
-        } else if error.is_timeout() && peer.sent_since_answer() {
+        } else if (error.is_timeout() || peer.idle_timed_out()) && peer.sent_since_answer() {
             Failure::Client(crate::observe::ClientErrorKind::HeadTimeout)
         } else {
             return;

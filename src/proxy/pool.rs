@@ -10,9 +10,11 @@
 //! same job with a shared, locked pool and per-request bookkeeping that cost about a tenth of
 //! the gateway's CPU per request in the peer benchmark; this is the lean version of it.
 //!
-//! An idle connection is closed after its service's `idle_timeout` by its own task, whatever
-//! else happens on its thread, so idle connections (to upstreams a reload removed among
-//! them) do not pile up.
+//! An idle HTTP/1 connection is closed after its service's `idle_timeout` by its own task,
+//! whatever else happens on its thread, so idle connections (to upstreams a reload removed
+//! among them) do not pile up. A thread's HTTP/2 connection to a service (one at most)
+//! stays while the service keeps it; it is pinged while it carries requests, and replaced
+//! after a request on it times out.
 //!
 //! It owns connections only; what to send and which upstream to use are the other phases'.
 
@@ -37,6 +39,8 @@ use crate::config::Protocol;
 
 /// Idle connections kept per upstream per thread; more are closed.
 const MAX_IDLE_PER_THREAD: usize = 256;
+/// How often an HTTP/2 connection to a service is pinged while it carries requests.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
 /// How long a checkout waits for a pooled connection that is not ready at once.
 const READY_GRACE: Duration = Duration::from_millis(50);
 
@@ -146,7 +150,22 @@ pub struct Conn {
     clock: Arc<IdleClock>,
 }
 
+/// Closes an HTTP/1 upstream connection from elsewhere than its holder.
+pub struct Aborter(Arc<IdleClock>);
+
+impl Aborter {
+    pub fn abort(&self) {
+        self.0.abort.notify_one();
+    }
+}
+
 impl Conn {
+    /// A handle that closes this connection, for an HTTP/1 one (an HTTP/2 connection
+    /// carries other requests too).
+    pub fn aborter(&self) -> Option<Aborter> {
+        matches!(self.sender, Sender::H1(_)).then(|| Aborter(self.clock.clone()))
+    }
+
     /// Closes the connection now, with whatever exchange it carries (an upstream that
     /// stopped reading a request body would otherwise hold it, and the client's body with
     /// it, for ever). An HTTP/2 connection carries other requests too: it stays (the
@@ -229,6 +248,17 @@ fn shared(key: PoolKey) -> Option<Conn> {
             clock: clock.clone(),
         })
     })
+}
+
+/// Stops sharing this thread's HTTP/2 connection to the upstream (a request on it timed
+/// out: it may be dead): the next request opens a new one, and the old one closes once its
+/// streams are done.
+pub fn forget_shared(key: PoolKey) {
+    SHARED.with(|shared| {
+        if let Some(entry) = shared.borrow_mut().get_mut(key.0) {
+            *entry = None;
+        }
+    });
 }
 
 fn share(key: PoolKey, conn: &Conn) {
@@ -319,6 +349,11 @@ where
     if protocol.is_http2() {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // A connection whose peer is gone without a word (a lost NAT entry, a dead
+            // host) is found by a ping unanswered within 20 s, rather than after the
+            // kernel's retries (many minutes during which every request would time out).
+            .keep_alive_interval(H2_PING_EVERY)
+            .keep_alive_timeout(Duration::from_secs(20))
             .handshake(TokioIo::new(io))
             .await
             .map_err(std::io::Error::other)?;

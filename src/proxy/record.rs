@@ -59,6 +59,13 @@ pub struct Trail {
     pub failure: Option<Failure>,
     /// The answer's `grpc-status`, for a gRPC call.
     pub grpc: Option<u32>,
+    /// The latency the metrics and the comparison take, when it is not the whole request's
+    /// life: a tunnel's is the time to its 101 (how long it lives is up to its users).
+    pub latency: Option<std::time::Duration>,
+    /// Counted among its connection's requests under way until recorded.
+    counted: bool,
+    /// The client speaks HTTP/2.
+    pub client_h2: bool,
     /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
     /// errors are answered as gRPC errors.
     pub grpc_call: bool,
@@ -92,8 +99,18 @@ impl Trail {
             failure: None,
             grpc: None,
             grpc_call: false,
+            latency: None,
+            counted: false,
+            client_h2: false,
             recorded: false,
         }
+    }
+
+    /// Counts the request among its connection's requests under way until it is recorded
+    /// (an idle connection has none).
+    pub fn count_on_connection(&mut self) {
+        self.peer.request_began();
+        self.counted = true;
     }
 
     /// Records the request: metrics, compare window, access log. Called once, when the
@@ -104,6 +121,9 @@ impl Trail {
 
     fn write(&mut self) {
         self.recorded = true;
+        if std::mem::take(&mut self.counted) {
+            self.peer.request_ended();
+        }
         let elapsed = self.start.elapsed();
         if self.failure.is_none() && self.peer.cut() {
             // Cut by the end of a drain: not the client's doing, nor the upstream's.
@@ -122,7 +142,8 @@ impl Trail {
         let d = self.decision;
         let stats = self.table.stats(d.route);
         let metrics = &stats.metrics[d.side.index()];
-        metrics.record(self.method, self.status, elapsed.as_secs_f64());
+        let latency = self.latency.unwrap_or(elapsed);
+        metrics.record(self.method, self.status, latency.as_secs_f64());
         if let Some(kind) = self.failure.and_then(Failure::upstream_kind) {
             metrics.upstream_error(kind);
         }
@@ -140,7 +161,7 @@ impl Trail {
         // that left (499) is neither side's failure.
         let error = (self.status >= 500 && self.status != CLIENT_CLOSED)
             || self.grpc.is_some_and(grpc_server_fault);
-        stats.window.record(d.side, self.start, elapsed, error);
+        stats.window.record(d.side, self.start, latency, error);
         self.log.log(&Entry {
             start: self.start,
             request_id: self.request_id.to_str().unwrap_or("-"),

@@ -25,17 +25,22 @@ use super::send::Exchange;
 use super::tunnel::{self, Tunnels};
 use crate::observe::UpstreamErrorKind;
 
-/// The upstream's answer, on its way to the client. `upgrade` is the client's connection
-/// when it asked for an upgrade: a 101 joins it to the upstream's in a tunnel.
+/// The upstream's answer, on its way to the client. `upgrade` is the protocol the client
+/// asked to switch to and its connection: a 101 to that protocol joins it to the
+/// upstream's in a tunnel (a 101 to another is refused, as any unasked-for 101).
 pub fn upstream(
     mut exchange: Exchange,
     mut trail: Trail,
-    upgrade: Option<OnUpgrade>,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
     tunnels: &Arc<Tunnels>,
 ) -> Response<ResponseBody> {
-    if let Some(client) = upgrade
+    if let Some((asked, client)) = upgrade
         && exchange.response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && exchange.response.headers().contains_key(header::UPGRADE)
+        && exchange
+            .response
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(asked.as_bytes()))
     {
         let upstream = hyper::upgrade::on(&mut exchange.response);
         return switched(exchange, trail, client, upstream, tunnels);
@@ -67,10 +72,13 @@ pub fn upstream(
         since: trail.start,
         uploaded: exchange.uploaded,
     };
-    Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, trail, conn, read_timeout),
-    )
+    let client_h2 = trail.client_h2;
+    let send_timeout = trail.table.config.client.send_timeout;
+    let mut body = ResponseBody::upstream(body, trail, conn, read_timeout);
+    if client_h2 {
+        body.watch_client(send_timeout);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// The upstream's 101: relayed with its `Upgrade` and `Connection: upgrade`; once it is
@@ -93,6 +101,7 @@ fn switched(
         .headers
         .append(header::VIA, trail.table.via(parts.version).clone());
     trail.status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
+    trail.latency = Some(trail.start.elapsed());
     let idle = trail.table.upstreams[trail.upstream].idle_timeout;
     // The connection is the tunnel's now; its pool handle is of no more use.
     drop(exchange.conn);
@@ -218,7 +227,9 @@ fn grpc_failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
     trail.grpc = Some(code);
     trail.failure = Some(failure);
     let request_id = trail.request_id.clone();
-    let mut resp = Response::new(ResponseBody::made(bytes::Bytes::new(), trail));
+    // No body at all, so the head ends the stream (a "Trailers-Only" answer): an empty
+    // DATA frame after it would be a protocol error to grpc-go and grpc-java.
+    let mut resp = Response::new(ResponseBody::nothing(trail));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -64,6 +64,11 @@ pub fn rewrite(
     if upstream.dial.protocol.is_http2() {
         return to_http2(head, upstream);
     }
+    // HTTP/2 sends each cookie as a field of its own; HTTP/1.1 allows one `Cookie` line,
+    // and many servers read only the first (RFC 9113 §8.2.3: join them with "; ").
+    if head.version == Version::HTTP_2 {
+        join_cookies(&mut head.headers);
+    }
     // hyper sends no body for a GET, HEAD or CONNECT whose length it does not know unless
     // told: a body that arrived chunked goes on chunked, whatever the method.
     if facts.chunked_body {
@@ -74,6 +79,24 @@ pub fn rewrite(
     }
     head.version = Version::HTTP_11;
     Ok(())
+}
+
+/// Joins several `Cookie` fields into one, `; ` between them.
+fn join_cookies(h: &mut HeaderMap) {
+    let mut values = h.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
 }
 
 /// An HTTP/2 upstream's copy: `Host` becomes `:authority` and the target gets its scheme

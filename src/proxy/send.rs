@@ -62,6 +62,11 @@ pub async fn send(
                     deadline = Instant::now() + timeout;
                 }
                 Err(_) => {
+                    if upstream.dial.protocol.is_http2() {
+                        // The thread's shared connection may be the problem: the next
+                        // request gets a new one.
+                        pool::forget_shared(upstream.pool_key);
+                    }
                     break Err(Failure::Upstream {
                         kind: UpstreamErrorKind::Timeout,
                         during: Stage::Head,

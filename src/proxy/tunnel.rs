@@ -20,7 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
+use super::error::{Failure, Stage};
 use super::record::Trail;
+use crate::observe::{ClientErrorKind, UpstreamErrorKind};
 
 /// How long the other direction of a tunnel may go on once one side has closed.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -85,9 +87,19 @@ pub fn spawn(
     let mut cut = tunnels.cut.subscribe();
     tokio::spawn(async move {
         let _open = open;
-        let (client, upstream) = match tokio::join!(client, upstream) {
+        // The hand-over waits for the 101 to be written (bounded by client.send_timeout);
+        // a drain's end cuts it too.
+        let handed = tokio::select! {
+            handed = async { tokio::join!(client, upstream) } => handed,
+            _ = cut.wait_for(|c| *c) => {
+                trail.record();
+                return;
+            }
+        };
+        let (client, upstream) = match handed {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
+                let c_failed = c.is_err();
                 // The client left before its 101 was sent, or the upstream's connection
                 // broke as it was handed over: nothing was tunnelled.
                 tracing::debug!(
@@ -95,6 +107,16 @@ pub fn spawn(
                     upstream = u.err().map(|e| e.to_string()),
                     "an upgraded connection could not be joined"
                 );
+                // Nothing was tunnelled: the client's side if its connection is gone (it
+                // left before the 101 reached it), else the upstream's.
+                trail.failure = Some(if c_failed {
+                    Failure::Client(ClientErrorKind::Closed)
+                } else {
+                    Failure::Upstream {
+                        kind: UpstreamErrorKind::Reset,
+                        during: Stage::Body,
+                    }
+                });
                 trail.record();
                 return;
             }
