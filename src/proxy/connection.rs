@@ -36,6 +36,9 @@ pub struct Peer {
     /// tunnel is one until it closes).
     active: AtomicUsize,
     idle_timed_out: AtomicBool,
+    /// The connection carried an HTTP/1 request: from then on, hyper's own head timeout
+    /// bounds its idle time.
+    http1: AtomicBool,
 }
 
 impl Peer {
@@ -52,12 +55,16 @@ impl Peer {
             cut,
             active: AtomicUsize::new(0),
             idle_timed_out: AtomicBool::new(false),
+            http1: AtomicBool::new(false),
         }
     }
 
-    /// A request of this connection began.
-    pub fn request_began(&self) {
+    /// A request of this connection began (`http1`: it is HTTP/1.x).
+    pub fn request_began(&self, http1: bool) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        if http1 && !self.http1.load(Ordering::Relaxed) {
+            self.http1.store(true, Ordering::Relaxed);
+        }
     }
 
     /// A request of this connection was recorded.
@@ -65,9 +72,10 @@ impl Peer {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// No request is under way on the connection.
+    /// No request is under way on the connection, and no other timer bounds its idle time
+    /// (hyper's head timeout does on an HTTP/1 connection once it has carried a request).
     fn idle(&self) -> bool {
-        self.active.load(Ordering::Relaxed) == 0
+        self.active.load(Ordering::Relaxed) == 0 && !self.http1.load(Ordering::Relaxed)
     }
 
     /// Whether the connection was closed for staying idle (or with a request head, or

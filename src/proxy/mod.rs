@@ -95,8 +95,8 @@ impl Gateway {
             method_index(&head.method),
             admission.request_id,
         );
-        trail.count_on_connection();
         trail.client_h2 = head.version == http::Version::HTTP_2;
+        trail.count_on_connection(!trail.client_h2);
         trail.grpc_call = headers::is_grpc(head.version, &head.headers);
         let path = match admission.verdict {
             Ok(path) => path,

@@ -108,8 +108,8 @@ impl Trail {
 
     /// Counts the request among its connection's requests under way until it is recorded
     /// (an idle connection has none).
-    pub fn count_on_connection(&mut self) {
-        self.peer.request_began();
+    pub fn count_on_connection(&mut self, http1: bool) {
+        self.peer.request_began(http1);
         self.counted = true;
     }
 
