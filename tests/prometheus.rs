@@ -360,3 +360,60 @@ async fn several_gateways_add_up_in_prometheus() {
         "{text}"
     );
 }
+
+/// gRPC calls failed by the server are HTTP 200: `compare --prometheus` counts them as
+/// errors all the same, from `strangler_grpc_responses_total`, as the gateway's own figures
+/// do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_faults_count_as_errors_through_prometheus() {
+    let legacy = Upstream::start("legacy").await;
+    let dead = dead_addr().await;
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: '{}'}}\nservices:\n  orders: {{url: 'http://{dead}', protocol: h2c}}\nroutes:\n  - name: orders-grpc\n    match: {{prefix: /orders.v1.Orders/}}\n    service: orders\n    percent: 100\n",
+        legacy.url()
+    ));
+    let gw = GatewayProcess::spawn(&file, &[]).await;
+    let prom = Prometheus::start(&[gw.admin]).await;
+    // 12 gRPC calls to a service that is down: each answered UNAVAILABLE (HTTP 200).
+    let mut h2 = support::tls::h2(tokio::net::TcpStream::connect(gw.public).await.unwrap()).await;
+    for _ in 0..12 {
+        let req = http::Request::post(format!("http://{}/orders.v1.Orders/Get", gw.public))
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                &[0; 5],
+            )))
+            .unwrap();
+        h2.ready().await.unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+    }
+    prom.wait_for_value("sum(strangler_grpc_responses_total)", 12.0)
+        .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args([
+            "compare",
+            "--prometheus",
+            &prom.url,
+            "--window",
+            "10m",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let route = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "orders-grpc")
+        .unwrap();
+    assert_eq!(route["new"]["requests"], 12, "{route}");
+    assert_eq!(route["new"]["errors"], 12, "{route}");
+}
