@@ -312,30 +312,7 @@ async fn several_gateways_add_up_in_prometheus() {
     }
     assert_eq!(per_side[0] + per_side[1], sent as f64);
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
-        .args([
-            "compare",
-            "--prometheus",
-            &prom.url,
-            "--window",
-            "10m",
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let all = v["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == "all")
-        .unwrap();
+    let all = compared_route(&prom.url, "all").await;
     assert_eq!(
         all["legacy"]["requests"].as_f64().unwrap(),
         per_side[0],
@@ -390,11 +367,18 @@ async fn grpc_server_faults_count_as_errors_through_prometheus() {
     }
     prom.wait_for_value("sum(strangler_grpc_responses_total)", 12.0)
         .await;
+    let route = compared_route(&prom.url, "orders-grpc").await;
+    assert_eq!(route["new"]["requests"], 12, "{route}");
+    assert_eq!(route["new"]["errors"], 12, "{route}");
+}
+
+/// A route's figures in `strangler compare --prometheus URL --window 10m --json`.
+async fn compared_route(prometheus: &str, route: &str) -> serde_json::Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
         .args([
             "compare",
             "--prometheus",
-            &prom.url,
+            prometheus,
             "--window",
             "10m",
             "--json",
@@ -408,12 +392,11 @@ async fn grpc_server_faults_count_as_errors_through_prometheus() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let route = v["routes"]
+    v["routes"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["route"] == "orders-grpc")
-        .unwrap();
-    assert_eq!(route["new"]["requests"], 12, "{route}");
-    assert_eq!(route["new"]["errors"], 12, "{route}");
+        .find(|r| r["route"] == route)
+        .unwrap_or_else(|| panic!("no route {route} in {v}"))
+        .clone()
 }
