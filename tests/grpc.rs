@@ -132,13 +132,15 @@ impl tonic::server::StreamingService<GetOrder> for Chat {
 /// A gRPC server named `name` on h2c: `Get` (unary), `List` (server streaming) and `Chat`
 /// (bidirectional streaming).
 async fn grpc_server(name: &'static str) -> SocketAddr {
-    grpc_server_on(name, None).await
+    grpc_server_on(name, None, None).await
 }
 
-/// As `grpc_server`, over TLS (h2 by ALPN) when `tls` is given.
+/// As `grpc_server`, over TLS (h2 by ALPN) when `tls` is given, allowing `max_streams`
+/// concurrent streams per connection when given.
 async fn grpc_server_on(
     name: &'static str,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    max_streams: Option<u32>,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -170,7 +172,8 @@ async fn grpc_server_on(
                 Ok::<_, Infallible>(resp)
             });
             tokio::spawn(async move {
-                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                h2.max_concurrent_streams(max_streams);
                 match tls {
                     None => {
                         let _ = h2.serve_connection(TokioIo::new(stream), svc).await;
@@ -449,7 +452,7 @@ async fn a_grpc_service_over_tls_with_its_own_ca() {
     let ca = support::tls::Ca::new("services CA");
     let leaf = ca.leaf("orders");
     let legacy = grpc_server("legacy").await;
-    let new = grpc_server_on("orders", Some(support::tls::server(&leaf, &[b"h2"]))).await;
+    let new = grpc_server_on("orders", Some(support::tls::server(&leaf, &[b"h2"])), None).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
     let yaml = format!(
@@ -494,6 +497,55 @@ async fn a_grpc_service_over_tls_with_its_own_ca() {
         Some(1.0),
         "{m}"
     );
+}
+
+/// A service that allows 2 concurrent streams per connection, with 6 long-lived calls
+/// open through the gateway: every call gets a stream (the gateway opens more connections
+/// rather than queue calls behind the limit), and a unary call still goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_services_stream_limit_get_another_connection() {
+    let legacy = grpc_server("legacy").await;
+    let new = grpc_server_on("orders", None, Some(2)).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'http://{legacy}', protocol: h2c}}\nservices:\n  orders: {{url: 'http://{new}', protocol: h2c, timeout: 20s}}\nroutes:\n  - name: orders-grpc\n    match: {{prefix: /orders.v1.Orders/}}\n    service: orders\n    percent: 100\n"
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut c = client_of(gw.running.public_addr).await;
+    let mut open = Vec::new();
+    for i in 0..6 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<GetOrder>(1);
+        c.ready().await.unwrap();
+        let call = c.streaming(
+            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            PathAndQuery::from_static(CHAT),
+            ProstCodec::<GetOrder, Order>::default(),
+        );
+        let first = GetOrder {
+            id: format!("chat-{i}"),
+            ..Default::default()
+        };
+        tx.send(first).await.unwrap();
+        let mut answers = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call got a stream")
+            .unwrap()
+            .into_inner();
+        let got = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("an answer on every open call")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, format!("chat-{i}"));
+        open.push((tx, answers));
+    }
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&mut c, request("u", Code::Ok, 0, &[])),
+    )
+    .await
+    .expect("a unary call is not queued behind the open streams")
+    .unwrap();
+    assert_eq!(got.served_by, "orders");
 }
 
 /// The gateway's own gRPC error is a "Trailers-Only" answer: its head ends the stream (no

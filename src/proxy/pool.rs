@@ -1,6 +1,8 @@
 //! Keep-alive connections to upstreams: hyper HTTP/1 client connections, pooled per thread,
-//! and HTTP/2 connections (`protocol: h2c | h2`), one per upstream per thread, shared by its
-//! requests as streams. Either in clear or over TLS (rustls) for `https://` services.
+//! and HTTP/2 connections (`protocol: h2c | h2`), shared by a thread's requests as streams:
+//! one per upstream per thread, and another whenever those it has carry as many streams as
+//! the service allows at once. Either in clear or over TLS (rustls) for `https://`
+//! services.
 //!
 //! Each runtime thread keeps its own idle connections per upstream address, so a checkout or
 //! a check-in is a push or pop on a thread-local list: no lock, no shared map, nothing that
@@ -12,15 +14,15 @@
 //!
 //! An idle HTTP/1 connection is closed after its service's `idle_timeout` by its own task,
 //! whatever else happens on its thread, so idle connections (to upstreams a reload removed
-//! among them) do not pile up. A thread's HTTP/2 connection to a service (one at most)
-//! stays while the service keeps it; it is pinged while it carries requests, and replaced
-//! after a request on it times out.
+//! among them) do not pile up. A thread's HTTP/2 connections to a service stay while the
+//! service keeps them; they are pinged while they carry requests, and replaced after a
+//! request on one times out.
 //!
 //! It owns connections only; what to send and which upstream to use are the other phases'.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::{Future as _, poll_fn};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -118,6 +120,10 @@ struct IdleClock {
     since: AtomicU64,
     timeout: Duration,
     abort: tokio::sync::Notify,
+    /// HTTP/2: the requests the connection carries now, and how many the service allows
+    /// at once (its `SETTINGS_MAX_CONCURRENT_STREAMS`, as last read).
+    streams: AtomicUsize,
+    max_streams: AtomicUsize,
 }
 
 fn epoch() -> Instant {
@@ -150,6 +156,14 @@ pub struct Conn {
     clock: Arc<IdleClock>,
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if matches!(self.sender, Sender::H2(_)) {
+            self.clock.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Closes an HTTP/1 upstream connection from elsewhere than its holder.
 pub struct Aborter(Arc<IdleClock>);
 
@@ -160,6 +174,15 @@ impl Aborter {
 }
 
 impl Conn {
+    /// A handle on an HTTP/2 connection, counted among its streams until dropped.
+    fn h2(sender: http2::SendRequest<RequestBody>, clock: Arc<IdleClock>) -> Conn {
+        clock.streams.fetch_add(1, Ordering::Relaxed);
+        Conn {
+            sender: Sender::H2(sender),
+            clock,
+        }
+    }
+
     /// A handle that closes this connection, for an HTTP/1 one (an HTTP/2 connection
     /// carries other requests too).
     pub fn aborter(&self) -> Option<Aborter> {
@@ -177,14 +200,14 @@ impl Conn {
     }
 }
 
-/// A thread's HTTP/2 connection to an upstream.
-type Shared = (http2::SendRequest<RequestBody>, Arc<IdleClock>);
+/// A thread's HTTP/2 connections to an upstream.
+type Shared = Vec<(http2::SendRequest<RequestBody>, Arc<IdleClock>)>;
 
 thread_local! {
     /// Idle connections by pool key, newest last.
     static IDLE: RefCell<Vec<Vec<(Conn, Instant)>>> = const { RefCell::new(Vec::new()) };
     /// The HTTP/2 connection of each pool key, shared by this thread's requests.
-    static SHARED: RefCell<Vec<Option<Shared>>> = const { RefCell::new(Vec::new()) };
+    static SHARED: RefCell<Vec<Shared>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A connection checked out of the pool.
@@ -238,25 +261,27 @@ pub async fn open(key: PoolKey, dial: &Dial) -> std::io::Result<Checkout> {
     Ok(Checkout { conn, fresh: true })
 }
 
-/// A handle on this thread's open HTTP/2 connection to the upstream, if it has one.
+/// A handle on one of this thread's HTTP/2 connections to the upstream that can take
+/// another stream, if it has one (closed ones are dropped on the way).
 fn shared(key: PoolKey) -> Option<Conn> {
     SHARED.with(|shared| {
-        let shared = shared.borrow();
-        let (sender, clock) = shared.get(key.0)?.as_ref()?;
-        (!sender.is_closed()).then(|| Conn {
-            sender: Sender::H2(sender.clone()),
-            clock: clock.clone(),
-        })
+        let mut shared = shared.borrow_mut();
+        let list = shared.get_mut(key.0)?;
+        list.retain(|(sender, _)| !sender.is_closed());
+        let (sender, clock) = list.iter().find(|(_, clock)| {
+            clock.streams.load(Ordering::Relaxed) < clock.max_streams.load(Ordering::Relaxed)
+        })?;
+        Some(Conn::h2(sender.clone(), clock.clone()))
     })
 }
 
-/// Stops sharing this thread's HTTP/2 connection to the upstream (a request on it timed
-/// out: it may be dead): the next request opens a new one, and the old one closes once its
-/// streams are done.
+/// Stops sharing this thread's HTTP/2 connections to the upstream (a request on one timed
+/// out: it may be dead): the next request opens a new one, and the old ones close once
+/// their streams are done.
 pub fn forget_shared(key: PoolKey) {
     SHARED.with(|shared| {
-        if let Some(entry) = shared.borrow_mut().get_mut(key.0) {
-            *entry = None;
+        if let Some(list) = shared.borrow_mut().get_mut(key.0) {
+            list.clear();
         }
     });
 }
@@ -268,9 +293,9 @@ fn share(key: PoolKey, conn: &Conn) {
     SHARED.with(|shared| {
         let mut shared = shared.borrow_mut();
         if shared.len() <= key.0 {
-            shared.resize_with(key.0 + 1, || None);
+            shared.resize_with(key.0 + 1, Vec::new);
         }
-        shared[key.0] = Some((sender.clone(), conn.clock.clone()));
+        shared[key.0].push((sender.clone(), conn.clock.clone()));
     });
 }
 
@@ -328,6 +353,9 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
         since: AtomicU64::new(0),
         timeout: dial.idle_timeout,
         abort: tokio::sync::Notify::new(),
+        streams: AtomicUsize::new(0),
+        // Until the service's SETTINGS are read: the common default.
+        max_streams: AtomicUsize::new(100),
     });
     let sender = match &dial.tls {
         None => handshake(stream, dial.protocol, &clock).await?,
@@ -338,7 +366,10 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
             handshake(tls, dial.protocol, &clock).await?
         }
     };
-    Ok(Conn { sender, clock })
+    Ok(match sender {
+        Sender::H2(sender) => Conn::h2(sender, clock),
+        sender => Conn { sender, clock },
+    })
 }
 
 /// The HTTP handshake on a connected stream; the connection's task is spawned.
@@ -357,8 +388,20 @@ where
             .handshake(TokioIo::new(io))
             .await
             .map_err(std::io::Error::other)?;
+        let clock = clock.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            // The service's limit on concurrent streams, read again whenever the connection
+            // makes progress (it comes in the service's SETTINGS, and may change), so that
+            // requests beyond it go to another connection instead of waiting.
+            let ended = poll_fn(|cx| {
+                let polled = conn.as_mut().poll(cx);
+                let max = conn.current_max_send_streams().max(1);
+                clock.max_streams.store(max, Ordering::Relaxed);
+                polled
+            })
+            .await;
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
