@@ -25,7 +25,7 @@ pub use cli::main;
 pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
 pub use control::{Running, start};
-pub use observe::{AccessLog, LogFormat};
+pub use observe::{AccessLog, LogFormat, sequential};
 pub use routing::{
     CanonError, Decision, Reason, RequestView, RouteTable, Router, Side, canonicalize,
 };

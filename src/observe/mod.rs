@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod prometheus;
+pub mod sequential;
 pub mod stdout;
 pub mod verdict;
 pub mod window;
