@@ -17,6 +17,9 @@
 //! The comparison's verdict (`verdict.rs`) does not use it yet: the migration plans will
 //! judge with it, and the verdict move to it with them.
 
+/// The requests each side needs before the test weighs anything.
+pub const MIN_PER_SIDE: u64 = 30;
+
 /// The counts of both sides.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
@@ -34,10 +37,12 @@ pub struct Settings {
     pub alpha: f64,
     /// The error-rate increase that is tolerated: the null is "new ≤ legacy + margin".
     pub margin: f64,
-    /// The spread of the mixture over standardized effect sizes (effect / standard deviation
-    /// of one request's outcome): where the test has the most power. 0.05 suits doubling
-    /// error rates of 0.1% to 5%.
-    pub tau: f64,
+    /// The spreads of the mixture over standardized effect sizes (effect / standard
+    /// deviation of one request's outcome), averaged with equal weights: small ones give
+    /// power on small effects over many requests (0.02 to 0.05 suit doubling error rates of
+    /// 0.1% to 5%), large ones on gross regressions within a few dozen requests. An average
+    /// of such likelihood ratios is one too, so the level holds.
+    pub taus: &'static [f64],
 }
 
 impl Default for Settings {
@@ -45,7 +50,7 @@ impl Default for Settings {
         Settings {
             alpha: 0.01,
             margin: 0.0,
-            tau: 0.05,
+            taus: &[0.02, 0.05, 0.2, 1.0],
         }
     }
 }
@@ -70,10 +75,12 @@ impl Evidence {
 
 /// The evidence that new's error rate exceeds legacy's by more than the margin.
 ///
-/// With `x = delta - margin` the excess, `V` the variance of the observed difference and
-/// the mixture N(0, T²) over the true difference (`T = tau` standard deviations of one
-/// request's outcome at the pooled rate), `log Λ = ½ log(V / (V + T²)) + T² x² / (2 V (V +
-/// T²))`. One-sided: no evidence while the excess is not positive.
+/// With `x = delta - margin` the excess, `V` the variance of the observed difference and a
+/// mixture N(0, T²) over the true difference (`T = tau` standard deviations of one
+/// request's outcome at the pooled rate),
+/// `log Λ_T = ½ log(V / (V + T²)) + T² x² / (2 V (V + T²))`;
+/// Λ is the mean of Λ_T over the `taus`, reported as log Λ floored at 0. One-sided: no
+/// evidence while the excess is not positive.
 pub fn evidence(c: &Counts, s: &Settings) -> Evidence {
     let threshold = (1.0 / s.alpha).ln();
     let none = |delta| Evidence {
@@ -81,7 +88,9 @@ pub fn evidence(c: &Counts, s: &Settings) -> Evidence {
         threshold,
         delta,
     };
-    if c.legacy_requests == 0 || c.new_requests == 0 {
+    // Below a few dozen requests a side, the normal approximation of its rate is too rough
+    // (one error in the first two requests is a rate of 50%): no evidence yet.
+    if c.legacy_requests < MIN_PER_SIDE || c.new_requests < MIN_PER_SIDE {
         return none(0.0);
     }
     let (n1, n2) = (c.legacy_requests as f64, c.new_requests as f64);
@@ -100,10 +109,19 @@ pub fn evidence(c: &Counts, s: &Settings) -> Evidence {
     let pooled_v = sigma2 * (1.0 / n1 + 1.0 / n2);
     let unpooled_v = r1 * (1.0 - r1) / n1 + r2 * (1.0 - r2) / n2;
     let var = pooled_v.max(unpooled_v);
-    // The mixture's spread on the scale of the difference: tau standard deviations of one
-    // request's outcome.
-    let t2 = s.tau * s.tau * sigma2;
-    let log_lr = 0.5 * (var / (var + t2)).ln() + t2 * excess * excess / (2.0 * var * (var + t2));
+    // Each mixture's spread on the scale of the difference: tau standard deviations of one
+    // request's outcome; their likelihood ratios averaged (in log space, stably).
+    let logs: Vec<f64> = s
+        .taus
+        .iter()
+        .map(|tau| {
+            let t2 = tau * tau * sigma2;
+            0.5 * (var / (var + t2)).ln() + t2 * excess * excess / (2.0 * var * (var + t2))
+        })
+        .collect();
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = logs.iter().map(|l| (l - top).exp()).sum::<f64>() / logs.len() as f64;
+    let log_lr = (top + mean.ln()).max(0.0);
     Evidence {
         log_lr,
         threshold,
@@ -257,6 +275,18 @@ mod tests {
             ..Settings::default()
         };
         assert!(!evidence(&c, &s).worse());
+    }
+
+    #[test]
+    fn a_gross_regression_is_worse_within_a_few_dozen_requests() {
+        let c = Counts {
+            legacy_requests: 60,
+            legacy_errors: 0,
+            new_requests: 60,
+            new_errors: 20,
+        };
+        let e = evidence(&c, &Settings::default());
+        assert!(e.worse(), "{e:?}");
     }
 
     #[test]
