@@ -19,7 +19,7 @@ pub fn explain(
     headers: &[String],
     peer: IpAddr,
 ) -> ExitCode {
-    let cfg = match Config::load(file) {
+    let cfg = match Config::load_for_check(file) {
         Ok(c) => c,
         Err(e) => {
             for d in &e.errors {

@@ -285,7 +285,7 @@ fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
 }
 
 fn check(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    match Config::load_for_check(file) {
         Ok(cfg) => {
             for w in &cfg.warnings {
                 println!("warning: {w}");

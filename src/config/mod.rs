@@ -260,8 +260,23 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Reads and validates a routes file for `strangler check` (and `explain`), which may run where the
+    /// files it names (TLS certificates, keys, CAs) are not: those that are absent are
+    /// reported as warnings, not checked; those that are there are checked as the gateway
+    /// would. The result is for reporting, never for serving.
+    pub fn load_for_check(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::whole_file(path, format!("cannot read the routes file: {e}"))
+        })?;
+        Config::parse_with(&text, path, true)
+    }
+
     /// Validates the text of a routes file; `path` names it in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse_with(text, path, false)
+    }
+
+    fn parse_with(text: &str, path: &Path, absent_files_ok: bool) -> Result<Config, ConfigErrors> {
         let root = match yaml::parse(text) {
             Ok(root) => root,
             Err(e) => {
@@ -282,10 +297,12 @@ impl Config {
         };
         let hash = Config::hash_of(text);
         let mut v = validate::Validator::new(path);
+        v.absent_files_ok = absent_files_ok;
         let cfg = v.root(&root, path, hash);
         if v.errors.is_empty() {
             let mut cfg = cfg.expect("a file without errors yields a config");
-            cfg.warnings = lints::run(&cfg);
+            cfg.warnings = v.absent;
+            cfg.warnings.extend(lints::run(&cfg));
             Ok(cfg)
         } else {
             v.errors.sort_by_key(|d| (d.pos.line, d.pos.col));

@@ -161,6 +161,22 @@ pub fn client(ca: Option<&Path>, alpn: &[u8]) -> Result<Upstream, String> {
     })
 }
 
+/// A client config that trusts nothing, for a service whose `ca` file is absent where the
+/// routes file is only checked (never used to connect).
+pub fn unchecked(alpn: &[u8]) -> Upstream {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Upstream {
+        config: Arc::new(config),
+        trust: 0,
+    }
+}
+
 /// The system's trusted roots (the platform's store, as rustls-native-certs finds it).
 fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
     static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();

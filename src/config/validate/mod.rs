@@ -62,6 +62,13 @@ const MESSAGE_CHARS: usize = 600;
 pub(super) struct Validator {
     file: String,
     pub(super) errors: Vec<Diagnostic>,
+    /// A file the routes file names (TLS certificate, key, CA) that does not exist is a
+    /// warning rather than an error: `strangler check` runs where the gateway's files may
+    /// not be (a CI job, with certificates mounted only in production). Serving never sets
+    /// it.
+    pub(super) absent_files_ok: bool,
+    /// Those warnings.
+    pub(super) absent: Vec<Diagnostic>,
 }
 
 /// The entries of a mapping node, checked for unknown and duplicate keys.
@@ -98,7 +105,27 @@ impl Validator {
         Validator {
             file: file.display().to_string(),
             errors: Vec::new(),
+            absent_files_ok: false,
+            absent: Vec::new(),
         }
+    }
+
+    /// Whether `file`, named at `path`, is absent and may be (see `absent_files_ok`): then a
+    /// warning says it was not checked.
+    fn absent_file(&mut self, pos: Pos, path: &str, file: &Path) -> bool {
+        if !self.absent_files_ok || file.exists() {
+            return false;
+        }
+        self.absent.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            path: path.to_string(),
+            message: format!(
+                "{} is not here, so it was not checked; the gateway reads it when it starts or reloads, and refuses the file then if it is missing or unusable",
+                file.display()
+            ),
+        });
+        true
     }
 
     fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
@@ -365,7 +392,7 @@ impl Validator {
         };
         let tls = match f.get("tls") {
             None => Some(None),
-            Some(n) => self.tls(n, file).map(Some),
+            Some(n) => self.tls(n, file),
         };
 
         let routes = match f.get("routes") {

@@ -123,7 +123,17 @@ impl Validator {
             } else {
                 b"http/1.1"
             };
-            match tls::client(ca.as_ref().map(|(_, p)| p.as_path()), alpn) {
+            let absent = match &ca {
+                Some((c, p)) => self.absent_file(c.pos, &join(path, "ca"), p),
+                None => false,
+            };
+            let made = if absent {
+                // Checked where the file is not: the config is only reported, never served.
+                Ok(tls::unchecked(alpn))
+            } else {
+                tls::client(ca.as_ref().map(|(_, p)| p.as_path()), alpn)
+            };
+            match made {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let (pos, p) = match &ca {

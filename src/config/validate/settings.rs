@@ -14,8 +14,9 @@ use crate::routing::StickyKey;
 
 impl Validator {
     /// `tls: {cert, key}`: PEM files, relative to the routes file's directory; read and
-    /// checked now, so that a bad certificate is an invalid config.
-    pub(super) fn tls(&mut self, n: &Node, file: &Path) -> Option<Tls> {
+    /// checked now, so that a bad certificate is an invalid config. `Some(None)`: the files
+    /// are absent and may be (a check elsewhere than the gateway).
+    pub(super) fn tls(&mut self, n: &Node, file: &Path) -> Option<Option<Tls>> {
         let f = self.fields(n, "tls", &["cert", "key"])?;
         let cert = self.require(&f, "tls", "cert", "the certificate chain's PEM file");
         let key = self.require(&f, "tls", "key", "the private key's PEM file");
@@ -24,8 +25,13 @@ impl Validator {
         let key_path = self.string(key, "tls.key", "a file path")?;
         let dir = file.parent().unwrap_or(Path::new("."));
         let (cp, kp) = (dir.join(cert_path), dir.join(key_path));
+        let cert_absent = self.absent_file(cert.pos, "tls.cert", &cp);
+        let key_absent = self.absent_file(key.pos, "tls.key", &kp);
+        if cert_absent || key_absent {
+            return Some(None);
+        }
         match tls::load(&cp, &kp) {
-            Ok(t) => Some(t),
+            Ok(t) => Some(Some(t)),
             Err((part, message)) => {
                 let (node, path) = match part {
                     tls::Part::Key => (key, "tls.key"),
