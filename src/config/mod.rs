@@ -33,6 +33,37 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `idle_timeout` of a service (nginx's `keepalive_timeout` for upstreams).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The host of an authority, an IPv6 literal without its brackets (as a socket address and
+/// a certificate name want it).
+pub fn bare_host(authority: &http::uri::Authority) -> &str {
+    let host = authority.host();
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// A file a routes file names, and the hash (xxh3) of what it held when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedFile {
+    pub path: PathBuf,
+    pub hash: u64,
+}
+
+impl NamedFile {
+    /// `path` and the hash of `bytes`, read from it.
+    pub fn read(path: &Path, bytes: &[u8]) -> NamedFile {
+        NamedFile {
+            path: path.to_path_buf(),
+            hash: xxhash_rust::xxh3::xxh3_64(bytes),
+        }
+    }
+
+    /// Whether the file now holds something else (or cannot be read).
+    pub fn changed(&self) -> bool {
+        std::fs::read(&self.path).map_or(true, |b| xxhash_rust::xxh3::xxh3_64(&b) != self.hash)
+    }
+}
+
 /// A validated routes file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -58,6 +89,9 @@ pub struct Config {
     pub compare: CompareConfig,
     /// TLS on the public listener (`tls`), its files loaded and checked.
     pub tls: Option<tls::Tls>,
+    /// The files the routes file names (certificate, key, CAs), as they were read: the
+    /// config is the same only while they are too.
+    pub files: Vec<NamedFile>,
     pub routes: Vec<RouteConfig>,
     /// Non-fatal findings (rules that can never win, ...).
     pub warnings: Vec<Diagnostic>,
@@ -316,13 +350,17 @@ impl Config {
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
     }
 
-    /// Reads a routes file, unless its content hashes to `unchanged` (then `None`, without
-    /// validating it again).
-    pub fn load_if_changed(path: &Path, unchanged: &str) -> Result<Option<Config>, ConfigErrors> {
+    /// Reads a routes file, unless its content hashes to `unchanged` and none of the `files`
+    /// it named then has changed (then `None`, without validating it again).
+    pub fn load_if_changed(
+        path: &Path,
+        unchanged: &str,
+        files: &[NamedFile],
+    ) -> Result<Option<Config>, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors::whole_file(path, format!("cannot read the routes file: {e}"))
         })?;
-        if Config::hash_of(&text) == unchanged {
+        if Config::hash_of(&text) == unchanged && !files.iter().any(NamedFile::changed) {
             return Ok(None);
         }
         Config::parse(&text, path).map(Some)
@@ -389,14 +427,14 @@ mod tests {
         let text = "listen: [unclosed\n";
         std::fs::write(&path, text).unwrap();
         assert!(matches!(
-            Config::load_if_changed(&path, &Config::hash_of(text)),
+            Config::load_if_changed(&path, &Config::hash_of(text), &[]),
             Ok(None)
         ));
-        assert!(Config::load_if_changed(&path, &Config::hash_of("other")).is_err());
+        assert!(Config::load_if_changed(&path, &Config::hash_of("other"), &[]).is_err());
         let valid = format!("{BASE}routes: []\n");
         std::fs::write(&path, &valid).unwrap();
         assert!(matches!(
-            Config::load_if_changed(&path, &Config::hash_of(text)),
+            Config::load_if_changed(&path, &Config::hash_of(text), &[]),
             Ok(Some(_))
         ));
     }

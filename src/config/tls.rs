@@ -4,34 +4,21 @@
 //! and the gateway never starts (or swaps in) a listener it cannot serve; and the client
 //! side of `https://` services, trusting the service's `ca` or the system's roots.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// The listener's certificate chain and key, loaded.
-#[derive(Clone)]
+use super::NamedFile;
+
+/// The listener's certificate chain and key, loaded (the files as read are among the
+/// config's `files`).
+#[derive(Debug, Clone)]
 pub struct Tls {
-    /// The certificate chain's file (PEM, leaf first), as resolved from the routes file.
-    pub cert: PathBuf,
-    /// The private key's file (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
     /// The rustls config every new TLS connection is accepted with (ALPN: h2, http/1.1).
     pub server: Arc<ServerConfig>,
-    /// xxh3 of both files' bytes: whether what they hold changed.
-    pub fingerprint: u64,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("fingerprint", &self.fingerprint)
-            .finish()
-    }
 }
 
 /// Which of the two files a problem is in.
@@ -43,8 +30,8 @@ pub enum Part {
     Both,
 }
 
-/// Reads and checks `cert` and `key`.
-pub fn load(cert: &Path, key: &Path) -> Result<Tls, (Part, String)> {
+/// Reads and checks `cert` and `key`; the files as read.
+pub fn load(cert: &Path, key: &Path) -> Result<(Tls, [NamedFile; 2]), (Part, String)> {
     let cert_pem = std::fs::read(cert)
         .map_err(|e| (Part::Cert, format!("cannot read {}: {e}", cert.display())))?;
     let key_pem = std::fs::read(key)
@@ -93,23 +80,14 @@ pub fn load(cert: &Path, key: &Path) -> Result<Tls, (Part, String)> {
             )
         })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&cert_pem);
-    h.update(&key_pem);
-    Ok(Tls {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
+    let files = [
+        NamedFile::read(cert, &cert_pem),
+        NamedFile::read(key, &key_pem),
+    ];
+    let tls = Tls {
         server: Arc::new(server),
-        fingerprint: h.digest(),
-    })
-}
-
-/// The fingerprint the files at `cert` and `key` have now (`None`: one cannot be read).
-pub fn fingerprint(cert: &Path, key: &Path) -> Option<u64> {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&std::fs::read(cert).ok()?);
-    h.update(&std::fs::read(key).ok()?);
-    Some(h.digest())
+    };
+    Ok((tls, files))
 }
 
 /// The TLS of an `https://` service.
@@ -119,17 +97,25 @@ pub struct Upstream {
     /// What it trusts: xxh3 of its `ca` file, 0 for the system's roots (connections made
     /// with one trust are not reused under another).
     pub trust: u64,
+    /// The `ca` file as read.
+    pub ca: Option<NamedFile>,
+    /// The name the service's certificate must carry (the URL's host).
+    pub name: ServerName<'static>,
 }
 
 /// The client config of an `https://` service: trusting the certificates of the PEM file
 /// `ca`, or else the system's store (read once per process), offering `alpn`.
-pub fn client(ca: Option<&Path>, alpn: &[u8]) -> Result<Upstream, String> {
-    let mut trust = 0;
+pub fn client(
+    ca: Option<&Path>,
+    alpn: &[u8],
+    name: ServerName<'static>,
+) -> Result<Upstream, String> {
+    let mut read = None;
     let roots = match ca {
         Some(path) => {
             let pem =
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            trust = xxhash_rust::xxh3::xxh3_64(&pem) | 1;
+            read = Some(NamedFile::read(path, &pem));
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert
@@ -157,13 +143,15 @@ pub fn client(ca: Option<&Path>, alpn: &[u8]) -> Result<Upstream, String> {
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Upstream {
         config: Arc::new(config),
-        trust,
+        trust: read.as_ref().map_or(0, |f| f.hash | 1),
+        ca: read,
+        name,
     })
 }
 
 /// A client config that trusts nothing, for a service whose `ca` file is absent where the
 /// routes file is only checked (never used to connect).
-pub fn unchecked(alpn: &[u8]) -> Upstream {
+pub fn unchecked(alpn: &[u8], name: ServerName<'static>) -> Upstream {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -174,6 +162,8 @@ pub fn unchecked(alpn: &[u8]) -> Upstream {
     Upstream {
         config: Arc::new(config),
         trust: 0,
+        ca: None,
+        name,
     }
 }
 

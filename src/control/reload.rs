@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, NamedFile};
 use crate::observe::{Metrics, Registry};
 use crate::proxy::{Gateway, Table};
 
@@ -68,11 +68,9 @@ impl Reloader {
         &self.path
     }
 
-    /// The TLS files of the config in force and the fingerprint they were loaded with.
-    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf, u64)> {
-        let table = self.gateway.table.load();
-        let tls = table.config.tls.as_ref()?;
-        Some((tls.cert.clone(), tls.key.clone(), tls.fingerprint))
+    /// The files the config in force named (certificate, key, CAs), as they were read.
+    pub fn named_files(&self) -> Vec<NamedFile> {
+        self.gateway.table.load().config.files.clone()
     }
 
     /// Re-reads the file now. `why` names the trigger in the log.
@@ -82,34 +80,16 @@ impl Reloader {
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
         let current = self.gateway.table.load().config.hash.clone();
-        let tls = self.tls_files();
-        // A service's `ca` file is read with the routes file: a file naming one is read
-        // again on every reload, so a new CA takes effect on SIGHUP.
-        let has_ca = {
-            let table = self.gateway.table.load();
-            let c = &table.config;
-            std::iter::once(&c.legacy)
-                .chain(&c.services)
-                .any(|s| s.tls.as_ref().is_some_and(|t| t.trust != 0))
-        };
+        let files = self.named_files();
         let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
         // the new percent gauges): all of it off the runtime's threads, each step linear.
         let built = in_background(move || -> Result<Option<Table>, ConfigErrors> {
-            // An unchanged file is not validated again (a 10,000-route file takes most of a
-            // second).
-            // ...unless the TLS files it names changed.
-            let tls_changed = tls.is_some_and(|(cert, key, fp)| {
-                crate::config::tls::fingerprint(&cert, &key) != Some(fp)
-            });
-            let config = if tls_changed || has_ca {
-                Config::load(&path)?
-            } else {
-                let Some(config) = Config::load_if_changed(&path, &current)? else {
-                    return Ok(None);
-                };
-                config
+            // An unchanged file (naming files that did not change either) is not validated
+            // again (a 10,000-route file takes most of a second).
+            let Some(config) = Config::load_if_changed(&path, &current, &files)? else {
+                return Ok(None);
             };
             // An admin listener beyond loopback was only started with a token: a new file must
             // not take it away.

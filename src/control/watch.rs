@@ -27,6 +27,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use super::reload::Reloader;
+use crate::config::NamedFile;
 
 /// Quiet time after the last event before a reload: an editor's write may come in parts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -146,11 +147,11 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
         let mut identity = identity_of(path.clone()).await;
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tls_poll = tokio::time::interval(POLL_EVERY);
-        tls_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The TLS files' fingerprint a reload was last asked for (a bad certificate is
-        // reported once, not at every poll).
-        let mut tls_tried: Option<u64> = None;
+        let mut files_poll = tokio::time::interval(POLL_EVERY);
+        files_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the named files held when a reload was last asked for them (a bad
+        // certificate is reported once, not at every poll).
+        let mut files_tried: Option<Vec<NamedFile>> = None;
         loop {
             let why = tokio::select! {
                 wake = rx.recv() => match wake {
@@ -164,13 +165,13 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
                     }
                     "file change (polled)"
                 }
-                _ = tls_poll.tick() => {
+                _ = files_poll.tick() => {
                     let Some(me) = me.upgrade() else { return };
-                    let Some(changed) = tls_changed(&me).await else { continue };
-                    if tls_tried == Some(changed) {
+                    let Some(now) = files_changed(&me).await else { continue };
+                    if files_tried.as_ref() == Some(&now) {
                         continue;
                     }
-                    tls_tried = Some(changed);
+                    files_tried = Some(now);
                     "TLS files changed"
                 }
             };
@@ -195,15 +196,26 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
     })
 }
 
-/// The fingerprint of the TLS files in force when it is no longer the one loaded (the
-/// files were replaced or rewritten, through symlinks too); `None` when unchanged, when a
-/// file cannot be read (a replacement in progress), or without TLS. Polled every
-/// [`POLL_EVERY`]: certificate renewals replace files in many ways (Kubernetes secrets swap
-/// a symlinked directory), and a reread of two small files catches them all.
-async fn tls_changed(reloader: &Reloader) -> Option<u64> {
-    let tls = reloader.tls_files()?;
+/// What the files the config in force named (certificate, key, CAs) hold now, when one of
+/// them changed (through symlinks too); `None` when none did, when one cannot be read (a
+/// replacement in progress), or when there are none. Polled every [`POLL_EVERY`]:
+/// certificate renewals replace files in many ways (Kubernetes secrets swap a symlinked
+/// directory), and a reread of a few small files catches them all.
+async fn files_changed(reloader: &Reloader) -> Option<Vec<NamedFile>> {
+    let files = reloader.named_files();
+    if files.is_empty() {
+        return None;
+    }
     tokio::task::spawn_blocking(move || {
-        crate::config::tls::fingerprint(&tls.0, &tls.1).filter(|fp| *fp != tls.2)
+        let now: Option<Vec<NamedFile>> = files
+            .iter()
+            .map(|f| {
+                std::fs::read(&f.path)
+                    .ok()
+                    .map(|b| NamedFile::read(&f.path, &b))
+            })
+            .collect();
+        now.filter(|now| *now != files)
     })
     .await
     .ok()

@@ -341,13 +341,7 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
 async fn connect(dial: &Dial) -> std::io::Result<Conn> {
     let authority = &dial.authority;
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host();
-    // IPv6 literals come bracketed in an authority.
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let stream = TcpStream::connect((host, port)).await?;
+    let stream = TcpStream::connect((crate::config::bare_host(authority), port)).await?;
     stream.set_nodelay(true)?;
     let clock = Arc::new(IdleClock {
         since: AtomicU64::new(0),

@@ -174,7 +174,7 @@ impl Trail {
             reason: d.reason.as_str(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            upstream: self.table.upstreams[self.upstream].authority.as_str(),
+            upstream: self.table.upstreams[self.upstream].dial.authority.as_str(),
             error: self.failure.map(Failure::log_name),
             grpc_status: self.grpc,
         });

@@ -48,7 +48,7 @@ pub fn upstream(
     let (mut parts, body) = exchange.response.into_parts();
     if let Err(why) = relayable(&mut parts) {
         let up = &trail.table.upstreams[trail.upstream];
-        tracing::debug!(upstream = %up.authority, why, "refusing the upstream's answer");
+        tracing::debug!(upstream = %up.dial.authority, why, "refusing the upstream's answer");
         // The connection is dropped with `exchange.conn`: it is not reused.
         let failure = Failure::Upstream {
             kind: UpstreamErrorKind::Protocol,
@@ -72,11 +72,13 @@ pub fn upstream(
         since: trail.start,
         uploaded: exchange.uploaded,
     };
-    let client_h2 = trail.client_h2;
-    let send_timeout = trail.table.config.client.send_timeout;
+    // An HTTP/2 client's stream is watched for stalls (see `ResponseBody::watch_client`).
+    let send_timeout = trail
+        .client_h2
+        .then(|| trail.table.config.client.send_timeout);
     let mut body = ResponseBody::upstream(body, trail, conn, read_timeout);
-    if client_h2 {
-        body.watch_client(send_timeout);
+    if let Some(t) = send_timeout {
+        body.watch_client(t);
     }
     Response::from_parts(parts, body)
 }
@@ -102,7 +104,7 @@ fn switched(
         .append(header::VIA, trail.table.via(parts.version).clone());
     trail.status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
     trail.latency = Some(trail.start.elapsed());
-    let idle = trail.table.upstreams[trail.upstream].idle_timeout;
+    let idle = trail.table.upstreams[trail.upstream].dial.idle_timeout;
     // The connection is the tunnel's now; its pool handle is of no more use.
     drop(exchange.conn);
     tunnel::spawn(client, upstream, trail, idle, tunnels);

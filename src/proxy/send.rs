@@ -110,7 +110,7 @@ async fn exchange(
             pool::checkout(upstream.pool_key, &upstream.dial, now).await
         };
         let co = checkout.map_err(|e| {
-            tracing::debug!(upstream = %upstream.authority, error = %e, "cannot connect to the upstream");
+            tracing::debug!(upstream = %upstream.dial.authority, error = %e, "cannot connect to the upstream");
             Failure::Upstream {
                 kind: UpstreamErrorKind::Connect,
                 during: Stage::Head,
@@ -168,7 +168,7 @@ fn failure_of(upstream: &Upstream, upload: Option<&Upload>, e: &hyper::Error) ->
             ClientErrorKind::Body
         });
     }
-    tracing::debug!(upstream = %upstream.authority, error = %e, "upstream exchange failed");
+    tracing::debug!(upstream = %upstream.dial.authority, error = %e, "upstream exchange failed");
     let kind = if e.is_parse() || e.is_parse_status() {
         UpstreamErrorKind::Protocol
     } else {

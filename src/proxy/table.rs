@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use http::uri::Authority;
 
 use super::pool::{Dial, PoolKey};
 use crate::config::Config;
@@ -22,12 +21,9 @@ pub const LEGACY: usize = 0;
 /// An upstream as the forwarder needs it.
 pub struct Upstream {
     pub name: Box<str>,
-    pub authority: Authority,
     /// Prepended to the forwarded path; empty for none.
     pub base_path: Box<str>,
     pub timeout: Duration,
-    /// How long an unused keep-alive connection to it stays open.
-    pub idle_timeout: Duration,
     /// Always send `host_value` as `Host` (`host_header: upstream`); otherwise only when the
     /// client sent none (HTTP/1.0), since HTTP/1.1 requires one.
     pub host_upstream: bool,
@@ -35,7 +31,7 @@ pub struct Upstream {
     pub host_value: HeaderValue,
     /// The connection pool key of the upstream.
     pub pool_key: PoolKey,
-    /// How to connect to it (protocol, TLS).
+    /// How to connect to it: address, protocol, TLS, idle timeout.
     pub dial: Dial,
 }
 
@@ -73,10 +69,8 @@ impl Table {
                 let dial = dial(s);
                 Upstream {
                     name: s.name.as_str().into(),
-                    authority: s.authority.clone(),
                     base_path: s.base_path.as_str().into(),
                     timeout: s.timeout,
-                    idle_timeout: s.idle_timeout,
                     host_upstream: s.host_upstream,
                     host_value: HeaderValue::from_str(s.authority.as_str())
                         .expect("an authority is a valid header value"),
@@ -161,19 +155,13 @@ impl Table {
 
 /// How to connect to a service.
 fn dial(s: &crate::config::Service) -> Dial {
-    let host = s.authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
     Dial {
         authority: s.authority.clone(),
         protocol: s.protocol,
-        tls: s.tls.as_ref().map(|tls| {
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .expect("a validated host is a server name");
-            (tls.config.clone(), name, tls.trust)
-        }),
+        tls: s
+            .tls
+            .as_ref()
+            .map(|tls| (tls.config.clone(), tls.name.clone(), tls.trust)),
         idle_timeout: s.idle_timeout,
     }
 }

@@ -16,7 +16,7 @@ use http::HeaderName;
 use super::yaml::{Key, Node, Pos, QUOTE_CHARS, Value, quote};
 use super::{
     AdminConfig, ClientConfig, CompareConfig, Config, DEFAULT_TIMEOUT, DEFAULT_VIA, Diagnostic,
-    Service,
+    NamedFile, Service,
 };
 
 pub(super) use services::valid_name;
@@ -69,6 +69,8 @@ pub(super) struct Validator {
     pub(super) absent_files_ok: bool,
     /// Those warnings.
     pub(super) absent: Vec<Diagnostic>,
+    /// The files read for the config (certificate, key, CAs).
+    files: Vec<NamedFile>,
 }
 
 /// The entries of a mapping node, checked for unknown and duplicate keys.
@@ -107,6 +109,7 @@ impl Validator {
             errors: Vec::new(),
             absent_files_ok: false,
             absent: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -456,6 +459,7 @@ impl Validator {
             via: via?,
             compare: compare?,
             tls: tls?,
+            files: std::mem::take(&mut self.files),
             routes,
             warnings: Vec::new(),
         };

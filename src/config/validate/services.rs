@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{SERVICE_KEYS, Validator, join};
 use crate::config::tls;
 use crate::config::yaml::{Node, Value, quote};
-use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Service};
+use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Service, bare_host};
 use crate::routing::check_canonical;
 
 impl Validator {
@@ -95,12 +95,9 @@ impl Validator {
             _ => {}
         }
         let tls = if https {
-            let host = authority.host();
-            let host = host
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(host);
-            if rustls_pki_types::ServerName::try_from(host).is_err() {
+            let Ok(name) =
+                rustls_pki_types::ServerName::try_from(bare_host(&authority).to_string())
+            else {
                 self.error(
                     url_node.pos,
                     &url_path,
@@ -110,7 +107,7 @@ impl Validator {
                     ),
                 );
                 return None;
-            }
+            };
             let ca = match f.get("ca") {
                 None => None,
                 Some(c) => {
@@ -129,12 +126,15 @@ impl Validator {
             };
             let made = if absent {
                 // Checked where the file is not: the config is only reported, never served.
-                Ok(tls::unchecked(alpn))
+                Ok(tls::unchecked(alpn, name))
             } else {
-                tls::client(ca.as_ref().map(|(_, p)| p.as_path()), alpn)
+                tls::client(ca.as_ref().map(|(_, p)| p.as_path()), alpn, name)
             };
             match made {
-                Ok(c) => Some(c),
+                Ok(c) => {
+                    self.files.extend(c.ca.clone());
+                    Some(c)
+                }
                 Err(e) => {
                     let (pos, p) = match &ca {
                         Some((c, _)) => (c.pos, join(path, "ca")),

@@ -31,7 +31,10 @@ impl Validator {
             return Some(None);
         }
         match tls::load(&cp, &kp) {
-            Ok(t) => Some(Some(t)),
+            Ok((t, files)) => {
+                self.files.extend(files);
+                Some(Some(t))
+            }
             Err((part, message)) => {
                 let (node, path) = match part {
                     tls::Part::Key => (key, "tls.key"),
