@@ -18,13 +18,14 @@ use serde::Serialize;
 use crate::config::CompareConfig;
 use crate::routing::{DEFAULT_ROUTE, Side};
 
-/// Latency buckets: 0 for under 64 µs, then 8 per power of two up to 2^27 µs (134 s).
+/// Latency buckets (µs): 0 for under 64 µs, then 8 per power of two up to 2^27 µs (134 s).
 const SUB: u64 = 8;
 const MIN_EXP: u32 = 6;
 const MAX_EXP: u32 = 27;
-const BUCKETS: usize = 1 + ((MAX_EXP - MIN_EXP) as usize) * SUB as usize;
+pub const BUCKETS: usize = 1 + ((MAX_EXP - MIN_EXP) as usize) * SUB as usize;
 
-fn bucket_of(us: u64) -> usize {
+/// The bucket of a latency in µs.
+pub fn bucket_of(us: u64) -> usize {
     if us < (1 << MIN_EXP) {
         return 0;
     }
@@ -37,7 +38,7 @@ fn bucket_of(us: u64) -> usize {
 }
 
 /// The range of latencies (µs) of a bucket.
-fn bucket_range(i: usize) -> (f64, f64) {
+pub fn bucket_range(i: usize) -> (f64, f64) {
     if i == 0 {
         return (0.0, (1u64 << MIN_EXP) as f64);
     }
