@@ -21,6 +21,159 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    if let Ok(which) = std::env::var("EXPLORE") {
+        use strangler::sequential::*;
+        let s = Settings::default();
+        let v: u8 = std::env::var("VAR")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
+        MINV.store(
+            std::env::var("MINV")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        NEWMIN.store(
+            std::env::var("NEWMIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        KBAND.store(
+            std::env::var("KBAND")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let every: u64 = std::env::var("EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let runs = runs;
+        let run = |name: &str,
+                   share: f64,
+                   leg: &LatencyModel,
+                   new: &LatencyModel,
+                   r: f64,
+                   seed0: u64| {
+            let t = std::time::Instant::now();
+            let mut at = Vec::new();
+            for i in 0..runs {
+                let mut rng = fastrand::Rng::with_seed(seed0 * 100_000 + i);
+                if let Some(n) = simulate_latency(&mut rng, share, leg, new, every, max, r, &s) {
+                    at.push(n);
+                }
+            }
+            at.sort_unstable();
+            let med = at.get(at.len() / 2).copied().unwrap_or(0);
+            let fixed = latency_fixed_sample_requests(leg, new, r, share, 0.01, 0.8);
+            println!(
+                "{name:<40} share {share:<5} ratio {r}: worse {:.4} median {med} fixed {fixed} slowshare {:.4} ({:.1?})",
+                at.len() as f64 / runs as f64,
+                slow_share(leg, new, r),
+                t.elapsed()
+            );
+        };
+        let mut seed = 1;
+        if which.contains('a') {
+            for sigma in [0.2, 1.0] {
+                for share in [0.5, 0.1, 0.01] {
+                    for r in [1.0, 1.5] {
+                        seed += 1;
+                        let leg = LatencyModel::log_normal(20.0, sigma);
+                        run(&format!("same sigma {sigma}"), share, &leg, &leg, r, seed);
+                    }
+                }
+            }
+        }
+        if which.contains('b') {
+            for sigma in [0.2, 0.5, 1.0] {
+                for median in [5.0, 7.3, 20.0, 50.0] {
+                    for r in [1.5, 1.2] {
+                        seed += 1;
+                        let leg = LatencyModel::log_normal(median, sigma);
+                        run(
+                            &format!("boundary sigma {sigma} median {median}"),
+                            0.5,
+                            &leg,
+                            &leg.scaled(r),
+                            r,
+                            seed,
+                        );
+                    }
+                }
+            }
+        }
+        if which.contains('c') {
+            let shares: &[f64] = if which.contains('e') {
+                &[0.5]
+            } else if which.contains('f') {
+                &[0.1, 0.01]
+            } else {
+                &[0.5, 0.1]
+            };
+            for (sl, sn) in [(1.0, 0.2), (0.5, 0.1), (0.2, 1.0)] {
+                for &share in shares {
+                    for k in 0..4 {
+                        seed += 1;
+                        let leg = LatencyModel::log_normal(20.0 * (1.0 + k as f64 * 0.03), sl);
+                        let target = 1.5 * leg.quantile_ms(0.99);
+                        let new = LatencyModel::log_normal(
+                            target / (2.3263478740408408 * sn as f64).exp(),
+                            sn,
+                        );
+                        run(
+                            &format!("mismatch {sl}/{sn} k {k}"),
+                            share,
+                            &leg,
+                            &new,
+                            1.5,
+                            seed,
+                        );
+                    }
+                }
+            }
+        }
+        if which.contains('d') {
+            for sigma in [0.2, 0.5, 1.0] {
+                for share in [0.5, 0.1] {
+                    let leg = LatencyModel::log_normal(20.0, sigma);
+                    seed += 1;
+                    run(
+                        &format!("2x sigma {sigma}"),
+                        share,
+                        &leg,
+                        &leg.scaled(2.0),
+                        1.5,
+                        seed,
+                    );
+                    seed += 1;
+                    run(
+                        &format!("5% 10x sigma {sigma}"),
+                        share,
+                        &leg,
+                        &leg.with_slow(0.05, 10.0),
+                        1.5,
+                        seed,
+                    );
+                }
+            }
+        }
+        return;
+    }
+    let runs: u64 = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let max: u64 = std::env::var("MAX_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let s = Settings::default();
     // The binomial spread of the observed share at the level: 3 standard deviations.
     let tol = 3.0 * (s.alpha * (1.0 - s.alpha) / runs as f64).sqrt();

@@ -400,3 +400,192 @@ async fn compared_route(prometheus: &str, route: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no route {route} in {v}"))
         .clone()
 }
+
+/// The progress a plan runner keeps in `file`, once it exists.
+fn progress(file: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+}
+
+/// The percentage of `route` a gateway has in force.
+async fn in_force(admin: std::net::SocketAddr, route: &str) -> f64 {
+    let v: serde_json::Value = client()
+        .get(format!("http://{admin}/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == route)
+        .unwrap()["percent"]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\noverride:\n  header: x-strangler-side\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0\n",
+            legacy.url(),
+            new.url()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("plans")).unwrap();
+    std::fs::write(
+        dir.path().join("plans/orders-rollout.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n",
+    )
+    .unwrap();
+    let gw1 = GatewayProcess::spawn(&routes, &[]).await;
+    let gw2 = GatewayProcess::spawn(&routes, &[]).await;
+    let prom = Prometheus::start(&[gw1.admin, gw2.admin]).await;
+    // Each replica sees one side only: the new side's requests all go through gw1, the
+    // legacy side's through gw2. Neither replica's own figures can judge; their sum can.
+    let stop = Arc::new(AtomicBool::new(false));
+    for (addr, side) in [(gw1.public, "new"), (gw2.public, "legacy")] {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = c
+                    .get(format!("http://{addr}/api/orders/1"))
+                    .header("x-strangler-side", side)
+                    .send()
+                    .await
+                {
+                    let _ = r.bytes().await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    let changes = dir.path().join("changes.log");
+    // The progress beside the plan, where the replicas read it too.
+    let state = dir.path().join("plans/.orders-rollout.state.json");
+    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(["plan", "run", "orders-rollout", "--config"])
+        .arg(&routes)
+        .args(["--prometheus", &prom.url, "--interval", "1s"])
+        .arg("--after-change")
+        .arg(format!(
+            "echo \"$STRANGLER_ROUTE $STRANGLER_PERCENT\" >> {}",
+            changes.display()
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let runner = Kill(&mut runner);
+    let wait = |what: &'static str, f: Box<dyn Fn(&serde_json::Value) -> bool>| {
+        let state = state.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                if let Some(p) = progress(&state)
+                    && f(&p)
+                {
+                    return p;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "never {what}: {:?}",
+                    progress(&state)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let p = wait("at step 1", Box::new(|p| p["step"] == 1)).await;
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["driver"], "plan run");
+    let advanced = &p["history"].as_array().unwrap().last().unwrap()["check"];
+    assert!(
+        advanced["new_requests"].as_u64().unwrap() >= 40,
+        "{advanced}"
+    );
+    assert!(
+        advanced["legacy_requests"].as_u64().unwrap() >= 40,
+        "{advanced}"
+    );
+    // Both replicas follow the file the runner wrote.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_force(gw1.admin, "orders-read").await != 50.0
+        || in_force(gw2.admin, "orders-read").await != 50.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not pick up 50%"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The replicas show the runner's progress, and refuse to drive it themselves.
+    let shown: serde_json::Value = client()
+        .get(format!("http://{}/admin/plans/orders-rollout", gw1.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["driver"], "plan run", "{shown}");
+    assert_eq!(shown["step"], 1, "{shown}");
+    let refused = client()
+        .post(format!(
+            "http://{}/admin/plans/orders-rollout/pause",
+            gw1.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("strangler plan run"),
+        "{body}"
+    );
+    // The new side starts failing a third of its requests: rolled back to 0.
+    new.fail_permille.store(333, Ordering::Relaxed);
+    let p = wait("rolled back", Box::new(|p| p["state"] == "rolled_back")).await;
+    let last = p["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["check"]["verdict"], "worse", "{last}");
+    assert!(last["check"]["new_errors"].as_u64().unwrap() > 0, "{last}");
+    assert!(
+        std::fs::read_to_string(&routes)
+            .unwrap()
+            .contains("percent: 0\n")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_force(gw1.admin, "orders-read").await != 0.0
+        || in_force(gw2.admin, "orders-read").await != 0.0
+    {
+        assert!(Instant::now() < deadline, "the replicas did not pick up 0%");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&changes).unwrap(),
+        "orders-read 10\norders-read 50\norders-read 0\n",
+        "--after-change ran after each write"
+    );
+    stop.store(true, Ordering::Relaxed);
+    drop(runner);
+}

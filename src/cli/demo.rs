@@ -2,12 +2,15 @@
 //!
 //! Starts a demo monolith and two demo services on the loopback ports that
 //! `routes/example.yaml` names, the gateway on that file, and steady traffic from several
-//! users. The new orders service is a little slower and a little more error-prone than the
-//! monolith, so the metrics show a difference. Nothing here is used by `serve`.
+//! users, and starts the two example migration plans of `migrations-plan/`: billing's
+//! service is sound, so its plan walks to 100%; the orders service starts as sound as the
+//! monolith and fails a tenth of its requests once its plan reaches 25% (a bad deploy), so
+//! its plan is rolled back. Nothing here is used by `serve`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,21 +26,34 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::control::plan::{Op, unix_now};
 use crate::control::serve::wait_for_stop;
 use crate::observe::{AccessLog, LogFormat, stdout};
 
 /// The example routes file, built into the binary so the demo runs from anywhere.
 pub const EXAMPLE_ROUTES: &str = include_str!("../../routes/example.yaml");
 
+/// The example plans (`migrations-plan/`), which the example routes file names.
+pub const EXAMPLE_PLANS: [(&str, &str); 2] = [
+    (
+        "orders-read.yaml",
+        include_str!("../../migrations-plan/orders-read.yaml"),
+    ),
+    (
+        "billing.yaml",
+        include_str!("../../migrations-plan/billing.yaml"),
+    ),
+];
+
 /// How a demo upstream behaves.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Behaviour {
     name: &'static str,
     /// Base latency and random extra, in milliseconds.
     base_ms: u64,
     jitter_ms: u64,
-    /// Share of requests answered 500, in basis points.
-    error_bp: u32,
+    /// Share of requests answered 500, in basis points (the demo changes it mid-run).
+    error_bp: Arc<AtomicU32>,
 }
 
 async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
@@ -52,32 +68,36 @@ async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let b = b.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    let delay = b.base_ms + fastrand::u64(0..=b.jitter_ms);
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                    let failed = fastrand::u32(0..10_000) < b.error_bp;
-                    let status = if failed {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::OK
-                    };
-                    let body = serde_json::json!({
-                        "served_by": b.name,
-                        "method": req.method().as_str(),
-                        "path": req.uri().path(),
-                        "user": req.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
-                        "ok": !failed,
-                    });
-                    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-                    *resp.status_mut() = status;
-                    resp.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    resp.headers_mut()
-                        .insert("x-served-by", http::HeaderValue::from_static(b.name));
-                    Ok::<_, Infallible>(resp)
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let b = b.clone();
+                    async move {
+                        let delay = b.base_ms + fastrand::u64(0..=b.jitter_ms);
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let failed = fastrand::u32(0..10_000) < b.error_bp.load(Ordering::Relaxed);
+                        let status = if failed {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::OK
+                        };
+                        let body = serde_json::json!({
+                            "served_by": b.name,
+                            "method": req.method().as_str(),
+                            "path": req.uri().path(),
+                            "user": req.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
+                            "ok": !failed,
+                        });
+                        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                        *resp.status_mut() = status;
+                        resp.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        resp.headers_mut()
+                            .insert("x-served-by", http::HeaderValue::from_static(b.name));
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -105,9 +125,16 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
         .prefix("strangler-demo-")
         .tempdir()
         .context("cannot make a directory for the demo's routes file")?;
-    let file = dir.path().join("routes.yaml");
+    // As in the repository: routes/ and migrations-plan/ side by side.
+    std::fs::create_dir_all(dir.path().join("routes"))?;
+    std::fs::create_dir_all(dir.path().join("migrations-plan"))?;
+    let file = dir.path().join("routes/example.yaml");
     std::fs::write(&file, EXAMPLE_ROUTES)
         .with_context(|| format!("cannot write {}", file.display()))?;
+    for (name, text) in EXAMPLE_PLANS {
+        let plan = dir.path().join("migrations-plan").join(name);
+        std::fs::write(&plan, text).with_context(|| format!("cannot write {}", plan.display()))?;
+    }
     let mut config = Config::parse(EXAMPLE_ROUTES, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The demo's admin API is on loopback: it needs no token.
     config.admin.token_env = None;
@@ -117,24 +144,25 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
             name: "monolith",
             base_ms: 8,
             jitter_ms: 12,
-            error_bp: 50,
+            error_bp: Arc::new(AtomicU32::new(50)),
         },
     )
     .await?;
+    // The new orders service: as sound as the monolith until the demo breaks it.
+    let orders_errors = Arc::new(AtomicU32::new(50));
     for s in &config.services {
         let b = match s.name.as_str() {
-            // The new orders service: slower, and fails more often than the monolith.
             "orders" => Behaviour {
                 name: "orders",
-                base_ms: 14,
-                jitter_ms: 30,
-                error_bp: 300,
+                base_ms: 8,
+                jitter_ms: 12,
+                error_bp: orders_errors.clone(),
             },
             _ => Behaviour {
                 name: "billing",
                 base_ms: 5,
                 jitter_ms: 8,
-                error_bp: 30,
+                error_bp: Arc::new(AtomicU32::new(30)),
             },
         };
         demo_upstream(addr_of(&s.url)?, b).await?;
@@ -158,16 +186,47 @@ strangler demo is running (Ctrl-C to stop)
   route table:  http://{admin}/admin/routes
   health:       http://{admin}/healthz  http://{admin}/readyz
   explain:      target/release/strangler explain {file} GET /api/orders/42 -H 'x-user-id: alice'
+  plans:        http://{admin}/admin/plans   (or: target/release/strangler plan status)
+
+Two migration plans start now (migrations-plan/): billing walks to 100% in under a
+minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
 
 "
     ));
 
+    for name in ["billing", "orders-read"] {
+        if let Err(e) = running.plans.operate(name, Op::Start, unix_now()).await {
+            tracing::warn!(plan = name, error = %e, "demo: the plan did not start");
+        }
+    }
+    // The bad deploy: once the orders plan is at 25%, the orders service fails a tenth of
+    // its requests.
+    let breaker = {
+        let plans = running.plans.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let step = plans
+                    .status("orders-read")
+                    .await
+                    .and_then(|s| s["step"].as_u64());
+                if step.is_some_and(|s| s >= 1) {
+                    orders_errors.store(1000, Ordering::Relaxed);
+                    stdout().print(
+                        "demo: the orders service now fails 10% of its requests (a bad deploy): watch the orders-read plan roll back\n",
+                    );
+                    return;
+                }
+            }
+        })
+    };
     let tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>> = Arc::default();
     for worker in 0..4 {
         tokio::spawn(traffic(public, worker, tally.clone()));
     }
     let reporter = {
         let tally = tally.clone();
+        let plans = running.plans.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
@@ -180,11 +239,22 @@ strangler demo is running (Ctrl-C to stop)
                     .collect();
                 // Through the stdout writer: a stalled terminal must not stall the traffic.
                 stdout().print(&format!("demo traffic so far: {}\n", line.join(" | ")));
+                for p in plans.statuses().await {
+                    stdout().print(&format!(
+                        "plan {}: {} at {}% (step {}); waiting for {}\n",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["state"].as_str().unwrap_or("?"),
+                        p["percent"],
+                        p["step"],
+                        p["waiting_for"].as_str().unwrap_or("?")
+                    ));
+                }
             }
         })
     };
     wait_for_stop().await;
     reporter.abort();
+    breaker.abort();
     running.drain(Duration::from_secs(5)).await;
     running.close();
     stdout().print("demo stopped\n");
@@ -203,7 +273,15 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
     loop {
         tick.tick().await;
         n += 1;
-        let user = USERS[fastrand::usize(..USERS.len())];
+        // A few named users (try them with -H 'x-user-id: alice') among many numbered ones,
+        // so that a sticky split follows its percentage closely.
+        let numbered;
+        let user = if fastrand::u8(0..4) == 0 {
+            USERS[fastrand::usize(..USERS.len())]
+        } else {
+            numbered = format!("user-{}", fastrand::u32(1..1000));
+            &numbered
+        };
         let beta = n.is_multiple_of(17);
         // Labelled by the route that takes the request.
         let (method, path, label) = match n % 10 {

@@ -100,12 +100,96 @@ pub enum Command {
         #[arg(long, default_value_t = 1.5)]
         max_p99_ratio: f64,
     },
+    /// Migration plans: their status, and a person's operations, on a running gateway; or
+    /// one plan run on its own across replicas (`plan run`).
+    Plan {
+        #[command(subcommand)]
+        action: PlanCommand,
+    },
     /// Run the embedded demo: a monolith, two services, the gateway and steady traffic.
     Demo {
         /// Also print the access log.
         #[arg(long)]
         access_log: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Every plan's status (or one's): state, step, hold left, the guard's figures, history.
+    Status {
+        /// One plan's name (default: every plan).
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a plan: its first step's percentage is written at once.
+    Start {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pause a running plan: its step stays in force, its hold stops counting.
+    Pause {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume a paused plan: its step's percentage is written again, its guard counts afresh.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a plan for good; the route keeps the percentage in force.
+    Abort {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run one plan in this process, judged on every replica's figures from Prometheus,
+    /// writing the routes file the replicas watch. Starts the plan if it has not started;
+    /// otherwise carries on from its saved progress.
+    Run {
+        /// The plan's name (its file name without .yaml).
+        name: String,
+        /// The routes file (with `plans:`) the replicas serve.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The Prometheus server's base URL (`http://` is assumed when no scheme is given).
+        #[arg(long, value_parser = base_url)]
+        prometheus: String,
+        /// Where the plan's progress is kept (default: .NAME.state.json beside the plan).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// A shell command run after each change of the routes file (to publish it where
+        /// the replicas read it); it gets STRANGLER_CONFIG, STRANGLER_ROUTE and
+        /// STRANGLER_PERCENT in its environment.
+        #[arg(long)]
+        after_change: Option<String>,
+        /// How often the plan is looked at, like 10s.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Serve the plan's status, operations and metrics on this address (the gateway's
+        /// admin paths: /admin/plans, /metrics, /healthz).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+}
+
+/// Where a running gateway's admin API is, and its token.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// The admin listener's base URL (`http://` is assumed when no scheme is given).
+    #[arg(long, default_value = "http://127.0.0.1:9901", value_parser = base_url)]
+    pub admin: String,
+    /// The environment variable holding the admin token (sent as a bearer token when it
+    /// holds one).
+    #[arg(long, default_value = "STRANGLER_ADMIN_TOKEN")]
+    pub token_env: String,
 }
 
 /// A server's base URL from the command line: `127.0.0.1:9901` is taken as
@@ -196,6 +280,7 @@ pub fn main() -> ExitCode {
                 },
             ))
         }
+        Command::Plan { action } => plan(action, cli.log_format),
         Command::Demo { access_log } => {
             let log_format = cli.log_format.unwrap_or(LogFormat::Text);
             init_tracing(log_format);
@@ -252,6 +337,81 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+fn plan(action: PlanCommand, log_format: Option<LogFormat>) -> ExitCode {
+    use crate::control::client::AdminClient;
+    use crate::control::plan::describe;
+    let client = |a: &AdminArgs| {
+        let token = std::env::var(&a.token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        AdminClient::new(&a.admin).map(|c| c.with_token(token))
+    };
+    match action {
+        PlanCommand::Status { name, admin, json } => run(async move {
+            let c = client(&admin)?;
+            let v = match &name {
+                Some(n) => c.get(&format!("/admin/plans/{n}")).await?,
+                None => c.get("/admin/plans").await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list = match &name {
+                Some(_) => vec![v],
+                None => v["plans"].as_array().cloned().unwrap_or_default(),
+            };
+            if list.is_empty() {
+                println!(
+                    "no plans (the routes file names no plans: folder, or it holds no NAME.yaml)"
+                );
+            }
+            for p in list {
+                print!("{}", describe(&p));
+            }
+            Ok(())
+        }),
+        PlanCommand::Start { name, admin } => plan_op(client(&admin), name, "start"),
+        PlanCommand::Pause { name, admin } => plan_op(client(&admin), name, "pause"),
+        PlanCommand::Resume { name, admin } => plan_op(client(&admin), name, "resume"),
+        PlanCommand::Abort { name, admin } => plan_op(client(&admin), name, "abort"),
+        PlanCommand::Run {
+            name,
+            config,
+            prometheus,
+            state,
+            after_change,
+            interval,
+            admin,
+        } => {
+            init_tracing(log_format.unwrap_or(LogFormat::Json));
+            run(crate::control::plan::runner::run(
+                crate::control::plan::runner::RunOptions {
+                    name,
+                    config,
+                    prometheus,
+                    state,
+                    after_change,
+                    interval,
+                    admin,
+                },
+            ))
+        }
+    }
+}
+
+fn plan_op(
+    client: anyhow::Result<crate::control::client::AdminClient>,
+    name: String,
+    op: &'static str,
+) -> ExitCode {
+    run(async move {
+        let v = client?.post(&format!("/admin/plans/{name}/{op}")).await?;
+        print!("{}", crate::control::plan::describe(&v));
+        Ok(())
+    })
+}
+
 fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
     let Some(bp) = percent.parse::<f64>().ok().and_then(percent_to_bp) else {
         eprintln!(
@@ -285,16 +445,57 @@ fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
 }
 
 fn check(file: &Path) -> ExitCode {
+    if std::fs::read_to_string(file).is_ok_and(|t| Config::is_plan_text(&t)) {
+        return match Config::check_plan(file) {
+            Ok(p) => {
+                let steps: Vec<String> = p
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}%", crate::config::format_percent(s.percent_bp)))
+                    .collect();
+                println!(
+                    "{}: ok: a plan (route {}, steps {}, on_fail {}); whether its route exists is checked with its routes file (strangler check ROUTES_FILE)",
+                    file.display(),
+                    p.route,
+                    steps.join(" → "),
+                    p.on_fail.as_str()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for d in &e.errors {
+                    println!("error: {d}");
+                }
+                println!("{}: {} error(s)", file.display(), e.errors.len());
+                ExitCode::FAILURE
+            }
+        };
+    }
     match Config::load_for_check(file) {
         Ok(cfg) => {
             for w in &cfg.warnings {
                 println!("warning: {w}");
             }
+            for p in &cfg.plans {
+                let steps: Vec<String> = p
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}%", crate::config::format_percent(s.percent_bp)))
+                    .collect();
+                println!(
+                    "plan {}: ok (route {}, steps {}, on_fail {})",
+                    p.file.display(),
+                    p.route,
+                    steps.join(" → "),
+                    p.on_fail.as_str()
+                );
+            }
             println!(
-                "{}: ok ({} routes, {} services, config hash {})",
+                "{}: ok ({} routes, {} services, {} plans, config hash {})",
                 file.display(),
                 cfg.routes.len(),
                 cfg.services.len(),
+                cfg.plans.len(),
                 cfg.hash
             );
             ExitCode::SUCCESS

@@ -11,6 +11,7 @@
 
 mod lints;
 mod percent;
+pub mod plan;
 pub mod tls;
 mod validate;
 pub mod yaml;
@@ -93,6 +94,10 @@ pub struct Config {
     /// config is the same only while they are too.
     pub files: Vec<NamedFile>,
     pub routes: Vec<RouteConfig>,
+    /// The plans folder (`plans:`), resolved against the routes file's directory.
+    pub plans_dir: Option<PathBuf>,
+    /// Its plans, by file name.
+    pub plans: Vec<plan::PlanConfig>,
     /// Non-fatal findings (rules that can never win, ...).
     pub warnings: Vec<Diagnostic>,
 }
@@ -206,6 +211,11 @@ pub struct CompareConfig {
     pub min_requests: u64,
     /// New's p99 over legacy's above which the verdict is `worse`.
     pub max_p99_ratio: f64,
+    /// The margin: new's error rate may exceed legacy's by this much before it is `worse`.
+    pub max_error_rate_delta: f64,
+    /// 1 - the chance of ever calling `worse` a new side within the bounds, however often
+    /// the comparison is looked at.
+    pub confidence: f64,
     /// Width of one time slot.
     pub resolution: Duration,
     /// How far back figures are kept: the longest window.
@@ -218,6 +228,8 @@ impl Default for CompareConfig {
             window: Duration::from_secs(300),
             min_requests: 50,
             max_p99_ratio: 1.5,
+            max_error_rate_delta: 0.0,
+            confidence: 0.99,
             resolution: Duration::from_secs(10),
             retention: Duration::from_secs(900),
         }
@@ -305,6 +317,28 @@ impl Config {
         Config::parse_with(&text, path, true)
     }
 
+    /// Validates a plan file alone (`strangler check` of a plan): everything but whether
+    /// its route exists, which only its routes file can tell.
+    pub fn check_plan(path: &Path) -> Result<plan::PlanConfig, ConfigErrors> {
+        let mut v = validate::Validator::new(path);
+        match v.plan_file(path, None) {
+            Some((p, _)) if v.errors.is_empty() => Ok(p),
+            _ => Err(ConfigErrors { errors: v.errors }),
+        }
+    }
+
+    /// Whether a YAML text reads as a plan file rather than a routes file: a mapping with
+    /// `steps` and no `listen`.
+    pub fn is_plan_text(text: &str) -> bool {
+        match yaml::parse(text).map(|n| n.value) {
+            Ok(yaml::Value::Map(entries)) => {
+                let has = |k: &str| entries.iter().any(|(key, _)| key.name == k);
+                has("steps") && !has("listen")
+            }
+            _ => false,
+        }
+    }
+
     /// Validates the text of a routes file; `path` names it in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         Config::parse_with(text, path, false)
@@ -339,7 +373,16 @@ impl Config {
             cfg.warnings.extend(lints::run(&cfg));
             Ok(cfg)
         } else {
-            v.errors.sort_by_key(|d| (d.pos.line, d.pos.col));
+            // The routes file's errors first, then each plan file's, each in file order.
+            let own = path.display().to_string();
+            v.errors.sort_by(|a, b| {
+                (a.file != own, &a.file, a.pos.line, a.pos.col).cmp(&(
+                    b.file != own,
+                    &b.file,
+                    b.pos.line,
+                    b.pos.col,
+                ))
+            });
             Err(ConfigErrors { errors: v.errors })
         }
     }

@@ -7,6 +7,7 @@ use serde_json::Value;
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl AdminClient {
@@ -15,13 +16,35 @@ impl AdminClient {
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder().no_proxy().build()?,
+            token: None,
         })
+    }
+
+    /// Sends `token` as a bearer token with each call.
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token;
+        self
+    }
+
+    /// `POST path` with no body; the JSON answer of a 2xx, else an error with the API's
+    /// message.
+    pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.answer(path, req).await
     }
 
     /// `GET path_and_query`; the JSON answer of a 2xx, else an error with the API's message.
     pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
-        let url = format!("{}{path_and_query}", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|e| {
+        let req = self.http.get(format!("{}{path_and_query}", self.base));
+        self.answer(path_and_query, req).await
+    }
+
+    async fn answer(&self, path: &str, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = req.send().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the admin API at {}: {} (is the gateway running, and is this its admin.listen?)",
                 self.base,

@@ -5,11 +5,13 @@
 //! - [`admin`]: the admin API, on axum;
 //! - [`reload`] and [`watch`]: re-reading the routes file and swapping the table whole;
 //! - [`shift`]: changing one route's percent in the file itself;
+//! - [`plan`]: migration plans, stepping a route's percent while a guard holds;
 //! - [`serve`]: the life of `strangler serve` (signals, reloads, drain);
 //! - [`client`]: the command line's client of a running gateway's admin API.
 
 pub mod admin;
 pub mod client;
+pub mod plan;
 pub mod reload;
 pub mod serve;
 pub mod server;

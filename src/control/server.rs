@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::admin::{self, AdminState};
+use super::plan::{self, Plans, gateway::GatewayEnv};
 use super::reload::Reloader;
 use crate::config::Config;
 use crate::observe::{AccessLog, Metrics, Registry};
@@ -40,6 +41,8 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The migration plans of the routes file.
+    pub plans: Arc<plan::gateway::GatewayPlans>,
     /// `/readyz`: true once listening, false from the start of a drain.
     ready: Arc<AtomicBool>,
     /// Tells the public listener to stop accepting and its connections to finish.
@@ -141,6 +144,11 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         configured_admin,
     );
     let ready = Arc::new(AtomicBool::new(false));
+    let plans = Plans::new(
+        GatewayEnv::new(gateway.clone(), reloader.clone(), windows.clone()),
+        metrics.clone(),
+    );
+    plans.spawn(plan::TICK);
     let admin_router = admin::router(Arc::new(AdminState {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
@@ -148,6 +156,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
         windows,
         ready: ready.clone(),
         port: admin_addr.port(),
+        plans: plans.clone(),
     }));
     let (draining, drain_rx) = watch::channel(false);
     let (closing, close_rx) = watch::channel(false);
@@ -187,6 +196,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     Ok(Running {
         public_addr,
         admin_addr,
+        plans,
         gateway,
         metrics,
         reloader,

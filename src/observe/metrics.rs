@@ -19,6 +19,8 @@ use prometheus::{
 use crate::routing::{METHODS, Side};
 
 pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
+pub const PLAN_STEP: &str = "strangler_plan_step";
+pub const PLAN_STATE: &str = "strangler_plan_state";
 pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "strangler_upstream_errors_total";
 pub const CLIENT_ERRORS_TOTAL: &str = "strangler_client_errors_total";
@@ -156,6 +158,8 @@ pub struct Metrics {
     /// TLS handshakes on the public listener that failed or timed out.
     tls_errors: IntCounter,
     grpc: IntCounterVec,
+    plan_step: IntGaugeVec,
+    plan_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -235,8 +239,26 @@ impl Metrics {
             &["route", "side", "grpc_code"],
         )
         .expect("static metric definition is valid");
+        let plan_step = IntGaugeVec::new(
+            Opts::new(
+                PLAN_STEP,
+                "The step (index from 0) a migration plan has in force",
+            ),
+            &["plan"],
+        )
+        .expect("static metric definition is valid");
+        let plan_state = IntGaugeVec::new(
+            Opts::new(
+                PLAN_STATE,
+                "1 for a migration plan's current state, 0 for the others",
+            ),
+            &["plan", "state"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plan_step.clone()),
+            Box::new(plan_state.clone()),
             Box::new(grpc.clone()),
             Box::new(cut.clone()),
             Box::new(tls_errors.clone()),
@@ -268,7 +290,29 @@ impl Metrics {
             cut,
             tls_errors,
             grpc,
+            plan_step,
+            plan_state,
         })
+    }
+
+    /// A plan's step and state (one of `states`, each exported 1 or 0).
+    pub fn set_plan(&self, plan: &str, step: usize, state: &str, states: &[&str]) {
+        self.plan_step
+            .with_label_values(&[plan])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        for s in states {
+            self.plan_state
+                .with_label_values(&[plan, s])
+                .set(i64::from(*s == state));
+        }
+    }
+
+    /// Forgets a plan that is no longer in the plans folder.
+    pub fn remove_plan(&self, plan: &str, states: &[&str]) {
+        let _ = self.plan_step.remove_label_values(&[plan]);
+        for s in states {
+            let _ = self.plan_state.remove_label_values(&[plan, s]);
+        }
     }
 
     /// Handles for one route and side.

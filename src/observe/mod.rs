@@ -22,4 +22,4 @@ pub use access_log::{AccessLog, Entry, LogFormat, json_str};
 pub use metrics::{ClientErrorKind, Metrics, SideMetrics, UpstreamErrorKind, grpc_server_fault};
 pub use stdout::{LogLines, stdout};
 pub use verdict::judge;
-pub use window::{Registry, RouteWindow};
+pub use window::{Registry, RouteWindow, Tally};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::verdict::{RouteComparison, judge};
-use super::window::SideFigures;
+use super::window::{BUCKETS, SideFigures, bucket_of, bucket_range};
 use crate::config::{CompareConfig, format_percent};
 
 /// Runs one PromQL instant query; the result vector.
@@ -109,6 +109,29 @@ pub async fn compare(
                 value(&m).map(|s| (s * 1e5).round() / 100.0);
         }
     }
+    // The latency histograms themselves, for the latency test: each Prometheus bucket's
+    // growth spread over the gateway's finer buckets it covers.
+    let mut cumulative: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let buckets = query(
+        &client,
+        base,
+        &growth(
+            "strangler_request_duration_seconds_bucket",
+            "route, side, le",
+        ),
+    )
+    .await?;
+    for m in &buckets {
+        let le = match m["metric"]["le"].as_str() {
+            Some("+Inf") => f64::INFINITY,
+            Some(s) => s.parse().unwrap_or(f64::INFINITY),
+            None => continue,
+        };
+        cumulative
+            .entry(route_side(m))
+            .or_default()
+            .push((le, value(m).unwrap_or(0.0)));
+    }
     let mut percents: BTreeMap<String, f64> = BTreeMap::new();
     for m in query(&client, base, "max by (route) (strangler_route_percent)").await? {
         percents.insert(
@@ -121,6 +144,10 @@ pub async fn compare(
         let n = requests.get(&k).copied().unwrap_or(0.0).round() as u64;
         let e = errors.get(&k).copied().unwrap_or(0.0).round() as u64;
         let q = quantiles.get(&k).copied().unwrap_or_default();
+        let latency = cumulative
+            .get(&k)
+            .map(|c| spread(c))
+            .unwrap_or_else(|| vec![0; BUCKETS]);
         SideFigures {
             requests: n,
             errors: e,
@@ -129,6 +156,7 @@ pub async fn compare(
             p90_ms: q[1].filter(|_| n > 0),
             p99_ms: q[2].filter(|_| n > 0),
             series: None,
+            latency,
         }
     };
     Ok(percents
@@ -145,4 +173,61 @@ pub async fn compare(
             )
         })
         .collect())
+}
+
+/// A Prometheus histogram (cumulative counts by upper bound `le`, in seconds) laid out in
+/// the gateway's latency buckets: each Prometheus bucket's count spread evenly over the
+/// gateway buckets its range covers (in proportion to the overlap); the `+Inf` bucket's
+/// excess goes just above the last finite bound.
+fn spread(cumulative: &[(f64, f64)]) -> Vec<u64> {
+    let mut c = cumulative.to_vec();
+    c.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out = vec![0f64; BUCKETS];
+    let (mut lo_us, mut below) = (0.0f64, 0.0f64);
+    for (le, total) in c {
+        let n = (total - below).max(0.0);
+        below = total.max(below);
+        if n == 0.0 {
+            if le.is_finite() {
+                lo_us = le * 1e6;
+            }
+            continue;
+        }
+        if !le.is_finite() {
+            out[(bucket_of(lo_us as u64) + 1).min(BUCKETS - 1)] += n;
+            continue;
+        }
+        let hi_us = le * 1e6;
+        let (first, last) = (bucket_of(lo_us as u64), bucket_of(hi_us as u64));
+        let width = (hi_us - lo_us).max(1e-9);
+        for (i, slot) in out.iter_mut().enumerate().take(last + 1).skip(first) {
+            let (a, b) = bucket_range(i);
+            let overlap = (b.min(hi_us) - a.max(lo_us)).max(0.0);
+            *slot += n * overlap / width;
+        }
+        lo_us = hi_us;
+    }
+    out.iter().map(|x| x.round() as u64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prometheus_histogram_keeps_its_counts_and_their_place() {
+        // 100 requests up to 5 ms, 50 more up to 10 ms, 2 beyond 10 s.
+        let h = spread(&[
+            (0.005, 100.0),
+            (0.01, 150.0),
+            (10.0, 150.0),
+            (f64::INFINITY, 152.0),
+        ]);
+        let total: u64 = h.iter().sum();
+        assert!((150..=154).contains(&total), "{total}");
+        let upto = |us: u64| -> u64 { h[..=bucket_of(us)].iter().sum() };
+        assert!((98..=102).contains(&upto(4_990)), "{}", upto(4_990));
+        assert!((148..=151).contains(&upto(9_990)), "{}", upto(9_990));
+        assert!(h[bucket_of(10_000_000) + 1] == 2);
+    }
 }

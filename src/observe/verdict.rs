@@ -1,12 +1,16 @@
-//! The verdict on legacy vs new (README "Legacy vs new"): from both sides' figures over a
-//! window, whether the new side is worse, and why.
+//! The verdict on legacy vs new (README "Legacy vs new"): from both sides' figures, whether
+//! the new side is worse, and why.
 //!
-//! The distributions come from `statrs`: the normal for the two-proportion z-test and the
-//! hypergeometric for Fisher's exact test, which decides where expected counts are small.
+//! The verdict comes from the anytime-valid sequential tests of [`super::sequential`]: one
+//! on the error rates (with the `max_error_rate_delta` margin), one on latency (the share
+//! of new's requests slower than `max_p99_ratio` times legacy's p99). Each calls `worse` a
+//! new side within the bounds with a chance of at most `1 - confidence` however often it is
+//! looked at, so a dashboard refreshed every few seconds or a plan's guard checked every
+//! second keeps the level a single look would have.
 
 use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, DiscreteCDF, Hypergeometric, Normal};
 
+use super::sequential::{self, Counts, Settings};
 use super::window::SideFigures;
 use crate::config::CompareConfig;
 
@@ -23,6 +27,38 @@ pub struct RouteComparison {
     pub p99_ratio: Option<f64>,
     pub verdict: Verdict,
     pub reasons: Vec<String>,
+    /// Each test's statistic against its threshold.
+    pub evidence: Evidence,
+    /// How many more requests per side a decision needs at the current rates: while the
+    /// verdict is `insufficient_data`, until `min_requests`; while it is `ok`, until the
+    /// current rates (if they last) would be called `worse` (`null`: never, they are within
+    /// the bounds); 0 once `worse`.
+    pub requests_to_decide: Option<u64>,
+}
+
+/// The two tests' statistics: `worse` once one reaches its threshold.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Evidence {
+    pub errors: Statistic,
+    pub latency: Statistic,
+}
+
+/// A sequential test's statistic: the log of its mixture likelihood ratio, and the
+/// threshold, log(1 / (1 - confidence)), at which it calls `worse`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Statistic {
+    pub log_lr: f64,
+    pub threshold: f64,
+}
+
+impl Statistic {
+    fn new(log_lr: f64, threshold: f64) -> Statistic {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        Statistic {
+            log_lr: r(log_lr),
+            threshold: r(threshold),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -33,63 +69,13 @@ pub enum Verdict {
     Ok,
 }
 
-/// The significance level of "new's error rate is higher": one-sided, 99%.
-const ALPHA: f64 = 0.01;
-/// Below this many requests on a side, p99 is one or two requests: the p99 ratio is not
-/// judged (the error rates still are).
-pub const MIN_FOR_P99: u64 = 200;
-
-/// The one-sided critical value of the standard normal at `1 - ALPHA` (2.326).
-fn z_critical() -> f64 {
-    Normal::standard().inverse_cdf(1.0 - ALPHA)
-}
-
-/// The two-proportion z statistic of new's error rate over legacy's (pooled variance).
-pub fn z_score(legacy: &SideFigures, new: &SideFigures) -> f64 {
-    let (n1, n2) = (legacy.requests as f64, new.requests as f64);
-    if n1 == 0.0 || n2 == 0.0 {
-        return 0.0;
+/// The sequential tests' settings from the compare section (or a plan's guard).
+pub fn settings(cfg: &CompareConfig) -> Settings {
+    Settings {
+        alpha: 1.0 - cfg.confidence,
+        margin: cfg.max_error_rate_delta,
+        ..Settings::default()
     }
-    let pooled = (legacy.errors + new.errors) as f64 / (n1 + n2);
-    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
-    if se == 0.0 {
-        return 0.0;
-    }
-    (new.error_rate - legacy.error_rate) / se
-}
-
-/// One-sided Fisher exact test: with the errors of both sides pooled, the probability that
-/// new, drawing `n2` of the `n1 + n2` requests, gets at least the `e2` errors it got (the
-/// upper tail of the hypergeometric distribution).
-fn fisher_p(n1: u64, e1: u64, n2: u64, e2: u64) -> f64 {
-    match (e2, Hypergeometric::new(n1 + n2, e1 + e2, n2)) {
-        (0, _) => 1.0,
-        (_, Ok(h)) => h.sf(e2 - 1).clamp(0.0, 1.0),
-        (_, Err(_)) => 1.0,
-    }
-}
-
-/// Whether new's error rate is higher with significance at 99%, and how it was judged.
-/// Large samples use the two-proportion z-test; where an expected count is under 5 (few
-/// errors, or few requests), the normal approximation is poor and Fisher's exact test
-/// decides instead (one error among 50 requests against none among 1000 is not a
-/// regression at 99%).
-pub fn error_rate_worse(legacy: &SideFigures, new: &SideFigures) -> Option<String> {
-    let (n1, n2) = (legacy.requests, new.requests);
-    if n1 == 0 || n2 == 0 || new.error_rate <= legacy.error_rate {
-        return None;
-    }
-    let pooled = (legacy.errors + new.errors) as f64 / (n1 + n2) as f64;
-    let min_expected = [n1 as f64, n2 as f64]
-        .iter()
-        .flat_map(|n| [n * pooled, n * (1.0 - pooled)])
-        .fold(f64::INFINITY, f64::min);
-    if min_expected < 5.0 {
-        let p = fisher_p(n1, legacy.errors, n2, new.errors);
-        return (p < ALPHA).then(|| format!("new error rate higher (Fisher exact p = {p:.4})"));
-    }
-    let z = z_score(legacy, new);
-    (z > z_critical()).then(|| format!("new error rate higher (z = {z:.1})"))
 }
 
 /// Judges one route from both sides' figures.
@@ -105,28 +91,69 @@ pub fn judge(
         (Some(l), Some(n)) if l > 0.0 => Some((n / l * 100.0).round() / 100.0),
         _ => None,
     };
+    let s = settings(cfg);
+    let counts = Counts {
+        legacy_requests: legacy.requests,
+        legacy_errors: legacy.errors,
+        new_requests: new.requests,
+        new_errors: new.errors,
+    };
+    let errors = sequential::evidence(&counts, &s);
+    let latency =
+        sequential::latency_evidence(&legacy.latency, &new.latency, cfg.max_p99_ratio, &s);
+    let evidence = Evidence {
+        errors: Statistic::new(errors.log_lr, errors.threshold),
+        latency: Statistic::new(latency.log_lr, latency.threshold),
+    };
     let mut reasons = Vec::new();
-    let verdict = if legacy.requests < cfg.min_requests || new.requests < cfg.min_requests {
+    let short = cfg
+        .min_requests
+        .saturating_sub(legacy.requests.min(new.requests));
+    let (verdict, requests_to_decide) = if short > 0 {
         reasons.push(format!(
             "fewer than {} requests on a side (legacy {}, new {})",
             cfg.min_requests, legacy.requests, new.requests
         ));
-        Verdict::InsufficientData
+        (Verdict::InsufficientData, Some(short))
     } else {
-        if let Some(why) = error_rate_worse(&legacy, &new) {
-            reasons.push(why);
-        }
-        let p99_judged = legacy.requests >= MIN_FOR_P99 && new.requests >= MIN_FOR_P99;
-        if let Some(r) = p99_ratio.filter(|r| p99_judged && *r > cfg.max_p99_ratio) {
+        if errors.worse() {
             reasons.push(format!(
-                "new p99 is {r:.2}x legacy's (bound {})",
-                cfg.max_p99_ratio
+                "new error rate higher than legacy's{} (evidence {:.1} over threshold {:.1})",
+                if s.margin > 0.0 {
+                    format!(" by more than {}", s.margin)
+                } else {
+                    String::new()
+                },
+                errors.log_lr,
+                errors.threshold
+            ));
+        }
+        if latency.worse() {
+            reasons.push(format!(
+                "new p99 above {}x legacy's: {:.1}% of new requests slower than {:.1} ms (evidence {:.1} over threshold {:.1})",
+                cfg.max_p99_ratio,
+                latency.new_slow_share * 100.0,
+                latency.slow_ms.unwrap_or(0.0),
+                latency.log_lr,
+                latency.threshold
             ));
         }
         if reasons.is_empty() {
-            Verdict::Ok
+            let to_worse = [
+                sequential::requests_to_decide(&counts, &s),
+                sequential::latency_requests_to_decide(
+                    &legacy.latency,
+                    &new.latency,
+                    cfg.max_p99_ratio,
+                    &s,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            (Verdict::Ok, to_worse)
         } else {
-            Verdict::Worse
+            (Verdict::Worse, Some(0))
         }
     };
     RouteComparison {
@@ -138,67 +165,137 @@ pub fn judge(
         p99_ratio,
         verdict,
         reasons,
+        evidence,
+        requests_to_decide,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::window::{BUCKETS, bucket_of};
 
-    fn fig(requests: u64, errors: u64, p99: f64) -> SideFigures {
+    /// `requests` with `errors`, 98% at `base` ms and 2% at `p99` ms.
+    fn fig(requests: u64, errors: u64, base: f64, p99: f64) -> SideFigures {
+        let mut latency = vec![0u64; BUCKETS];
+        let slow = requests / 50;
+        latency[bucket_of((base * 1000.0) as u64)] += requests - slow;
+        latency[bucket_of((p99 * 1000.0) as u64)] += slow;
         SideFigures {
             requests,
             errors,
             error_rate: errors as f64 / requests as f64,
-            p50_ms: Some(p99 / 2.0),
-            p90_ms: Some(p99 / 1.5),
+            p50_ms: Some(base),
+            p90_ms: Some(base),
             p99_ms: Some(p99),
             series: None,
+            latency,
         }
     }
 
     #[test]
     fn verdicts() {
         let cfg = CompareConfig::default();
-        let j = |l, n| judge("r", 25.into(), l, n, &cfg).verdict;
-        assert_eq!(j(fig(1800, 0, 10.0), fig(200, 20, 10.0)), Verdict::Worse);
+        let j = |l, n| judge("r", 25.into(), l, n, &cfg);
+        let v = |l, n| j(l, n).verdict;
         assert_eq!(
-            j(fig(1000, 0, 10.0), fig(1000, 0, 16.0)),
-            Verdict::Worse,
-            "p99 ratio 1.6"
+            v(fig(1800, 0, 5.0, 10.0), fig(200, 20, 5.0, 10.0)),
+            Verdict::Worse
         );
-        assert_eq!(j(fig(1000, 10, 10.0), fig(1000, 10, 10.0)), Verdict::Ok);
         assert_eq!(
-            j(fig(1000, 10, 10.0), fig(1000, 13, 10.0)),
+            v(fig(1000, 10, 5.0, 10.0), fig(1000, 10, 5.0, 10.0)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            v(fig(1000, 10, 5.0, 10.0), fig(1000, 13, 5.0, 10.0)),
             Verdict::Ok,
             "noise is not a regression"
         );
         assert_eq!(
-            j(fig(5, 0, 10.0), fig(5, 5, 10.0)),
+            v(fig(5, 0, 5.0, 10.0), fig(5, 5, 5.0, 10.0)),
             Verdict::InsufficientData
         );
+        // Latency: 2% of new's requests at 4x legacy's p99 (its p99 is 4x) is worse; the
+        // same at 1.2x is within the 1.5 bound.
+        let slow = j(fig(20_000, 0, 5.0, 10.0), fig(20_000, 0, 5.0, 40.0));
+        assert_eq!(slow.verdict, Verdict::Worse, "{:?}", slow.reasons);
+        assert!(slow.reasons[0].contains("p99"), "{:?}", slow.reasons);
+        assert!(slow.evidence.latency.log_lr >= slow.evidence.latency.threshold);
         assert_eq!(
-            j(fig(1000, 0, 10.0), fig(1000, 0, 16.0)),
-            Verdict::Worse,
-            "p99 ratio 1.6"
+            v(fig(20_000, 0, 5.0, 10.0), fig(20_000, 0, 5.0, 12.0)),
+            Verdict::Ok
         );
-        assert_eq!(j(fig(1000, 0, 10.0), fig(1000, 0, 14.0)), Verdict::Ok);
-        // One error in a small canary is not a regression at 99% (Fisher: p = 0.048)...
-        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 1, 10.0)), Verdict::Ok);
-        // ...four are (p < 0.01).
-        assert_eq!(j(fig(1000, 0, 10.0), fig(50, 4, 10.0)), Verdict::Worse);
-        // p99 from 60 requests is one request: not judged.
-        assert_eq!(j(fig(60, 0, 10.0), fig(60, 0, 30.0)), Verdict::Ok);
+        // A handful of errors in a small canary is not a regression...
+        assert_eq!(
+            v(fig(1000, 0, 5.0, 10.0), fig(50, 1, 5.0, 10.0)),
+            Verdict::Ok
+        );
+        // ...a third of its requests failing is.
+        assert_eq!(
+            v(fig(1000, 0, 5.0, 10.0), fig(60, 20, 5.0, 10.0)),
+            Verdict::Worse
+        );
     }
 
     #[test]
-    fn fisher_matches_a_hand_computed_value() {
-        // N = 1050, K = 1 error, 50 drawn: P(X >= 1) = 50 / 1050.
-        let p = fisher_p(1000, 0, 50, 1);
-        assert!((p - 50.0 / 1050.0).abs() < 1e-9, "{p}");
-        // No errors on the new side: nothing to explain.
-        assert_eq!(fisher_p(1000, 3, 50, 0), 1.0);
-        // The critical value the z-test uses.
-        assert!((z_critical() - 2.326).abs() < 1e-3);
+    fn it_says_how_many_more_requests_a_decision_needs() {
+        let cfg = CompareConfig::default();
+        let few = judge(
+            "r",
+            25.into(),
+            fig(45, 0, 5.0, 10.0),
+            fig(20, 0, 5.0, 10.0),
+            &cfg,
+        );
+        assert_eq!(few.verdict, Verdict::InsufficientData);
+        assert_eq!(few.requests_to_decide, Some(30));
+        // 1% against 2%: not decided at 1000 a side; more of the same would be.
+        let close = judge(
+            "r",
+            25.into(),
+            fig(1000, 10, 5.0, 10.0),
+            fig(1000, 20, 5.0, 10.0),
+            &cfg,
+        );
+        assert_eq!(close.verdict, Verdict::Ok);
+        let more = close.requests_to_decide.unwrap();
+        assert!(more > 100 && more < 20_000, "{more}");
+        // Equal rates: no amount decides worse.
+        let same = judge(
+            "r",
+            25.into(),
+            fig(1000, 10, 5.0, 10.0),
+            fig(1000, 10, 5.0, 10.0),
+            &cfg,
+        );
+        assert_eq!(same.requests_to_decide, None);
+        let worse = judge(
+            "r",
+            25.into(),
+            fig(1000, 0, 5.0, 10.0),
+            fig(100, 40, 5.0, 10.0),
+            &cfg,
+        );
+        assert_eq!(worse.requests_to_decide, Some(0));
+    }
+
+    #[test]
+    fn the_margin_and_the_confidence_are_the_configs() {
+        let mut cfg = CompareConfig::default();
+        let (l, n) = (fig(20_000, 200, 5.0, 10.0), fig(20_000, 400, 5.0, 10.0));
+        assert_eq!(
+            judge("r", 25.into(), l.clone(), n.clone(), &cfg).verdict,
+            Verdict::Worse
+        );
+        cfg.max_error_rate_delta = 0.02;
+        assert_eq!(judge("r", 25.into(), l, n, &cfg).verdict, Verdict::Ok);
+        let t = judge(
+            "r",
+            25.into(),
+            fig(100, 0, 5.0, 10.0),
+            fig(100, 0, 5.0, 10.0),
+            &cfg,
+        );
+        assert!((t.evidence.errors.threshold - 100f64.ln()).abs() < 1e-3);
     }
 }

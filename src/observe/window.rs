@@ -87,9 +87,57 @@ impl Slot {
     }
 }
 
-/// The rolling figures of one route and side.
+/// The rolling figures of one route and side, and its totals since the gateway started.
 struct SideWindow {
     slots: OnceLock<Box<[Slot]>>,
+    totals: OnceLock<Box<Totals>>,
+}
+
+/// Counts since the gateway started: what a plan's guard judges (the traffic since its
+/// step began is the difference of two readings).
+struct Totals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+/// A reading of one side's totals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tally {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests per latency bucket ([`bucket_of`]).
+    pub latency: Vec<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            requests: 0,
+            errors: 0,
+            latency: vec![0; BUCKETS],
+        }
+    }
+}
+
+impl Tally {
+    /// What was counted since `base` (an earlier reading); a reading from before a
+    /// restart (larger counts) counts as zero.
+    pub fn since(&self, base: &Tally) -> Tally {
+        if self.requests < base.requests {
+            return self.clone();
+        }
+        Tally {
+            requests: self.requests - base.requests,
+            errors: self.errors.saturating_sub(base.errors),
+            latency: self
+                .latency
+                .iter()
+                .zip(base.latency.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
+    }
 }
 
 /// The rolling figures of one route, both sides.
@@ -132,7 +180,36 @@ impl RouteWindow {
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        slot.latency[bucket_of(elapsed.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
+        let bucket = bucket_of(elapsed.as_micros() as u64);
+        slot.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        let totals = self.sides[side.index()].totals.get_or_init(|| {
+            Box::new(Totals {
+                requests: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            })
+        });
+        totals.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        totals.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One side's totals since the gateway started.
+    pub fn tally(&self, side: Side) -> Tally {
+        let Some(t) = self.sides[side.index()].totals.get() else {
+            return Tally::default();
+        };
+        Tally {
+            requests: t.requests.load(Ordering::Relaxed),
+            errors: t.errors.load(Ordering::Relaxed),
+            latency: t
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
     }
 
     /// Requests and errors per slot over the last `window`, oldest first, one point per slot
@@ -213,14 +290,10 @@ impl Registry {
             .or_insert_with(|| {
                 Arc::new(RouteWindow {
                     registry: self.clone(),
-                    sides: [
-                        SideWindow {
-                            slots: OnceLock::new(),
-                        },
-                        SideWindow {
-                            slots: OnceLock::new(),
-                        },
-                    ],
+                    sides: std::array::from_fn(|_| SideWindow {
+                        slots: OnceLock::new(),
+                        totals: OnceLock::new(),
+                    }),
                 })
             })
             .clone()
@@ -272,6 +345,9 @@ pub struct SideFigures {
     /// Per-slot points, when asked for (`series=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<[f64; 3]>>,
+    /// Requests per latency bucket ([`bucket_of`]): what the latency test reads.
+    #[serde(skip)]
+    pub latency: Vec<u64>,
 }
 
 impl SideFigures {
@@ -290,7 +366,17 @@ impl SideFigures {
             p90_ms: q(0.90),
             p99_ms: q(0.99),
             series: None,
+            latency: hist.to_vec(),
         }
+    }
+
+    /// The figures of a tally (a plan step's traffic).
+    pub fn of_tally(t: &Tally) -> SideFigures {
+        let mut hist = [0u64; BUCKETS];
+        for (h, n) in hist.iter_mut().zip(&t.latency) {
+            *h = *n;
+        }
+        SideFigures::from_counts(t.requests, t.errors, &hist)
     }
 }
 

@@ -411,3 +411,52 @@ pub fn routes_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     std::fs::write(&file, text).unwrap();
     (dir, file)
 }
+
+/// An upstream answering 200, or 500 for `fail_permille` of its requests.
+pub struct Flaky {
+    pub addr: SocketAddr,
+    pub fail_permille: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Flaky {
+    pub async fn start() -> Flaky {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fail_permille = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let fail = fail_permille.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let fail = fail.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let failing = fastrand::u32(0..1000)
+                            < fail.load(std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            let status = if failing { 500 } else { 200 };
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Flaky {
+            addr,
+            fail_permille,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

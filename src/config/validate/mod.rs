@@ -3,6 +3,7 @@
 //! stopping at the first. One submodule per part of the file: [`settings`] (listeners,
 //! sticky, override, trusted proxies, compare), [`services`] and [`routes`].
 
+mod plans;
 mod routes;
 mod services;
 mod settings;
@@ -47,6 +48,7 @@ const TOP_KEYS: &[&str] = &[
     "compare",
     "tls",
     "routes",
+    "plans",
 ];
 
 /// Every name under `services` (valid or not): looked up by name, listed in file order.
@@ -441,6 +443,10 @@ impl Validator {
         if let Some(legacy) = &legacy {
             self.check_protocols(legacy, &services, &routes);
         }
+        let plans = match f.get("plans") {
+            None => Some((None, Vec::new())),
+            Some(n) => self.plans(n, file, &routes).map(|(d, p)| (Some(d), p)),
+        };
         if !self.errors.is_empty() || !service_ok {
             return None;
         }
@@ -461,6 +467,8 @@ impl Validator {
             tls: tls?,
             files: std::mem::take(&mut self.files),
             routes,
+            plans_dir: plans.as_ref()?.0.clone(),
+            plans: plans?.1,
             warnings: Vec::new(),
         };
         Some(cfg)

@@ -135,6 +135,8 @@ impl Validator {
                 "window",
                 "min_requests",
                 "max_p99_ratio",
+                "max_error_rate_delta",
+                "confidence",
                 "resolution",
                 "retention",
             ],
@@ -169,6 +171,31 @@ impl Validator {
                 _ => {
                     self.wrong(v, "compare.max_p99_ratio", "a number, at least 1");
                     ok = false;
+                }
+            }
+        }
+        for (key, slot, range, allowed) in [
+            (
+                "max_error_rate_delta",
+                &mut c.max_error_rate_delta,
+                0.0..1.0,
+                "a number from 0 to below 1, like 0.01 (one percentage point)",
+            ),
+            (
+                "confidence",
+                &mut c.confidence,
+                0.5..1.0,
+                "a number from 0.5 to below 1, like 0.99",
+            ),
+        ] {
+            if let Some(v) = f.get(key) {
+                match v.value {
+                    Value::Int(i) if range.contains(&(i as f64)) => *slot = i as f64,
+                    Value::Float(x) if range.contains(&x) => *slot = x,
+                    _ => {
+                        self.wrong(v, &format!("compare.{key}"), allowed);
+                        ok = false;
+                    }
                 }
             }
         }

@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tower::util::MapResponse;
 
+use super::plan::gateway::GatewayPlans;
+use super::plan::runner::RunnerEnv;
+use super::plan::{Environment, Op, Plans};
 use super::reload::Reloader;
 use super::shift::{ShiftError, shift_file};
 use crate::config::{percent_json, percent_to_bp};
@@ -45,6 +48,8 @@ pub struct AdminState {
     /// The admin listener's port: without a token, only requests for `localhost` or a
     /// loopback address on this port are answered.
     pub port: u16,
+    /// The migration plans.
+    pub plans: Arc<GatewayPlans>,
 }
 
 type Shared = Arc<AdminState>;
@@ -60,10 +65,17 @@ pub type AdminService = MapResponse<Router, fn(Response) -> Response>;
 
 /// The admin API's routes.
 pub fn router(state: Shared) -> AdminService {
+    let access = {
+        let gateway = state.gateway.clone();
+        Access {
+            token: Arc::new(move || gateway.table.load().config.admin_token()),
+            port: state.port,
+        }
+    };
     let changes = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/routes/{name}/percent", post(shift))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(access.clone(), authorize));
     let routes = Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
@@ -72,12 +84,123 @@ pub fn router(state: Shared) -> AdminService {
         .route("/admin/routes", get(routes))
         .route("/admin/compare", get(compare))
         .merge(changes)
+        .merge(plan_routes(state.plans.clone(), &access))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), guard_host))
+        .layer(middleware::from_fn_with_state(access, guard_host))
         .with_state(state);
     // Around the whole router: axum adds `Allow` to a 405 outside of any route's layers.
     MapResponse::new(routes, method_not_allowed as fn(Response) -> Response)
+}
+
+/// The admin API of `strangler plan run --admin`: the plan's status and operations, its
+/// metrics, and health; the same access rules, with the token in `STRANGLER_ADMIN_TOKEN`.
+pub fn runner_router(
+    plans: Arc<Plans<RunnerEnv>>,
+    metrics: Arc<Metrics>,
+    port: u16,
+) -> AdminService {
+    let access = Access {
+        token: Arc::new(|| {
+            let t = std::env::var(RUNNER_TOKEN_ENV)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            (!t.is_empty()).then_some(t)
+        }),
+        port,
+    };
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { render_metrics(&metrics) }
+            }),
+        )
+        .merge(plan_routes(plans, &access))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(access, guard_host));
+    MapResponse::new(routes, method_not_allowed as fn(Response) -> Response)
+}
+
+/// The environment variable holding the token of `plan run --admin`.
+pub const RUNNER_TOKEN_ENV: &str = "STRANGLER_ADMIN_TOKEN";
+
+/// The plans' routes, on whichever plans a process runs.
+fn plan_routes<E: Environment, S: Clone + Send + Sync + 'static>(
+    plans: Arc<Plans<E>>,
+    access: &Access,
+) -> Router<S> {
+    let ops = Router::new()
+        .route("/admin/plans/{name}/{op}", post(plan_op::<E>))
+        .route_layer(middleware::from_fn_with_state(access.clone(), authorize));
+    Router::new()
+        .route("/admin/plans", get(plan_list::<E>))
+        .route("/admin/plans/{name}", get(plan_get::<E>))
+        .merge(ops)
+        .with_state(plans)
+}
+
+async fn plan_list<E: Environment>(State(plans): State<Arc<Plans<E>>>) -> Response {
+    json(StatusCode::OK, &json!({"plans": plans.statuses().await}))
+}
+
+async fn plan_get<E: Environment>(
+    State(plans): State<Arc<Plans<E>>>,
+    AdminPath(name): AdminPath<String>,
+) -> Response {
+    match plans.status(&name).await {
+        Some(v) => json(StatusCode::OK, &v),
+        None => no_such_plan(&plans, &name).await,
+    }
+}
+
+/// `POST /admin/plans/{name}/start|pause|resume|abort`.
+async fn plan_op<E: Environment>(
+    State(plans): State<Arc<Plans<E>>>,
+    AdminPath((name, op)): AdminPath<(String, String)>,
+) -> Response {
+    let Some(op) = Op::parse(&op) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "message": format!("no operation {op:?}; allowed: start, pause, resume, abort")}),
+        );
+    };
+    // A task of its own: a client that goes away cannot cut a write and its reload short.
+    let task = {
+        let (plans, name) = (plans.clone(), name.clone());
+        tokio::spawn(async move {
+            plans
+                .operate(&name, op, crate::control::plan::unix_now())
+                .await
+        })
+    };
+    match task.await {
+        Ok(Ok(Some(v))) => json(StatusCode::OK, &v),
+        Ok(Ok(None)) => no_such_plan(&plans, &name).await,
+        Ok(Err(refused)) => json(
+            StatusCode::CONFLICT,
+            &json!({"error": "invalid_transition", "message": refused.to_string(), "state": refused.state}),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn no_such_plan<E: Environment>(plans: &Plans<E>, name: &str) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "no_such_plan", "message": format!("no plan {name:?}"), "plans": plans.names().await}),
+    )
+}
+
+/// Who may change state: the token (when one is set) and the admin port.
+#[derive(Clone)]
+struct Access {
+    token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    port: u16,
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -85,12 +208,16 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
+    render_metrics(&s.metrics)
+}
+
+fn render_metrics(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -260,10 +387,10 @@ async fn shift(
 /// a loopback address: a page whose host name an attacker re-points at 127.0.0.1 (DNS
 /// rebinding) sends its own name as `Host`, and is refused before it can read or change
 /// anything. With a token, the token guards changes wherever the listener is.
-async fn guard_host(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if s.gateway.table.load().config.admin_token().is_none()
+async fn guard_host(State(a): State<Access>, req: Request, next: Next) -> Response {
+    if (a.token)().is_none()
         && let Some(host) = req.headers().get(header::HOST)
-        && !local_host(host.as_bytes(), s.port)
+        && !local_host(host.as_bytes(), a.port)
     {
         return json(
             StatusCode::FORBIDDEN,
@@ -293,15 +420,15 @@ fn local_host(host: &[u8], port: u16) -> bool {
 }
 
 /// Guards the state-changing routes: same origin, and the bearer token when one is set.
-async fn authorize(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    match refusal(&s, req.headers()) {
+async fn authorize(State(a): State<Access>, req: Request, next: Next) -> Response {
+    match refusal(&a, req.headers()) {
         Some(denied) => denied,
         None => next.run(req).await,
     }
 }
 
 /// `None` when a request with these headers may change state; else the 403 or 401.
-fn refusal(s: &AdminState, h: &HeaderMap) -> Option<Response> {
+fn refusal(a: &Access, h: &HeaderMap) -> Option<Response> {
     // A browser on another site can send a POST here (no preflight for simple requests):
     // refuse any request a page from another origin sent.
     if let Some(origin) = h.get(header::ORIGIN) {
@@ -318,7 +445,7 @@ fn refusal(s: &AdminState, h: &HeaderMap) -> Option<Response> {
         }
     }
     // The token of the config in force (a reload may add or remove `admin.token_env`).
-    let token = s.gateway.table.load().config.admin_token()?;
+    let token = (a.token)()?;
     // The scheme is case-insensitive (RFC 9110 §11.1); the token itself is not.
     let given = h.get(header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();

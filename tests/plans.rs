@@ -1,0 +1,492 @@
+//! Migration plans end to end: a real `strangler serve` process with a routes file and a
+//! plans folder, real upstreams on 127.0.0.1:0 (one of which fails on cue), steady client
+//! traffic, and the CLI (`strangler plan ...`, `strangler shift`) as a person uses it.
+//! Holds are a second or two: the long holds of real plans are the state machine's own
+//! tests (`control::plan::engine`), on invented times.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Flaky, GatewayProcess, client};
+
+/// A routes file with one route, `orders-read`, at 0, and a plans folder holding `plan`
+/// as `orders-rollout.yaml`.
+fn setup(legacy: &Flaky, new: &Flaky, plan: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "# the shop's routes\nlisten: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0        # the plan moves this\n",
+            legacy.url(),
+            new.url()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("plans")).unwrap();
+    std::fs::write(dir.path().join("plans/orders-rollout.yaml"), plan).unwrap();
+    (dir, routes)
+}
+
+/// Steady traffic to `/api/orders/N` until dropped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+}
+
+impl Traffic {
+    fn start(public: SocketAddr) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..4 {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let url = format!("http://{public}/api/orders/{i}");
+                    if let Ok(r) = c.get(&url).send().await {
+                        let _ = r.bytes().await;
+                    }
+                }
+            });
+        }
+        Traffic { stop }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn status(gw: &GatewayProcess, name: &str) -> Value {
+    client()
+        .get(format!("http://{}/admin/plans/{name}", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to `secs`) for the plan to reach `state`; its status then.
+async fn wait_state(gw: &GatewayProcess, name: &str, state: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(gw, name).await;
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plan never reached {state}: {}",
+            serde_json::to_string_pretty(&s).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `strangler` binary with `args`; (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn percent_in(routes: &Path) -> String {
+    let text = std::fs::read_to_string(routes).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("percent:"))
+        .unwrap()
+        .to_string();
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_new_side_walks_every_step_to_100_and_the_file_shows_each() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (_dir, routes) = setup(
+        &legacy,
+        &new,
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
+    );
+    let original = std::fs::read_to_string(&routes).unwrap();
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let _traffic = Traffic::start(gw.public);
+    let admin = format!("http://{}", gw.admin);
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("state running"), "{out}");
+    // Every percentage the file shows while the plan runs.
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = percent_in(&routes);
+        if seen.last() != Some(&p) {
+            seen.push(p);
+        }
+        if status(&gw, "orders-rollout").await["state"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never done; file showed {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = percent_in(&routes);
+    if seen.last() != Some(&p) {
+        seen.push(p);
+    }
+    let values: Vec<&str> = seen
+        .iter()
+        .map(|l| l.trim().trim_start_matches("percent:").trim())
+        .map(|v| v.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(values, ["10", "50", "100"], "{seen:?}");
+    // Only the value changed: the comments and the rest are intact.
+    let now = std::fs::read_to_string(&routes).unwrap();
+    assert_eq!(
+        now,
+        original.replace("percent: 0        #", "percent: 100        #"),
+        "only the value changes"
+    );
+    let s = status(&gw, "orders-rollout").await;
+    let history = s["history"].as_array().unwrap();
+    let advanced: Vec<&Value> = history
+        .iter()
+        .filter(|t| t["reason"].as_str().unwrap().contains("with the guard ok"))
+        .collect();
+    assert_eq!(advanced.len(), 2, "{history:?}");
+    for t in advanced {
+        let c = &t["check"];
+        assert_eq!(c["verdict"], "ok");
+        assert!(c["new_requests"].as_u64().unwrap() >= 30, "{c}");
+        assert!(c["legacy_requests"].as_u64().unwrap() >= 30, "{c}");
+    }
+    let m = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        support::metric(
+            &m,
+            "strangler_plan_state{plan=\"orders-rollout\",state=\"done\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        support::metric(&m, "strangler_plan_step{plan=\"orders-rollout\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        support::metric(&m, "strangler_route_percent{route=\"orders-read\"}"),
+        Some(100.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_side_whose_errors_jump_at_the_10_percent_step_is_rolled_back_with_the_figures() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (_dir, routes) = setup(
+        &legacy,
+        &new,
+        "route: orders-read\nsteps:\n  - { percent: 5, hold: 1s }\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let _traffic = Traffic::start(gw.public);
+    let admin = format!("http://{}", gw.admin);
+    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    // At the 10% step, the new side starts failing a third of its requests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&gw, "orders-rollout").await["step"] != 1 {
+        assert!(Instant::now() < deadline, "never reached the 10% step");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    new.fail_permille.store(333, Ordering::Relaxed);
+    let s = wait_state(&gw, "orders-rollout", "rolled_back", 30).await;
+    assert!(
+        percent_in(&routes).contains("percent: 0"),
+        "{}",
+        percent_in(&routes)
+    );
+    let last = s["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to"], "rolled_back");
+    assert_eq!(last["percent"], 0.0);
+    let c = &last["check"];
+    assert_eq!(c["verdict"], "worse", "{last}");
+    assert!(c["new_errors"].as_u64().unwrap() > 0, "{c}");
+    assert!(
+        c["errors_log_lr"].as_f64().unwrap() >= c["threshold"].as_f64().unwrap(),
+        "{c}"
+    );
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new error rate higher"),
+        "{last}"
+    );
+    // Rolled back within the hour's hold: at once.
+    assert!(s["hold_left_seconds"].as_f64().unwrap() > 3000.0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_holds_the_plan_and_says_how_much_more_it_needs() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (_dir, routes) = setup(
+        &legacy,
+        &new,
+        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 100\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let admin = format!("http://{}", gw.admin);
+    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    // A trickle: 20 requests, so at most 20 a side.
+    let c = client();
+    for i in 0..20 {
+        c.get(format!("http://{}/api/orders/{i}", gw.public))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = status(&gw, "orders-rollout").await;
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["step"], 0, "the hold passed, the data did not come: {s}");
+    assert_eq!(s["hold_left_seconds"], 0.0);
+    assert_eq!(s["check"]["verdict"], "insufficient_data");
+    let more = s["check"]["requests_to_decide"].as_u64().unwrap();
+    assert!((80..=100).contains(&more), "{s}");
+    let waiting = s["waiting_for"].as_str().unwrap();
+    assert!(
+        waiting.contains(&format!("{more} more requests per side")),
+        "{waiting}"
+    );
+    let (ok, out, _) = cli(&["plan", "status", "--admin", &admin]);
+    assert!(ok);
+    assert!(out.contains("more requests per side"), "{out}");
+    assert!(percent_in(&routes).contains("percent: 50"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_remains() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (dir, routes) = setup(
+        &legacy,
+        &new,
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 30s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
+    );
+    let mut gw = GatewayProcess::spawn(&routes, &[]).await;
+    let traffic = Traffic::start(gw.public);
+    let admin = format!("http://{}", gw.admin);
+    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&gw, "orders-rollout").await["step"] != 1 {
+        assert!(Instant::now() < deadline, "never reached step 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = status(&gw, "orders-rollout").await;
+    let left_before = before["hold_left_seconds"].as_f64().unwrap();
+    assert!(left_before < 27.0, "{before}");
+    drop(traffic);
+    // Killed outright: no chance to save anything more.
+    gw.signal("-KILL");
+    gw.exit_status().await;
+    assert!(dir.path().join("plans/.orders-rollout.state.json").exists());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let after = status(&gw, "orders-rollout").await;
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["step"], 1, "{after}");
+    let left_after = after["hold_left_seconds"].as_f64().unwrap();
+    // The hold that remained (less what was held since the last save, a second at most),
+    // not a fresh one, and the time the gateway was down not counted as held.
+    assert!(
+        left_after >= left_before - 0.5 && left_after <= left_before + 1.5,
+        "before {left_before}, after {left_after}"
+    );
+    assert!(percent_in(&routes).contains("percent: 20"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_pauses_resumes_and_aborts_through_the_cli_and_a_manual_shift_pauses_the_plan() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (_dir, routes) = setup(
+        &legacy,
+        &new,
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let admin = format!("http://{}", gw.admin);
+    let plan = |op: &str| cli(&["plan", op, "orders-rollout", "--admin", &admin]);
+    // Not started yet: nothing to pause.
+    let (ok, _, err) = plan("pause");
+    assert!(!ok);
+    assert!(err.contains("pending: cannot pause"), "{err}");
+    assert!(plan("start").0);
+    let (ok, out, err) = plan("pause");
+    assert!(ok, "{err}");
+    assert!(out.contains("state paused"), "{out}");
+    let (ok, out, _) = plan("resume");
+    assert!(ok);
+    assert!(out.contains("state running"), "{out}");
+    // A person shifts the route by hand: the plan pauses rather than fight.
+    let file = routes.to_str().unwrap();
+    let (ok, _, err) = cli(&["shift", file, "orders-read", "30"]);
+    assert!(ok, "{err}");
+    let s = wait_state(&gw, "orders-rollout", "paused", 10).await;
+    let reason = s["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("30% by hand"), "{reason}");
+    // Abort: the plan stops; the percentage stays the person's.
+    let (ok, out, _) = plan("abort");
+    assert!(ok);
+    assert!(out.contains("state aborted"), "{out}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(percent_in(&routes).contains("percent: 30"));
+    let (ok, _, err) = plan("resume");
+    assert!(!ok);
+    assert!(err.contains("aborted: cannot resume"), "{err}");
+    // An unknown plan, and an unreachable gateway, say so.
+    let (ok, _, err) = cli(&["plan", "start", "nope", "--admin", &admin]);
+    assert!(!ok);
+    assert!(err.contains("no plan \"nope\""), "{err}");
+    let dead = support::dead_addr().await;
+    let (ok, _, err) = cli(&["plan", "status", "--admin", &dead.to_string()]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+}
+
+#[test]
+fn check_reports_every_plan_error_with_its_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "listen: 127.0.0.1:0\nlegacy:\n  url: http://127.0.0.1:9\nservices:\n  orders:\n    url: http://127.0.0.1:9\nplans: ../migrations-plan\nroutes:\n  - name: orders-read\n    match: { prefix: /api/orders }\n    service: orders\n    percent: 0\n",
+    )
+    .unwrap();
+    // The folder is relative to the routes file: put the routes file one level down.
+    let sub = dir.path().join("routes");
+    std::fs::create_dir(&sub).unwrap();
+    let routes_in_sub = sub.join("routes.yaml");
+    std::fs::rename(&routes, &routes_in_sub).unwrap();
+    let plans = dir.path().join("migrations-plan");
+    std::fs::create_dir(&plans).unwrap();
+    std::fs::write(
+        plans.join("a.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1m }\n  - { percent: 100 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plans.join("b.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1m }\n  - { percent: 20 }\n",
+    )
+    .unwrap();
+    std::fs::write(plans.join("c.yaml"), "route: nope\nsteps: []\n").unwrap();
+    std::fs::write(
+        plans.join("e.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 100 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plans.join("d.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: soon }\nguard: { confidence: 2 }\non_fail: panic\n",
+    )
+    .unwrap();
+    let file = routes_in_sub.to_str().unwrap();
+    let (ok, out, _) = cli(&["check", file]);
+    assert!(!ok, "{out}");
+    let b = plans.join("b.yaml").display().to_string();
+    let c = plans.join("c.yaml").display().to_string();
+    let d = plans.join("d.yaml").display().to_string();
+    let e = plans.join("e.yaml").display().to_string();
+    for expected in [
+        format!("{b}:4:5: steps[1].percent: found 20 after 50; allowed: percentages that increase"),
+        format!(
+            "{c}:1:8: route: unknown route \"nope\"; allowed: a route of the routes file (orders-read)"
+        ),
+        format!("{c}:2:8: steps: found an empty list"),
+        format!("{d}:3:26: steps[0].hold: found \"soon\"; allowed: a positive duration"),
+        format!("{d}:4:22: guard.confidence: found 2; allowed: a number from 0.5 to below 1"),
+        format!("{d}:5:10: on_fail: found \"panic\"; allowed: rollback"),
+        format!("{e}:1:1: route: route \"orders-read\" already has a plan"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    // Fixed, the plans are listed by check.
+    // In file order, each file's errors together.
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| l.split(':').nth(1).map(str::to_string));
+    assert_eq!(lines, sorted);
+    for f in ["b.yaml", "c.yaml", "d.yaml", "e.yaml"] {
+        std::fs::remove_file(plans.join(f)).unwrap();
+    }
+    let (ok, out, _) = cli(&["check", file]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("route orders-read, steps 10% → 100%, on_fail rollback"),
+        "{out}"
+    );
+    assert!(out.contains("1 plans"), "{out}");
+    // A plan file alone is checked too, all but its route.
+    let (ok, out, _) = cli(&["check", plans.join("a.yaml").to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ok: a plan (route orders-read, steps 10% → 100%"),
+        "{out}"
+    );
+    std::fs::write(
+        plans.join("x.yaml"),
+        "route: r\nsteps:\n  - { percent: 0 }\n",
+    )
+    .unwrap();
+    let (ok, out, _) = cli(&["check", plans.join("x.yaml").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("x.yaml:3:5: steps[0].percent: found 0"),
+        "{out}"
+    );
+    // A plans folder that is not there: check (which may run elsewhere) warns; the
+    // gateway refuses to start.
+    std::fs::remove_dir_all(&plans).unwrap();
+    let (ok, out, _) = cli(&["check", file]);
+    assert!(ok, "{out}");
+    assert!(out.contains(":7:8: plans: the plans folder"), "{out}");
+    assert!(
+        out.contains("is not here, so its plans were not checked"),
+        "{out}"
+    );
+    let served = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+        .args(["serve", "--config", file])
+        .output()
+        .unwrap();
+    assert!(!served.status.success());
+    let err = String::from_utf8_lossy(&served.stderr);
+    assert!(err.contains("plans: cannot read the plans folder"), "{err}");
+}
