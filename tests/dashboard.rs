@@ -112,6 +112,21 @@ async fn the_dashboard_shows_routes_and_figures_in_a_real_browser() {
         "the reasons of a worse verdict are shown"
     );
 
+    // The evidence: each test's statistic over its threshold (4.6 at 99%).
+    let evidence = field(flaky, "evidence");
+    assert!(evidence.starts_with("errors "), "{evidence}");
+    assert!(evidence.contains("/ 4.6"), "{evidence}");
+    let errors_lr: f64 = evidence["errors ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        errors_lr >= 4.6,
+        "a worse verdict's statistic is over the threshold: {evidence}"
+    );
+
     let quiet = row(&dom, "quiet");
     assert_eq!(field(quiet, "percent"), "12.5%");
     assert_eq!(field(quiet, "verdict"), "insufficient_data");
@@ -132,4 +147,93 @@ async fn the_dashboard_shows_routes_and_figures_in_a_real_browser() {
             "the page loads something from elsewhere: {external}"
         );
     }
+}
+
+/// The page as headless Chromium renders it, after its scripts ran.
+async fn rendered(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_each_plan_with_its_step_hold_guard_and_history() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0\n",
+            legacy.url(),
+            new.url()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("plans")).unwrap();
+    std::fs::write(
+        dir.path().join("plans/orders-rollout.yaml"),
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 1000\n",
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let started = client()
+        .post(format!(
+            "http://{}/admin/plans/orders-rollout/start",
+            gw.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    for i in 0..50 {
+        client()
+            .get(format!("http://{}/api/orders/{i}", gw.public))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let dom = rendered(&format!("http://{}/", gw.admin)).await;
+    let start = dom
+        .find("<tr data-plan=\"orders-rollout\"")
+        .unwrap_or_else(|| panic!("no plan row:\n{dom}"));
+    let plan = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+    assert_eq!(field(plan, "route"), "orders-read");
+    assert_eq!(field(plan, "state"), "running");
+    assert_eq!(field(plan, "step"), "1 of 2");
+    assert_eq!(field(plan, "percent"), "10%");
+    let left: u64 = field(plan, "hold-left")
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&left), "{plan}");
+    assert_eq!(field(plan, "guard"), "insufficient_data");
+    assert!(field(plan, "evidence").contains("/ 4.6"), "{plan}");
+    assert!(
+        field(plan, "waiting").contains("more requests per side"),
+        "{plan}"
+    );
+    let history = &dom[dom.find("data-history=\"orders-rollout\"").unwrap()..];
+    assert!(
+        history.contains("pending → running at 10%: started: step 0 at 10%"),
+        "{history}"
+    );
 }

@@ -911,7 +911,6 @@ mod tests {
             (b.new_slow_share - a.new_slow_share).abs() < 0.001,
             "{a:?} {b:?}"
         );
-        eprintln!("{a:?}\n{b:?}");
         assert!(a.log_lr > 0.0 && b.log_lr < a.log_lr / 2.0, "{a:?} {b:?}");
     }
 
