@@ -8,164 +8,27 @@
 //! - power: new at twice legacy's rate, the median requests to `worse`, beside what a
 //!   fixed-sample z-test at the same level needs for the same power.
 //!
+//!
+//! Then the latency test (new's p99 against `max_p99_ratio` times legacy's), on latency
+//! histograms (each batch's bucket counts drawn from log-normal distributions), a look
+//! every 10 requests (EVERY) up to 1,000,000:
+//!
+//! - false alarms: both sides alike, tight (sigma 0.2) and heavy-tailed (sigma 1.0), new
+//!   at 1%, 10% and 50% of traffic, at a ratio of 1 (the worst case) and 1.5;
+//! - the boundary: new's p99 exactly 1.5 times legacy's, at a ratio of 1.5 (legacy scaled;
+//!   and a new side of another shape than legacy's);
+//! - power: new twice as slow, and 5% of new's requests ten times slower, at a ratio of 1.5:
+//!   the median requests to `worse`, beside what a fixed-sample z-test of the slow share
+//!   needs.
+//!
 //! `cargo bench --bench sequential` (RUNS=2000 by default; RUNS=200 for a quick look).
 
-use strangler::sequential::{Settings, fixed_sample_requests, simulate};
+use strangler::sequential::{
+    LatencyModel, Settings, density_ratio, fixed_sample_requests, latency_fixed_sample_requests,
+    simulate, simulate_latency, slow_share,
+};
 
 fn main() {
-    let runs: u64 = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let max: u64 = std::env::var("MAX_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    if let Ok(which) = std::env::var("EXPLORE") {
-        use strangler::sequential::*;
-        let s = Settings::default();
-        let v: u8 = std::env::var("VAR")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3);
-        VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
-        MINV.store(
-            std::env::var("MINV")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(500),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        NEWMIN.store(
-            std::env::var("NEWMIN")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        KBAND.store(
-            std::env::var("KBAND")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let every: u64 = std::env::var("EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        let runs = runs;
-        let run = |name: &str,
-                   share: f64,
-                   leg: &LatencyModel,
-                   new: &LatencyModel,
-                   r: f64,
-                   seed0: u64| {
-            let t = std::time::Instant::now();
-            let mut at = Vec::new();
-            for i in 0..runs {
-                let mut rng = fastrand::Rng::with_seed(seed0 * 100_000 + i);
-                if let Some(n) = simulate_latency(&mut rng, share, leg, new, every, max, r, &s) {
-                    at.push(n);
-                }
-            }
-            at.sort_unstable();
-            let med = at.get(at.len() / 2).copied().unwrap_or(0);
-            let fixed = latency_fixed_sample_requests(leg, new, r, share, 0.01, 0.8);
-            println!(
-                "{name:<40} share {share:<5} ratio {r}: worse {:.4} median {med} fixed {fixed} slowshare {:.4} ({:.1?})",
-                at.len() as f64 / runs as f64,
-                slow_share(leg, new, r),
-                t.elapsed()
-            );
-        };
-        let mut seed = 1;
-        if which.contains('a') {
-            for sigma in [0.2, 1.0] {
-                for share in [0.5, 0.1, 0.01] {
-                    for r in [1.0, 1.5] {
-                        seed += 1;
-                        let leg = LatencyModel::log_normal(20.0, sigma);
-                        run(&format!("same sigma {sigma}"), share, &leg, &leg, r, seed);
-                    }
-                }
-            }
-        }
-        if which.contains('b') {
-            for sigma in [0.2, 0.5, 1.0] {
-                for median in [5.0, 7.3, 20.0, 50.0] {
-                    for r in [1.5, 1.2] {
-                        seed += 1;
-                        let leg = LatencyModel::log_normal(median, sigma);
-                        run(
-                            &format!("boundary sigma {sigma} median {median}"),
-                            0.5,
-                            &leg,
-                            &leg.scaled(r),
-                            r,
-                            seed,
-                        );
-                    }
-                }
-            }
-        }
-        if which.contains('c') {
-            let shares: &[f64] = if which.contains('e') {
-                &[0.5]
-            } else if which.contains('f') {
-                &[0.1, 0.01]
-            } else {
-                &[0.5, 0.1]
-            };
-            for (sl, sn) in [(1.0, 0.2), (0.5, 0.1), (0.2, 1.0)] {
-                for &share in shares {
-                    for k in 0..4 {
-                        seed += 1;
-                        let leg = LatencyModel::log_normal(20.0 * (1.0 + k as f64 * 0.03), sl);
-                        let target = 1.5 * leg.quantile_ms(0.99);
-                        let new = LatencyModel::log_normal(
-                            target / (2.3263478740408408 * sn as f64).exp(),
-                            sn,
-                        );
-                        run(
-                            &format!("mismatch {sl}/{sn} k {k}"),
-                            share,
-                            &leg,
-                            &new,
-                            1.5,
-                            seed,
-                        );
-                    }
-                }
-            }
-        }
-        if which.contains('d') {
-            for sigma in [0.2, 0.5, 1.0] {
-                for share in [0.5, 0.1] {
-                    let leg = LatencyModel::log_normal(20.0, sigma);
-                    seed += 1;
-                    run(
-                        &format!("2x sigma {sigma}"),
-                        share,
-                        &leg,
-                        &leg.scaled(2.0),
-                        1.5,
-                        seed,
-                    );
-                    seed += 1;
-                    run(
-                        &format!("5% 10x sigma {sigma}"),
-                        share,
-                        &leg,
-                        &leg.with_slow(0.05, 10.0),
-                        1.5,
-                        seed,
-                    );
-                }
-            }
-        }
-        return;
-    }
     let runs: u64 = std::env::var("RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -236,6 +99,122 @@ fn main() {
             let median = at.get(at.len() / 2).copied().unwrap_or(0);
             let fixed = fixed_sample_requests(rate, 2.0 * rate, share, s.alpha, 0.8);
             println!("{rate:>8} {share:>6} {detected:>10.3} {median:>14} {fixed:>14}");
+        }
+    }
+    latency(runs, max, &s, &mut seed);
+}
+
+/// The latency test's tables.
+fn latency(runs: u64, max: u64, s: &Settings, seed: &mut u64) {
+    let every: u64 = std::env::var("EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let tol = 3.0 * (s.alpha * (1.0 - s.alpha) / runs as f64).sqrt();
+    // The share of runs ever judged worse, and the sorted request counts at which they were.
+    let mut runs_of = |n: u64, share, legacy: &LatencyModel, new: &LatencyModel, ratio, max| {
+        let mut at = Vec::new();
+        for _ in 0..n {
+            *seed += 1;
+            let mut rng = fastrand::Rng::with_seed(*seed);
+            if let Some(k) = simulate_latency(&mut rng, share, legacy, new, every, max, ratio, s) {
+                at.push(k);
+            }
+        }
+        at.sort_unstable();
+        (at.len() as f64 / n as f64, at)
+    };
+    println!();
+    println!(
+        "latency (new p99 against max_p99_ratio x legacy p99), log-normal latencies, median 20 ms"
+    );
+    println!(
+        "false alarms: {runs} runs per case, a look every {every} requests up to {max}; level {} (+ {tol:.4} for 3 sd of {runs} runs)",
+        s.alpha
+    );
+    println!(
+        "{:>6} {:>6} {:>6} {:>12}",
+        "sigma", "share", "ratio", "ever worse"
+    );
+    for sigma in [0.2, 1.0] {
+        let m = LatencyModel::log_normal(20.0, sigma);
+        for share in [0.01, 0.1, 0.5] {
+            for ratio in [1.0, 1.5] {
+                let (frac, _) = runs_of(runs, share, &m, &m, ratio, max);
+                let ok = if frac <= s.alpha + tol { "ok" } else { "OVER" };
+                println!("{sigma:>6} {share:>6} {ratio:>6} {frac:>12.4} {ok}");
+            }
+        }
+    }
+    println!();
+    println!("the boundary: new's p99 exactly 1.5 x legacy's, ratio 1.5, new at 50% of traffic");
+    let tight = LatencyModel::log_normal(20.0, 0.2);
+    let heavy = LatencyModel::log_normal(20.0, 1.0);
+    // A log-normal of the given sigma whose p99 is 1.5 times `of`'s.
+    let at_ratio = |of: &LatencyModel, sigma: f64| {
+        let p99 = 1.5 * of.quantile_ms(0.99);
+        LatencyModel::log_normal(p99 / (2.326_347_874 * sigma).exp(), sigma)
+    };
+    let boundary = [
+        ("sigma 0.2, scaled x1.5", tight.clone(), tight.scaled(1.5)),
+        (
+            "sigma 0.2 (median 7.3 ms), scaled x1.5",
+            LatencyModel::log_normal(7.3, 0.2),
+            LatencyModel::log_normal(7.3 * 1.5, 0.2),
+        ),
+        ("sigma 1.0, scaled x1.5", heavy.clone(), heavy.scaled(1.5)),
+        (
+            "legacy sigma 1.0, new sigma 0.2",
+            heavy.clone(),
+            at_ratio(&heavy, 0.2),
+        ),
+        (
+            "legacy sigma 0.2, new sigma 1.0",
+            tight.clone(),
+            at_ratio(&tight, 1.0),
+        ),
+    ];
+    for (name, legacy, new) in &boundary {
+        let (frac, _) = runs_of(runs, 0.5, legacy, new, 1.5, max);
+        let ok = if frac <= s.alpha + tol { "ok" } else { "OVER" };
+        println!("  {name:<40} ever worse {frac:.4} {ok}");
+    }
+    println!();
+    println!(
+        "power, ratio 1.5: median requests to worse vs a fixed-sample one-sided z-test of new's slow share against 1% (level 1%, power 80%), with legacy's part of its variance as the sequential test weighs it (x rho^2), and without (valid only for new = legacy scaled)"
+    );
+    println!(
+        "{:<22} {:>6} {:>6} {:>10} {:>5} {:>10} {:>12} {:>12} {:>12}",
+        "new",
+        "sigma",
+        "share",
+        "slow share",
+        "rho",
+        "detected",
+        "median reqs",
+        "fixed (rho)",
+        "fixed (1)"
+    );
+    let power_runs = runs.min(1000);
+    for sigma in [0.2, 0.5, 1.0] {
+        let legacy = LatencyModel::log_normal(20.0, sigma);
+        for (name, new) in [
+            ("twice as slow", legacy.scaled(2.0)),
+            ("5% ten times slower", legacy.with_slow(0.05, 10.0)),
+        ] {
+            for share in [0.1, 0.5] {
+                let (detected, at) = runs_of(power_runs, share, &legacy, &new, 1.5, max * 10);
+                let median = at.get(at.len() / 2).copied().unwrap_or(0);
+                let slow = slow_share(&legacy, &new, 1.5);
+                let with_rho =
+                    latency_fixed_sample_requests(&legacy, &new, 1.5, share, s.alpha, 0.8, true);
+                let without =
+                    latency_fixed_sample_requests(&legacy, &new, 1.5, share, s.alpha, 0.8, false);
+                let rho = density_ratio(&legacy, &new, 1.5);
+                println!(
+                    "{name:<22} {sigma:>6} {share:>6} {slow:>10.4} {rho:>5.2} {detected:>10.3} {median:>12} {with_rho:>12} {without:>12}"
+                );
+            }
         }
     }
 }

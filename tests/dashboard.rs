@@ -57,30 +57,10 @@ async fn the_dashboard_shows_routes_and_figures_in_a_real_browser() {
         .await
         .unwrap();
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(gw.admin_url("/"))
-        .output()
-        .await
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = rendered(&gw.admin_url("/")).await;
     assert!(
         dom.contains("data-loaded=\"1\""),
-        "the page did not load its data:\n{dom}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the page did not load its data:\n{dom}"
     );
     assert!(
         dom.contains(hash["config_hash"].as_str().unwrap()),

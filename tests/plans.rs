@@ -109,12 +109,10 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 
 fn percent_in(routes: &Path) -> String {
     let text = std::fs::read_to_string(routes).unwrap();
-    let line = text
-        .lines()
+    text.lines()
         .find(|l| l.trim_start().starts_with("percent:"))
         .unwrap()
-        .to_string();
-    line
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -444,21 +444,29 @@ fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
     }
 }
 
+/// `route R, steps 1% → 10% → 100%, on_fail rollback`.
+fn plan_summary(p: &crate::config::plan::PlanConfig) -> String {
+    let steps: Vec<String> = p
+        .steps
+        .iter()
+        .map(|s| format!("{}%", crate::config::format_percent(s.percent_bp)))
+        .collect();
+    format!(
+        "route {}, steps {}, on_fail {}",
+        p.route,
+        steps.join(" → "),
+        p.on_fail.as_str()
+    )
+}
+
 fn check(file: &Path) -> ExitCode {
     if std::fs::read_to_string(file).is_ok_and(|t| Config::is_plan_text(&t)) {
         return match Config::check_plan(file) {
             Ok(p) => {
-                let steps: Vec<String> = p
-                    .steps
-                    .iter()
-                    .map(|s| format!("{}%", crate::config::format_percent(s.percent_bp)))
-                    .collect();
                 println!(
-                    "{}: ok: a plan (route {}, steps {}, on_fail {}); whether its route exists is checked with its routes file (strangler check ROUTES_FILE)",
+                    "{}: ok: a plan ({}); whether its route exists is checked with its routes file (strangler check ROUTES_FILE)",
                     file.display(),
-                    p.route,
-                    steps.join(" → "),
-                    p.on_fail.as_str()
+                    plan_summary(&p)
                 );
                 ExitCode::SUCCESS
             }
@@ -477,18 +485,7 @@ fn check(file: &Path) -> ExitCode {
                 println!("warning: {w}");
             }
             for p in &cfg.plans {
-                let steps: Vec<String> = p
-                    .steps
-                    .iter()
-                    .map(|s| format!("{}%", crate::config::format_percent(s.percent_bp)))
-                    .collect();
-                println!(
-                    "plan {}: ok (route {}, steps {}, on_fail {})",
-                    p.file.display(),
-                    p.route,
-                    steps.join(" → "),
-                    p.on_fail.as_str()
-                );
+                println!("plan {}: ok ({})", p.file.display(), plan_summary(p));
             }
             println!(
                 "{}: ok ({} routes, {} services, {} plans, config hash {})",

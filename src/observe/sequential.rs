@@ -12,10 +12,14 @@
 //! it is looked at. `tests/sequential.rs` and `benches/sequential.rs` check that by
 //! simulation.
 //!
-//! Pure functions on counts: no clock, no I/O.
+//! The same for latency, "new's p99 is more than `max_p99_ratio` times legacy's"
+//! ([`latency_evidence`]), on both sides' latency histograms (the buckets of `window`): new's
+//! share of requests slower than `max_p99_ratio` × legacy's p99, against 1%.
 //!
-//! The comparison's verdict (`verdict.rs`) does not use it yet: the migration plans will
-//! judge with it, and the verdict move to it with them.
+//! Pure functions on counts and histograms: no clock, no I/O. The simulations' helpers
+//! ([`simulate`], [`simulate_latency`], [`LatencyModel`]) are seeded.
+//!
+//! The comparison's verdict (`verdict.rs`) judges with both tests.
 
 use super::window::{BUCKETS, bucket_of, bucket_range};
 
@@ -627,10 +631,19 @@ pub fn slow_share(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f64)
     new.sf(legacy.quantile_ms(1.0 - TAIL) * 1000.0 * max_p99_ratio)
 }
 
+/// `ρ` of [`latency_evidence`], exactly: how much new's slow share moves per unit of
+/// legacy's tail share, at legacy's p99 (the ratio of new's density at `max_p99_ratio` ×
+/// legacy's p99 to legacy's at its p99, times `max_p99_ratio`); 1 when new is legacy scaled
+/// by `max_p99_ratio`.
+pub fn density_ratio(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f64) -> f64 {
+    let q = legacy.quantile_ms(1.0 - TAIL) * 1000.0;
+    max_p99_ratio * new.density(q * max_p99_ratio) / legacy.density(q)
+}
+
 /// The total requests a fixed-sample one-sided z-test of new's slow share against 1% needs
 /// (level `alpha`, the given power, `share` to new), the slow share that of [`slow_share`]:
 /// [`fixed_sample_requests`] with legacy's part of the variance multiplied by `ρ²`, `ρ` the
-/// ratio of the densities of [`latency_evidence`] (exactly, at least 1) when `with_rho`.
+/// ratio of the densities of [`density_ratio`] (at least 1), when `with_rho`.
 /// Without it, the test does not keep its level for a new side of another shape than
 /// legacy's; with it, it is the fixed-sample counterpart of the sequential test (which
 /// further loses up to a bucket to its slow threshold's rounding).
@@ -648,8 +661,7 @@ pub fn latency_fixed_sample_requests(
     if !with_rho {
         return fixed_sample_requests(TAIL, slow, share, alpha, power);
     }
-    let q = legacy.quantile_ms(1.0 - TAIL) * 1000.0;
-    let rho = (max_p99_ratio * new.density(q * max_p99_ratio) / legacy.density(q)).max(1.0);
+    let rho = density_ratio(legacy, new, max_p99_ratio).max(1.0);
     let z = Normal::standard();
     let (za, zb) = (z.inverse_cdf(1.0 - alpha), z.inverse_cdf(power));
     let d = slow - TAIL;
