@@ -385,7 +385,7 @@ fn plan(action: PlanCommand, log_format: Option<LogFormat>) -> ExitCode {
             admin,
         } => {
             init_tracing(log_format.unwrap_or(LogFormat::Json));
-            run(crate::control::plan::runner::run(
+            run(crate::control::serve::plan_run(
                 crate::control::plan::runner::RunOptions {
                     name,
                     config,

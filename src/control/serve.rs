@@ -1,8 +1,9 @@
 //! The life of `strangler serve` (docs/operations.md): start, reload on SIGHUP and on file
-//! changes, drain on SIGTERM or Ctrl-C, exit.
+//! changes, drain on SIGTERM or Ctrl-C, exit; and of `strangler plan run`.
 
 use std::sync::Arc;
 
+use super::plan::runner::RunOptions;
 use crate::config::Config;
 use crate::observe::{AccessLog, LogFormat};
 
@@ -118,4 +119,34 @@ pub async fn wait_for_stop() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `strangler plan run`: one plan, ticked every `--interval` until SIGTERM or Ctrl-C, with
+/// its status, operations and gauges on `--admin` when given.
+pub async fn plan_run(opts: RunOptions) -> anyhow::Result<()> {
+    let (plans, metrics) = super::plan::runner::prepare(&opts).await?;
+    let mut stop = StopSignals::install()?;
+    if let Some(addr) = opts.admin {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--admin): {e}"))?;
+        let local = listener.local_addr()?;
+        let app = super::admin::runner_router(plans.clone(), metrics, local.port());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, tower::make::Shared::new(app)).await;
+        });
+        tracing::info!(admin = %local, plan = %opts.name, "plan run: listening");
+    } else {
+        tracing::info!(plan = %opts.name, "plan run: started");
+    }
+    let mut ticks = tokio::time::interval(opts.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => plans.tick(super::plan::unix_now()).await,
+            () = stop.wait() => break,
+        }
+    }
+    tracing::info!(plan = %opts.name, "plan run: stopping; the progress is saved");
+    Ok(())
 }

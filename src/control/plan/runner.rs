@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Environment, Op, Plans, State, engine, unix_now};
@@ -147,8 +147,9 @@ fn default_state(config: &Config, name: &str) -> Option<PathBuf> {
     ))
 }
 
-/// Runs one plan until SIGTERM or Ctrl-C.
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// Reads the routes file and the plan's progress, takes the plan up (refusing one a
+/// gateway is running) and starts it if it has not started: the plan, ready to be ticked.
+pub async fn prepare(opts: &RunOptions) -> anyhow::Result<(Arc<Plans<RunnerEnv>>, Arc<Metrics>)> {
     let config = Config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !config.plans.iter().any(|p| p.name == opts.name) {
         let names: Vec<&str> = config.plans.iter().map(|p| p.name.as_str()).collect();
@@ -212,29 +213,5 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     } else {
         tracing::info!(plan = %opts.name, state = %state_now, "plan run: resuming the plan's progress");
     }
-    let mut stop = crate::control::serve::StopSignals::install()?;
-    if let Some(addr) = opts.admin {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--admin): {e}"))?;
-        let local = listener.local_addr()?;
-        let app =
-            crate::control::admin::runner_router(plans.clone(), metrics.clone(), local.port());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, tower::make::Shared::new(app)).await;
-        });
-        tracing::info!(admin = %local, plan = %opts.name, "plan run: listening");
-    } else {
-        tracing::info!(plan = %opts.name, "plan run: started");
-    }
-    let mut ticks = tokio::time::interval(opts.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => plans.tick(unix_now()).await,
-            () = stop.wait() => break,
-        }
-    }
-    tracing::info!(plan = %opts.name, "plan run: stopping; the progress is saved");
-    Ok(())
+    Ok((plans, metrics))
 }
