@@ -13,6 +13,34 @@ use support::*;
 
 const EXAMPLE: &str = include_str!("../routes/example.yaml");
 
+/// The example plans, which the example routes file names (`plans: ../migrations-plan`).
+const PLANS: [(&str, &str); 2] = [
+    (
+        "orders-read.yaml",
+        include_str!("../migrations-plan/orders-read.yaml"),
+    ),
+    ("billing.yaml", include_str!("../migrations-plan/billing.yaml")),
+];
+
+/// Writes the example plans into `dir/migrations-plan`.
+fn plans_in(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("migrations-plan")).unwrap();
+    for (name, text) in PLANS {
+        std::fs::write(dir.join("migrations-plan").join(name), text).unwrap();
+    }
+}
+
+/// The example routes file laid out as in the repository (`routes/`, `migrations-plan/`)
+/// in a new temporary directory; keep the directory alive.
+fn example_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("routes")).unwrap();
+    let file = dir.path().join("routes/example.yaml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    plans_in(dir.path());
+    (dir, file)
+}
+
 fn strangler(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_strangler"))
         .args(args)
@@ -35,7 +63,7 @@ fn differing_lines(a: &str, b: &str) -> Vec<(String, String)> {
 
 #[test]
 fn shift_changes_exactly_one_line_of_a_commented_file() {
-    let (_dir, file) = routes_file(EXAMPLE);
+    let (_dir, file) = example_file();
     let out = strangler(&["shift", file.to_str().unwrap(), "orders-read", "30"]);
     assert!(
         out.status.success(),
@@ -80,7 +108,7 @@ fn shift_inserts_a_missing_percent_at_the_routes_indentation() {
 
 #[test]
 fn shift_refuses_bad_input_and_read_only_files() {
-    let (_dir, file) = routes_file(EXAMPLE);
+    let (_dir, file) = example_file();
     let f = file.to_str().unwrap();
     for (args, says) in [
         (vec!["shift", f, "orders-read", "101"], "percent"),
@@ -261,6 +289,7 @@ fn shift_through_a_symlink_edits_the_target() {
     let real = dir.path().join("real/routes.yaml");
     let link = dir.path().join("link/routes.yaml");
     std::fs::write(&real, EXAMPLE).unwrap();
+    plans_in(dir.path());
     std::os::unix::fs::symlink("../real/routes.yaml", &link).unwrap();
     let out = strangler(&["shift", link.to_str().unwrap(), "orders-read", "40"]);
     assert!(
@@ -280,7 +309,7 @@ fn shift_through_a_symlink_edits_the_target() {
 /// Several processes shifting different routes of one file at once: every change survives.
 #[test]
 fn concurrent_shifts_from_several_processes_all_survive() {
-    let (_dir, file) = routes_file(EXAMPLE);
+    let (_dir, file) = example_file();
     let f = file.to_str().unwrap();
     let routes = ["orders-read", "orders-write", "billing", "invoice-pdf"];
     let children: Vec<_> = routes
