@@ -19,7 +19,10 @@ const PLANS: [(&str, &str); 2] = [
         "orders-read.yaml",
         include_str!("../migrations-plan/orders-read.yaml"),
     ),
-    ("billing.yaml", include_str!("../migrations-plan/billing.yaml")),
+    (
+        "billing.yaml",
+        include_str!("../migrations-plan/billing.yaml"),
+    ),
 ];
 
 /// Writes the example plans into `dir/migrations-plan`.
