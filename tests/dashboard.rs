@@ -156,23 +156,13 @@ async fn rendered(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_each_plan_with_its_step_hold_guard_and_history() {
     let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0\n",
-            legacy.url(),
-            new.url()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("plans")).unwrap();
-    std::fs::write(
-        dir.path().join("plans/orders-rollout.yaml"),
+    let (_dir, routes) = plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "",
+        "percent: 0",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 1000\n",
-    )
-    .unwrap();
+    );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let started = client()
         .post(format!(

@@ -15,23 +15,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Flaky, GatewayProcess, client};
 
-/// A routes file with one route, `orders-read`, at 0, and a plans folder holding `plan`
-/// as `orders-rollout.yaml`.
+/// The test's routes file and plans folder: `orders-read` at 0, and `plan`.
 fn setup(legacy: &Flaky, new: &Flaky, plan: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "# the shop's routes\nlisten: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0        # the plan moves this\n",
-            legacy.url(),
-            new.url()
-        ),
+    support::plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "",
+        "percent: 0        # the plan moves this",
+        plan,
     )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("plans")).unwrap();
-    std::fs::write(dir.path().join("plans/orders-rollout.yaml"), plan).unwrap();
-    (dir, routes)
 }
 
 /// Steady traffic to `/api/orders/N` until dropped.

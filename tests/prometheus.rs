@@ -429,23 +429,13 @@ async fn in_force(admin: std::net::SocketAddr, route: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
     let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\noverride:\n  header: x-strangler-side\nplans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    percent: 0\n",
-            legacy.url(),
-            new.url()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("plans")).unwrap();
-    std::fs::write(
-        dir.path().join("plans/orders-rollout.yaml"),
+    let (dir, routes) = plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "override:\n  header: x-strangler-side\n",
+        "percent: 0",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n",
-    )
-    .unwrap();
+    );
     let gw1 = GatewayProcess::spawn(&routes, &[]).await;
     let gw2 = GatewayProcess::spawn(&routes, &[]).await;
     let prom = Prometheus::start(&[gw1.admin, gw2.admin]).await;

@@ -470,13 +470,7 @@ fn check(file: &Path) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                for d in &e.errors {
-                    println!("error: {d}");
-                }
-                println!("{}: {} error(s)", file.display(), e.errors.len());
-                ExitCode::FAILURE
-            }
+            Err(e) => print_errors(file, &e),
         };
     }
     match Config::load_for_check(file) {
@@ -497,12 +491,15 @@ fn check(file: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            for d in &e.errors {
-                println!("error: {d}");
-            }
-            println!("{}: {} error(s)", file.display(), e.errors.len());
-            ExitCode::FAILURE
-        }
+        Err(e) => print_errors(file, &e),
     }
+}
+
+/// `check`'s report of an invalid file: every error, then the count.
+fn print_errors(file: &Path, e: &crate::config::ConfigErrors) -> ExitCode {
+    for d in &e.errors {
+        println!("error: {d}");
+    }
+    println!("{}: {} error(s)", file.display(), e.errors.len());
+    ExitCode::FAILURE
 }

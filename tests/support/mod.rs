@@ -460,3 +460,27 @@ impl Flaky {
         format!("http://{}", self.addr)
     }
 }
+
+/// A routes file with one route, `orders-read` (prefix `/api/orders`, service `orders`),
+/// whose percent line is `percent_line`, `extra` before its `plans: plans`, and the plans
+/// folder holding `plan` as `orders-rollout.yaml`. Keep the directory alive.
+pub fn plan_setup(
+    legacy: &str,
+    new: &str,
+    extra: &str,
+    percent_line: &str,
+    plan: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "# the shop's routes\nlisten: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {legacy}\nservices:\n  orders:\n    url: {new}\n{extra}plans: plans\nroutes:\n  - name: orders-read\n    match: {{ prefix: /api/orders }}\n    service: orders\n    {percent_line}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("plans")).unwrap();
+    std::fs::write(dir.path().join("plans/orders-rollout.yaml"), plan).unwrap();
+    (dir, routes)
+}
