@@ -33,6 +33,7 @@ fn main() {
             protocol: pool::Protocol::Http1,
             tls: None,
             idle_timeout: std::time::Duration::from_secs(60),
+            addr: None,
         };
         let (d1, d2) = (dial(&a1), dial(&a2));
         let k1 = PoolKey::of(&d1);

@@ -26,6 +26,7 @@ pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
 pub use control::{Running, start};
 pub use observe::{AccessLog, LogFormat, sequential};
+pub use proxy::resolve::set_resolver;
 pub use routing::{
     CanonError, Decision, Reason, RequestView, RouteTable, Router, Side, canonicalize,
 };

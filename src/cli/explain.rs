@@ -146,7 +146,8 @@ pub fn explain(
                 decision.side
             ),
         },
-        Reason::Unmatched => String::new(),
+        // Decided by the gateway at run time (health, breaker), never by the rules alone.
+        Reason::Unmatched | Reason::Unhealthy | Reason::BreakerOpen => String::new(),
     };
     let up = match decision.side {
         Side::Legacy => &cfg.legacy,

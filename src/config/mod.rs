@@ -12,6 +12,7 @@
 mod lints;
 mod percent;
 pub mod plan;
+pub mod resilience;
 pub mod tls;
 mod validate;
 pub mod yaml;
@@ -127,6 +128,32 @@ pub struct Service {
     pub protocol: Protocol,
     /// TLS to it (an `https://` URL): the client config, trusting `ca` or the system's roots.
     pub tls: Option<tls::Upstream>,
+    /// Every instance's `host:port` (`urls`; one for `url`), the first being `authority`.
+    pub authorities: Vec<http::uri::Authority>,
+    /// How requests are spread over the instances.
+    pub balance: resilience::Balance,
+    /// How often host names are looked up again.
+    pub resolve: Duration,
+    /// Active health checks of the instances.
+    pub health: Option<resilience::HealthConfig>,
+    /// How long a connection may take to open.
+    pub connect_timeout: Duration,
+    /// The circuit breaker (services only).
+    pub breaker: Option<resilience::BreakerConfig>,
+}
+
+impl Service {
+    /// Whether requests to it need the instance set of `proxy::fleet` (several instances,
+    /// host names to look up, health checks or a breaker); otherwise they go straight to
+    /// its one address.
+    pub fn needs_fleet(&self) -> bool {
+        self.authorities.len() > 1
+            || self.health.is_some()
+            || self.breaker.is_some()
+            || bare_host(&self.authority)
+                .parse::<std::net::IpAddr>()
+                .is_err()
+    }
 }
 
 /// The protocol the gateway speaks to a service (`protocol`).
@@ -200,6 +227,14 @@ pub struct RouteConfig {
     pub cohort: String,
     /// Whether upgrade requests (WebSocket) are tunnelled; `false` refuses them (400).
     pub upgrades: bool,
+    /// Tightens the service's `timeout` for this route.
+    pub timeout: Option<Duration>,
+    /// Tightens the service's `connect_timeout` for this route.
+    pub connect_timeout: Option<Duration>,
+    /// Replay to legacy when the new side fails.
+    pub fallback: Option<resilience::FallbackConfig>,
+    /// Retries after failures the upstream cannot have acted on.
+    pub retries: Option<resilience::RetryConfig>,
 }
 
 /// Settings of the legacy-vs-new comparison (the routes file's `compare` section).

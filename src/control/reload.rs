@@ -79,6 +79,7 @@ impl Reloader {
         let path = self.path.clone();
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
+        let fleet = self.gateway.fleet.clone();
         let current = self.gateway.table.load().config.hash.clone();
         let files = self.named_files();
         let admin_listen = self.admin_listen;
@@ -102,7 +103,7 @@ impl Reloader {
                     ),
                 ));
             }
-            let table = Table::compile(config, &metrics, &windows)
+            let table = Table::compile(config, &metrics, &windows, &fleet)
                 .map_err(|e| ConfigErrors::whole_file(&path, e))?;
             let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
             metrics.retain_routes(&names);

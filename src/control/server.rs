@@ -25,6 +25,7 @@ use super::plan::{self, Plans, gateway::GatewayEnv};
 use super::reload::Reloader;
 use crate::config::Config;
 use crate::observe::{AccessLog, Metrics, Registry};
+use crate::proxy::fleet::{Fleet, FleetMetrics};
 use crate::proxy::{ClientIo, Gateway, Peer, Table};
 
 /// How long an admin client may take to send a request head.
@@ -131,10 +132,13 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     let admin_addr = admin_listener.local_addr()?;
     // The comparison's settings are read at start (its slots are sized from them).
     let windows = Registry::new(config.compare.clone());
-    let table = Table::compile(config, &metrics, &windows).map_err(|e| anyhow::anyhow!(e))?;
+    let fleet = Fleet::new();
+    metrics.register(Box::new(FleetMetrics(fleet.clone())));
+    let table =
+        Table::compile(config, &metrics, &windows, &fleet).map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);
-    let gateway = Gateway::new(table, access_log);
+    let gateway = Gateway::new(table, access_log, fleet);
     let reloader = Reloader::new(
         config_file,
         gateway.clone(),

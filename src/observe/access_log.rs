@@ -36,6 +36,8 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
     /// The `grpc-status` of a gRPC call.
     pub grpc_status: Option<u32>,
+    /// The new side failed this way and legacy answered.
+    pub fallback: Option<&'a str>,
 }
 
 /// The access log: lines formatted straight into the process's stdout buffer.
@@ -111,12 +113,16 @@ impl AccessLog {
                         b.push_str(",\"grpc_status\":");
                         b.push_str(itoa::Buffer::new().format(code));
                     }
+                    if let Some(why) = e.fallback {
+                        b.push_str(",\"fallback\":");
+                        json_str(b, why);
+                    }
                     b.push_str("}\n");
                 }
                 LogFormat::Text => {
                     let _ = writeln!(
                         b,
-                        "{} {} {} {:.1}ms route={} side={} ({}) up={} in={} out={} id={}{}{}",
+                        "{} {} {} {:.1}ms route={} side={} ({}) up={} in={} out={} id={}{}{}{}",
                         e.method,
                         e.path,
                         e.status,
@@ -131,6 +137,9 @@ impl AccessLog {
                         e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
                         e.grpc_status
                             .map(|c| format!(" grpc_status={c}"))
+                            .unwrap_or_default(),
+                        e.fallback
+                            .map(|f| format!(" fallback={f}"))
                             .unwrap_or_default()
                     );
                 }

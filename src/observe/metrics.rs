@@ -30,6 +30,8 @@ pub const CONFIG_INFO: &str = "strangler_config_info";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
 pub const GRPC_RESPONSES_TOTAL: &str = "strangler_grpc_responses_total";
+pub const FALLBACKS_TOTAL: &str = "strangler_fallbacks_total";
+pub const RETRIES_TOTAL: &str = "strangler_retries_total";
 
 #[cfg(test)]
 mod grpc_tests {
@@ -160,6 +162,8 @@ pub struct Metrics {
     grpc: IntCounterVec,
     plan_step: IntGaugeVec,
     plan_state: IntGaugeVec,
+    fallbacks: IntCounterVec,
+    retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -255,8 +259,26 @@ impl Metrics {
             &["plan", "state"],
         )
         .expect("static metric definition is valid");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                FALLBACKS_TOTAL,
+                "Requests the new side failed and legacy answered instead, by the failure (reason)",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition is valid");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                RETRIES_TOTAL,
+                "Extra attempts after a connect failure or a reset, by route and side",
+            ),
+            &["route", "side"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fallbacks.clone()),
+            Box::new(retries.clone()),
             Box::new(plan_step.clone()),
             Box::new(plan_state.clone()),
             Box::new(grpc.clone()),
@@ -292,7 +314,26 @@ impl Metrics {
             grpc,
             plan_step,
             plan_state,
+            fallbacks,
+            retries,
         })
+    }
+
+    /// A request the new side failed (`reason`) and legacy answered.
+    pub fn fallback(&self, route: &str, reason: &str) {
+        self.fallbacks.with_label_values(&[route, reason]).inc();
+    }
+
+    /// An extra attempt.
+    pub fn retry(&self, route: &str, side: Side) {
+        self.retries
+            .with_label_values(&[route, side.as_str()])
+            .inc();
+    }
+
+    /// Adds a collector of metrics kept elsewhere (the services' instances and breakers).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(c).expect("metric names are unique");
     }
 
     /// A plan's step and state (one of `states`, each exported 1 or 0).
@@ -414,6 +455,16 @@ pub struct SideMetrics {
 }
 
 impl SideMetrics {
+    /// Counts an extra attempt on this route and side.
+    pub fn retried(&self) {
+        self.metrics.retry(&self.route, self.side);
+    }
+
+    /// Counts a request of this route the new side failed (`reason`) and legacy answered.
+    pub fn fell_back(&self, reason: &str) {
+        self.metrics.fallback(&self.route, reason);
+    }
+
     /// Counts one answered request.
     #[inline]
     pub fn record(&self, method: usize, code: u16, seconds: f64) {

@@ -21,6 +21,7 @@ pub const MAX_URI_LEN: usize = 8 * 1024;
 pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
 
 /// The request's canonical path, where it is.
+#[derive(Clone)]
 pub enum CanonicalPath {
     /// The path as sent is canonical (the common case: nothing was copied).
     AsSent,

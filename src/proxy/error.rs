@@ -193,12 +193,14 @@ impl Failure {
 }
 
 /// The JSON body of a gateway-made error: `error`, `route` and `side` (null when the request
-/// was refused before a route was chosen), `request_id`.
+/// was refused before a route was chosen), `request_id`, and a `detail` when there is more
+/// to say.
 pub fn error_body(
     failure: Failure,
     route: Option<&str>,
     side: Option<Side>,
     request_id: &str,
+    detail: Option<&str>,
 ) -> Bytes {
     let mut s = String::with_capacity(128);
     s.push_str("{\"error\":\"");
@@ -215,6 +217,10 @@ pub fn error_body(
     }
     s.push_str(",\"request_id\":");
     json_str(&mut s, request_id);
+    if let Some(d) = detail {
+        s.push_str(",\"detail\":");
+        json_str(&mut s, d);
+    }
     s.push_str("}\n");
     Bytes::from(s)
 }
@@ -229,14 +235,27 @@ mod tests {
             kind: UpstreamErrorKind::Connect,
             during: Stage::Head,
         };
-        let b = error_body(unavailable, Some("orders-read"), Some(Side::New), "abc");
+        let b = error_body(
+            unavailable,
+            Some("orders-read"),
+            Some(Side::New),
+            "abc",
+            None,
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "upstream_unavailable");
         assert_eq!(v["route"], "orders-read");
         assert_eq!(v["side"], "new");
-        let b = error_body(Failure::Refused(Refusal::BadRequest), None, None, "abc");
+        let b = error_body(
+            Failure::Refused(Refusal::BadRequest),
+            None,
+            None,
+            "abc",
+            Some("more"),
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert!(v["route"].is_null());
+        assert_eq!(v["detail"], "more");
     }
 
     #[test]

@@ -17,9 +17,12 @@ pub mod admit;
 pub mod body;
 pub mod connection;
 pub mod error;
+pub mod fleet;
+pub mod forward;
 pub mod headers;
 pub mod pool;
 pub mod record;
+pub mod resolve;
 pub mod respond;
 pub mod rewrite;
 pub mod send;
@@ -44,7 +47,7 @@ pub use tunnel::Tunnels;
 pub use upload::RequestBody;
 
 use crate::observe::AccessLog;
-use crate::routing::{RequestView, method_index};
+use crate::routing::{RequestView, Side, method_index};
 use record::Trail;
 
 /// The shared state of the request path.
@@ -54,14 +57,17 @@ pub struct Gateway {
     pub access_log: Arc<AccessLog>,
     /// The upgraded connections open (a drain waits for them).
     pub tunnels: Arc<Tunnels>,
+    /// The services' instances, health and breakers, kept across reloads.
+    pub fleet: Arc<fleet::Fleet>,
 }
 
 impl Gateway {
-    pub fn new(table: Table, access_log: Arc<AccessLog>) -> Arc<Gateway> {
+    pub fn new(table: Table, access_log: Arc<AccessLog>, fleet: Arc<fleet::Fleet>) -> Arc<Gateway> {
         Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
             access_log,
             tunnels: Arc::default(),
+            fleet,
         })
     }
 
@@ -118,6 +124,20 @@ impl Gateway {
         trail.decision = decision;
         trail.decided = true;
         trail.upstream = table.upstream_of(&decision);
+        // A new service that cannot take the request now (every instance unhealthy, or
+        // its breaker open) sends it to legacy.
+        let mut probe = false;
+        if let (Side::New, Some(service)) = (decision.side, &table.upstreams[trail.upstream].fleet)
+        {
+            match forward::divert(service, start) {
+                forward::Divert::No { probe: p } => probe = p,
+                forward::Divert::ToLegacy(reason) => {
+                    trail.decision.side = Side::Legacy;
+                    trail.decision.reason = reason;
+                    trail.upstream = table::LEGACY;
+                }
+            }
+        }
         let upstream = &table.upstreams[trail.upstream];
         if upgrade.is_some() && !table.upgrades(decision.route) {
             return Ok(respond::failure(
@@ -131,6 +151,17 @@ impl Gateway {
             chunked_body: length.is_none() && !body.is_end_stream(),
             trailers: admission.trailers,
         };
+        let route = table.route_config(decision.route);
+        let resilient = upgrade.is_none() && forward::needed(upstream, route);
+        // Kept to be rewritten for legacy, should the new side fail and the route fall back.
+        let original = (resilient
+            && trail.decision.side == Side::New
+            && route.is_some_and(|r| r.fallback.is_some()))
+        .then(|| forward::Original {
+            head: forward::copy_head(&head),
+            path: path.clone(),
+            facts,
+        });
         if let Err(failure) = rewrite::rewrite(
             &mut head,
             path,
@@ -144,6 +175,12 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
+        let body = upload::RequestBody::new(body, client.body_timeout);
+        if resilient {
+            return Ok(
+                forward::forward(trail, head, original, body, probe, peer, &self.tunnels).await,
+            );
+        }
         // An HTTP/2 service is asked for no upgrade (HTTP/2 has none): the request goes as
         // the ordinary request it also is.
         let upgrade =
@@ -153,9 +190,7 @@ impl Gateway {
                     headers::ask_upgrade(&mut head.headers, proto.clone());
                     (proto, client)
                 });
-
-        let body = upload::RequestBody::new(body, client.body_timeout);
-        match send::send(upstream, head, body, start).await {
+        match send::send(&upstream.target(), head, body, start).await {
             Ok(exchange) => Ok(respond::upstream(exchange, trail, upgrade, &self.tunnels)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }

@@ -22,6 +22,7 @@
 
 use std::cell::RefCell;
 use std::future::{Future as _, poll_fn};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
@@ -83,6 +84,9 @@ pub struct Dial {
     pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>, u64)>,
     /// How long an unused connection to it stays open.
     pub idle_timeout: Duration,
+    /// The instance's address, when it was looked up (`proxy::fleet`); `None`: the
+    /// authority's host is connected to by name.
+    pub addr: Option<SocketAddr>,
 }
 
 /// Identifies an upstream (address, protocol, TLS and its trust) in the per-thread pools;
@@ -90,7 +94,9 @@ pub struct Dial {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolKey(usize);
 
-static KEYS: Mutex<Vec<(Authority, Protocol, Option<u64>)>> = Mutex::new(Vec::new());
+type KeyId = (Authority, Protocol, Option<u64>, Option<SocketAddr>);
+
+static KEYS: Mutex<Vec<KeyId>> = Mutex::new(Vec::new());
 
 impl PoolKey {
     /// The key of an upstream (the same one always gets the same key, so connections
@@ -100,6 +106,7 @@ impl PoolKey {
             dial.authority.clone(),
             dial.protocol,
             dial.tls.as_ref().map(|t| t.2),
+            dial.addr,
         );
         let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
         match keys.iter().position(|k| *k == id) {
@@ -339,9 +346,18 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
 }
 
 async fn connect(dial: &Dial) -> std::io::Result<Conn> {
-    let authority = &dial.authority;
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((crate::config::bare_host(authority), port)).await?;
+    let stream = match dial.addr {
+        Some(addr) => TcpStream::connect(addr).await?,
+        None => {
+            let authority = &dial.authority;
+            let port = authority.port_u16().unwrap_or(80);
+            let host = crate::config::bare_host(authority);
+            match super::resolve::injected(host, port) {
+                Some(found) => TcpStream::connect(&*found?).await?,
+                None => TcpStream::connect((host, port)).await?,
+            }
+        }
+    };
     stream.set_nodelay(true)?;
     let clock = Arc::new(IdleClock {
         since: AtomicU64::new(0),
@@ -364,6 +380,20 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
         Sender::H2(sender) => Conn::h2(sender, clock),
         sender => Conn { sender, clock },
     })
+}
+
+/// Sends one request on a new connection of its own (a health check), which is closed once
+/// the answer's head has come.
+pub async fn probe(dial: &Dial, req: Request<RequestBody>) -> std::io::Result<http::StatusCode> {
+    let mut conn = connect(dial).await?;
+    let answer = conn
+        .sender
+        .send(req)
+        .await
+        .map(|r| r.status())
+        .map_err(|e| std::io::Error::other(e.into_error()));
+    conn.abort();
+    answer
 }
 
 /// The HTTP handshake on a connected stream; the connection's task is spawned.

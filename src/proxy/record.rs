@@ -15,9 +15,11 @@ use http::uri::PathAndQuery;
 
 use super::connection::Peer;
 use super::error::{CLIENT_CLOSED, Failure};
+use super::fleet::InFlight;
 use super::table::{LEGACY, Table};
+use crate::config::resilience::FailKind;
 use crate::observe::{AccessLog, ClientErrorKind, Entry, grpc_server_fault};
-use crate::routing::{Decision, METHODS};
+use crate::routing::{Decision, METHODS, Side};
 
 /// The path the access log shows: the canonical path, kept without a copy when the request's
 /// own target was already canonical.
@@ -69,6 +71,13 @@ pub struct Trail {
     /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
     /// errors are answered as gRPC errors.
     pub grpc_call: bool,
+    /// The new side failed this way and legacy answered (`fallback`).
+    pub fallback: Option<FailKind>,
+    /// The instance that serves, held until the request ends (`least_connections` counts
+    /// it as busy).
+    pub instance: Option<InFlight>,
+    /// Every instance of the serving service failed its health checks.
+    pub all_unhealthy: bool,
     recorded: bool,
 }
 
@@ -102,6 +111,9 @@ impl Trail {
             latency: None,
             counted: false,
             client_h2: false,
+            fallback: None,
+            instance: None,
+            all_unhealthy: false,
             recorded: false,
         }
     }
@@ -111,6 +123,24 @@ impl Trail {
     pub fn count_on_connection(&mut self, http1: bool) {
         self.peer.request_began(http1);
         self.counted = true;
+    }
+
+    /// Records a failed attempt on `side` that the client will not see (the new side's,
+    /// before a fallback): in the metrics and the compare window, as a failure.
+    pub fn record_attempt(
+        &self,
+        side: Side,
+        status: u16,
+        failure: Option<Failure>,
+        latency: std::time::Duration,
+    ) {
+        let stats = self.table.stats(self.decision.route);
+        let metrics = &stats.metrics[side.index()];
+        metrics.record(self.method, status, latency.as_secs_f64());
+        if let Some(kind) = failure.and_then(Failure::upstream_kind) {
+            metrics.upstream_error(kind);
+        }
+        stats.window.record(side, self.start, latency, true);
     }
 
     /// Records the request: metrics, compare window, access log. Called once, when the
@@ -141,7 +171,13 @@ impl Trail {
         }
         let d = self.decision;
         let stats = self.table.stats(d.route);
-        let metrics = &stats.metrics[d.side.index()];
+        // After a fallback, legacy answered: its figures take the answer.
+        let served = if self.fallback.is_some() {
+            Side::Legacy
+        } else {
+            d.side
+        };
+        let metrics = &stats.metrics[served.index()];
         let latency = self.latency.unwrap_or(elapsed);
         metrics.record(self.method, self.status, latency.as_secs_f64());
         if let Some(kind) = self.failure.and_then(Failure::upstream_kind) {
@@ -161,7 +197,7 @@ impl Trail {
         // that left (499) is neither side's failure.
         let error = (self.status >= 500 && self.status != CLIENT_CLOSED)
             || self.grpc.is_some_and(grpc_server_fault);
-        stats.window.record(d.side, self.start, latency, error);
+        stats.window.record(served, self.start, latency, error);
         self.log.log(&Entry {
             start: self.start,
             request_id: self.request_id.to_str().unwrap_or("-"),
@@ -174,7 +210,11 @@ impl Trail {
             reason: d.reason.as_str(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            upstream: self.table.upstreams[self.upstream].dial.authority.as_str(),
+            upstream: match &self.instance {
+                Some(i) => &i.instance().label,
+                None => self.table.upstreams[self.upstream].dial.authority.as_str(),
+            },
+            fallback: self.fallback.map(FailKind::as_str),
             error: self.failure.map(Failure::log_name),
             grpc_status: self.grpc,
         });

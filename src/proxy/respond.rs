@@ -65,7 +65,7 @@ pub fn upstream(
     // A gRPC answer without a body carries its status in its head ("Trailers-Only").
     trail.grpc = grpc_status(&parts.headers);
     let upstream = &trail.table.upstreams[trail.upstream];
-    let (key, read_timeout) = (upstream.pool_key, upstream.timeout);
+    let (key, read_timeout) = (exchange.key, upstream.timeout);
     let conn = Held {
         key,
         conn: exchange.conn,
@@ -182,11 +182,18 @@ pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
     } else {
         (None, None)
     };
+    let detail = (trail.all_unhealthy && failure.upstream_kind().is_some()).then(|| {
+        format!(
+            "every instance of {} fails its health checks",
+            trail.table.upstreams[trail.upstream].name
+        )
+    });
     let body = error_body(
         failure,
         route,
         side,
         trail.request_id.to_str().unwrap_or("-"),
+        detail.as_deref(),
     );
     let status = failure.status();
     trail.status = status.as_u16();

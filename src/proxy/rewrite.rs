@@ -26,6 +26,7 @@ use super::record::LoggedPath;
 use super::table::{Table, Upstream};
 
 /// What the rewrite needs to know of the request beyond its head.
+#[derive(Clone, Copy)]
 pub struct Facts {
     /// The body's length is unknown (it arrived chunked).
     pub chunked_body: bool,

@@ -11,45 +11,65 @@
 //! naming its side.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::error::{Failure, Stage};
-use super::pool::{self, Conn};
-use super::table::Upstream;
+use super::pool::{self, Conn, Dial, PoolKey};
 use super::upload::{RequestBody, Upload};
 use crate::observe::{ClientErrorKind, UpstreamErrorKind};
 
 /// A response head from the upstream, with the connection that carries its body.
 pub struct Exchange {
     pub conn: Conn,
+    /// The pool the connection goes back to.
+    pub key: PoolKey,
     pub response: Response<Incoming>,
     /// The upload's state (`None`: the request had no body).
     pub uploaded: Option<Arc<Upload>>,
 }
 
-/// Sends the request to `upstream` and waits for its response head.
+/// Where an attempt goes, and how long it may wait.
+pub struct Target<'a> {
+    pub key: PoolKey,
+    pub dial: &'a Dial,
+    /// For the response head, from the attempt's start.
+    pub timeout: Duration,
+    /// For a new connection (and its TLS handshake).
+    pub connect_timeout: Duration,
+}
+
+/// A failed attempt, with the request when it was never sent (it may go elsewhere).
+pub type Failed = (Failure, Option<Request<RequestBody>>);
+
+/// Sends the request to `target` and waits for its response head.
 pub async fn send(
-    upstream: &Upstream,
+    target: &Target<'_>,
     head: Parts,
     body: RequestBody,
     start: Instant,
 ) -> Result<Exchange, Failure> {
-    let uploaded = body.upload();
-    let timeout = upstream.timeout;
+    attempt(target, Request::from_parts(head, body), start)
+        .await
+        .map_err(|(failure, _)| failure)
+}
+
+/// As [`send`], giving back the request when it was never sent.
+pub async fn attempt(
+    target: &Target<'_>,
+    req: Request<RequestBody>,
+    start: Instant,
+) -> Result<Exchange, Failed> {
+    let uploaded = req.body().upload();
+    let timeout = target.timeout;
     let mut deadline = start + timeout;
     let mut taken = 0;
     let head_received = {
         let upload = uploaded.as_deref();
-        let mut exchange = std::pin::pin!(exchange(
-            upstream,
-            Request::from_parts(head, body),
-            start,
-            upload
-        ));
+        let mut exchange = std::pin::pin!(exchange(target, req, start, upload));
         loop {
             match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
                 Ok(received) => break received,
@@ -62,21 +82,25 @@ pub async fn send(
                     deadline = Instant::now() + timeout;
                 }
                 Err(_) => {
-                    if upstream.dial.protocol.is_http2() {
+                    if target.dial.protocol.is_http2() {
                         // The thread's shared connection may be the problem: the next
                         // request gets a new one.
-                        pool::forget_shared(upstream.pool_key);
+                        pool::forget_shared(target.key);
                     }
-                    break Err(Failure::Upstream {
-                        kind: UpstreamErrorKind::Timeout,
-                        during: Stage::Head,
-                    });
+                    break Err((
+                        Failure::Upstream {
+                            kind: UpstreamErrorKind::Timeout,
+                            during: Stage::Head,
+                        },
+                        None,
+                    ));
                 }
             }
         }
     };
     head_received.map(|(conn, response)| Exchange {
         conn,
+        key: target.key,
         response,
         uploaded,
     })
@@ -86,11 +110,11 @@ pub async fn send(
 /// be closed before the request was written is replaced by a new one (the request was not
 /// sent, so this is safe for any method); any other failure is final.
 async fn exchange(
-    upstream: &Upstream,
+    target: &Target<'_>,
     mut req: Request<RequestBody>,
     now: Instant,
     upload: Option<&Upload>,
-) -> Result<(Conn, Response<Incoming>), Failure> {
+) -> Result<(Conn, Response<Incoming>), Failed> {
     // A bodiless idempotent request may go out once more, on a new connection, when a
     // reused connection fails before any answer: the upstream closed it (its idle timeout)
     // just as the request went out. That needs a copy of the head, made before sending.
@@ -105,17 +129,29 @@ async fn exchange(
     let mut new_only = false;
     loop {
         let checkout = if new_only {
-            pool::open(upstream.pool_key, &upstream.dial).await
+            tokio::time::timeout(target.connect_timeout, pool::open(target.key, target.dial)).await
         } else {
-            pool::checkout(upstream.pool_key, &upstream.dial, now).await
+            tokio::time::timeout(
+                target.connect_timeout,
+                pool::checkout(target.key, target.dial, now),
+            )
+            .await
         };
-        let co = checkout.map_err(|e| {
-            tracing::debug!(upstream = %upstream.dial.authority, error = %e, "cannot connect to the upstream");
-            Failure::Upstream {
-                kind: UpstreamErrorKind::Connect,
-                during: Stage::Head,
+        let co = match checkout {
+            Ok(Ok(co)) => co,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no connection within {:?}", target.connect_timeout),
+                };
+                tracing::debug!(upstream = %target.dial.authority, error = %why, "cannot connect to the upstream");
+                let failure = Failure::Upstream {
+                    kind: UpstreamErrorKind::Connect,
+                    during: Stage::Head,
+                };
+                return Err((failure, Some(req)));
             }
-        })?;
+        };
         // From here the connection carries the request: if this future is dropped before
         // the head arrives (the head timeout), the connection is closed with it.
         let mut carrying = Carrying(Some(co.conn));
@@ -129,7 +165,7 @@ async fn exchange(
                     req = replay.take().expect("checked is_some");
                     new_only = true;
                 }
-                _ => return Err(failure_of(upstream, upload, &e.into_error())),
+                unsent => return Err((failure_of(target, upload, e.error()), unsent)),
             },
         }
     }
@@ -158,7 +194,7 @@ impl Drop for Carrying {
 }
 
 /// The side and kind of a failed exchange.
-fn failure_of(upstream: &Upstream, upload: Option<&Upload>, e: &hyper::Error) -> Failure {
+fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &hyper::Error) -> Failure {
     // The client's request body failed (it left or stalled mid-upload): nothing the
     // upstream did.
     if e.is_user() {
@@ -168,7 +204,7 @@ fn failure_of(upstream: &Upstream, upload: Option<&Upload>, e: &hyper::Error) ->
             ClientErrorKind::Body
         });
     }
-    tracing::debug!(upstream = %upstream.dial.authority, error = %e, "upstream exchange failed");
+    tracing::debug!(upstream = %target.dial.authority, error = %e, "upstream exchange failed");
     let kind = if e.is_parse() || e.is_parse_status() {
         UpstreamErrorKind::Protocol
     } else {

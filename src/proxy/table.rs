@@ -6,12 +6,15 @@
 //! request midway.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::fleet::{Fleet, ServiceState};
 use super::pool::{Dial, PoolKey};
-use crate::config::Config;
+use crate::config::resilience::RETRY_BUDGET;
+use crate::config::{Config, RouteConfig};
 use crate::observe::{Metrics, Registry, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
 
@@ -33,6 +36,24 @@ pub struct Upstream {
     pub pool_key: PoolKey,
     /// How to connect to it: address, protocol, TLS, idle timeout.
     pub dial: Dial,
+    /// How long a connection to it may take to open.
+    pub connect_timeout: Duration,
+    /// Its instances, health and breaker, when it needs them (several URLs, host names,
+    /// health checks or a breaker); `None`: `dial` is its one address.
+    pub fleet: Option<Arc<ServiceState>>,
+}
+
+impl Upstream {
+    /// Where a request to its one address goes.
+    #[inline]
+    pub fn target(&self) -> super::send::Target<'_> {
+        super::send::Target {
+            key: self.pool_key,
+            dial: &self.dial,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 /// The measurement handles of one route.
@@ -41,6 +62,33 @@ pub struct RouteStats {
     pub metrics: [SideMetrics; 2],
     /// The rolling figures of legacy vs new (kept across reloads by name).
     pub window: Arc<RouteWindow>,
+    /// The retry budget, in thousandths of a retry: each request adds
+    /// `RETRY_BUDGET`, each retry takes one whole (routes with `retries` only).
+    budget: AtomicI64,
+}
+
+/// The most a quiet route saves up for retries: ten.
+const BUDGET_CAP: i64 = 10_000;
+
+impl RouteStats {
+    /// Adds a request's share to the retry budget.
+    pub fn deposit(&self) {
+        let share = (RETRY_BUDGET * 1000.0) as i64;
+        let _ = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b < BUDGET_CAP).then(|| (b + share).min(BUDGET_CAP))
+            });
+    }
+
+    /// Takes one retry from the budget, if it holds one.
+    pub fn withdraw(&self) -> bool {
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= 1000).then_some(b - 1000)
+            })
+            .is_ok()
+    }
 }
 
 /// The table in force.
@@ -61,6 +109,7 @@ impl Table {
         config: Config,
         metrics: &Arc<Metrics>,
         windows: &Arc<Registry>,
+        fleet: &Fleet,
     ) -> Result<Table, String> {
         let routing = config.compile()?;
         let upstreams = std::iter::once(&config.legacy)
@@ -75,6 +124,8 @@ impl Table {
                     host_value: HeaderValue::from_str(s.authority.as_str())
                         .expect("an authority is a valid header value"),
                     pool_key: PoolKey::of(&dial),
+                    connect_timeout: s.connect_timeout.min(s.timeout),
+                    fleet: s.needs_fleet().then(|| fleet.service(s, &dial)),
                     dial,
                 }
             })
@@ -87,6 +138,7 @@ impl Table {
             .map(|name| RouteStats {
                 metrics: Side::BOTH.map(|side| metrics.side(name, side)),
                 window: windows.route(name),
+                budget: AtomicI64::new(0),
             })
             .collect();
         let via = ["1.0", "1.1", "2"].map(|v| {
@@ -123,6 +175,12 @@ impl Table {
     #[inline]
     pub fn stats(&self, route: Option<usize>) -> &RouteStats {
         &self.stats[route.unwrap_or(self.stats.len() - 1)]
+    }
+
+    /// The settings of a decision's route (`None` for `default`).
+    #[inline]
+    pub fn route_config(&self, route: Option<usize>) -> Option<&RouteConfig> {
+        route.map(|i| &self.config.routes[i])
     }
 
     /// Whether a decision's route tunnels upgrades (`upgrades`, true by default and for
@@ -163,5 +221,6 @@ fn dial(s: &crate::config::Service) -> Dial {
             .as_ref()
             .map(|tls| (tls.config.clone(), tls.name.clone(), tls.trust)),
         idle_timeout: s.idle_timeout,
+        addr: None,
     }
 }

@@ -51,6 +51,52 @@ impl Upload {
     }
 }
 
+/// A copy of a request body kept while it streams upstream, for a replay (a retry after a
+/// reset, or a fallback to legacy), up to a limit: a larger body is not kept.
+#[derive(Default)]
+pub struct Tee {
+    kept: std::sync::Mutex<Vec<Bytes>>,
+    size: AtomicU64,
+    /// The body went over the limit, or carried trailers: it cannot be replayed.
+    spilled: AtomicBool,
+    /// The whole body went through.
+    complete: AtomicBool,
+    limit: u64,
+}
+
+impl Tee {
+    fn keep(&self, frame: &Frame<Bytes>) {
+        if self.spilled.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(d) = frame.data_ref() else {
+            // Trailers are not kept: such a body is not replayed.
+            self.spill();
+            return;
+        };
+        let size = self.size.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
+        if size > self.limit {
+            self.spill();
+        } else {
+            self.kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(d.clone());
+        }
+    }
+
+    fn spill(&self) {
+        self.spilled.store(true, Ordering::Relaxed);
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The whole body, if it went through and was kept.
+    pub fn replay(&self) -> Option<Vec<Bytes>> {
+        (self.complete.load(Ordering::Acquire) && !self.spilled.load(Ordering::Relaxed))
+            .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
 /// The client's request body on its way upstream.
 pub struct RequestBody {
     /// `None`: an empty body (a replayed bodiless request).
@@ -63,6 +109,10 @@ pub struct RequestBody {
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether `idle` runs for the current wait.
     armed: bool,
+    /// The copy kept for a replay, if asked for.
+    tee: Option<Arc<Tee>>,
+    /// A replayed body, sent from memory (`inner` is `None`).
+    replay: std::collections::VecDeque<Bytes>,
 }
 
 impl RequestBody {
@@ -75,6 +125,8 @@ impl RequestBody {
             timeout,
             idle: None,
             armed: false,
+            tee: None,
+            replay: Default::default(),
         }
     }
 
@@ -85,12 +137,34 @@ impl RequestBody {
             timeout: Duration::ZERO,
             idle: None,
             armed: false,
+            tee: None,
+            replay: Default::default(),
         }
+    }
+
+    /// A body replayed from what a [`Tee`] kept.
+    pub(crate) fn replayed(chunks: Vec<Bytes>) -> RequestBody {
+        let mut body = RequestBody::empty();
+        body.replay = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        body
+    }
+
+    /// Keeps a copy of the body as it streams, up to `limit` bytes.
+    pub(crate) fn tee(&mut self, limit: u64) -> Arc<Tee> {
+        let tee = Arc::new(Tee {
+            limit,
+            ..Tee::default()
+        });
+        if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+            tee.complete.store(true, Ordering::Release);
+        }
+        self.tee = Some(tee.clone());
+        tee
     }
 
     /// Whether the request has a body to send.
     pub(crate) fn has_body(&self) -> bool {
-        self.upload.is_some()
+        self.upload.is_some() || !self.replay.is_empty()
     }
 
     /// The upload's state; `None` for a request without a body.
@@ -101,6 +175,9 @@ impl RequestBody {
     fn mark_done(&self) {
         if let Some(u) = &self.upload {
             u.done.store(true, Ordering::Release);
+        }
+        if let Some(t) = &self.tee {
+            t.complete.store(true, Ordering::Release);
         }
     }
 }
@@ -115,7 +192,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.replay.pop_front().map(|c| Ok(Frame::data(c))));
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         let upload = this.upload.as_deref();
@@ -154,6 +231,9 @@ impl Body for RequestBody {
                 }
                 // The next wait starts its own clock.
                 this.armed = false;
+                if let Some(tee) = &this.tee {
+                    tee.keep(frame);
+                }
             }
             Poll::Ready(_) => {}
         }
@@ -164,7 +244,7 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.as_ref().is_none_or(Body::is_end_stream);
+        let end = self.inner.as_ref().is_none_or(Body::is_end_stream) && self.replay.is_empty();
         if end {
             self.mark_done();
         }
@@ -172,8 +252,9 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.as_ref().map_or_else(
+            || SizeHint::with_exact(self.replay.iter().map(|c| c.len() as u64).sum()),
+            Body::size_hint,
+        )
     }
 }

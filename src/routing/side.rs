@@ -73,6 +73,11 @@ pub enum Reason {
     Random,
     /// No route took the request: legacy serves it.
     Unmatched,
+    /// The new share went to legacy: every instance of the new service fails its health
+    /// checks.
+    Unhealthy,
+    /// The new share went to legacy: the new service's circuit breaker is open.
+    BreakerOpen,
 }
 
 impl Reason {
@@ -83,6 +88,8 @@ impl Reason {
             Reason::Sticky => "sticky",
             Reason::Random => "random",
             Reason::Unmatched => "unmatched",
+            Reason::Unhealthy => "unhealthy",
+            Reason::BreakerOpen => "breaker_open",
         }
     }
 }

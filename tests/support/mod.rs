@@ -6,6 +6,7 @@
 //! `x-test-body-bytes` (answer a body of that many bytes, streamed in 64 KiB chunks).
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod tls;
 
 use std::convert::Infallible;

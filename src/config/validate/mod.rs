@@ -4,6 +4,7 @@
 //! sticky, override, trusted proxies, compare), [`services`] and [`routes`].
 
 mod plans;
+mod resilience;
 mod routes;
 mod services;
 mod settings;
@@ -23,11 +24,27 @@ use super::{
 pub(super) use services::valid_name;
 
 const ROUTE_KEYS: &[&str] = &[
-    "name", "match", "service", "percent", "sticky", "cohort", "upgrades",
+    "name",
+    "match",
+    "service",
+    "percent",
+    "sticky",
+    "cohort",
+    "upgrades",
+    "timeout",
+    "connect_timeout",
+    "fallback",
+    "retries",
 ];
 const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
 const SERVICE_KEYS: &[&str] = &[
     "url",
+    "urls",
+    "balance",
+    "resolve",
+    "health",
+    "connect_timeout",
+    "breaker",
     "timeout",
     "idle_timeout",
     "host_header",

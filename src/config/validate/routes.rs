@@ -103,8 +103,10 @@ impl Validator {
                 }
             },
         };
+        let resilience = self.route_resilience(&f, &path);
         let matcher = matched?;
         let (service, service_name) = service?;
+        let resilience = resilience?;
         Some(RouteConfig {
             name: name?,
             pos: n.pos,
@@ -114,6 +116,10 @@ impl Validator {
             sticky: sticky?,
             cohort: cohort?.unwrap_or(service_name),
             upgrades: upgrades?,
+            timeout: resilience.timeout,
+            connect_timeout: resilience.connect_timeout,
+            fallback: resilience.fallback,
+            retries: resilience.retries,
         })
     }
 

@@ -17,10 +17,87 @@ impl Validator {
         file: &Path,
     ) -> Option<Service> {
         let f = self.fields(n, path, SERVICE_KEYS)?;
-        let url_node = self.require(&f, path, "url", "a URL like http://127.0.0.1:9001")?;
-        let url_path = join(path, "url");
-        let url = self.string(url_node, &url_path, "a URL like http://host:port[/base]")?;
-        let parsed = parse_upstream_url(url);
+        // `url`, or `urls` for several instances: each parsed, all of one scheme and base.
+        let url_nodes: Vec<(&Node, String)> = match (f.get("url"), f.get("urls")) {
+            (Some(u), None) => vec![(u, join(path, "url"))],
+            (None, Some(us)) => match &us.value {
+                Value::Seq(items) if !items.is_empty() => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (u, format!("{}[{i}]", join(path, "urls"))))
+                    .collect(),
+                _ => {
+                    self.wrong(
+                        us,
+                        &join(path, "urls"),
+                        "a non-empty list of URLs like http://10.0.0.1:9001",
+                    );
+                    return None;
+                }
+            },
+            (Some(u), Some(_)) => {
+                self.error(
+                    u.pos,
+                    &join(path, "url"),
+                    "found both url and urls; allowed: url for one instance or urls for several",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.require(
+                    &f,
+                    path,
+                    "url",
+                    "a URL like http://127.0.0.1:9001 (or urls: a list of them)",
+                );
+                return None;
+            }
+        };
+        let mut instances: Vec<(bool, http::uri::Authority, String)> = Vec::new();
+        for (node, p) in &url_nodes {
+            let u = self.string(node, p, "a URL like http://host:port[/base]")?;
+            match parse_upstream_url(u) {
+                Ok(parsed) => instances.push(parsed),
+                Err(why) => {
+                    self.error(
+                        node.pos,
+                        p,
+                        format!(
+                            "found {q} ({why}); allowed: http://host:port[/base] or https://host:port[/base]",
+                            q = quote(u)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        for (i, (https, authority, base)) in instances.iter().enumerate().skip(1) {
+            let (first_https, _, first_base) = &instances[0];
+            if https != first_https || base != first_base {
+                let (node, p) = &url_nodes[i];
+                self.error(
+                    node.pos,
+                    p,
+                    format!(
+                        "found {authority} with {} and base path {:?}, unlike the first URL; allowed: every instance with the same scheme and base path",
+                        if *https { "https" } else { "http" },
+                        base
+                    ),
+                );
+                return None;
+            }
+            if instances[..i].iter().any(|(_, a, _)| a == authority) {
+                let (node, p) = &url_nodes[i];
+                self.wrong(node, p, "each instance once");
+                return None;
+            }
+        }
+        let (url_node, url_path) = (url_nodes[0].0, url_nodes[0].1.clone());
+        let url = self.string(url_node, &url_path, "a URL")?;
+        let authorities: Vec<http::uri::Authority> =
+            instances.iter().map(|(_, a, _)| a.clone()).collect();
+        let parsed: Result<_, String> = Ok(instances.swap_remove(0));
+        let settings = self.service_resilience(&f, path, name == "legacy");
         let timeout = match f.get("timeout") {
             Some(t) => self.duration(t, &join(path, "timeout")),
             None => Some(DEFAULT_TIMEOUT),
@@ -60,20 +137,7 @@ impl Validator {
                 }
             },
         };
-        let (https, authority, base_path) = match parsed {
-            Ok(p) => p,
-            Err(why) => {
-                self.error(
-                    url_node.pos,
-                    &url_path,
-                    format!(
-                        "found {q} ({why}); allowed: http://host:port[/base] or https://host:port[/base]",
-                        q = quote(url)
-                    ),
-                );
-                return None;
-            }
-        };
+        let (https, authority, base_path) = parsed.ok()?;
         let protocol = protocol?;
         match (protocol, https) {
             (Protocol::H2c, true) => {
@@ -95,9 +159,11 @@ impl Validator {
             _ => {}
         }
         let tls = if https {
-            let Ok(name) =
-                rustls_pki_types::ServerName::try_from(bare_host(&authority).to_string())
-            else {
+            let names: Result<Vec<_>, _> = authorities
+                .iter()
+                .map(|a| rustls_pki_types::ServerName::try_from(bare_host(a).to_string()))
+                .collect();
+            let Ok(name) = names.map(|mut n| n.swap_remove(0)) else {
                 self.error(
                     url_node.pos,
                     &url_path,
@@ -151,6 +217,7 @@ impl Validator {
             }
             None
         };
+        let settings = settings?;
         Some(Service {
             name: name.to_string(),
             url: url.to_string(),
@@ -161,6 +228,12 @@ impl Validator {
             host_upstream: host_upstream?,
             protocol,
             tls,
+            authorities,
+            balance: settings.balance,
+            resolve: settings.resolve,
+            health: settings.health,
+            connect_timeout: settings.connect_timeout,
+            breaker: settings.breaker,
         })
     }
 }

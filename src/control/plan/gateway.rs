@@ -11,7 +11,7 @@ use crate::config::percent_json;
 use crate::config::plan::PlanConfig;
 use crate::control::reload::Reloader;
 use crate::control::shift::shift_file;
-use crate::observe::verdict::{RouteComparison, judge};
+use crate::observe::verdict::{RouteComparison, Verdict, judge};
 use crate::observe::window::SideFigures;
 use crate::observe::{Registry, Tally};
 use crate::proxy::Gateway;
@@ -41,6 +41,21 @@ impl GatewayEnv {
             windows,
             baselines: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl GatewayEnv {
+    /// The new service of `route`, when its circuit breaker is open (or half-open).
+    fn open_breaker(&self, route: &str) -> Option<String> {
+        let table = self.gateway.table.load();
+        let r = table.config.routes.iter().find(|r| r.name == route)?;
+        let upstream = &table.upstreams[1 + r.service];
+        let open = upstream
+            .fleet
+            .as_ref()
+            .and_then(|f| f.breaker.as_ref())
+            .is_some_and(|b| b.is_open());
+        open.then(|| upstream.name.to_string())
     }
 }
 
@@ -79,13 +94,23 @@ impl Environment for GatewayEnv {
             }
             (legacy.since(&base.1), new.since(&base.2))
         };
-        Some(judge(
+        let mut verdict = judge(
             &plan.route,
             percent_json(percent),
             SideFigures::of_tally(&legacy),
             SideFigures::of_tally(&new),
             &engine::guard_config(plan),
-        ))
+        );
+        // An open breaker fails the guard: the service failed often enough for the gateway
+        // to stop sending it traffic, whatever the figures say yet.
+        if let Some(service) = self.open_breaker(&plan.route) {
+            verdict.verdict = Verdict::Worse;
+            verdict.requests_to_decide = Some(0);
+            verdict
+                .reasons
+                .push(format!("the circuit breaker of {service} is open"));
+        }
+        Some(verdict)
     }
 
     async fn write(&self, route: &str, bp: u32) -> Result<(), String> {

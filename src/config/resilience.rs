@@ -1,0 +1,169 @@
+//! The resilience settings of services and routes (README "Resilience"; docs/resilience.md):
+//! instances and their balancing, health checks, the circuit breaker, fallback to legacy and
+//! retries. Only settings live here; the request path acts on them in `proxy::fleet` and
+//! `proxy::forward`.
+
+use std::time::Duration;
+
+/// Default `connect_timeout` of a service (Envoy's default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `resolve` of a service: how often its host names are looked up again.
+pub const DEFAULT_RESOLVE: Duration = Duration::from_secs(30);
+/// Default `max_body` of a route's `fallback`: the request body kept for a replay.
+pub const DEFAULT_FALLBACK_MAX_BODY: u64 = 64 * 1024;
+/// The body kept for a retry after a reset when the route has no `fallback`.
+pub const DEFAULT_RETRY_MAX_BODY: u64 = 64 * 1024;
+/// Most retries a route may ask for.
+pub const MAX_RETRY_ATTEMPTS: u32 = 5;
+/// Extra attempts a route may make, as a share of its requests.
+pub const RETRY_BUDGET: f64 = 0.2;
+
+/// How a service's requests are spread over its instances (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// Each instance in turn (the default).
+    RoundRobin,
+    /// The less busy of two instances drawn at random (power of two choices; exact with two).
+    LeastConnections,
+}
+
+/// Active health checks of a service's instances (`health`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthConfig {
+    /// Asked with GET on each instance; a 2xx answer passes.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed checks in a row that take an instance out.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_after: u32,
+}
+
+impl HealthConfig {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+    pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
+}
+
+/// The circuit breaker of a new service (`breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BreakerConfig {
+    /// Failed attempts within `window` that open it.
+    pub failures: u32,
+    pub window: Duration,
+    /// How long it stays open before one probe request decides.
+    pub cooldown: Duration,
+}
+
+impl BreakerConfig {
+    pub const DEFAULT: BreakerConfig = BreakerConfig {
+        failures: 5,
+        window: Duration::from_secs(10),
+        cooldown: Duration::from_secs(30),
+    };
+}
+
+/// A way an attempt can fail, as `fallback.when` and `retries.when` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// No connection could be made (refused, unreachable, or `connect_timeout`): the request
+    /// never reached the upstream.
+    Connect,
+    /// No response head within the timeout.
+    Timeout,
+    /// The connection broke before a response head.
+    Reset,
+    /// A 5xx answer.
+    Status5xx,
+    /// A 404 answer.
+    Status404,
+    /// A 501 answer.
+    Status501,
+}
+
+impl FailKind {
+    pub const ALL: [FailKind; 6] = [
+        FailKind::Connect,
+        FailKind::Timeout,
+        FailKind::Reset,
+        FailKind::Status5xx,
+        FailKind::Status404,
+        FailKind::Status501,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailKind::Connect => "connect",
+            FailKind::Timeout => "timeout",
+            FailKind::Reset => "reset",
+            FailKind::Status5xx => "5xx",
+            FailKind::Status404 => "404",
+            FailKind::Status501 => "501",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailKind> {
+        FailKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`FailKind`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FailKinds(u8);
+
+impl FailKinds {
+    pub fn of(kinds: &[FailKind]) -> FailKinds {
+        FailKinds(kinds.iter().fold(0, |b, k| b | k.bit()))
+    }
+
+    pub fn contains(self, k: FailKind) -> bool {
+        self.0 & k.bit() != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        FailKind::ALL
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .map(FailKind::as_str)
+            .collect()
+    }
+}
+
+/// Replay to legacy when the new side fails (`fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackConfig {
+    pub when: FailKinds,
+    /// The request body kept for the replay; a larger one cannot be replayed.
+    pub max_body: u64,
+}
+
+impl FallbackConfig {
+    pub const DEFAULT_WHEN: [FailKind; 3] =
+        [FailKind::Connect, FailKind::Timeout, FailKind::Status5xx];
+    pub const ALLOWED: [FailKind; 5] = [
+        FailKind::Connect,
+        FailKind::Timeout,
+        FailKind::Status5xx,
+        FailKind::Status404,
+        FailKind::Status501,
+    ];
+}
+
+/// Another attempt after a failure that the upstream cannot have acted on (`retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub when: FailKinds,
+}
+
+impl RetryConfig {
+    pub const DEFAULT_ATTEMPTS: u32 = 1;
+    pub const ALLOWED: [FailKind; 2] = [FailKind::Connect, FailKind::Reset];
+}
