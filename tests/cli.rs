@@ -228,6 +228,124 @@ fn check_positions_are_line_and_column_of_the_file() {
     }
 }
 
+/// Ten mistakes in the resilience settings, each where no other mistake hides it.
+const BAD_RESILIENCE: &str = "\
+listen: 127.0.0.1:8080
+legacy:
+  url: http://127.0.0.1:9001
+  breaker: { failures: 3, window: 10s, cooldown: 30s }
+services:
+  orders:
+    urls: [http://127.0.0.1:9002/v1, http://127.0.0.1:9003/v2]
+  billing:
+    url: http://127.0.0.1:9004
+    urls: [http://127.0.0.1:9005]
+  stock:
+    urls: []
+  catalog:
+    url: http://127.0.0.1:9006
+    balance: fastest
+    health: { interval: 5s }
+routes:
+  - name: orders-read
+    match: { prefix: /api/orders }
+    service: orders
+    fallback: { when: [reset] }
+  - name: pay
+    match: { prefix: /api/pay }
+    service: billing
+    fallback: { max_body: 1GiB }
+    retries: { attempts: 9 }
+  - name: stock
+    match: { prefix: /api/stock }
+    service: stock
+    retries: { when: [5xx] }
+  - name: catalog
+    match: { prefix: /api/catalog }
+    service: catalog
+";
+
+#[test]
+fn check_reports_every_resilience_mistake_at_once_with_its_yaml_path() {
+    let (_dir, file) = write_file(BAD_RESILIENCE);
+    let out = run(&["check", file.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let f = file.display().to_string();
+    // (YAML path, a text on the line of the mistake, words the message must show)
+    let expected: [(&str, &str, &[&str]); 10] = [
+        (
+            "services.billing.url",
+            "url: http://127.0.0.1:9004",
+            &["url and urls"],
+        ),
+        ("services.stock.urls", "urls: []", &["non-empty"]),
+        ("services.orders.urls[1]", "/v2]", &["base path", "/v2"]),
+        (
+            "services.catalog.balance",
+            "fastest",
+            &["\"fastest\"", "least_connections"],
+        ),
+        (
+            "services.catalog.health.path",
+            "interval: 5s",
+            &["\"path\""],
+        ),
+        ("legacy.breaker", "cooldown: 30s", &["breaker on legacy"]),
+        (
+            "routes[0].fallback.when[0]",
+            "[reset]",
+            &["\"reset\"", "5xx"],
+        ),
+        (
+            "routes[1].fallback.max_body",
+            "1GiB",
+            &["\"1GiB\"", "64MiB"],
+        ),
+        (
+            "routes[1].retries.attempts",
+            "attempts: 9",
+            &["found 9", "1 to 5"],
+        ),
+        (
+            "routes[2].retries.when[0]",
+            "[5xx]",
+            &["\"5xx\"", "connect, reset"],
+        ),
+    ];
+    let mut problems: Vec<String> = Vec::new();
+    for (ypath, needle, words) in expected {
+        let (line, _) = locate(BAD_RESILIENCE, needle, 0);
+        let at = format!(": {ypath}: ");
+        match text.lines().find(|l| l.contains(&at)) {
+            None => problems.push(format!("no error at {ypath}")),
+            Some(l) => {
+                if !l.starts_with(&format!("error: {f}:{line}:")) {
+                    problems.push(format!("{ypath}: not on line {line}: {l}"));
+                }
+                for w in words {
+                    if !l.contains(w) {
+                        problems.push(format!("{ypath}: the message does not show {w:?}: {l}"));
+                    }
+                }
+            }
+        }
+    }
+    let errors = text.lines().filter(|l| l.starts_with("error:")).count();
+    if errors != 10 {
+        problems.push(format!("{errors} error lines, want 10"));
+    }
+    if !text.contains("10 error(s)") {
+        problems.push("no total of 10 errors".into());
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n\n{}",
+        problems.join("\n"),
+        show(&out)
+    );
+}
+
 #[test]
 fn check_accepts_the_example_file() {
     let out = run(&["check", "routes/example.yaml"]);

@@ -6,13 +6,15 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::faults::{FaultServer, Mode};
 use support::{Flaky, GatewayProcess, client};
 
 /// The test's routes file and plans folder: `orders-read` at 0, and `plan`.
@@ -479,4 +481,307 @@ fn check_reports_every_plan_error_with_its_file_and_position() {
     assert!(!served.status.success());
     let err = String::from_utf8_lossy(&served.stderr);
     assert!(err.contains("plans: cannot read the plans folder"), "{err}");
+}
+
+/// Steady traffic to `/api/orders/N` that counts what the clients got: every answer that is
+/// not a 200 (or no answer at all) is kept, to show.
+struct CountedTraffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    bad: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CountedTraffic {
+    fn start(public: SocketAddr) -> CountedTraffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let url = format!("http://{public}/api/orders/{i}");
+                        let sent = c.get(&url).timeout(Duration::from_secs(30)).send().await;
+                        let got = match sent {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                match r.bytes().await {
+                                    Ok(_) if status == 200 => Ok(()),
+                                    Ok(body) => {
+                                        Err(format!("{status} {}", String::from_utf8_lossy(&body)))
+                                    }
+                                    Err(e) => Err(format!("{status}, then the body failed: {e}")),
+                                }
+                            }
+                            Err(e) => Err(format!("no answer: {e}")),
+                        };
+                        match got {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => bad.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        CountedTraffic {
+            stop,
+            ok,
+            bad,
+            tasks,
+        }
+    }
+
+    /// Stops the clients and waits for their last requests; (200s, everything else).
+    async fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.bad.lock().unwrap().clone(),
+        )
+    }
+}
+
+impl Drop for CountedTraffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn gateway_metrics(gw: &GatewayProcess) -> String {
+    client()
+        .get(format!("http://{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_rolls_back_a_new_side_failing_30_percent_though_fallback_hid_it_from_users() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    new.fail_permille.store(300, Ordering::Relaxed);
+    let (_dir, routes) = support::plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "",
+        "percent: 0        # the plan moves this\n    fallback: { when: [5xx] }",
+        "route: orders-read\nsteps:\n  - { percent: 25, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let admin = format!("http://{}", gw.admin);
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
+    assert!(ok, "{out}{err}");
+    assert!(percent_in(&routes).contains("percent: 25"));
+    let started = Instant::now();
+    let traffic = CountedTraffic::start(gw.public);
+    // Generous: at 25% of four clients' traffic, the test needs a few hundred requests.
+    let s = wait_state(&gw, "orders-rollout", "rolled_back", 90).await;
+    let took = started.elapsed();
+    // A little more traffic, all of it on legacy now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (answered, bad) = traffic.finish().await;
+    eprintln!("rolled back {took:?} after the start; {answered} answers of 200");
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed for the client, e.g. {:?}",
+        bad.len(),
+        answered as usize + bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(
+        percent_in(&routes).contains("percent: 0"),
+        "{}",
+        percent_in(&routes)
+    );
+    let last = s["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["from"], "running", "{last}");
+    assert_eq!(last["to"], "rolled_back", "{last}");
+    assert_eq!(last["percent"], 0.0, "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new error rate higher"),
+        "{last}"
+    );
+    // The figures: the new side's failures, though legacy answered each of them.
+    let c = &last["check"];
+    assert_eq!(c["verdict"], "worse", "{last}");
+    let (new_requests, new_errors) = (
+        c["new_requests"].as_u64().unwrap(),
+        c["new_errors"].as_u64().unwrap(),
+    );
+    assert!(new_requests >= 30, "{c}");
+    assert!(new_errors > 0, "{c}");
+    let rate = new_errors as f64 / new_requests as f64;
+    assert!((0.1..=0.7).contains(&rate), "new error rate {rate}: {c}");
+    assert_eq!(c["legacy_errors"], 0, "{c}");
+    assert!(
+        c["errors_log_lr"].as_f64().unwrap() >= c["threshold"].as_f64().unwrap(),
+        "{c}"
+    );
+    assert!(answered > new_requests, "{answered} answers, {c}");
+    // Every failure of the new side fell back, and is counted as such.
+    let m = gateway_metrics(&gw).await;
+    let fallbacks = support::metric(&m, &support::faults::fallbacks_series("orders-read", "5xx"))
+        .unwrap_or(0.0);
+    assert!(fallbacks >= new_errors as f64, "{fallbacks} fallbacks: {c}");
+    assert_eq!(
+        support::metric(
+            &m,
+            &support::faults::requests_series("orders-read", "new", "GET", 500)
+        ),
+        Some(fallbacks),
+        "each 500 of the new side fell back:\n{m}"
+    );
+    assert_eq!(
+        support::metric(
+            &m,
+            "strangler_plan_state{plan=\"orders-rollout\",state=\"rolled_back\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_fails_a_running_plans_guard_at_once_whatever_the_figures() {
+    let legacy = Flaky::start().await;
+    let orders = FaultServer::start("orders").await;
+    orders.set(Mode::Status(500));
+    let (_dir, routes) = support::plan_setup(
+        &legacy.url(),
+        &orders.url(),
+        "    breaker: { failures: 3, window: 10s, cooldown: 60s }\n",
+        "percent: 0        # the plan moves this",
+        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 100\non_fail: rollback\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let admin = format!("http://{}", gw.admin);
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
+    assert!(ok, "{out}{err}");
+    assert!(percent_in(&routes).contains("percent: 50"));
+    let breaker = support::faults::breaker_series("orders");
+    assert_eq!(
+        support::metric(&gateway_metrics(&gw).await, &breaker),
+        Some(0.0)
+    );
+    // The guard's counts start from its first look at the step (a second at most after
+    // the start): traffic before it would not be in the figures asserted below.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&gw, "orders-rollout").await["check"].is_null() {
+        assert!(Instant::now() < deadline, "the plan was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One request at a time, until the breaker opens: a handful, far from what the
+    // sequential test needs to judge anything (30 a side, and min_requests 100).
+    let c = client();
+    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    let opened = loop {
+        i += 1;
+        let r = c
+            .get(format!("http://{}/api/orders/{i}", gw.public))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(r.status().as_u16()).or_default() += 1;
+        let _ = r.bytes().await;
+        if support::metric(&gateway_metrics(&gw).await, &breaker) == Some(1.0) {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline && i < 60,
+            "the breaker never opened after {i} requests: {statuses:?}"
+        );
+    };
+    eprintln!("the breaker opened after {i} requests: {statuses:?}");
+    assert_eq!(statuses.get(&500).copied(), Some(3), "{statuses:?}");
+    let s = wait_state(&gw, "orders-rollout", "rolled_back", 20).await;
+    let took = opened.elapsed();
+    eprintln!("rolled back {took:?} after the breaker opened");
+    // The plan looks every second: the next look or the one after.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        percent_in(&routes).contains("percent: 0"),
+        "{}",
+        percent_in(&routes)
+    );
+    // Within the hour's hold.
+    assert!(s["hold_left_seconds"].as_f64().unwrap() > 3000.0, "{s}");
+    let last = s["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["from"], "running", "{last}");
+    assert_eq!(last["to"], "rolled_back", "{last}");
+    assert_eq!(last["percent"], 0.0, "{last}");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(reason.starts_with("guard failed: "), "{last}");
+    assert!(
+        reason.contains("the circuit breaker of orders is open"),
+        "{last}"
+    );
+    let check = &last["check"];
+    assert_eq!(check["verdict"], "worse", "{check}");
+    assert!(
+        check["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "the circuit breaker of orders is open"),
+        "{check}"
+    );
+    // The figures: every request sent, the new side's three failures, and the requests
+    // the open breaker diverted counted as legacy's. They alone could not have called it:
+    // too few requests on either side, and no evidence weighed.
+    assert_eq!(check["new_requests"], 3, "{check}");
+    assert_eq!(check["new_errors"], 3, "{check}");
+    assert_eq!(check["legacy_requests"], i - 3, "{check}");
+    assert_eq!(check["legacy_errors"], 0, "{check}");
+    assert!(i - 3 < 30, "{check}");
+    assert!(
+        check["errors_log_lr"].as_f64().unwrap() < check["threshold"].as_f64().unwrap(),
+        "{check}"
+    );
+    // What a person sees: `plan status --json` (the admin API's status) and `plan status`.
+    let (ok, out, err) = cli(&[
+        "plan",
+        "status",
+        "orders-rollout",
+        "--admin",
+        &admin,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "rolled_back", "{out}");
+    assert_eq!(
+        v["history"].as_array().unwrap().last().unwrap(),
+        &last,
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["plan", "status", "orders-rollout", "--admin", &admin]);
+    assert!(ok, "{err}");
+    assert!(out.contains("state rolled_back"), "{out}");
+    assert!(
+        out.contains("the circuit breaker of orders is open"),
+        "{out}"
+    );
+    // The breaker is still open (its cooldown is a minute): the rollback's reload kept it.
+    assert_eq!(
+        support::metric(&gateway_metrics(&gw).await, &breaker),
+        Some(1.0)
+    );
 }
