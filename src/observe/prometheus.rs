@@ -54,6 +54,20 @@ fn by_route_side(result: &[Value]) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
+/// Whether any replica reports the circuit breaker of `service` open or half-open.
+pub async fn breaker_open(base: &str, service: &str) -> anyhow::Result<bool> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let promql = format!(
+        "max(strangler_breaker_state{{service={}}})",
+        serde_json::Value::from(service)
+    );
+    Ok(query(&client, base, &promql)
+        .await?
+        .iter()
+        .filter_map(value)
+        .any(|v| v > 0.0))
+}
+
 /// Every route's comparison over `window`, from Prometheus at `base`. 5xx answers and gRPC
 /// calls failed by the server's fault count as errors, as in the gateway's own figures.
 pub async fn compare(

@@ -36,6 +36,22 @@ pub struct RouteComparison {
     pub requests_to_decide: Option<u64>,
 }
 
+impl RouteComparison {
+    /// Fails the comparison because the new service's circuit breaker is open: the service
+    /// failed often enough for the gateway to stop sending it traffic, whatever the figures
+    /// say yet. The breaker comes first among the reasons, and the figures' own reasons stay
+    /// only when they call it worse too (an "insufficient data" would read as the cause).
+    pub fn breaker_open(&mut self, service: &str) {
+        if self.verdict != Verdict::Worse {
+            self.reasons.clear();
+        }
+        self.reasons
+            .insert(0, format!("the circuit breaker of {service} is open"));
+        self.verdict = Verdict::Worse;
+        self.requests_to_decide = Some(0);
+    }
+}
+
 /// The two tests' statistics: `worse` once one reaches its threshold.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Evidence {

@@ -21,6 +21,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
 
 use super::pool::{self, Dial, PoolKey};
+use super::send::Target;
 use super::upload::RequestBody;
 use crate::config::resilience::{Balance, BreakerConfig, HealthConfig};
 use crate::config::{Service, bare_host};
@@ -59,6 +60,16 @@ impl Instance {
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Where an attempt on this instance goes.
+    pub fn target(&self, timeout: Duration, connect_timeout: Duration) -> Target<'_> {
+        Target {
+            key: self.pool_key,
+            dial: &self.dial,
+            timeout,
+            connect_timeout,
+        }
     }
 }
 

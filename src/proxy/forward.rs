@@ -293,24 +293,19 @@ impl Attempts<'_> {
                 .and_then(|f| f.pick(avoid.as_deref()));
             let all_unhealthy = picked.as_ref().is_some_and(|p| p.all_unhealthy);
             let instance = picked.map(|p| p.guard);
+            if let Some(g) = &instance
+                && upstream.host_upstream
+                && !g.instance().dial.protocol.is_http2()
+            {
+                req.headers_mut()
+                    .insert(header::HOST, g.instance().host_value.clone());
+            }
             let target = match &instance {
-                Some(g) => {
-                    let i = g.instance();
-                    if upstream.host_upstream && !i.dial.protocol.is_http2() {
-                        req.headers_mut().insert(header::HOST, i.host_value.clone());
-                    }
-                    Target {
-                        key: i.pool_key,
-                        dial: &i.dial,
-                        timeout,
-                        connect_timeout,
-                    }
-                }
+                Some(g) => g.instance().target(timeout, connect_timeout),
                 None => Target {
-                    key: upstream.pool_key,
-                    dial: &upstream.dial,
                     timeout,
                     connect_timeout,
+                    ..upstream.target()
                 },
             };
             let outcome = send::attempt(&target, req, began).await;

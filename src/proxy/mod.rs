@@ -190,7 +190,20 @@ impl Gateway {
                     headers::ask_upgrade(&mut head.headers, proto.clone());
                     (proto, client)
                 });
-        match send::send(&upstream.target(), head, body, start).await {
+        // An upgrade to a service with instances goes to one of them (without retries or
+        // fallback: a tunnel cannot be replayed).
+        trail.instance = upstream
+            .fleet
+            .as_ref()
+            .and_then(|f| f.pick(None))
+            .map(|p| p.guard);
+        let target = match &trail.instance {
+            Some(i) => i
+                .instance()
+                .target(upstream.timeout, upstream.connect_timeout),
+            None => upstream.target(),
+        };
+        match send::send(&target, head, body, start).await {
             Ok(exchange) => Ok(respond::upstream(exchange, trail, upgrade, &self.tunnels)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }

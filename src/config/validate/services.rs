@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{SERVICE_KEYS, Validator, join};
+use super::{Fields, SERVICE_KEYS, Validator, join};
 use crate::config::tls;
 use crate::config::yaml::{Node, Value, quote};
 use crate::config::{DEFAULT_IDLE_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Service, bare_host};
@@ -17,86 +17,8 @@ impl Validator {
         file: &Path,
     ) -> Option<Service> {
         let f = self.fields(n, path, SERVICE_KEYS)?;
-        // `url`, or `urls` for several instances: each parsed, all of one scheme and base.
-        let url_nodes: Vec<(&Node, String)> = match (f.get("url"), f.get("urls")) {
-            (Some(u), None) => vec![(u, join(path, "url"))],
-            (None, Some(us)) => match &us.value {
-                Value::Seq(items) if !items.is_empty() => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| (u, format!("{}[{i}]", join(path, "urls"))))
-                    .collect(),
-                _ => {
-                    self.wrong(
-                        us,
-                        &join(path, "urls"),
-                        "a non-empty list of URLs like http://10.0.0.1:9001",
-                    );
-                    return None;
-                }
-            },
-            (Some(u), Some(_)) => {
-                self.error(
-                    u.pos,
-                    &join(path, "url"),
-                    "found both url and urls; allowed: url for one instance or urls for several",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.require(
-                    &f,
-                    path,
-                    "url",
-                    "a URL like http://127.0.0.1:9001 (or urls: a list of them)",
-                );
-                return None;
-            }
-        };
-        let mut instances: Vec<(bool, http::uri::Authority, String)> = Vec::new();
-        for (node, p) in &url_nodes {
-            let u = self.string(node, p, "a URL like http://host:port[/base]")?;
-            match parse_upstream_url(u) {
-                Ok(parsed) => instances.push(parsed),
-                Err(why) => {
-                    self.error(
-                        node.pos,
-                        p,
-                        format!(
-                            "found {q} ({why}); allowed: http://host:port[/base] or https://host:port[/base]",
-                            q = quote(u)
-                        ),
-                    );
-                    return None;
-                }
-            }
-        }
-        for (i, (https, authority, base)) in instances.iter().enumerate().skip(1) {
-            let (first_https, _, first_base) = &instances[0];
-            if https != first_https || base != first_base {
-                let (node, p) = &url_nodes[i];
-                self.error(
-                    node.pos,
-                    p,
-                    format!(
-                        "found {authority} with {} and base path {:?}, unlike the first URL; allowed: every instance with the same scheme and base path",
-                        if *https { "https" } else { "http" },
-                        base
-                    ),
-                );
-                return None;
-            }
-            if instances[..i].iter().any(|(_, a, _)| a == authority) {
-                let (node, p) = &url_nodes[i];
-                self.wrong(node, p, "each instance once");
-                return None;
-            }
-        }
-        let (url_node, url_path) = (url_nodes[0].0, url_nodes[0].1.clone());
-        let url = self.string(url_node, &url_path, "a URL")?;
-        let authorities: Vec<http::uri::Authority> =
-            instances.iter().map(|(_, a, _)| a.clone()).collect();
-        let parsed: Result<_, String> = Ok(instances.swap_remove(0));
+        // Read first, but reported with the other keys: a wrong URL does not hide them.
+        let urls = self.urls(&f, path);
         let settings = self.service_resilience(&f, path, name == "legacy");
         let timeout = match f.get("timeout") {
             Some(t) => self.duration(t, &join(path, "timeout")),
@@ -137,7 +59,15 @@ impl Validator {
                 }
             },
         };
-        let (https, authority, base_path) = parsed.ok()?;
+        let Urls {
+            mut instances,
+            node: url_node,
+            path: url_path,
+            url,
+        } = urls?;
+        let authorities: Vec<http::uri::Authority> =
+            instances.iter().map(|(_, a, _)| a.clone()).collect();
+        let (https, authority, base_path) = instances.swap_remove(0);
         let protocol = protocol?;
         match (protocol, https) {
             (Protocol::H2c, true) => {
@@ -236,6 +166,102 @@ impl Validator {
             breaker: settings.breaker,
         })
     }
+
+    /// `url`, or `urls` for several instances: each parsed, all of one scheme and base.
+    fn urls<'a>(&mut self, f: &Fields<'a>, path: &str) -> Option<Urls<'a>> {
+        let mut url_nodes: Vec<(&'a Node, String)> = match (f.get("url"), f.get("urls")) {
+            (Some(u), None) => vec![(u, join(path, "url"))],
+            (None, Some(us)) => match &us.value {
+                Value::Seq(items) if !items.is_empty() => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (u, format!("{}[{i}]", join(path, "urls"))))
+                    .collect(),
+                _ => {
+                    self.wrong(
+                        us,
+                        &join(path, "urls"),
+                        "a non-empty list of URLs like [http://10.0.0.1:9001, http://10.0.0.2:9001]",
+                    );
+                    return None;
+                }
+            },
+            (Some(u), Some(_)) => {
+                self.error(
+                    u.pos,
+                    &join(path, "url"),
+                    "found both url and urls; allowed: url for one instance or urls for several",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.require(
+                    f,
+                    path,
+                    "url",
+                    "a URL like http://127.0.0.1:9001 (or urls: a list of them)",
+                );
+                return None;
+            }
+        };
+        let mut instances: Vec<(bool, http::uri::Authority, String)> = Vec::new();
+        for (node, p) in &url_nodes {
+            let u = self.string(node, p, "a URL like http://host:port[/base]")?;
+            match parse_upstream_url(u) {
+                Ok(parsed) => instances.push(parsed),
+                Err(why) => {
+                    self.error(
+                        node.pos,
+                        p,
+                        format!(
+                            "found {q} ({why}); allowed: http://host:port[/base] or https://host:port[/base]",
+                            q = quote(u)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        for (i, (https, authority, base)) in instances.iter().enumerate().skip(1) {
+            let (first_https, _, first_base) = &instances[0];
+            if https != first_https || base != first_base {
+                let (node, p) = &url_nodes[i];
+                self.error(
+                    node.pos,
+                    p,
+                    format!(
+                        "found {authority} with {} and base path {:?}, unlike the first URL; allowed: every instance with the same scheme and base path",
+                        if *https { "https" } else { "http" },
+                        base
+                    ),
+                );
+                return None;
+            }
+            if instances[..i].iter().any(|(_, a, _)| a == authority) {
+                let (node, p) = &url_nodes[i];
+                self.wrong(node, p, "each instance once");
+                return None;
+            }
+        }
+        let (node, path) = url_nodes.swap_remove(0);
+        let url = self.string(node, &path, "a URL")?;
+        Some(Urls {
+            instances,
+            node,
+            path,
+            url,
+        })
+    }
+}
+
+/// A service's instances as its `url` or `urls` give them.
+struct Urls<'a> {
+    /// TLS or not, authority and base path of each.
+    instances: Vec<(bool, http::uri::Authority, String)>,
+    /// The first URL's node, YAML path and text.
+    node: &'a Node,
+    path: String,
+    url: &'a str,
 }
 
 /// Route and service names: `[a-z0-9][a-z0-9_-]*`.

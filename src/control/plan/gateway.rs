@@ -11,7 +11,7 @@ use crate::config::percent_json;
 use crate::config::plan::PlanConfig;
 use crate::control::reload::Reloader;
 use crate::control::shift::shift_file;
-use crate::observe::verdict::{RouteComparison, Verdict, judge};
+use crate::observe::verdict::{RouteComparison, judge};
 use crate::observe::window::SideFigures;
 use crate::observe::{Registry, Tally};
 use crate::proxy::Gateway;
@@ -84,8 +84,8 @@ impl Environment for GatewayEnv {
         let (legacy, new) = (w.tally(Side::Legacy), w.tally(Side::New));
         let (legacy, new) = {
             let mut baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
-            // The first look since the counts (re)started, or since this gateway started
-            // (a restart mid-step counts from then): the totals now are the baseline.
+            // Taken when the counts began (`begin_counts`); a gateway that restarted mid-step
+            // (or never saw the step begin) counts from its first look.
             let base = baselines
                 .entry(plan.name.clone())
                 .or_insert_with(|| (since, legacy.clone(), new.clone()));
@@ -101,16 +101,20 @@ impl Environment for GatewayEnv {
             SideFigures::of_tally(&new),
             &engine::guard_config(plan),
         );
-        // An open breaker fails the guard: the service failed often enough for the gateway
-        // to stop sending it traffic, whatever the figures say yet.
+        // An open breaker fails the guard, whatever the figures say yet.
         if let Some(service) = self.open_breaker(&plan.route) {
-            verdict.verdict = Verdict::Worse;
-            verdict.requests_to_decide = Some(0);
-            verdict
-                .reasons
-                .push(format!("the circuit breaker of {service} is open"));
+            verdict.breaker_open(&service);
         }
         Some(verdict)
+    }
+
+    fn begin_counts(&self, plan: &PlanConfig, since: f64) {
+        let w = self.windows.route(&plan.route);
+        let base = (since, w.tally(Side::Legacy), w.tally(Side::New));
+        self.baselines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plan.name.clone(), base);
     }
 
     async fn write(&self, route: &str, bp: u32) -> Result<(), String> {

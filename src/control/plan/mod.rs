@@ -61,6 +61,9 @@ pub trait Environment: Send + Sync + 'static {
     ) -> impl Future<Output = Option<RouteComparison>> + Send;
     /// Writes `bp` as the route's percentage; the error in words.
     fn write(&self, route: &str, bp: u32) -> impl Future<Output = Result<(), String>> + Send;
+    /// The plan's counts start again at `since` (a step began, or the plan resumed), its
+    /// new percentage in force: a driver that counts for itself takes its baseline now.
+    fn begin_counts(&self, _plan: &PlanConfig, _since: f64) {}
 }
 
 /// The plans a driver runs, and what they act on.
@@ -256,9 +259,10 @@ impl Book {
             }
             let before = (e.progress.state, e.progress.step);
             let in_force = env.in_force(&e.config.route).await;
-            let judged = env.judge(&e.config, e.progress.counts_since).await;
+            let since = e.progress.counts_since;
+            let judged = env.judge(&e.config, since).await;
             let action = e.progress.tick(&e.config, now, in_force, judged.as_ref());
-            apply(env, e, action, now).await;
+            apply(env, e, action, now, since).await;
             let changed = before != (e.progress.state, e.progress.step);
             if changed || now - e.saved_at >= SAVE_EVERY {
                 save(e, now);
@@ -284,8 +288,9 @@ impl Book {
                 op: op.as_str(),
             });
         }
+        let since = e.progress.counts_since;
         let action = e.progress.operate(&e.config, op, now)?;
-        apply(env, e, action, now).await;
+        apply(env, e, action, now, since).await;
         save(e, now);
         Ok(Some(status(e, now)))
     }
@@ -321,11 +326,16 @@ impl Book {
     }
 }
 
-/// Carries out an action; a write that fails pauses the plan, saying why.
-async fn apply<E: Environment>(env: &E, e: &mut Entry, action: Action, now: f64) {
-    let Action::Write(bp) = action else { return };
-    if let Err(why) = env.write(&e.config.route, bp).await {
+/// Carries out an action; a write that fails pauses the plan, saying why. Counts that
+/// started again (`counts_since` moved from `since`) begin once the write is in force.
+async fn apply<E: Environment>(env: &E, e: &mut Entry, action: Action, now: f64, since: f64) {
+    if let Action::Write(bp) = action
+        && let Err(why) = env.write(&e.config.route, bp).await
+    {
         e.progress.write_failed(&e.config, now, bp, &why);
+    }
+    if e.progress.counts_since != since {
+        env.begin_counts(&e.config, e.progress.counts_since);
     }
 }
 

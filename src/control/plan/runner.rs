@@ -50,6 +50,16 @@ impl RunnerEnv {
     }
 }
 
+impl RunnerEnv {
+    /// The new service of `route`, when it has a circuit breaker.
+    fn breaker_of(&self, route: &str) -> Option<String> {
+        let config = self.config();
+        let r = config.routes.iter().find(|r| r.name == route)?;
+        let service = &config.services[r.service];
+        service.breaker.is_some().then(|| service.name.clone())
+    }
+}
+
 impl Environment for RunnerEnv {
     fn plans(&self) -> Vec<PlanConfig> {
         self.config()
@@ -91,13 +101,27 @@ impl Environment for RunnerEnv {
         // Whole seconds since the counts began; at least one.
         let window = Duration::from_secs((unix_now() - since).max(1.0).ceil() as u64);
         let cfg = engine::guard_config(plan);
-        match crate::observe::prometheus::compare(&self.prometheus, window, &cfg).await {
-            Ok(routes) => routes.into_iter().find(|c| c.route == plan.route),
+        let mut judged = match crate::observe::prometheus::compare(&self.prometheus, window, &cfg)
+            .await
+        {
+            Ok(routes) => routes.into_iter().find(|c| c.route == plan.route)?,
             Err(e) => {
                 tracing::warn!(error = %e, "plan run: no figures from Prometheus; nothing moves until there are");
-                None
+                return None;
+            }
+        };
+        // A breaker open on any replica fails the guard, as in a gateway.
+        if let Some(service) = self.breaker_of(&plan.route) {
+            match crate::observe::prometheus::breaker_open(&self.prometheus, &service).await {
+                Ok(true) => judged.breaker_open(&service),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "plan run: cannot read the breaker's state from Prometheus; nothing moves until it can");
+                    return None;
+                }
             }
         }
+        Some(judged)
     }
 
     async fn write(&self, route: &str, bp: u32) -> Result<(), String> {
