@@ -48,7 +48,14 @@ fn main() {
                     async move {
                         let (k, d) = if fastrand::bool() { (k1, d1) } else { (k2, d2) };
                         let now = Instant::now();
-                        let mut co = pool::checkout(k, &d, now).await.unwrap();
+                        let mut co = pool::checkout(
+                            k,
+                            &d,
+                            now,
+                            pool::Limit::of(std::time::Duration::from_secs(5)),
+                        )
+                        .await
+                        .unwrap();
                         let (mut parts, body) = req.into_parts();
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co

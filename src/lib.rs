@@ -37,5 +37,5 @@ pub use routing::{
 pub mod floor {
     pub use crate::config::Protocol;
     pub use crate::proxy::RequestBody;
-    pub use crate::proxy::pool::{Dial, PoolKey, checkin, checkout};
+    pub use crate::proxy::pool::{Dial, Limit, PoolKey, checkin, checkout};
 }

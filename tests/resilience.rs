@@ -511,7 +511,8 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
     );
     let gw = Gateway::start(&yaml).await;
     let c = client();
-    // (path, body length, replayed): over 1 KiB is not; exactly 1 KiB is.
+    // (path, body length, replayed): over 1 KiB is not; exactly 1 KiB is. PUT, which is
+    // idempotent: a POST is not replayed after a 5xx at all (below).
     let cases = [
         ("/api/orders/big", 4096, false),
         ("/api/orders/edge", 1025, false),
@@ -520,7 +521,7 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
     ];
     for (i, (path, len, replayed)) in cases.into_iter().enumerate() {
         let body = body_of(len, i as u8);
-        let x = send(c.post(gw.url(path)).body(body.clone())).await;
+        let x = send(c.put(gw.url(path)).body(body.clone())).await;
         let to_legacy: Vec<_> = legacy
             .seen
             .lock()
@@ -547,7 +548,7 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
                 "{path}"
             );
             assert_eq!(to_legacy.len(), 1, "{path}");
-            assert_eq!(to_legacy[0].method, "POST");
+            assert_eq!(to_legacy[0].method, "PUT");
             assert_eq!(
                 to_legacy[0].body.as_deref(),
                 Some(body.as_slice()),
@@ -570,15 +571,49 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
         "{m}"
     );
     assert_eq!(
-        metric(&m, &requests_series("orders-write", "new", "POST", 500)),
+        metric(&m, &requests_series("orders-write", "new", "PUT", 500)),
         Some(4.0),
         "{m}"
     );
     assert_eq!(
-        metric(&m, &requests_series("orders-write", "legacy", "POST", 200)),
+        metric(&m, &requests_series("orders-write", "legacy", "PUT", 200)),
         Some(2.0),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_falls_back_only_when_the_new_side_cannot_have_acted_on_it() {
+    let legacy = Upstream::start("legacy").await;
+    let new = FaultServer::start("new").await;
+    let dead = dead_addr().await;
+    let yaml = format!(
+        "{}services:\n  orders:\n    url: {}\n    timeout: 10s\n  gone:\n    url: http://{dead}\n    timeout: 10s\nroutes:\n  - name: orders-write\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n    fallback: {{when: [connect, timeout, 5xx, 404]}}\n  - name: gone-write\n    match: {{prefix: /api/gone}}\n    service: gone\n    percent: 100\n    fallback: {{when: [connect]}}\n",
+        head(&legacy.url()),
+        new.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    let body = body_of(300, 7);
+    // A 5xx: the new side may have done the work; no second execution on legacy.
+    new.set(Mode::Status(500));
+    let x = send(c.post(gw.url("/api/orders/1")).body(body.clone())).await;
+    assert_eq!((x.status, x.upstream.as_str()), (500, "new"));
+    // A 404: it has no such thing; legacy gets the POST, body intact.
+    new.set(Mode::Status(404));
+    let x = send(c.post(gw.url("/api/orders/2")).body(body.clone())).await;
+    assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"));
+    // Never connected: legacy gets it.
+    let x = send(c.post(gw.url("/api/gone/3")).body(body.clone())).await;
+    assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"));
+    let seen = legacy.seen.lock().unwrap().clone();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/api/orders/2", "/api/gone/3"]);
+    assert!(
+        seen.iter()
+            .all(|r| r.method == "POST" && r.body.as_deref() == Some(body.as_slice()))
+    );
+    assert_eq!(new.count(), 2);
 }
 
 // 5. The circuit breaker.
@@ -1090,4 +1125,55 @@ async fn the_access_log_tells_fallbacks_and_diversions() {
     assert_eq!(plain["reason"], "percent", "{plain}");
     assert_eq!(plain["upstream"], fine.label(), "{plain}");
     assert!(plain["fallback"].is_null(), "{plain}");
+}
+
+// Reloads.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_added_by_a_reload_run() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = FaultServer::start("orders").await;
+    let without = format!(
+        "{}services:\n  orders:\n    url: {}\n    timeout: 10s\nroutes:\n  - name: orders-read\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n",
+        head(&legacy.url()),
+        orders.url()
+    );
+    let (_dir, file) = routes_file(&without);
+    let gw = GatewayProcess::spawn(&file, &[]).await;
+    // The reload compiles its table on a thread of its own: the checks it adds must still
+    // run, on the gateway's runtime.
+    let with = without.replace(
+        "    timeout: 10s\nroutes:",
+        "    timeout: 10s\n    health: {path: /healthz, interval: 100ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 1}\nroutes:",
+    );
+    std::fs::write(&file, with).unwrap();
+    let c = client();
+    let reloaded = c
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status(), 200);
+    orders.set_health(Some(503));
+    let series = healthy_series("orders", &orders.addr.to_string());
+    eventually(
+        "the reloaded checks take the instance out",
+        WAIT,
+        async || {
+            let m = c
+                .get(format!("http://{}/metrics", gw.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric(&m, &series) == Some(0.0)
+        },
+    )
+    .await;
+    assert!(orders.health_count() >= 2);
+    // Its share now goes to legacy.
+    let x = send(c.get(format!("http://{}/api/orders/1", gw.public))).await;
+    assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"));
 }

@@ -13,6 +13,7 @@ mod lints;
 mod percent;
 pub mod plan;
 pub mod resilience;
+pub mod shadow;
 pub mod tls;
 mod validate;
 pub mod yaml;
@@ -132,8 +133,9 @@ pub struct Service {
     pub authorities: Vec<http::uri::Authority>,
     /// How requests are spread over the instances.
     pub balance: resilience::Balance,
-    /// How often host names are looked up again.
-    pub resolve: Duration,
+    /// How often host names are looked up again (`None`: not set; a lone host name is
+    /// then connected to by name, and several instances are looked up every 30 s).
+    pub resolve: Option<Duration>,
     /// Active health checks of the instances.
     pub health: Option<resilience::HealthConfig>,
     /// How long a connection may take to open.
@@ -150,9 +152,7 @@ impl Service {
         self.authorities.len() > 1
             || self.health.is_some()
             || self.breaker.is_some()
-            || bare_host(&self.authority)
-                .parse::<std::net::IpAddr>()
-                .is_err()
+            || self.resolve.is_some()
     }
 }
 
@@ -235,6 +235,8 @@ pub struct RouteConfig {
     pub fallback: Option<resilience::FallbackConfig>,
     /// Retries after failures the upstream cannot have acted on.
     pub retries: Option<resilience::RetryConfig>,
+    /// Copies of legacy-served requests to the new side, answers compared.
+    pub shadow: Option<shadow::ShadowConfig>,
 }
 
 /// Settings of the legacy-vs-new comparison (the routes file's `compare` section).

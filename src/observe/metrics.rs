@@ -32,6 +32,7 @@ pub const REQUESTS_CUT_TOTAL: &str = "strangler_requests_cut_total";
 pub const GRPC_RESPONSES_TOTAL: &str = "strangler_grpc_responses_total";
 pub const FALLBACKS_TOTAL: &str = "strangler_fallbacks_total";
 pub const RETRIES_TOTAL: &str = "strangler_retries_total";
+pub const SHADOW_REQUESTS_TOTAL: &str = "strangler_shadow_requests_total";
 
 #[cfg(test)]
 mod grpc_tests {
@@ -164,6 +165,7 @@ pub struct Metrics {
     plan_state: IntGaugeVec,
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
+    shadow: IntCounterVec,
 }
 
 impl Metrics {
@@ -275,8 +277,17 @@ impl Metrics {
             &["route", "side"],
         )
         .expect("static metric definition is valid");
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                SHADOW_REQUESTS_TOTAL,
+                "Copies of legacy-served requests to the new side, by the comparison's result",
+            ),
+            &["route", "result"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shadow.clone()),
             Box::new(fallbacks.clone()),
             Box::new(retries.clone()),
             Box::new(plan_step.clone()),
@@ -316,6 +327,7 @@ impl Metrics {
             plan_state,
             fallbacks,
             retries,
+            shadow,
         })
     }
 
@@ -458,6 +470,14 @@ impl SideMetrics {
     /// Counts an extra attempt on this route and side.
     pub fn retried(&self) {
         self.metrics.retry(&self.route, self.side);
+    }
+
+    /// Counts a shadow copy of this route's requests, by its result.
+    pub fn shadowed(&self, result: &str) {
+        self.metrics
+            .shadow
+            .with_label_values(&[&*self.route, result])
+            .inc();
     }
 
     /// Counts a request of this route the new side failed (`reason`) and legacy answered.

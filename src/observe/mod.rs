@@ -6,7 +6,8 @@
 //! - [`access_log`]: one line per request, through it;
 //! - [`window`]: rolling per-route, per-side figures over a sliding window;
 //! - [`verdict`]: whether the new side is worse than legacy, from those figures;
-//! - [`prometheus`]: the same comparison computed from Prometheus, across replicas.
+//! - [`prometheus`]: the same comparison computed from Prometheus, across replicas;
+//! - [`shadow`]: legacy's answers against the new side's to copies of the same requests.
 //!
 //! Above `routing` and `config`; never imports the proxy or the control plane.
 
@@ -14,6 +15,7 @@ pub mod access_log;
 pub mod metrics;
 pub mod prometheus;
 pub mod sequential;
+pub mod shadow;
 pub mod stdout;
 pub mod verdict;
 pub mod window;

@@ -109,6 +109,13 @@ pub async fn compare(
     {
         *errors.entry(k).or_default() += v;
     }
+    // A new side's 404 or 501 that fell back to legacy is its failure too (its 5xx are
+    // counted above).
+    let fell_back = growth("strangler_fallbacks_total{reason=~\"404|501\"}", "route");
+    for m in query(&client, base, &fell_back).await? {
+        let route = m["metric"]["route"].as_str().unwrap_or("").to_string();
+        *errors.entry((route, "new".to_string())).or_default() += value(&m).unwrap_or(0.0);
+    }
     let mut quantiles: BTreeMap<(String, String), [Option<f64>; 3]> = BTreeMap::new();
     for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
         let promql = format!(

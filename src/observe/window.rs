@@ -144,6 +144,9 @@ impl Tally {
 pub struct RouteWindow {
     registry: Arc<Registry>,
     sides: [SideWindow; 2],
+    /// The route's retry budget (`proxy::table::RouteStats`), kept here because this
+    /// outlives reloads by name.
+    pub retry_budget: std::sync::atomic::AtomicI64,
 }
 
 impl RouteWindow {
@@ -294,6 +297,7 @@ impl Registry {
                         slots: OnceLock::new(),
                         totals: OnceLock::new(),
                     }),
+                    retry_budget: Default::default(),
                 })
             })
             .clone()

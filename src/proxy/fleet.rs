@@ -23,7 +23,7 @@ use prometheus::{IntGaugeVec, Opts};
 use super::pool::{self, Dial, PoolKey};
 use super::send::Target;
 use super::upload::RequestBody;
-use crate::config::resilience::{Balance, BreakerConfig, HealthConfig};
+use crate::config::resilience::{Balance, BreakerConfig, DEFAULT_RESOLVE, HealthConfig};
 use crate::config::{Service, bare_host};
 
 /// One instance of a service: an address, its pool of connections and its health.
@@ -93,8 +93,8 @@ impl Drop for InFlight {
 pub enum Admit {
     /// Closed: every request.
     Pass,
-    /// Half-open: this request is the one probe.
-    Probe,
+    /// Half-open: this request is the one probe (its number, to report its outcome).
+    Probe(u64),
     /// Open (or a probe is out): the new share goes to legacy.
     Refuse,
 }
@@ -103,11 +103,18 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// `now + d`, or a century on for a duration that would overflow.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// A circuit breaker (`breaker`): opens after `failures` failed attempts within `window`;
 /// after `cooldown`, one probe decides whether it closes or opens again.
 pub struct Breaker {
     config: BreakerConfig,
-    /// `CLOSED`, `OPEN` or `HALF_OPEN`, readable without the lock (and the metric's value).
+    /// `CLOSED`, `OPEN` or `HALF_OPEN`, readable without the lock.
     state: AtomicU8,
     inner: Mutex<BreakerInner>,
     /// How long a probe may take before another is let through (its client may have left).
@@ -118,6 +125,8 @@ struct BreakerInner {
     failures: VecDeque<Instant>,
     open_until: Instant,
     probe_since: Instant,
+    /// The number of the probe out; a report from an older one is ignored.
+    probe: u64,
 }
 
 impl Breaker {
@@ -130,6 +139,7 @@ impl Breaker {
                 failures: VecDeque::new(),
                 open_until: now,
                 probe_since: now,
+                probe: 0,
             }),
             probe_timeout,
         }
@@ -139,55 +149,71 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// 0 closed, 1 open, 2 half-open.
-    pub fn state(&self) -> u8 {
-        self.state.load(Ordering::Relaxed)
+    /// 0 closed, 1 open, 2 half-open (the metric's value). Open past its cooldown, it is
+    /// half-open: the next request decides, whether or not one has come yet.
+    pub fn state(&self, now: Instant) -> u8 {
+        match self.state.load(Ordering::Relaxed) {
+            CLOSED => CLOSED,
+            OPEN if now >= self.lock().open_until => HALF_OPEN,
+            s => s,
+        }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.state() != CLOSED
+    /// Open within its cooldown: the service failed too often to be sent traffic (a
+    /// half-open breaker is waiting to learn, not failing).
+    pub fn is_open(&self, now: Instant) -> bool {
+        self.state(now) == OPEN
     }
 
-    /// Whether a request may go to the service now.
-    pub fn admit(&self, now: Instant) -> Admit {
-        if self.state() == CLOSED {
+    /// Whether a request may go to the service now; `probe: false` for a request whose
+    /// outcome will not be reported (an upgrade), which never takes the probe.
+    pub fn admit(&self, now: Instant, probe: bool) -> Admit {
+        if self.state.load(Ordering::Relaxed) == CLOSED {
             return Admit::Pass;
         }
         let mut inner = self.lock();
-        match self.state() {
-            CLOSED => Admit::Pass,
-            OPEN if now >= inner.open_until => {
-                self.state.store(HALF_OPEN, Ordering::Relaxed);
-                inner.probe_since = now;
-                Admit::Probe
-            }
-            HALF_OPEN if now >= inner.probe_since + self.probe_timeout => {
-                inner.probe_since = now;
-                Admit::Probe
-            }
-            _ => Admit::Refuse,
+        let due = match self.state.load(Ordering::Relaxed) {
+            CLOSED => return Admit::Pass,
+            OPEN => now >= inner.open_until,
+            _ => now >= later(inner.probe_since, self.probe_timeout),
+        };
+        if !due || !probe {
+            return Admit::Refuse;
         }
+        self.state.store(HALF_OPEN, Ordering::Relaxed);
+        inner.probe_since = now;
+        inner.probe += 1;
+        Admit::Probe(inner.probe)
     }
 
-    /// The outcome of an attempt on the service (`probe`: it was the half-open probe).
-    pub fn record(&self, ok: bool, probe: bool, now: Instant) {
-        if ok && !probe {
+    /// The outcome of an attempt on the service: `Some(ok)`, or `None` when it gave no
+    /// verdict (its client failed); `probe`, the probe's number if it was one.
+    pub fn record(&self, ok: Option<bool>, probe: Option<u64>, now: Instant) {
+        if ok == Some(true) && probe.is_none() {
             return;
         }
         let mut inner = self.lock();
-        if probe {
-            if ok {
-                inner.failures.clear();
-                self.state.store(CLOSED, Ordering::Relaxed);
-                tracing::info!("circuit breaker closed: the probe succeeded");
-            } else {
-                inner.open_until = now + self.config.cooldown;
-                self.state.store(OPEN, Ordering::Relaxed);
-                tracing::warn!("circuit breaker open again: the probe failed");
+        if let Some(n) = probe {
+            if n != inner.probe || self.state.load(Ordering::Relaxed) != HALF_OPEN {
+                return;
+            }
+            match ok {
+                Some(true) => {
+                    inner.failures.clear();
+                    self.state.store(CLOSED, Ordering::Relaxed);
+                    tracing::info!("circuit breaker closed: the probe succeeded");
+                }
+                Some(false) => {
+                    inner.open_until = later(now, self.config.cooldown);
+                    self.state.store(OPEN, Ordering::Relaxed);
+                    tracing::warn!("circuit breaker open again: the probe failed");
+                }
+                // No verdict: the next request may probe at once.
+                None => inner.probe_since = now.checked_sub(self.probe_timeout).unwrap_or(now),
             }
             return;
         }
-        if self.state() != CLOSED {
+        if ok.is_none() || self.state.load(Ordering::Relaxed) != CLOSED {
             return;
         }
         let window = self.config.window;
@@ -201,7 +227,7 @@ impl Breaker {
         inner.failures.push_back(now);
         if inner.failures.len() >= self.config.failures as usize {
             inner.failures.clear();
-            inner.open_until = now + self.config.cooldown;
+            inner.open_until = later(now, self.config.cooldown);
             self.state.store(OPEN, Ordering::Relaxed);
             tracing::warn!(
                 failures = self.config.failures,
@@ -245,47 +271,38 @@ impl ServiceState {
     /// only when the service has no instance at all.
     pub fn pick(&self, avoid: Option<&Instance>) -> Option<Picked> {
         let list = self.instances.load();
-        let usable =
-            |i: &Arc<Instance>| i.healthy() && avoid.is_none_or(|a| !std::ptr::eq(a, &**i));
-        let count = list.iter().filter(|i| usable(i)).count();
-        let (chosen, all_unhealthy) = if count == 0 {
-            // Nothing healthy (or only the instance to avoid): any instance, in turn.
-            let healthy_avoided = list.iter().any(|i| i.healthy());
-            let pool: Vec<&Arc<Instance>> = if healthy_avoided {
-                list.iter().filter(|i| i.healthy()).collect()
-            } else {
-                list.iter().collect()
-            };
-            if pool.is_empty() {
-                return None;
-            }
-            let n = self.next.fetch_add(1, Ordering::Relaxed);
-            (pool[n % pool.len()].clone(), !healthy_avoided)
+        // One look at each instance's health (the checker may change it meanwhile).
+        let healthy: Vec<&Arc<Instance>> = list.iter().filter(|i| i.healthy()).collect();
+        let usable: Vec<&Arc<Instance>> = healthy
+            .iter()
+            .copied()
+            .filter(|i| avoid.is_none_or(|a| !std::ptr::eq(a, &***i)))
+            .collect();
+        let (pool, all_unhealthy): (Vec<&Arc<Instance>>, bool) = if !usable.is_empty() {
+            (usable, false)
+        } else if !healthy.is_empty() {
+            // Only the instance to avoid is healthy: it again.
+            (healthy, false)
         } else {
-            let nth = |k: usize| {
-                list.iter()
-                    .filter(|i| usable(i))
-                    .nth(k)
-                    .expect("k < count")
-                    .clone()
-            };
-            let chosen = match self.balance {
-                Balance::RoundRobin => nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
-                Balance::LeastConnections if count == 1 => nth(0),
-                Balance::LeastConnections => {
-                    // Two distinct instances drawn at random; the less busy one serves.
-                    let a = fastrand::usize(..count);
-                    let b = (a + 1 + fastrand::usize(..count - 1)) % count;
-                    let (a, b) = (nth(a), nth(b));
-                    if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
-                        b
-                    } else {
-                        a
-                    }
-                }
-            };
-            (chosen, false)
+            // Nothing healthy: any instance, in turn.
+            (list.iter().collect(), true)
         };
+        let chosen = match (self.balance, pool.len()) {
+            (_, 0) => return None,
+            (Balance::LeastConnections, n) if n > 1 && !all_unhealthy => {
+                // Two distinct instances drawn at random; the less busy one serves.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (pool[a], pool[b]);
+                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+            (_, n) => pool[self.next.fetch_add(1, Ordering::Relaxed) % n],
+        }
+        .clone();
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Picked {
             guard: InFlight(chosen),
@@ -354,6 +371,10 @@ fn tls_for(
 pub struct Fleet {
     states: Mutex<HashMap<String, Weak<ServiceState>>>,
     seq: AtomicU64,
+    /// Where the states' tasks run (a reload compiles its table on a thread of its own).
+    runtime: Option<tokio::runtime::Handle>,
+    /// One scrape at a time fills the gauges below.
+    collecting: Mutex<()>,
     healthy: IntGaugeVec,
     breaker: IntGaugeVec,
 }
@@ -363,6 +384,8 @@ impl Fleet {
         Arc::new(Fleet {
             states: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            collecting: Mutex::new(()),
             healthy: IntGaugeVec::new(
                 Opts::new(
                     "strangler_instance_healthy",
@@ -386,8 +409,9 @@ impl Fleet {
     /// have it with the same settings; its tasks are started when it is new.
     pub fn service(&self, s: &Service, dial: &Dial) -> Arc<ServiceState> {
         let key = format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             s.name,
+            s.timeout,
             s.authorities,
             s.protocol,
             dial.tls.as_ref().map(|t| t.2),
@@ -426,15 +450,19 @@ impl Fleet {
             next: AtomicUsize::new(0),
             breaker: s
                 .breaker
-                .map(|b| Breaker::new(b, s.connect_timeout + s.timeout)),
+                .map(|b| Breaker::new(b, s.connect_timeout.saturating_add(s.timeout))),
             health: s.health.clone(),
-            resolve: s.resolve,
+            resolve: s.resolve.unwrap_or(DEFAULT_RESOLVE),
             authorities: s.authorities.clone(),
             template: dial.clone(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         });
         states.insert(key, Arc::downgrade(&state));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if let Some(rt) = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        {
             let names = state
                 .authorities
                 .iter()
@@ -477,6 +505,8 @@ impl Collector for FleetMetrics {
 
 impl Fleet {
     fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         self.healthy.reset();
         self.breaker.reset();
         let mut seen = std::collections::HashSet::new();
@@ -492,7 +522,7 @@ impl Fleet {
             if let Some(b) = &s.breaker {
                 self.breaker
                     .with_label_values(&[&*s.name])
-                    .set(i64::from(b.state()));
+                    .set(i64::from(b.state(now)));
             }
         }
         let mut families = self.healthy.collect();
@@ -568,7 +598,11 @@ async fn check(service: &str, instance: &Instance, health: &HealthConfig) {
         header::USER_AGENT,
         HeaderValue::from_static("strangler-health-check"),
     );
-    let outcome = tokio::time::timeout(health.timeout, pool::probe(&instance.dial, req)).await;
+    let outcome = tokio::time::timeout(
+        health.timeout,
+        pool::probe(&instance.dial, req, pool::Limit::of(health.timeout)),
+    )
+    .await;
     let passed = matches!(&outcome, Ok(Ok(status)) if status.is_success());
     if passed {
         instance.fails.store(0, Ordering::Relaxed);
@@ -611,16 +645,20 @@ mod tests {
     fn opens_on_failures_within_the_window_only() {
         let b = breaker();
         let t = Instant::now();
-        b.record(false, false, t);
-        b.record(false, false, t + Duration::from_secs(1));
+        let fail = |at: u64| b.record(Some(false), None, t + Duration::from_secs(at));
+        fail(0);
+        fail(1);
         // The first two are out of the window by the third.
-        b.record(false, false, t + Duration::from_secs(12));
-        b.record(false, false, t + Duration::from_secs(13));
-        assert_eq!(b.admit(t + Duration::from_secs(13)), Admit::Pass);
-        assert_eq!(b.state(), CLOSED);
-        b.record(false, false, t + Duration::from_secs(14));
-        assert_eq!(b.state(), OPEN);
-        assert_eq!(b.admit(t + Duration::from_secs(14)), Admit::Refuse);
+        fail(12);
+        fail(13);
+        let at = t + Duration::from_secs(13);
+        assert_eq!(b.admit(at, true), Admit::Pass);
+        assert_eq!(b.state(at), CLOSED);
+        fail(14);
+        let at = t + Duration::from_secs(15);
+        assert_eq!(b.state(at), OPEN);
+        assert!(b.is_open(at));
+        assert_eq!(b.admit(at, true), Admit::Refuse);
     }
 
     #[test]
@@ -628,33 +666,70 @@ mod tests {
         let b = breaker();
         let t = Instant::now();
         for _ in 0..3 {
-            b.record(false, false, t);
+            b.record(Some(false), None, t);
         }
         let after = t + Duration::from_secs(30);
-        assert_eq!(b.admit(after), Admit::Probe);
-        assert_eq!(b.state(), HALF_OPEN);
+        // Past the cooldown it reads half-open, and fails no guard, before any request.
+        assert_eq!(b.state(after), HALF_OPEN);
+        assert!(!b.is_open(after));
+        // An upgrade never takes the probe.
+        assert_eq!(b.admit(after, false), Admit::Refuse);
+        let Admit::Probe(first) = b.admit(after, true) else {
+            panic!("a probe")
+        };
         // Only one probe at a time.
-        assert_eq!(b.admit(after), Admit::Refuse);
-        b.record(false, true, after);
-        assert_eq!(b.state(), OPEN);
-        assert_eq!(b.admit(after + Duration::from_secs(1)), Admit::Refuse);
+        assert_eq!(b.admit(after, true), Admit::Refuse);
+        b.record(Some(false), Some(first), after);
+        assert_eq!(b.state(after), OPEN);
+        assert_eq!(b.admit(after + Duration::from_secs(1), true), Admit::Refuse);
         let later = after + Duration::from_secs(30);
-        assert_eq!(b.admit(later), Admit::Probe);
-        b.record(true, true, later);
-        assert_eq!(b.state(), CLOSED);
-        assert_eq!(b.admit(later), Admit::Pass);
+        let Admit::Probe(second) = b.admit(later, true) else {
+            panic!("a probe")
+        };
+        // A report from the first probe, late, changes nothing.
+        b.record(Some(true), Some(first), later);
+        assert_eq!(b.state(later), HALF_OPEN);
+        b.record(Some(true), Some(second), later);
+        assert_eq!(b.state(later), CLOSED);
+        assert_eq!(b.admit(later, true), Admit::Pass);
     }
 
     #[test]
-    fn a_probe_that_never_reports_is_replaced() {
+    fn a_probe_without_a_verdict_frees_the_slot_and_one_that_never_reports_is_replaced() {
         let b = breaker();
         let t = Instant::now();
         for _ in 0..3 {
-            b.record(false, false, t);
+            b.record(Some(false), None, t);
         }
         let after = t + Duration::from_secs(30);
-        assert_eq!(b.admit(after), Admit::Probe);
-        assert_eq!(b.admit(after + Duration::from_secs(4)), Admit::Refuse);
-        assert_eq!(b.admit(after + Duration::from_secs(5)), Admit::Probe);
+        let Admit::Probe(n) = b.admit(after, true) else {
+            panic!("a probe")
+        };
+        // Its client left: no verdict, the breaker stays half-open, the next may probe.
+        b.record(None, Some(n), after);
+        assert_eq!(b.state(after), HALF_OPEN);
+        let Admit::Probe(_) = b.admit(after, true) else {
+            panic!("a probe")
+        };
+        assert_eq!(b.admit(after + Duration::from_secs(4), true), Admit::Refuse);
+        assert!(matches!(
+            b.admit(after + Duration::from_secs(5), true),
+            Admit::Probe(_)
+        ));
+    }
+
+    #[test]
+    fn a_cooldown_beyond_any_clock_does_not_panic() {
+        let b = Breaker::new(
+            BreakerConfig {
+                failures: 1,
+                window: Duration::from_secs(10),
+                cooldown: Duration::MAX,
+            },
+            Duration::MAX,
+        );
+        let t = Instant::now();
+        b.record(Some(false), None, t);
+        assert_eq!(b.admit(t + Duration::from_secs(3600), true), Admit::Refuse);
     }
 }

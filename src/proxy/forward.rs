@@ -22,7 +22,7 @@ use super::admit::CanonicalPath;
 use super::body::ResponseBody;
 use super::connection::Peer;
 use super::error::Failure;
-use super::fleet::{Admit, InFlight, ServiceState};
+use super::fleet::{Admit, InFlight, Instance, ServiceState};
 use super::record::Trail;
 use super::respond;
 use super::rewrite::{self, Facts};
@@ -38,21 +38,42 @@ use crate::routing::{Reason, Side};
 /// What the breaker and the health checks make of a request the decision sent to a new
 /// service.
 pub enum Divert {
-    /// It goes to the service.
-    No { probe: bool },
+    /// It goes to the service (as the breaker's probe, with its number).
+    No { probe: Option<u64> },
     /// It goes to legacy, for this reason.
     ToLegacy(Reason),
 }
 
-/// Whether a new service can take a request now.
-pub fn divert(service: &ServiceState, now: Instant) -> Divert {
+/// Whether a new service can take a request now; `reported`: the request's outcome will
+/// be told to the breaker (an upgrade's is not, so it never takes the probe).
+pub fn divert(service: &ServiceState, now: Instant, reported: bool) -> Divert {
     if !service.available() {
         return Divert::ToLegacy(Reason::Unhealthy);
     }
-    match service.breaker.as_ref().map(|b| b.admit(now)) {
+    match service.breaker.as_ref().map(|b| b.admit(now, reported)) {
         Some(Admit::Refuse) => Divert::ToLegacy(Reason::BreakerOpen),
-        Some(Admit::Probe) => Divert::No { probe: true },
-        _ => Divert::No { probe: false },
+        Some(Admit::Probe(n)) => Divert::No { probe: Some(n) },
+        _ => Divert::No { probe: None },
+    }
+}
+
+/// Aims a request at an instance: with `host_header: upstream`, its own authority as
+/// `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+pub fn aim(head: &mut Parts, upstream: &Upstream, instance: &Instance) {
+    if !upstream.host_upstream {
+        return;
+    }
+    if instance.dial.protocol.is_http2() {
+        let mut parts = head.uri.clone().into_parts();
+        if parts.scheme.is_some() {
+            parts.authority = Some(instance.dial.authority.clone());
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                head.uri = uri;
+            }
+        }
+    } else {
+        head.headers
+            .insert(header::HOST, instance.host_value.clone());
     }
 }
 
@@ -76,37 +97,13 @@ pub struct Original {
     pub facts: Facts,
 }
 
-/// A copy of a request head (its extensions aside).
-pub fn copy_head(head: &Parts) -> Parts {
-    build_head(&head.method, &head.uri, head.version, &head.headers)
-}
-
-/// A copy of a request's head (its extensions aside).
-fn head_of<B>(req: &Request<B>) -> Parts {
-    build_head(req.method(), req.uri(), req.version(), req.headers())
-}
-
-fn build_head(
-    method: &http::Method,
-    uri: &http::Uri,
-    version: http::Version,
-    headers: &http::HeaderMap,
-) -> Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = method.clone();
-    *r.uri_mut() = uri.clone();
-    *r.version_mut() = version;
-    *r.headers_mut() = headers.clone();
-    r.into_parts().0
-}
-
 /// The request through its attempts, to the response sent to the client.
 pub async fn forward(
     mut trail: Trail,
     head: Parts,
     original: Option<Original>,
     mut body: RequestBody,
-    probe: bool,
+    probe: Option<u64>,
     peer: &Peer,
     tunnels: &Arc<Tunnels>,
 ) -> Response<ResponseBody> {
@@ -121,7 +118,8 @@ pub async fn forward(
         stats.deposit();
     }
     let had_body = body.has_body();
-    let keep = keep_limit(fallback, retries);
+    let idempotent = head.method.is_idempotent();
+    let keep = keep_limit(fallback, retries, idempotent);
     let declared = http_body::Body::size_hint(&body).exact();
     let tee = (had_body && keep > 0 && declared.is_none_or(|n| n <= keep)).then(|| body.tee(keep));
     let plan = Attempts {
@@ -148,13 +146,24 @@ pub async fn forward(
     .filter(|k| {
         fallback.when.contains(*k)
             || (*k == FailKind::Reset && fallback.when.contains(FailKind::Status5xx))
+    })
+    // A request that is not idempotent falls back only when the new side cannot have acted
+    // on it: it never reached it (connect), or it said it has no such thing (404, 501).
+    .filter(|k| {
+        idempotent
+            || matches!(
+                k,
+                FailKind::Connect | FailKind::Status404 | FailKind::Status501
+            )
     });
     let replay = match (&kind, run.unsent) {
         (None, _) => None,
         (Some(_), Some(unsent)) => Some(unsent.into_body()),
         (Some(_), None) if !had_body => Some(RequestBody::empty()),
+        // Kept whole, and within the fallback's own `max_body` (retries may keep more).
         (Some(_), None) => tee
             .as_deref()
+            .filter(|t| t.size() <= fallback.max_body)
             .and_then(Tee::replay)
             .map(RequestBody::replayed),
     };
@@ -203,22 +212,35 @@ pub async fn forward(
         side: Side::Legacy,
         tee: None,
         had_body: replay.has_body(),
-        probe: false,
+        probe: None,
         ..plan
     };
-    let run = legacy
-        .run(Request::from_parts(head, replay), Instant::now())
-        .await;
+    // Legacy's figures take legacy's own time, not the new side's failed wait.
+    let began = Instant::now();
+    trail.measured_from = Some(began);
+    let run = legacy.run(Request::from_parts(head, replay), began).await;
     finish(trail, run, tunnels)
 }
 
-/// The body kept for a replay: a fallback's `max_body`, or enough for a retry after a
-/// reset.
-fn keep_limit(fallback: Option<FallbackConfig>, retries: Option<RetryConfig>) -> u64 {
+/// The body kept for a replay: for a fallback, up to its `max_body` (a request that is
+/// not idempotent only when a 404 or 501 may send it there); for a retry after a reset
+/// (idempotent requests only), 64 KiB.
+fn keep_limit(
+    fallback: Option<FallbackConfig>,
+    retries: Option<RetryConfig>,
+    idempotent: bool,
+) -> u64 {
     let for_retry = retries
-        .filter(|r| r.when.contains(FailKind::Reset))
+        .filter(|r| idempotent && r.when.contains(FailKind::Reset))
         .map_or(0, |_| DEFAULT_RETRY_MAX_BODY);
-    fallback.map_or(0, |f| f.max_body).max(for_retry)
+    let for_fallback = fallback
+        .filter(|f| {
+            idempotent
+                || f.when.contains(FailKind::Status404)
+                || f.when.contains(FailKind::Status501)
+        })
+        .map_or(0, |f| f.max_body);
+    for_fallback.max(for_retry)
 }
 
 /// The response for the outcome of the last attempt.
@@ -261,8 +283,8 @@ struct Attempts<'a> {
     retries: Option<RetryConfig>,
     tee: Option<&'a Tee>,
     had_body: bool,
-    /// The first attempt is the breaker's probe.
-    probe: bool,
+    /// The first attempt is the breaker's probe (its number).
+    probe: Option<u64>,
 }
 
 /// The last attempt's outcome.
@@ -282,7 +304,11 @@ impl Attempts<'_> {
         let (timeout, connect_timeout) = self.timeouts(upstream);
         let retry = self.retries.map_or(0, |r| r.attempts);
         let idempotent = req.method().is_idempotent();
-        let copy = (retry > 0).then(|| head_of(&req));
+        // A head to send again after a reset (a connect failure gives the request back).
+        let copy = self
+            .retries
+            .filter(|r| idempotent && r.when.contains(FailKind::Reset))
+            .map(|_| send::head_of(&req));
         let mut avoid: Option<Arc<super::fleet::Instance>> = None;
         let mut began = start;
         let mut tries = 0;
@@ -293,12 +319,10 @@ impl Attempts<'_> {
                 .and_then(|f| f.pick(avoid.as_deref()));
             let all_unhealthy = picked.as_ref().is_some_and(|p| p.all_unhealthy);
             let instance = picked.map(|p| p.guard);
-            if let Some(g) = &instance
-                && upstream.host_upstream
-                && !g.instance().dial.protocol.is_http2()
-            {
-                req.headers_mut()
-                    .insert(header::HOST, g.instance().host_value.clone());
+            if let Some(g) = &instance {
+                let (mut head, body) = req.into_parts();
+                aim(&mut head, upstream, g.instance());
+                req = Request::from_parts(head, body);
             }
             let target = match &instance {
                 Some(g) => g.instance().target(timeout, connect_timeout),
@@ -314,11 +338,13 @@ impl Attempts<'_> {
                 Err((f, unsent)) => (Err(f), unsent),
             };
             if let Some(b) = upstream.fleet.as_ref().and_then(|f| f.breaker.as_ref()) {
-                let failed = match &result {
-                    Ok(ex) => ex.response.status().is_server_error(),
-                    Err(f) => f.upstream_kind().is_some(),
+                // The client's own failure says nothing of the service.
+                let ok = match &result {
+                    Ok(ex) => Some(!ex.response.status().is_server_error()),
+                    Err(f) if f.upstream_kind().is_some() => Some(false),
+                    Err(_) => None,
                 };
-                b.record(!failed, self.probe && tries == 0, Instant::now());
+                b.record(ok, self.probe.filter(|_| tries == 0), Instant::now());
             }
             // Another attempt: a connect failure (never sent) or, for an idempotent
             // request whose body can be sent again, a reset; within the attempts asked for
@@ -354,7 +380,7 @@ impl Attempts<'_> {
                             RequestBody::empty()
                         };
                         Request::from_parts(
-                            copy_head(copy.as_ref().expect("made when retries are asked")),
+                            send::copy_head(copy.as_ref().expect("made for reset retries")),
                             body,
                         )
                     }

@@ -26,6 +26,7 @@ pub mod resolve;
 pub mod respond;
 pub mod rewrite;
 pub mod send;
+pub mod shadow;
 pub mod table;
 pub mod tunnel;
 pub mod upload;
@@ -59,6 +60,10 @@ pub struct Gateway {
     pub tunnels: Arc<Tunnels>,
     /// The services' instances, health and breakers, kept across reloads.
     pub fleet: Arc<fleet::Fleet>,
+    /// Every route's shadow comparison, kept across reloads.
+    pub shadows: Arc<crate::observe::shadow::Shadows>,
+    /// The room for shadow copies.
+    pub shadow_budget: Arc<shadow::Budget>,
 }
 
 impl Gateway {
@@ -68,6 +73,8 @@ impl Gateway {
             access_log,
             tunnels: Arc::default(),
             fleet,
+            shadows: crate::observe::shadow::Shadows::new(),
+            shadow_budget: Arc::default(),
         })
     }
 
@@ -125,11 +132,13 @@ impl Gateway {
         trail.decided = true;
         trail.upstream = table.upstream_of(&decision);
         // A new service that cannot take the request now (every instance unhealthy, or
-        // its breaker open) sends it to legacy.
-        let mut probe = false;
+        // its breaker open) sends it to legacy, when legacy speaks its protocol.
+        let mut probe = None;
         if let (Side::New, Some(service)) = (decision.side, &table.upstreams[trail.upstream].fleet)
+            && table.upstreams[table::LEGACY].dial.protocol.is_http2()
+                == table.upstreams[trail.upstream].dial.protocol.is_http2()
         {
-            match forward::divert(service, start) {
+            match forward::divert(service, start, upgrade.is_none()) {
                 forward::Divert::No { probe: p } => probe = p,
                 forward::Divert::ToLegacy(reason) => {
                     trail.decision.side = Side::Legacy;
@@ -158,10 +167,25 @@ impl Gateway {
             && trail.decision.side == Side::New
             && route.is_some_and(|r| r.fallback.is_some()))
         .then(|| forward::Original {
-            head: forward::copy_head(&head),
+            head: send::copy_head(&head),
             path: path.clone(),
             facts,
         });
+        // A copy for the new side, when the route shadows what legacy serves (by the
+        // rules, not by a diversion: a new service that cannot take traffic is not sent
+        // copies either).
+        let shadow = match (decision.route, route.and_then(|r| r.shadow.as_ref())) {
+            (Some(r), Some(cfg))
+                if decision.side == Side::Legacy
+                    && trail.decision.side == Side::Legacy
+                    && upgrade.is_none()
+                    && cfg.methods.contains(&head.method)
+                    && fastrand::u32(..10_000) < cfg.percent_bp =>
+            {
+                self.shadow_copy(&table, r, &head, &path, facts, peer, length)
+            }
+            _ => None,
+        };
         if let Err(failure) = rewrite::rewrite(
             &mut head,
             path,
@@ -175,7 +199,11 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
-        let body = upload::RequestBody::new(body, client.body_timeout);
+        let mut body = upload::RequestBody::new(body, client.body_timeout);
+        if let Some(mut copy) = shadow {
+            copy.watch_request(&table, &mut body, &head);
+            trail.shadow = Some(Box::new(copy));
+        }
         if resilient {
             return Ok(
                 forward::forward(trail, head, original, body, probe, peer, &self.tunnels).await,
@@ -197,6 +225,9 @@ impl Gateway {
             .as_ref()
             .and_then(|f| f.pick(None))
             .map(|p| p.guard);
+        if let Some(i) = &trail.instance {
+            forward::aim(&mut head, upstream, i.instance());
+        }
         let target = match &trail.instance {
             Some(i) => i
                 .instance()
@@ -207,6 +238,43 @@ impl Gateway {
             Ok(exchange) => Ok(respond::upstream(exchange, trail, upgrade, &self.tunnels)),
             Err(failure) => Ok(respond::failure(trail, failure)),
         }
+    }
+
+    /// A shadow copy of a request of route `r` (its head rewritten for the new side), if
+    /// the budget has room.
+    #[allow(clippy::too_many_arguments)]
+    fn shadow_copy(
+        &self,
+        table: &Table,
+        r: usize,
+        head: &http::request::Parts,
+        path: &admit::CanonicalPath,
+        facts: rewrite::Facts,
+        peer: &Peer,
+        declared: Option<u64>,
+    ) -> Option<shadow::Copy> {
+        let new = &table.upstreams[1 + table.config.routes[r].service];
+        let mut new_head = send::copy_head(head);
+        let mut logged = record::LoggedPath::Owned(Box::from(""));
+        rewrite::rewrite(
+            &mut new_head,
+            path.clone(),
+            new,
+            table,
+            peer,
+            facts,
+            &mut logged,
+        )
+        .ok()?;
+        shadow::Copy::begin(shadow::Begin {
+            table,
+            route: r,
+            budget: &self.shadow_budget,
+            report: self.shadows.route(&table.config.routes[r].name),
+            new_head,
+            declared,
+            path: path.as_str(&head.uri),
+        })
     }
 
     /// Records a request the HTTP parser refused before the gateway saw it, or a head the

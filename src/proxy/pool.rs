@@ -217,6 +217,24 @@ thread_local! {
     static SHARED: RefCell<Vec<Shared>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How long a new connection (and its TLS and HTTP/2 handshakes) may take: `connect`, and
+/// never past `by`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub connect: Duration,
+    pub by: Instant,
+}
+
+impl Limit {
+    /// No limit but `connect` (for probes and tools).
+    pub fn of(connect: Duration) -> Limit {
+        Limit {
+            connect,
+            by: Instant::now() + connect,
+        }
+    }
+}
+
 /// A connection checked out of the pool.
 pub struct Checkout {
     pub conn: Conn,
@@ -226,12 +244,17 @@ pub struct Checkout {
 
 /// Takes an idle connection to the upstream (or its thread's HTTP/2 connection), or opens
 /// one. `now` is a recent instant (the request's start), which spares a clock read.
-pub async fn checkout(key: PoolKey, dial: &Dial, now: Instant) -> std::io::Result<Checkout> {
+pub async fn checkout(
+    key: PoolKey,
+    dial: &Dial,
+    now: Instant,
+    limit: Limit,
+) -> std::io::Result<Checkout> {
     if dial.protocol.is_http2() {
         if let Some(conn) = shared(key) {
             return Ok(Checkout { conn, fresh: false });
         }
-        let conn = connect(dial).await?;
+        let conn = connect(dial, limit).await?;
         share(key, &conn);
         return Ok(Checkout { conn, fresh: true });
     }
@@ -253,15 +276,15 @@ pub async fn checkout(key: PoolKey, dial: &Dial, now: Instant) -> std::io::Resul
             return Ok(Checkout { conn, fresh: false });
         }
     }
-    connect(dial)
+    connect(dial, limit)
         .await
         .map(|conn| Checkout { conn, fresh: true })
 }
 
 /// Opens a new connection to the upstream, bypassing the idle ones (an HTTP/2 one replaces
 /// the thread's shared connection).
-pub async fn open(key: PoolKey, dial: &Dial) -> std::io::Result<Checkout> {
-    let conn = connect(dial).await?;
+pub async fn open(key: PoolKey, dial: &Dial, limit: Limit) -> std::io::Result<Checkout> {
+    let conn = connect(dial, limit).await?;
     if dial.protocol.is_http2() {
         share(key, &conn);
     }
@@ -345,7 +368,20 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
     });
 }
 
-async fn connect(dial: &Dial) -> std::io::Result<Conn> {
+/// A new connection, within `limit`.
+async fn connect(dial: &Dial, limit: Limit) -> std::io::Result<Conn> {
+    let until = (Instant::now() + limit.connect).min(limit.by);
+    tokio::time::timeout_at(until.into(), connect_now(dial))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", limit.connect),
+            ))
+        })
+}
+
+async fn connect_now(dial: &Dial) -> std::io::Result<Conn> {
     let stream = match dial.addr {
         Some(addr) => TcpStream::connect(addr).await?,
         None => {
@@ -384,8 +420,12 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
 
 /// Sends one request on a new connection of its own (a health check), which is closed once
 /// the answer's head has come.
-pub async fn probe(dial: &Dial, req: Request<RequestBody>) -> std::io::Result<http::StatusCode> {
-    let mut conn = connect(dial).await?;
+pub async fn probe(
+    dial: &Dial,
+    req: Request<RequestBody>,
+    limit: Limit,
+) -> std::io::Result<http::StatusCode> {
+    let mut conn = connect(dial, limit).await?;
     let answer = conn
         .sender
         .send(req)

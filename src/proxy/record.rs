@@ -78,6 +78,11 @@ pub struct Trail {
     pub instance: Option<InFlight>,
     /// Every instance of the serving service failed its health checks.
     pub all_unhealthy: bool,
+    /// Where the latency the figures take starts, when not at `start` (legacy's answer
+    /// after a fallback: not the new side's failed wait).
+    pub measured_from: Option<Instant>,
+    /// The shadow copy of this request, while legacy serves it.
+    pub shadow: Option<Box<super::shadow::Copy>>,
     recorded: bool,
 }
 
@@ -114,6 +119,8 @@ impl Trail {
             fallback: None,
             instance: None,
             all_unhealthy: false,
+            shadow: None,
+            measured_from: None,
             recorded: false,
         }
     }
@@ -169,6 +176,9 @@ impl Trail {
             // The answer was cut off because the client stopped taking it.
             self.failure = Some(Failure::Client(ClientErrorKind::SendTimeout));
         }
+        if let Some(copy) = self.shadow.take() {
+            copy.finish(self.table.clone(), self.status, self.failure.is_some());
+        }
         let d = self.decision;
         let stats = self.table.stats(d.route);
         // After a fallback, legacy answered: its figures take the answer.
@@ -178,7 +188,9 @@ impl Trail {
             d.side
         };
         let metrics = &stats.metrics[served.index()];
-        let latency = self.latency.unwrap_or(elapsed);
+        let latency = self
+            .latency
+            .unwrap_or_else(|| self.measured_from.map_or(elapsed, |t| t.elapsed()));
         metrics.record(self.method, self.status, latency.as_secs_f64());
         if let Some(kind) = self.failure.and_then(Failure::upstream_kind) {
             metrics.upstream_error(kind);

@@ -57,6 +57,9 @@ pub fn upstream(
         return self::failure(trail, failure);
     }
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(copy) = trail.shadow.as_mut() {
+        copy.legacy_headers = Some(parts.headers.clone());
+    }
     parts.headers.insert(X_REQUEST_ID, trail.request_id.clone());
     parts
         .headers

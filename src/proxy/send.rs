@@ -69,7 +69,7 @@ pub async fn attempt(
     let mut taken = 0;
     let head_received = {
         let upload = uploaded.as_deref();
-        let mut exchange = std::pin::pin!(exchange(target, req, start, upload));
+        let mut exchange = std::pin::pin!(exchange(target, req, start, deadline, upload));
         loop {
             match tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
                 Ok(received) => break received,
@@ -113,38 +113,33 @@ async fn exchange(
     target: &Target<'_>,
     mut req: Request<RequestBody>,
     now: Instant,
+    deadline: Instant,
     upload: Option<&Upload>,
 ) -> Result<(Conn, Response<Incoming>), Failed> {
+    // A connection not made by then is a connect failure (the request comes back unsent),
+    // which must come before the head's own deadline.
+    let limit = pool::Limit {
+        connect: target.connect_timeout,
+        by: deadline
+            .checked_sub(Duration::from_millis(2))
+            .unwrap_or(deadline),
+    };
     // A bodiless idempotent request may go out once more, on a new connection, when a
     // reused connection fails before any answer: the upstream closed it (its idle timeout)
     // just as the request went out. That needs a copy of the head, made before sending.
-    let mut replay = (!req.body().has_body() && req.method().is_idempotent()).then(|| {
-        let mut r = Request::new(RequestBody::empty());
-        *r.method_mut() = req.method().clone();
-        *r.uri_mut() = req.uri().clone();
-        *r.version_mut() = req.version();
-        *r.headers_mut() = req.headers().clone();
-        r
-    });
+    let mut replay = (!req.body().has_body() && req.method().is_idempotent())
+        .then(|| Request::from_parts(head_of(&req), RequestBody::empty()));
     let mut new_only = false;
     loop {
         let checkout = if new_only {
-            tokio::time::timeout(target.connect_timeout, pool::open(target.key, target.dial)).await
+            pool::open(target.key, target.dial, limit).await
         } else {
-            tokio::time::timeout(
-                target.connect_timeout,
-                pool::checkout(target.key, target.dial, now),
-            )
-            .await
+            pool::checkout(target.key, target.dial, now, limit).await
         };
         let co = match checkout {
-            Ok(Ok(co)) => co,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no connection within {:?}", target.connect_timeout),
-                };
-                tracing::debug!(upstream = %target.dial.authority, error = %why, "cannot connect to the upstream");
+            Ok(co) => co,
+            Err(e) => {
+                tracing::debug!(upstream = %target.dial.authority, error = %e, "cannot connect to the upstream");
                 let failure = Failure::Upstream {
                     kind: UpstreamErrorKind::Connect,
                     during: Stage::Head,
@@ -169,6 +164,26 @@ async fn exchange(
             },
         }
     }
+}
+
+/// A copy of a request's head (its extensions aside).
+pub fn head_of<B>(req: &Request<B>) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r.into_parts().0
+}
+
+/// A copy of a head (its extensions aside).
+pub fn copy_head(head: &Parts) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = head.method.clone();
+    *r.uri_mut() = head.uri.clone();
+    *r.version_mut() = head.version;
+    *r.headers_mut() = head.headers.clone();
+    r.into_parts().0
 }
 
 /// A connection carrying a request whose answer has not come yet; dropped so, it is

@@ -6,7 +6,7 @@
 //! request midway.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -62,12 +62,10 @@ pub struct RouteStats {
     pub metrics: [SideMetrics; 2],
     /// The rolling figures of legacy vs new (kept across reloads by name).
     pub window: Arc<RouteWindow>,
-    /// The retry budget, in thousandths of a retry: each request adds
-    /// `RETRY_BUDGET`, each retry takes one whole (routes with `retries` only).
-    budget: AtomicI64,
 }
 
-/// The most a quiet route saves up for retries: ten.
+/// The retry budget is in thousandths of a retry: each request of a route with `retries`
+/// adds `RETRY_BUDGET`, each retry takes one whole; the most a quiet route saves up is ten.
 const BUDGET_CAP: i64 = 10_000;
 
 impl RouteStats {
@@ -75,7 +73,8 @@ impl RouteStats {
     pub fn deposit(&self) {
         let share = (RETRY_BUDGET * 1000.0) as i64;
         let _ = self
-            .budget
+            .window
+            .retry_budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b < BUDGET_CAP).then(|| (b + share).min(BUDGET_CAP))
             });
@@ -83,7 +82,8 @@ impl RouteStats {
 
     /// Takes one retry from the budget, if it holds one.
     pub fn withdraw(&self) -> bool {
-        self.budget
+        self.window
+            .retry_budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b >= 1000).then_some(b - 1000)
             })
@@ -138,7 +138,6 @@ impl Table {
             .map(|name| RouteStats {
                 metrics: Side::BOTH.map(|side| metrics.side(name, side)),
                 window: windows.route(name),
-                budget: AtomicI64::new(0),
             })
             .collect();
         let via = ["1.0", "1.1", "2"].map(|v| {

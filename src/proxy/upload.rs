@@ -61,7 +61,7 @@ pub struct Tee {
     spilled: AtomicBool,
     /// The whole body went through.
     complete: AtomicBool,
-    limit: u64,
+    limit: AtomicU64,
 }
 
 impl Tee {
@@ -75,7 +75,7 @@ impl Tee {
             return;
         };
         let size = self.size.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
-        if size > self.limit {
+        if size > self.limit.load(Ordering::Relaxed) {
             self.spill();
         } else {
             self.kept
@@ -88,6 +88,11 @@ impl Tee {
     fn spill(&self) {
         self.spilled.store(true, Ordering::Relaxed);
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The bytes that went through so far.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
     }
 
     /// The whole body, if it went through and was kept.
@@ -149,10 +154,15 @@ impl RequestBody {
         body
     }
 
-    /// Keeps a copy of the body as it streams, up to `limit` bytes.
+    /// Keeps a copy of the body as it streams, up to `limit` bytes (one copy serves every
+    /// use: a second call raises the limit if it asks for more).
     pub(crate) fn tee(&mut self, limit: u64) -> Arc<Tee> {
+        if let Some(tee) = &self.tee {
+            tee.limit.fetch_max(limit, Ordering::Relaxed);
+            return tee.clone();
+        }
         let tee = Arc::new(Tee {
-            limit,
+            limit: AtomicU64::new(limit),
             ..Tee::default()
         });
         if self.inner.as_ref().is_none_or(Body::is_end_stream) {

@@ -8,6 +8,7 @@ mod resilience;
 mod routes;
 mod services;
 mod settings;
+mod shadow;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +36,7 @@ const ROUTE_KEYS: &[&str] = &[
     "connect_timeout",
     "fallback",
     "retries",
+    "shadow",
 ];
 const MATCH_KEYS: &[&str] = &["path", "prefix", "regex", "methods", "headers"];
 const SERVICE_KEYS: &[&str] = &[
@@ -299,6 +301,19 @@ impl Validator {
         for (i, r) in routes.iter().enumerate() {
             let service = &services[r.service];
             let split = r.percent_bp != 0 && r.percent_bp != 10_000;
+            if service.protocol.is_http2() != legacy.protocol.is_http2() && r.fallback.is_some() {
+                self.error(
+                    r.pos,
+                    &format!("routes[{i}].fallback"),
+                    format!(
+                        "route {} falls back to legacy ({}) from {} ({}), which speak different protocols; allowed: fallback only where legacy speaks the service's protocol",
+                        quote(&r.name),
+                        legacy.protocol.as_str(),
+                        service.name,
+                        service.protocol.as_str()
+                    ),
+                );
+            }
             if service.protocol.is_http2() != legacy.protocol.is_http2() && split {
                 self.error(
                     r.pos,

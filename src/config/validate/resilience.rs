@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{Fields, Validator, join};
 use crate::config::resilience::{
-    Balance, BreakerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_MAX_BODY, DEFAULT_RESOLVE,
-    FailKind, FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, RetryConfig,
+    Balance, BreakerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_MAX_BODY, FailKind,
+    FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, RetryConfig,
 };
 use crate::config::yaml::{Node, Value};
 use crate::routing::check_canonical;
@@ -17,7 +17,7 @@ const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 /// The resilience settings of a service.
 pub(super) struct ServiceSettings {
     pub balance: Balance,
-    pub resolve: Duration,
+    pub resolve: Option<Duration>,
     pub health: Option<HealthConfig>,
     pub connect_timeout: Duration,
     pub breaker: Option<BreakerConfig>,
@@ -53,7 +53,7 @@ impl Validator {
                 }
             },
         };
-        let resolve = self.duration_or(f, path, "resolve", DEFAULT_RESOLVE);
+        let resolve = self.duration_opt(f, path, "resolve");
         let connect_timeout = self.duration_or(f, path, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
         let health = match f.get("health") {
             None => Some(None),
@@ -281,7 +281,7 @@ impl Validator {
     }
 
     /// A size in bytes: a whole number, or a number with B, KiB, MiB (or KB, MB).
-    fn size(&mut self, n: &Node, path: &str) -> Option<u64> {
+    pub(super) fn size(&mut self, n: &Node, path: &str) -> Option<u64> {
         let allowed = "a size like 65536, 64KiB or 1MiB (at most 64MiB)";
         let bytes = match &n.value {
             Value::Int(i) if *i >= 0 => Some(*i as u64),

@@ -104,6 +104,10 @@ impl Validator {
             },
         };
         let resilience = self.route_resilience(&f, &path);
+        let shadow = match f.get("shadow") {
+            None => Some(None),
+            Some(s) => self.shadow(s, &join(&path, "shadow")).map(Some),
+        };
         let matcher = matched?;
         let (service, service_name) = service?;
         let resilience = resilience?;
@@ -120,6 +124,7 @@ impl Validator {
             connect_timeout: resilience.connect_timeout,
             fallback: resilience.fallback,
             retries: resilience.retries,
+            shadow: shadow?,
         })
     }
 

@@ -83,6 +83,7 @@ pub fn router(state: Shared) -> AdminService {
         .route("/readyz", get(readyz))
         .route("/admin/routes", get(routes))
         .route("/admin/compare", get(compare))
+        .route("/admin/shadow/{route}", get(shadow))
         .merge(changes)
         .merge(plan_routes(state.plans.clone(), &access))
         .fallback(not_found)
@@ -285,13 +286,16 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
                 }
                 f
             };
-            judge(
+            let c = judge(
                 &r.name,
                 percent_json(r.policy.percent_bp),
                 figures(Side::Legacy),
                 figures(Side::New),
                 cfg,
-            )
+            );
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            v["shadow"] = shadow_summary(&s, &r.name, table.config.routes[i].shadow.is_some());
+            v
         })
         .collect();
     json(
@@ -305,6 +309,36 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
             "routes": routes,
         }),
     )
+}
+
+/// A route's shadow match rate for the compare table: `null` for a route that never
+/// shadowed.
+fn shadow_summary(s: &AdminState, route: &str, configured: bool) -> Value {
+    match s.gateway.shadows.get(route) {
+        Some(r) => {
+            let (rate, compared) = r.match_rate();
+            json!({"match_rate": rate, "compared": compared})
+        }
+        None if configured => json!({"match_rate": null, "compared": 0}),
+        None => Value::Null,
+    }
+}
+
+/// `GET /admin/shadow/{route}`: the route's shadow comparison (docs/shadow.md).
+async fn shadow(State(s): State<Shared>, AdminPath(route): AdminPath<String>) -> Response {
+    let table = s.gateway.table.load();
+    let Some(rc) = table.config.routes.iter().find(|r| r.name == route) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "error": "no_such_route",
+                "message": format!("no route {route:?}"),
+                "routes": table.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            }),
+        );
+    };
+    let report = s.gateway.shadows.route(&rc.name);
+    json(StatusCode::OK, &report.report(&rc.name, rc.shadow.as_ref()))
 }
 
 fn round1(d: Duration) -> f64 {

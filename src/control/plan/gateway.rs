@@ -54,7 +54,7 @@ impl GatewayEnv {
             .fleet
             .as_ref()
             .and_then(|f| f.breaker.as_ref())
-            .is_some_and(|b| b.is_open());
+            .is_some_and(|b| b.is_open(std::time::Instant::now()));
         open.then(|| upstream.name.to_string())
     }
 }

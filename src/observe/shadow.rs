@@ -1,0 +1,666 @@
+//! Shadow comparison (docs/shadow.md): legacy's answer against the new side's answer to a
+//! copy of the same request, and legacy against itself to learn which fields are noise.
+//!
+//! Pure and off the request path: the proxy hands in the answers once both are complete;
+//! this module compares them, learns the noise, and keeps each route's report (counts by
+//! result, per-field mismatch counts, the last mismatches) for `GET /admin/shadow/{route}`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, header};
+use serde_json::{Value, json};
+
+use crate::config::shadow::{Pointer, ShadowConfig};
+
+/// Mismatches kept per route for the report.
+pub const KEPT_MISMATCHES: usize = 50;
+/// Differences kept per mismatch.
+pub const KEPT_DIFFERENCES: usize = 10;
+/// Legacy pairs compared before any field is called noise.
+pub const MIN_NOISE_PAIRS: u64 = 5;
+/// Distinct fields counted per route (mismatches and noise); further ones are counted
+/// under `(other)`, so a body full of generated keys cannot grow the report without bound.
+const MAX_FIELDS: usize = 1000;
+
+/// Headers never compared: framing, hop-by-hop, the date, and what gateways add.
+const ALWAYS_IGNORED: &[&str] = &[
+    "date",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "via",
+    "x-request-id",
+];
+
+/// A complete answer, as compared.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// `None`: larger than `max_body`, not kept.
+    pub body: Option<Bytes>,
+}
+
+/// A copy's outcome: the `result` label of `strangler_shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Match,
+    StatusMismatch,
+    HeaderMismatch,
+    BodyMismatch,
+    /// The copy failed on the new side (no answer, or a broken one).
+    Error,
+    /// Not sent: the budget was full, or legacy's own exchange failed.
+    Skipped,
+    /// Not compared: a body (request or answer) over `max_body`.
+    TooLarge,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Match,
+        Outcome::StatusMismatch,
+        Outcome::HeaderMismatch,
+        Outcome::BodyMismatch,
+        Outcome::Error,
+        Outcome::Skipped,
+        Outcome::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Match => "match",
+            Outcome::StatusMismatch => "status_mismatch",
+            Outcome::HeaderMismatch => "header_mismatch",
+            Outcome::BodyMismatch => "body_mismatch",
+            Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+            Outcome::TooLarge => "too_large",
+        }
+    }
+
+    /// Whether the copy was compared (counts in the match rate).
+    pub fn compared(self) -> bool {
+        !matches!(self, Outcome::Skipped | Outcome::TooLarge)
+    }
+}
+
+/// One difference between two answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    /// `status`, `header:NAME`, a JSON pointer (`/items/0/price`), or `body` (not JSON).
+    pub field: String,
+    /// The field with array indices generalized (`/items/*/price`): what is counted.
+    pub general: String,
+    pub legacy: Value,
+    pub new: Value,
+}
+
+/// Every difference between `a` and `b` that is not ignored (`noisy` says which general
+/// JSON fields are noise), in order: status, headers, body.
+pub fn differences(
+    a: &Answer,
+    b: &Answer,
+    cfg: &ShadowConfig,
+    noisy: &dyn Fn(&str) -> bool,
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if a.status != b.status {
+        out.push(Difference {
+            field: "status".into(),
+            general: "status".into(),
+            legacy: json!(a.status),
+            new: json!(b.status),
+        });
+    }
+    let ignored = |name: &HeaderName| {
+        ALWAYS_IGNORED.contains(&name.as_str())
+            || name.as_str().starts_with("x-strangler-")
+            || cfg.ignore_headers.contains(name)
+    };
+    let mut names: Vec<&HeaderName> = a.headers.keys().chain(b.headers.keys()).collect();
+    names.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    names.dedup();
+    for name in names {
+        if ignored(name) {
+            continue;
+        }
+        let values = |h: &HeaderMap| -> Vec<String> {
+            h.get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect()
+        };
+        let (va, vb) = (values(&a.headers), values(&b.headers));
+        if va != vb {
+            let field = format!("header:{name}");
+            out.push(Difference {
+                general: field.clone(),
+                field,
+                legacy: header_value(&va),
+                new: header_value(&vb),
+            });
+        }
+    }
+    let (Some(ba), Some(bb)) = (&a.body, &b.body) else {
+        return out;
+    };
+    match (json_body(&a.headers, ba), json_body(&b.headers, bb)) {
+        (Some(ja), Some(jb)) => {
+            let mut path = Vec::new();
+            let mut general = Vec::new();
+            diff_json(&ja, &jb, &mut path, &mut general, cfg, noisy, &mut out);
+        }
+        _ => {
+            if ba != bb {
+                out.push(Difference {
+                    field: "body".into(),
+                    general: "body".into(),
+                    legacy: json!(format!("{} bytes", ba.len())),
+                    new: json!(format!("{} bytes", bb.len())),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn header_value(v: &[String]) -> Value {
+    match v {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    }
+}
+
+/// The body as JSON, when its content type says JSON (or it has none) and it parses.
+fn json_body(headers: &HeaderMap, body: &Bytes) -> Option<Value> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.to_ascii_lowercase().contains("json"));
+    if !json_type || body.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+fn pointer_of(path: &[String]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        s.push('/');
+        s.push_str(&seg.replace('~', "~0").replace('/', "~1"));
+    }
+    s
+}
+
+fn diff_json(
+    a: &Value,
+    b: &Value,
+    path: &mut Vec<String>,
+    general: &mut Vec<String>,
+    cfg: &ShadowConfig,
+    noisy: &dyn Fn(&str) -> bool,
+    out: &mut Vec<Difference>,
+) {
+    if cfg.ignore_json.iter().any(|p: &Pointer| p.matches(path)) {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(oa), Value::Object(ob)) => {
+            let mut keys: Vec<&String> = oa.keys().chain(ob.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                path.push(k.clone());
+                general.push(k.clone());
+                let (va, vb) = (oa.get(k), ob.get(k));
+                match (va, vb) {
+                    (Some(x), Some(y)) => diff_json(x, y, path, general, cfg, noisy, out),
+                    _ => leaf(va, vb, path, general, cfg, noisy, out),
+                }
+                path.pop();
+                general.pop();
+            }
+        }
+        (Value::Array(xa), Value::Array(xb)) => {
+            for i in 0..xa.len().max(xb.len()) {
+                path.push(i.to_string());
+                general.push("*".into());
+                match (xa.get(i), xb.get(i)) {
+                    (Some(x), Some(y)) => diff_json(x, y, path, general, cfg, noisy, out),
+                    (va, vb) => leaf(va, vb, path, general, cfg, noisy, out),
+                }
+                path.pop();
+                general.pop();
+            }
+        }
+        _ if a == b => {}
+        _ => leaf(Some(a), Some(b), path, general, cfg, noisy, out),
+    }
+}
+
+/// A differing value (or one side without it), unless ignored or noise.
+fn leaf(
+    a: Option<&Value>,
+    b: Option<&Value>,
+    path: &[String],
+    general: &[String],
+    cfg: &ShadowConfig,
+    noisy: &dyn Fn(&str) -> bool,
+    out: &mut Vec<Difference>,
+) {
+    if cfg.ignore_json.iter().any(|p| p.matches(path)) {
+        return;
+    }
+    let g = pointer_of(general);
+    if noisy(&g) {
+        return;
+    }
+    let shown = |v: Option<&Value>| v.cloned().unwrap_or_else(|| json!("(absent)"));
+    out.push(Difference {
+        field: pointer_of(path),
+        general: g,
+        legacy: shown(a),
+        new: shown(b),
+    });
+}
+
+/// The result of a comparison's differences.
+pub fn outcome_of(diffs: &[Difference]) -> Outcome {
+    if diffs.iter().any(|d| d.field == "status") {
+        Outcome::StatusMismatch
+    } else if diffs.iter().any(|d| d.field.starts_with("header:")) {
+        Outcome::HeaderMismatch
+    } else if diffs.is_empty() {
+        Outcome::Match
+    } else {
+        Outcome::BodyMismatch
+    }
+}
+
+/// A mismatch kept for the report.
+#[derive(Debug, Clone)]
+struct Mismatch {
+    at_ms: u128,
+    method: String,
+    path: String,
+    legacy_status: u16,
+    new_status: u16,
+    outcome: Outcome,
+    differences: Vec<Difference>,
+}
+
+/// What is learned of legacy against itself.
+#[derive(Default)]
+struct Noise {
+    pairs: u64,
+    /// By general field: pairs in which it differed.
+    differed: HashMap<String, u64>,
+}
+
+/// A route's shadow figures and report.
+pub struct RouteShadow {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    counts: BTreeMap<Outcome, u64>,
+    fields: HashMap<String, u64>,
+    mismatches: VecDeque<Mismatch>,
+    noise: Noise,
+}
+
+/// What a copy was, for the report.
+pub struct Copied<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+impl RouteShadow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a copy that was not compared (skipped, too large, failed).
+    pub fn count(&self, outcome: Outcome) {
+        *self.lock().counts.entry(outcome).or_default() += 1;
+    }
+
+    /// Learns from two answers of legacy to the same request: every general field that
+    /// differs between them.
+    pub fn learn_noise(&self, a: &Answer, b: &Answer, cfg: &ShadowConfig) {
+        let diffs = differences(a, b, cfg, &|_| false);
+        let mut inner = self.lock();
+        inner.noise.pairs += 1;
+        let mut seen: Vec<&str> = diffs
+            .iter()
+            .filter(|d| d.general.starts_with('/'))
+            .map(|d| d.general.as_str())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for f in seen {
+            let known = inner.noise.differed.len();
+            match inner.noise.differed.get_mut(f) {
+                Some(n) => *n += 1,
+                None if known < MAX_FIELDS => {
+                    inner.noise.differed.insert(f.to_string(), 1);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Compares legacy's answer with the new side's, counts the result and keeps a
+    /// mismatch for the report. Fields learned as noise are not counted.
+    pub fn compare(
+        &self,
+        copied: &Copied<'_>,
+        legacy: &Answer,
+        new: &Answer,
+        cfg: &ShadowConfig,
+        threshold: Option<f64>,
+        at_ms: u128,
+    ) -> Outcome {
+        let noisy: Vec<String> = threshold.map_or_else(Vec::new, |t| self.noisy(t));
+        let diffs = differences(legacy, new, cfg, &|g| noisy.iter().any(|n| n == g));
+        let outcome = outcome_of(&diffs);
+        let mut inner = self.lock();
+        *inner.counts.entry(outcome).or_default() += 1;
+        if outcome == Outcome::Match {
+            return outcome;
+        }
+        let mut general: Vec<&str> = diffs.iter().map(|d| d.general.as_str()).collect();
+        general.sort_unstable();
+        general.dedup();
+        for g in general {
+            let known = inner.fields.len();
+            match inner.fields.get_mut(g) {
+                Some(n) => *n += 1,
+                None if known < MAX_FIELDS => {
+                    inner.fields.insert(g.to_string(), 1);
+                }
+                None => *inner.fields.entry("(other)".to_string()).or_default() += 1,
+            }
+        }
+        if inner.mismatches.len() == KEPT_MISMATCHES {
+            inner.mismatches.pop_front();
+        }
+        inner.mismatches.push_back(Mismatch {
+            at_ms,
+            method: copied.method.to_string(),
+            path: copied.path.to_string(),
+            legacy_status: legacy.status,
+            new_status: new.status,
+            outcome,
+            differences: diffs.into_iter().take(KEPT_DIFFERENCES).collect(),
+        });
+        outcome
+    }
+
+    /// The general fields learned as noise at `threshold`.
+    fn noisy(&self, threshold: f64) -> Vec<String> {
+        let inner = self.lock();
+        let pairs = inner.noise.pairs;
+        if pairs < MIN_NOISE_PAIRS {
+            return Vec::new();
+        }
+        inner
+            .noise
+            .differed
+            .iter()
+            .filter(|(_, n)| **n as f64 / pairs as f64 >= threshold)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
+    /// Matches over compared copies (`None` before any).
+    pub fn match_rate(&self) -> (Option<f64>, u64) {
+        let inner = self.lock();
+        let compared: u64 = inner
+            .counts
+            .iter()
+            .filter(|(o, _)| o.compared())
+            .map(|(_, n)| n)
+            .sum();
+        let matched = inner.counts.get(&Outcome::Match).copied().unwrap_or(0);
+        (
+            (compared > 0).then(|| matched as f64 / compared as f64),
+            compared,
+        )
+    }
+
+    /// The report of `GET /admin/shadow/{route}`.
+    pub fn report(&self, route: &str, cfg: Option<&ShadowConfig>) -> Value {
+        let (rate, compared) = self.match_rate();
+        let inner = self.lock();
+        let counts: serde_json::Map<String, Value> = Outcome::ALL
+            .iter()
+            .map(|o| {
+                (
+                    o.as_str().to_string(),
+                    json!(inner.counts.get(o).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        let mut fields: Vec<(&String, &u64)> = inner.fields.iter().collect();
+        fields.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let threshold = cfg.and_then(|c| c.noise).map(|n| n.threshold);
+        let pairs = inner.noise.pairs;
+        let mut noise: Vec<(&String, &u64)> = inner.noise.differed.iter().collect();
+        noise.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let noise: Vec<Value> = noise
+            .into_iter()
+            .map(|(f, n)| {
+                let share = *n as f64 / pairs.max(1) as f64;
+                json!({
+                    "field": f,
+                    "differed": n,
+                    "share": share,
+                    "noise": pairs >= MIN_NOISE_PAIRS && threshold.is_some_and(|t| share >= t),
+                })
+            })
+            .collect();
+        let mismatches: Vec<Value> = inner
+            .mismatches
+            .iter()
+            .rev()
+            .map(|m| {
+                json!({
+                    "at_ms": m.at_ms as u64,
+                    "method": m.method,
+                    "path": m.path,
+                    "legacy_status": m.legacy_status,
+                    "new_status": m.new_status,
+                    "result": m.outcome.as_str(),
+                    "differences": m.differences.iter().map(|d| json!({
+                        "field": d.field,
+                        "legacy": d.legacy,
+                        "new": d.new,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "route": route,
+            "configured": cfg.is_some(),
+            "results": counts,
+            "compared": compared,
+            "match_rate": rate,
+            "fields": fields.iter().map(|(f, n)| json!({"field": f, "mismatches": n})).collect::<Vec<_>>(),
+            "ignored": {
+                "headers": cfg.map(|c| c.ignore_headers.iter().map(|h| h.as_str().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                "json": cfg.map(|c| c.ignore_json.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                "always": ALWAYS_IGNORED,
+            },
+            "noise": {
+                "sample": cfg.and_then(|c| c.noise).map(|n| n.sample_bp as f64 / 100.0),
+                "threshold": threshold,
+                "pairs": pairs,
+                "min_pairs": MIN_NOISE_PAIRS,
+                "fields": noise,
+            },
+            "mismatches": mismatches,
+        })
+    }
+}
+
+/// Every route's shadow report, by name, kept across reloads.
+#[derive(Default)]
+pub struct Shadows {
+    routes: Mutex<HashMap<String, Arc<RouteShadow>>>,
+}
+
+impl Shadows {
+    pub fn new() -> Arc<Shadows> {
+        Arc::default()
+    }
+
+    /// A route's report (made on first use).
+    pub fn route(&self, name: &str) -> Arc<RouteShadow> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(RouteShadow {
+                    inner: Mutex::new(Inner::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// A route's report if it has one.
+    pub fn get(&self, name: &str) -> Option<Arc<RouteShadow>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::shadow::{DEFAULT_MAX_BODY, NoiseConfig};
+
+    fn cfg(ignore: &[&str]) -> ShadowConfig {
+        ShadowConfig {
+            percent_bp: 10_000,
+            methods: vec![http::Method::GET],
+            max_body: DEFAULT_MAX_BODY,
+            ignore_headers: vec![HeaderName::from_static("x-trace")],
+            ignore_json: ignore.iter().map(|p| Pointer::parse(p).unwrap()).collect(),
+            noise: Some(NoiseConfig {
+                sample_bp: 10_000,
+                threshold: 0.5,
+            }),
+        }
+    }
+
+    fn answer(status: u16, body: &str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        Answer {
+            status,
+            headers,
+            body: Some(Bytes::from(body.to_string())),
+        }
+    }
+
+    #[test]
+    fn json_differences_name_their_pointer_and_skip_ignored_fields() {
+        let c = cfg(&["/generated_at", "/items/*/etag"]);
+        let a = answer(
+            200,
+            r#"{"id":1,"generated_at":"x","items":[{"price":5,"etag":"a"},{"price":6}]}"#,
+        );
+        let b = answer(
+            200,
+            r#"{"id":1,"generated_at":"y","items":[{"price":5,"etag":"b"},{"price":7}],"extra":true}"#,
+        );
+        let d = differences(&a, &b, &c, &|_| false);
+        let fields: Vec<&str> = d.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["/extra", "/items/1/price"]);
+        assert_eq!(d[1].general, "/items/*/price");
+        assert_eq!(d[1].legacy, json!(6));
+        assert_eq!(d[1].new, json!(7));
+        assert_eq!(outcome_of(&d), Outcome::BodyMismatch);
+    }
+
+    #[test]
+    fn status_then_headers_then_body() {
+        let c = cfg(&[]);
+        let a = answer(200, "{}");
+        let mut b = answer(200, "{}");
+        assert_eq!(
+            outcome_of(&differences(&a, &b, &c, &|_| false)),
+            Outcome::Match
+        );
+        b.headers.insert("x-trace", "1".parse().unwrap());
+        b.headers.insert(header::DATE, "now".parse().unwrap());
+        assert_eq!(
+            outcome_of(&differences(&a, &b, &c, &|_| false)),
+            Outcome::Match
+        );
+        b.headers
+            .insert("cache-control", "no-store".parse().unwrap());
+        let d = differences(&a, &b, &c, &|_| false);
+        assert_eq!(d[0].field, "header:cache-control");
+        assert_eq!(outcome_of(&d), Outcome::HeaderMismatch);
+        b.status = 500;
+        assert_eq!(
+            outcome_of(&differences(&a, &b, &c, &|_| false)),
+            Outcome::StatusMismatch
+        );
+    }
+
+    #[test]
+    fn non_json_bodies_compare_byte_for_byte() {
+        let c = cfg(&[]);
+        let mut a = answer(200, "<p>a</p>");
+        a.headers
+            .insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+        let mut b = a.clone();
+        assert!(differences(&a, &b, &c, &|_| false).is_empty());
+        b.body = Some(Bytes::from_static(b"<p>b</p>"));
+        let d = differences(&a, &b, &c, &|_| false);
+        assert_eq!(d[0].field, "body");
+    }
+
+    #[test]
+    fn a_field_legacy_disagrees_with_itself_on_is_learned_and_no_longer_counted() {
+        let c = cfg(&[]);
+        let r = RouteShadow {
+            inner: Mutex::new(Inner::default()),
+        };
+        let copied = Copied {
+            method: "GET",
+            path: "/x",
+        };
+        let legacy = |t: u32| answer(200, &format!(r#"{{"ts":{t},"price":5}}"#));
+        // Before the noise is known, the timestamp counts.
+        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0);
+        assert_eq!(o, Outcome::BodyMismatch);
+        for t in 0..MIN_NOISE_PAIRS as u32 {
+            r.learn_noise(&legacy(t), &legacy(t + 100), &c);
+        }
+        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0);
+        assert_eq!(o, Outcome::Match);
+        // A field only new changes keeps counting.
+        let new = answer(200, r#"{"ts":9,"price":6}"#);
+        let o = r.compare(&copied, &legacy(1), &new, &c, Some(0.5), 0);
+        assert_eq!(o, Outcome::BodyMismatch);
+        let report = r.report("x", Some(&c));
+        assert_eq!(report["noise"]["fields"][0]["field"], "/ts");
+        assert_eq!(report["noise"]["fields"][0]["noise"], true);
+        assert_eq!(report["fields"][0]["field"], "/price");
+        assert_eq!(report["mismatches"][0]["differences"][0]["field"], "/price");
+    }
+}
