@@ -37,6 +37,22 @@ pub async fn from_prometheus(
         ..Default::default()
     };
     let routes = crate::observe::prometheus::compare(&base, window, &cfg).await?;
+    let shadows = crate::observe::prometheus::shadow_rates(&base, window).await?;
+    let routes: Vec<Value> = routes
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["shadow"] = shadows
+                .get(&r.route)
+                .map_or(Value::Null, |(matched, compared)| {
+                    json!({
+                        "match_rate": (*compared > 0.0).then(|| matched / compared),
+                        "compared": compared,
+                    })
+                });
+            v
+        })
+        .collect();
     let body = json!({"window_seconds": window.as_secs_f64(), "source": base, "routes": routes});
     print(&body, json_out)
 }
@@ -48,6 +64,18 @@ fn print(body: &Value, json: bool) -> anyhow::Result<()> {
         print!("{}", table(body));
     }
     Ok(())
+}
+
+/// A route's shadow match rate and how many copies it is over (`-`: no shadow).
+fn shadow(v: &Value) -> String {
+    if v.is_null() {
+        return "-".into();
+    }
+    let compared = v["compared"].as_f64().unwrap_or(0.0);
+    match v["match_rate"].as_f64() {
+        Some(r) => format!("{:.2}% of {compared}", r * 100.0),
+        None => format!("- of {compared}"),
+    }
 }
 
 /// The compare JSON as an aligned text table.
@@ -63,6 +91,7 @@ pub fn table(body: &Value) -> String {
         "requests legacy/new".into(),
         "errors legacy/new".into(),
         "p99 legacy/new".into(),
+        "shadow match".into(),
         "verdict".into(),
     ]];
     for r in body["routes"].as_array().into_iter().flatten() {
@@ -73,10 +102,11 @@ pub fn table(body: &Value) -> String {
             format!("{}/{}", l["requests"], n["requests"]),
             format!("{}/{}", pct(&l["error_rate"]), pct(&n["error_rate"])),
             format!("{}/{}", ms(&l["p99_ms"]), ms(&n["p99_ms"])),
+            shadow(&r["shadow"]),
             r["verdict"].as_str().unwrap_or("?").to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!("window {}s\n", body["window_seconds"]);

@@ -81,13 +81,16 @@ async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
                         } else {
                             StatusCode::OK
                         };
-                        let body = serde_json::json!({
-                            "served_by": b.name,
-                            "method": req.method().as_str(),
-                            "path": req.uri().path(),
-                            "user": req.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
-                            "ok": !failed,
-                        });
+                        let body = match history_of(req.uri().path()) {
+                            Some(customer) => history(customer, b.name),
+                            None => serde_json::json!({
+                                "served_by": b.name,
+                                "method": req.method().as_str(),
+                                "path": req.uri().path(),
+                                "user": req.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
+                                "ok": !failed,
+                            }),
+                        };
                         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
                         *resp.status_mut() = status;
                         resp.headers_mut().insert(
@@ -106,6 +109,37 @@ async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The customer of `/api/customers/{id}/orders`.
+fn history_of(path: &str) -> Option<u64> {
+    path.strip_prefix("/api/customers/")?
+        .strip_suffix("/orders")?
+        .parse()
+        .ok()
+}
+
+/// A customer's order history, as the monolith and the orders service both answer it
+/// (the shadowed route): the same orders, a `generated_at` timestamp that differs on every
+/// answer (noise, which the comparison learns), and a total the orders service rounds
+/// wrongly for one customer in seven (a real mismatch, which it reports).
+fn history(customer: u64, by: &str) -> serde_json::Value {
+    let orders: Vec<serde_json::Value> = (0..3)
+        .map(|k| serde_json::json!({"id": customer * 10 + k, "amount_cents": 1999 + 250 * k}))
+        .collect();
+    let mut total = 3 * 1999 + 250 * 3;
+    if by == "orders" && customer.is_multiple_of(7) {
+        total += 1;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({
+        "customer": customer,
+        "orders": orders,
+        "total_cents": total,
+        "generated_at": now_ms,
+    })
 }
 
 fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
@@ -190,6 +224,9 @@ strangler demo is running (Ctrl-C to stop)
 
 Two migration plans start now (migrations-plan/): billing walks to 100% in under a
 minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
+Order histories stay on the monolith but are shadowed to the orders service:
+  shadow:       http://{admin}/admin/shadow/orders-history   (a total that differs for one
+                customer in seven is found; generated_at is learned as noise)
 
 "
     ));
@@ -305,7 +342,12 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
                 format!("/invoices/{}.pdf", fastrand::u32(1..99)),
                 "invoice-pdf",
             ),
-            _ => ("GET", "/home".to_string(), "default"),
+            _ if n % 20 == 9 => ("GET", "/home".to_string(), "default"),
+            _ => (
+                "GET",
+                format!("/api/customers/{}/orders", fastrand::u32(1..200)),
+                "orders-history",
+            ),
         };
         let mut req = Request::builder()
             .method(method)

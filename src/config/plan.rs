@@ -44,6 +44,9 @@ pub struct Guard {
     pub max_p99_ratio: f64,
     /// 1 - the chance of ever rolling back a new side that meets the bounds.
     pub confidence: f64,
+    /// The shadow match rate the route must show, over at least `min_requests` compared
+    /// copies, before the plan may start (its first step).
+    pub min_shadow_match: Option<f64>,
 }
 
 impl Default for Guard {
@@ -53,6 +56,7 @@ impl Default for Guard {
             max_error_rate_delta: 0.0,
             max_p99_ratio: 1.5,
             confidence: 0.99,
+            min_shadow_match: None,
         }
     }
 }

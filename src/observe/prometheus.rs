@@ -54,6 +54,33 @@ fn by_route_side(result: &[Value]) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
+/// Per route, the shadow copies that matched and those compared over `window`, summed
+/// across replicas (skipped and too large ones are not compared).
+pub async fn shadow_rates(
+    base: &str,
+    window: Duration,
+) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let w = format!("{}s", window.as_secs().max(1));
+    let metric = "strangler_shadow_requests_total";
+    let promql =
+        format!("sum by (route, result) (({metric} - {metric} offset {w}) >= 0 or {metric})");
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for m in query(&client, base, &promql).await? {
+        let route = m["metric"]["route"].as_str().unwrap_or("").to_string();
+        let result = m["metric"]["result"].as_str().unwrap_or("");
+        let v = value(&m).unwrap_or(0.0);
+        let e = out.entry(route).or_default();
+        if result == "match" {
+            e.0 += v;
+        }
+        if !matches!(result, "skipped" | "too_large") {
+            e.1 += v;
+        }
+    }
+    Ok(out)
+}
+
 /// Whether any replica reports the circuit breaker of `service` open or half-open.
 pub async fn breaker_open(base: &str, service: &str) -> anyhow::Result<bool> {
     let client = reqwest::Client::builder().no_proxy().build()?;

@@ -17,6 +17,7 @@ const GUARD_KEYS: &[&str] = &[
     "max_error_rate_delta",
     "max_p99_ratio",
     "confidence",
+    "min_shadow_match",
 ];
 
 impl Validator {
@@ -315,6 +316,19 @@ impl Validator {
                         v,
                         "guard.confidence",
                         "a number from 0.5 to below 1, like 0.99",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some(v) = f.get("min_shadow_match") {
+            match number(v) {
+                Some(x) if x > 0.0 && x <= 1.0 => g.min_shadow_match = Some(x),
+                _ => {
+                    self.wrong(
+                        v,
+                        "guard.min_shadow_match",
+                        "a share above 0 and up to 1, like 0.999",
                     );
                     ok = false;
                 }

@@ -184,7 +184,7 @@ async fn plan_op<E: Environment>(
         Ok(Ok(None)) => no_such_plan(&plans, &name).await,
         Ok(Err(refused)) => json(
             StatusCode::CONFLICT,
-            &json!({"error": "invalid_transition", "message": refused.to_string(), "state": refused.state}),
+            &json!({"error": "invalid_transition", "message": refused.to_string(), "state": refused.state, "detail": refused.detail}),
         ),
         Err(e) => internal(&e),
     }

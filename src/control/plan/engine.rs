@@ -177,11 +177,13 @@ pub enum Action {
 
 /// Why an operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("plan {plan} is {state}: cannot {op}")]
+#[error("plan {plan} is {state}: cannot {op}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
 pub struct Refused {
     pub plan: String,
     pub state: &'static str,
     pub op: &'static str,
+    /// More on why, when the state alone does not say it.
+    pub detail: Option<String>,
 }
 
 /// A person's operation.
@@ -310,6 +312,7 @@ impl Progress {
             plan: p.plan.clone(),
             state: p.state.as_str(),
             op: op.as_str(),
+            detail: None,
         };
         match (op, self.state) {
             // Started again after it ended: from the first step.

@@ -108,6 +108,10 @@ impl Environment for GatewayEnv {
         Some(verdict)
     }
 
+    async fn shadow_match(&self, route: &str) -> Option<(Option<f64>, u64)> {
+        self.gateway.shadows.get(route).map(|r| r.match_rate())
+    }
+
     fn begin_counts(&self, plan: &PlanConfig, since: f64) {
         let w = self.windows.route(&plan.route);
         let base = (since, w.tally(Side::Legacy), w.tally(Side::New));

@@ -61,6 +61,13 @@ pub trait Environment: Send + Sync + 'static {
     ) -> impl Future<Output = Option<RouteComparison>> + Send;
     /// Writes `bp` as the route's percentage; the error in words.
     fn write(&self, route: &str, bp: u32) -> impl Future<Output = Result<(), String>> + Send;
+    /// The route's shadow match rate and the copies it is over (`None`: no figures).
+    fn shadow_match(
+        &self,
+        _route: &str,
+    ) -> impl Future<Output = Option<(Option<f64>, u64)>> + Send {
+        async { None }
+    }
     /// The plan's counts start again at `since` (a step began, or the plan resumed), its
     /// new percentage in force: a driver that counts for itself takes its baseline now.
     fn begin_counts(&self, _plan: &PlanConfig, _since: f64) {}
@@ -286,7 +293,25 @@ impl Book {
                 plan: name.to_string(),
                 state: "driven by strangler plan run elsewhere (operate it there)",
                 op: op.as_str(),
+                detail: None,
             });
+        }
+        if op == Op::Start
+            && let Some(min) = e.config.guard.min_shadow_match
+        {
+            let need = e.config.guard.min_requests;
+            let (rate, compared) = env.shadow_match(&e.config.route).await.unwrap_or((None, 0));
+            if compared < need || rate.is_none_or(|r| r < min) {
+                return Err(Refused {
+                    plan: name.to_string(),
+                    state: "waiting for its shadow comparison",
+                    op: op.as_str(),
+                    detail: Some(format!(
+                        "guard.min_shadow_match {min} over at least {need} compared copies; the route has {} over {compared}",
+                        rate.map_or("no match rate".to_string(), |r| format!("{r:.4}"))
+                    )),
+                });
+            }
         }
         let since = e.progress.counts_since;
         let action = e.progress.operate(&e.config, op, now)?;

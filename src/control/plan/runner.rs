@@ -124,6 +124,22 @@ impl Environment for RunnerEnv {
         Some(judged)
     }
 
+    async fn shadow_match(&self, route: &str) -> Option<(Option<f64>, u64)> {
+        // Over the last hour, summed across replicas.
+        let rates =
+            crate::observe::prometheus::shadow_rates(&self.prometheus, Duration::from_secs(3600))
+                .await
+                .map_err(
+                    |e| tracing::warn!(error = %e, "plan run: no shadow figures from Prometheus"),
+                )
+                .ok()?;
+        let (matched, compared) = rates.get(route).copied()?;
+        Some((
+            (compared > 0.0).then(|| matched / compared),
+            compared as u64,
+        ))
+    }
+
     async fn write(&self, route: &str, bp: u32) -> Result<(), String> {
         let path = self.config_path.clone();
         let name = route.to_string();
