@@ -140,7 +140,9 @@ async fn strangler_compare_prints_the_table() {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[1].starts_with("route") && lines[1].contains("verdict"),
+        lines[1].starts_with("route")
+            && lines[1].contains("shadow match")
+            && lines[1].contains("verdict"),
         "{text}"
     );
     let flaky = lines
@@ -151,6 +153,9 @@ async fn strangler_compare_prints_the_table() {
         flaky.contains("200/200") && flaky.contains("0.00%/20.00%") && flaky.contains("worse"),
         "{text}"
     );
+    // No shadow on this route: a dash under "shadow match".
+    let shadow_col = lines[1].find("shadow match").unwrap();
+    assert_eq!(&flaky[shadow_col..shadow_col + 2], "- ", "{text}");
     // Columns are aligned: every row has the verdict column at the same place.
     let col = lines[1].find("verdict").unwrap();
     for l in &lines[2..5] {

@@ -781,3 +781,74 @@ async fn an_open_breaker_fails_a_running_plans_guard_at_once_whatever_the_figure
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_min_shadow_match_starts_only_once_the_shadow_matches() {
+    // Two upstreams that answer alike (same body; `x-upstream` ignored).
+    let legacy = support::Upstream::start("same").await;
+    let new = support::Upstream::start("same").await;
+    let (_dir, routes) = support::plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "",
+        "percent: 0\n    shadow: {ignore_headers: [x-upstream]}",
+        "route: orders-read\nsteps:\n  - percent: 10\n    hold: 1h\n  - percent: 100\nguard:\n  min_requests: 20\n  min_shadow_match: 0.95\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let admin = format!("http://{}", gw.admin);
+    // No copy compared yet: the start is refused, with the figures.
+    let refused = client()
+        .post(format!("{admin}/admin/plans/orders-rollout/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("min_shadow_match 0.95") && detail.contains("over 0"),
+        "{body}"
+    );
+    assert_eq!(status(&gw, "orders-rollout").await["state"], "pending");
+    assert!(percent_in(&routes).contains("percent: 0"));
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
+    assert!(!ok, "{out}{err}");
+    assert!(format!("{out}{err}").contains("shadow"), "{out}{err}");
+    // Legacy serves; every request is copied to the new side and matches.
+    let c = client();
+    for i in 0..30 {
+        let r = c
+            .get(format!("http://{}/api/orders/{i}", gw.public))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = c
+            .get(format!("{admin}/admin/shadow/orders-read"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["compared"].as_u64().unwrap_or(0) >= 20 {
+            assert_eq!(v["match_rate"], 1.0, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "copies not compared: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(new.count(), 30);
+    assert!(new.seen.lock().unwrap().iter().all(|r| {
+        r.headers
+            .get("x-strangler-shadow")
+            .is_some_and(|v| v == "1")
+    }));
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
+    assert!(ok, "{out}{err}");
+    assert!(percent_in(&routes).contains("percent: 10"));
+    assert_eq!(status(&gw, "orders-rollout").await["state"], "running");
+}
