@@ -579,3 +579,43 @@ async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
     stop.store(true, Ordering::Relaxed);
     drop(runner);
 }
+
+/// Through Prometheus too: a route's shadow match rate, and a new side's 404 that fell back
+/// to legacy counted as its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_match_rates_and_404_fallbacks_through_prometheus() {
+    let legacy = Upstream::start("legacy").await;
+    let twin = Upstream::start("legacy").await;
+    let missing = support::faults::FaultServer::start("missing").await;
+    missing.set(support::faults::Mode::Status(404));
+    let (_dir, file) = routes_file(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: '{}'}}\nservices:\n  twin: {{url: '{}'}}\n  missing: {{url: '{}'}}\nroutes:\n  - name: hist\n    match: {{prefix: /hist}}\n    service: twin\n    percent: 0\n    shadow: {{ignore_headers: [x-upstream]}}\n  - name: fb\n    match: {{prefix: /fb}}\n    service: missing\n    percent: 100\n    fallback: {{when: [404]}}\n",
+        legacy.url(),
+        twin.url(),
+        missing.url()
+    ));
+    let gw = GatewayProcess::spawn(&file, &[]).await;
+    let prom = Prometheus::start(&[gw.admin]).await;
+    let c = client();
+    for i in 0..10 {
+        for path in ["hist", "fb"] {
+            let r = c
+                .get(format!("http://{}/{path}/{i}", gw.public))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    prom.wait_for_value("sum(strangler_shadow_requests_total)", 10.0)
+        .await;
+    prom.wait_for_value("sum(strangler_fallbacks_total)", 10.0)
+        .await;
+    let hist = compared_route(&prom.url, "hist").await;
+    assert_eq!(hist["shadow"]["compared"], 10.0, "{hist}");
+    assert_eq!(hist["shadow"]["match_rate"], 1.0, "{hist}");
+    let fb = compared_route(&prom.url, "fb").await;
+    assert_eq!(fb["new"]["requests"], 10, "{fb}");
+    assert_eq!(fb["new"]["errors"], 10, "{fb}");
+    assert!(fb["shadow"].is_null(), "{fb}");
+}
