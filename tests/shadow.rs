@@ -5,7 +5,8 @@
 //!
 //! Upstreams are `support::faults::Scripted` servers, whose every answer a closure decides.
 //! A copy completes after the client's answer, so every wait for its result is a poll with
-//! a deadline; the few fixed sleeps give a copy that must not happen the time to show up.
+//! a deadline; the few fixed sleeps give a copy that must not happen the time to show up,
+//! and let the gateway's memory settle before it is read.
 
 mod support;
 
@@ -40,10 +41,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn routes_yaml(legacy: &Scripted, services: &[(&str, &Scripted)], routes: &str) -> String {
     let services: Vec<(&str, String)> = services.iter().map(|(n, s)| (*n, s.url())).collect();
     let services: Vec<(&str, &str)> = services.iter().map(|(n, u)| (*n, u.as_str())).collect();
-    format!(
-        "{}routes:\n{routes}",
-        config_head(&legacy.url(), &services)
-    )
+    format!("{}routes:\n{routes}", config_head(&legacy.url(), &services))
 }
 
 /// The series of `strangler_shadow_requests_total`.
@@ -88,9 +86,11 @@ fn count(report: &Value, result: &str) -> u64 {
 /// Waits until the copies counted for `route` reach `n`; then checks there are exactly
 /// `n` and returns the report.
 async fn wait_total_at(admin: &str, route: &str, n: u64) -> Value {
-    eventually(&format!("{n} copies of {route} counted"), WAIT, async || {
-        total(&report_at(admin, route).await) >= n
-    })
+    eventually(
+        &format!("{n} copies of {route} counted"),
+        WAIT,
+        async || total(&report_at(admin, route).await) >= n,
+    )
     .await;
     let r = report_at(admin, route).await;
     assert_eq!(total(&r), n, "{r:#}");
@@ -304,7 +304,11 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
             .header("x-trace", &format!("trace-{k}")),
             "/api/catalog/text" => Reply::bytes(
                 "text/plain",
-                if legacy { "hello from legacy" } else { "hello from new" },
+                if legacy {
+                    "hello from legacy"
+                } else {
+                    "hello from new"
+                },
             ),
             _ => Reply::json(&ok).status(404),
         }
@@ -335,7 +339,10 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
     assert_eq!(m["path"], "/api/catalog/status");
     assert_eq!(m["method"], "GET");
     assert_eq!(m["result"], "status_mismatch");
-    assert_eq!((m["legacy_status"].clone(), m["new_status"].clone()), (json!(200), json!(503)));
+    assert_eq!(
+        (m["legacy_status"].clone(), m["new_status"].clone()),
+        (json!(200), json!(503))
+    );
     assert_eq!(
         m["differences"],
         json!([{"field": "status", "legacy": 200, "new": 503}])
@@ -385,7 +392,12 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
         let got = field(&r["fields"], f).unwrap_or_else(|| panic!("{f} in {:#}", r["fields"]));
         assert_eq!(got["mismatches"], want, "{f}");
     }
-    assert_eq!(r["fields"].as_array().unwrap().len(), 4, "{:#}", r["fields"]);
+    assert_eq!(
+        r["fields"].as_array().unwrap().len(),
+        4,
+        "{:#}",
+        r["fields"]
+    );
     assert!(field(&r["fields"], "/items/1/price").is_none());
     assert!(field(&r["fields"], "/generated_at").is_none());
 
@@ -397,7 +409,10 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
     let rate = r["match_rate"].as_f64().unwrap();
     assert!((rate - 3.0 / 7.0).abs() < 1e-9, "{rate}");
     assert_eq!(r["ignored"]["headers"], json!(["x-trace"]));
-    assert_eq!(r["ignored"]["json"], json!(["/generated_at", "/items/*/etag"]));
+    assert_eq!(
+        r["ignored"]["json"],
+        json!(["/generated_at", "/items/*/etag"])
+    );
     assert_metric_agrees(&gw, "catalog", &r).await;
     assert_eq!(new.shadow_count(), 7);
 }
@@ -435,10 +450,7 @@ async fn a_field_that_differs_between_two_legacy_answers_is_noise() {
         wait_total(&gw, "prices", k as u64 + 1).await;
     }
     let r = report(&gw, "prices").await;
-    eprintln!(
-        "after 5: {} noise {:#}",
-        r["results"], r["noise"]["fields"]
-    );
+    eprintln!("after 5: {} noise {:#}", r["results"], r["noise"]["fields"]);
     assert_eq!(r["noise"]["pairs"], 5, "{:#}", r["noise"]);
     let early = count(&r, "body_mismatch");
     assert!((4..=5).contains(&early), "{r:#}");
@@ -464,7 +476,10 @@ async fn a_field_that_differs_between_two_legacy_answers_is_noise() {
     assert_eq!(ts["noise"], true, "{ts}");
     assert_eq!(ts["differed"], 45);
     assert_eq!(ts["share"], 1.0);
-    assert!(field(&r["noise"]["fields"], "/price").is_none(), "legacy agrees on prices");
+    assert!(
+        field(&r["noise"]["fields"], "/price").is_none(),
+        "legacy agrees on prices"
+    );
     // `/ts` stopped counting once learned; `/price` counts every time.
     assert_eq!(field(&r["fields"], "/ts").unwrap()["mismatches"], early);
     assert_eq!(field(&r["fields"], "/price").unwrap()["mismatches"], 10);
@@ -474,7 +489,14 @@ async fn a_field_that_differs_between_two_legacy_answers_is_noise() {
             json!([{"field": "/price", "legacy": 10, "new": 11}]),
             "{m}"
         );
-        let id: u64 = m["path"].as_str().unwrap().rsplit('/').next().unwrap().parse().unwrap();
+        let id: u64 = m["path"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(id % 4, 0, "{m}");
     }
     assert_metric_agrees(&gw, "prices", &r).await;
@@ -492,7 +514,7 @@ async fn a_stalling_new_side_does_not_slow_the_client() {
     let yaml = routes_yaml(
         &legacy,
         &[("slow", &slow)],
-        "  - name: on\n    match: {prefix: /on}\n    service: slow\n    percent: 0\n    shadow: {percent: 100}\n  - name: off\n    match: {prefix: /off}\n    service: slow\n    percent: 0\n",
+        "  - name: shadow-on\n    match: {prefix: /on}\n    service: slow\n    percent: 0\n    shadow: {percent: 100}\n  - name: shadow-off\n    match: {prefix: /off}\n    service: slow\n    percent: 0\n",
     );
     let gw = Gateway::start(&yaml).await;
     let c = client();
@@ -537,9 +559,9 @@ async fn a_stalling_new_side_does_not_slow_the_client() {
         slow.max_in_flight()
     );
     // ...and, once the new side answered, compared.
-    let r = wait_total(&gw, "on", 33).await;
+    let r = wait_total(&gw, "shadow-on", 33).await;
     assert_eq!(count(&r, "match"), 33, "{r:#}");
-    assert!(shadow_metrics(&gw, "off").await.is_empty());
+    assert!(shadow_metrics(&gw, "shadow-off").await.is_empty());
 }
 
 // 5. A POST is copied only when the route's methods say so.
@@ -578,8 +600,14 @@ async fn a_post_is_copied_only_when_its_method_is_listed() {
     assert_eq!(count(&r, "match"), 1);
     let seen = new.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!((seen[0].method.as_str(), seen[0].path()), ("GET", "/api/reads/2"));
-    assert_eq!(legacy.seen().iter().filter(|a| a.method == "POST").count(), 3);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path()),
+        ("GET", "/api/reads/2")
+    );
+    assert_eq!(
+        legacy.seen().iter().filter(|a| a.method == "POST").count(),
+        3
+    );
     assert_eq!(
         shadow_metrics(&gw, "reads").await,
         BTreeMap::from([("match", 1.0)])
@@ -660,7 +688,11 @@ async fn answers_over_max_body_count_too_large() {
     for _ in 0..3 {
         let got = send(c.get(gw.url("/api/big/large"))).await;
         assert_eq!(got.status, 200);
-        assert_eq!(got.body.len(), 4011, "the client gets all of legacy's answer");
+        assert_eq!(
+            got.body.len(),
+            4011,
+            "the client gets all of legacy's answer"
+        );
         assert_eq!(json_of(&got.body)["data"].as_str().unwrap().len(), 4000);
     }
     let r = wait_total(&gw, "big", 3).await;
@@ -725,108 +757,195 @@ async fn all_at_once(c: &reqwest::Client, url: &str, n: usize) -> Vec<(u16, u64)
 
 const MIB: u64 = 1024 * 1024;
 
+/// A deterministic body of `size` bytes.
+fn blob(size: u64) -> Bytes {
+    Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_beyond_the_budget_are_skipped_and_memory_stays_bounded() {
     let _serial = SERIAL.lock().await;
     const N: usize = 400;
-    const SIZE: usize = 2 * 1024 * 1024;
-    // 2 MiB answers: the 64 MiB the budget keeps hold 32 of them, fewer than its 64 copies,
-    // so both limits are met.
-    let blob = Bytes::from((0..SIZE).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    let b = blob.clone();
-    let legacy = Scripted::start(move |_| Reply::bytes("application/octet-stream", b.clone())).await;
-    // The new side holds every copy until released.
-    let new =
-        Scripted::start(move |_| Reply::bytes("application/octet-stream", blob.clone()).held())
-            .await;
+    // `/blobs` answers 2 MiB: the 64 MiB the budget keeps hold 32 of them (fewer than its
+    // 64 copies). `/small` answers 256 KiB: 64 copies keep 16 MiB (the count binds).
+    const BIG: u64 = 2 * MIB;
+    const SMALL: u64 = 256 * 1024;
+    const BYTES_HELD: usize = (64 * MIB / BIG) as usize;
+    const COPIES_HELD: usize = 64;
+    let (big, small) = (blob(BIG), blob(SMALL));
+    let sized = move |a: &Asked| {
+        let body = if a.path().starts_with("/small") {
+            small.clone()
+        } else {
+            big.clone()
+        };
+        Reply::bytes("application/octet-stream", body)
+    };
+    let legacy = Scripted::start(sized.clone()).await;
+    // Two new services, each holding every copy until released.
+    let s2 = sized.clone();
+    let blobs = Scripted::start(move |a| sized(a).held()).await;
+    let smalls = Scripted::start(move |a| s2(a).held()).await;
     let (_dir, file) = routes_file(&format!(
-        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\n  timeout: 60s\nservices:\n  blobs:\n    url: {}\n    timeout: 120s\nroutes:\n  - name: blobs\n    match: {{prefix: /blobs}}\n    service: blobs\n    percent: 0\n    shadow: {{max_body: 4MiB}}\n  - name: plain\n    match: {{prefix: /plain}}\n    service: blobs\n    percent: 0\n",
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\n  timeout: 60s\nservices:\n  blobs:\n    url: {}\n    timeout: 120s\n  smalls:\n    url: {}\n    timeout: 120s\nroutes:\n  - name: blobs\n    match: {{prefix: /blobs}}\n    service: blobs\n    percent: 0\n    shadow: {{max_body: 4MiB}}\n  - name: small\n    match: {{prefix: /small}}\n    service: smalls\n    percent: 0\n    shadow: {{}}\n  - name: plain\n    match: {{prefix: /plain}}\n    service: blobs\n    percent: 0\n",
         legacy.url(),
-        new.url()
+        blobs.url(),
+        smalls.url()
     ));
-    let gw = GatewayProcess::spawn(&file, &[("RUST_LOG", "warn")]).await;
+    let gw = GatewayProcess::spawn(&file, &[]).await;
     let pid = gw.child.id();
     let admin = format!("http://{}", gw.admin);
     let public = format!("http://{}", gw.public);
     let c = client();
+    let bad = |got: &[(u16, u64)], size: u64| got.iter().filter(|g| **g != (200, size)).count();
+    let one = async |path: String| {
+        let got = all_at_once(&c, &format!("{public}{path}"), 1).await;
+        assert_eq!(bad(&got, BIG), 0, "{path}: {got:?}");
+    };
 
-    for (status, len) in all_at_once(&c, &format!("{public}/plain"), 4).await {
-        assert_eq!((status, len), (200, SIZE as u64));
-    }
+    // The 400-at-once burst without shadow, twice: what proxying it costs by itself, once
+    // the allocator has settled.
+    let got = all_at_once(&c, &format!("{public}/plain"), 4).await;
+    assert_eq!(bad(&got, BIG), 0);
     let baseline = proc_status(pid, "VmRSS");
-    // The same burst without shadow: what proxying it costs by itself.
     let started = Instant::now();
-    let got = all_at_once(&c, &format!("{public}/plain"), N).await;
-    let plain_took = started.elapsed();
-    assert!(got.iter().all(|g| *g == (200, SIZE as u64)));
+    for _ in 0..2 {
+        let got = all_at_once(&c, &format!("{public}/plain"), N).await;
+        assert_eq!(bad(&got, BIG), 0);
+    }
+    let plain_took = started.elapsed() / 2;
     let plain_peak = proc_status(pid, "VmHWM");
-    assert_eq!(new.count(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc_status(pid, "VmRSS");
+    assert_eq!(blobs.count(), 0);
 
+    // One at a time: copies are held until the budget's 64 MiB are kept (32 copies of
+    // 2 MiB); every further one is skipped.
+    let mut sent = 0;
+    for _ in 0..BYTES_HELD + 8 {
+        one(format!("/blobs/one{sent}")).await;
+        sent += 1;
+        wait_accounted(&admin, "blobs", &blobs, sent).await;
+    }
+    let r = report_at(&admin, "blobs").await;
+    assert_eq!(blobs.count(), BYTES_HELD, "{r:#}");
+    assert_eq!(count(&r, "skipped"), 8, "{r:#}");
+    let full = proc_status(pid, "VmRSS");
+    let full_peak = proc_status(pid, "VmHWM");
+
+    // 400 at once with the budget's bytes full: every copy skipped, every client served.
     let started = Instant::now();
     let got = all_at_once(&c, &format!("{public}/blobs"), N).await;
-    let shadow_took = started.elapsed();
-    let failed = got.iter().filter(|g| **g != (200, SIZE as u64)).count();
-    assert_eq!(failed, 0, "every client gets legacy's whole answer");
-    // Every copy is either held by the new side or skipped: none can end while it holds.
-    eventually("every copy sent or skipped", WAIT, async || {
-        let r = report_at(&admin, "blobs").await;
-        count(&r, "skipped") + new.count() as u64 == N as u64
-    })
-    .await;
-    let shadow_peak = proc_status(pid, "VmHWM");
-    let held_rss = proc_status(pid, "VmRSS");
-    let r = report_at(&admin, "blobs").await;
-    let skipped = count(&r, "skipped");
-    let held = new.count();
-    eprintln!(
-        "overload: {N} requests of {} MiB; plain burst {plain_took:?}, shadowed burst {shadow_took:?}; copies held by the new side {held} (at once {}), skipped {skipped}",
-        SIZE as u64 / MIB,
-        new.max_in_flight()
-    );
-    eprintln!(
-        "gateway memory: baseline RSS {} MiB, peak after the plain burst {} MiB, peak after the shadowed burst {} MiB, RSS with copies held {} MiB",
-        baseline / MIB,
-        plain_peak / MIB,
-        shadow_peak / MIB,
-        held_rss / MIB
-    );
-    assert_eq!(total(&r), skipped, "nothing compared while held: {r:#}");
-    assert_eq!(new.in_flight(), held);
-    // At most 64 copies at once, and no more than 64 MiB of kept answers: 32 of 2 MiB.
-    assert!(
-        (1..=32).contains(&held),
-        "{held} copies held, each keeping 2 MiB"
-    );
-    assert!(skipped >= (N - 32) as u64);
+    let full_took = started.elapsed();
+    assert_eq!(bad(&got, BIG), 0, "every client gets legacy's whole answer");
+    sent += N;
+    let r = wait_total_at(&admin, "blobs", (sent - BYTES_HELD) as u64).await;
+    assert_eq!(count(&r, "skipped"), (8 + N) as u64, "{r:#}");
+    assert_eq!(blobs.count(), BYTES_HELD);
+    assert_eq!(blobs.in_flight(), BYTES_HELD);
     assert_eq!(
         shadow_metrics_at(&admin, "blobs").await,
-        BTreeMap::from([("skipped", skipped as f64)])
+        BTreeMap::from([("skipped", (8 + N) as f64)])
     );
-    // The bound: the same burst unshadowed, plus the 64 MiB of bodies the budget keeps,
-    // plus 32 MiB for the copies' own heads, connections and buffers (64 copies at most)
-    // and the allocator's rounding. Unbounded copies would keep 800 MiB.
-    let bound = plain_peak + 64 * MIB + 32 * MIB;
-    assert!(
-        shadow_peak <= bound,
-        "peak RSS {} MiB over the bound of {} MiB",
-        shadow_peak / MIB,
-        bound / MIB
+    let overload_peak = proc_status(pid, "VmHWM");
+
+    // Released, the held copies end and are counted.
+    blobs.release();
+    let r = wait_total_at(&admin, "blobs", sent as u64).await;
+    assert_eq!(
+        count(&r, "skipped") + count(&r, "match"),
+        sent as u64,
+        "{r:#}"
     );
 
-    // Released, every copy ends and is counted; the budget is whole again.
-    new.release();
-    let r = wait_total_at(&admin, "blobs", N as u64).await;
-    eprintln!("after release: {}", r["results"]);
-    assert_eq!(count(&r, "skipped") + count(&r, "match"), N as u64, "{r:#}");
-    let skipped = count(&r, "skipped");
-    for i in 0..5u64 {
-        let got = all_at_once(&c, &format!("{public}/blobs/again{i}"), 1).await;
-        assert_eq!(got, [(200, SIZE as u64)]);
-        let r = wait_total_at(&admin, "blobs", N as u64 + i + 1).await;
-        assert_eq!(count(&r, "skipped"), skipped, "a copy after the release: {r:#}");
+    // 400 at once with an empty budget, the copies of 256 KiB: exactly 64 are held at once,
+    // the other 336 skipped.
+    let started = Instant::now();
+    let got = all_at_once(&c, &format!("{public}/small"), N).await;
+    let small_took = started.elapsed();
+    assert_eq!(
+        bad(&got, SMALL),
+        0,
+        "every client gets legacy's whole answer"
+    );
+    eventually("every small copy held or skipped", WAIT, async || {
+        let r = report_at(&admin, "small").await;
+        count(&r, "skipped") + smalls.count() as u64 == N as u64
+    })
+    .await;
+    let r = report_at(&admin, "small").await;
+    let small_held = smalls.count();
+    eprintln!(
+        "overload: {N} requests at once; unshadowed (2 MiB) {plain_took:?}, shadowed with the budget's bytes full (2 MiB) {full_took:?}, shadowed from an empty budget (256 KiB) {small_took:?}: {small_held} copies held, {} skipped",
+        count(&r, "skipped")
+    );
+    assert_eq!(small_held, COPIES_HELD, "{r:#}");
+    assert_eq!(smalls.max_in_flight(), COPIES_HELD);
+    assert_eq!(count(&r, "skipped"), (N - COPIES_HELD) as u64, "{r:#}");
+    smalls.release();
+    let r = wait_total_at(&admin, "small", N as u64).await;
+    assert_eq!(count(&r, "match"), COPIES_HELD as u64, "{r:#}");
+
+    // The budget is whole again: later copies are compared, none skipped.
+    let skipped = count(&report_at(&admin, "blobs").await, "skipped");
+    for _ in 0..5 {
+        one(format!("/blobs/again{sent}")).await;
+        sent += 1;
+        let r = wait_total_at(&admin, "blobs", sent as u64).await;
+        assert_eq!(
+            count(&r, "skipped"),
+            skipped,
+            "a copy after the release: {r:#}"
+        );
     }
-    let r = report_at(&admin, "blobs").await;
-    assert_eq!(count(&r, "skipped") + count(&r, "match"), N as u64 + 5, "{r:#}");
+
+    // Memory. Holding the budget's 64 MiB of answers may cost those 64 MiB, plus 32 MiB
+    // for what else 32 held copies have (their heads, their connections to the new side
+    // and those connections' buffers, a few hundred KiB each at most) and the allocator's
+    // rounding: 96 MiB over the resident size before, measured one copy at a time so that
+    // no burst's buffers blur the figure. (Copies unbounded by the budget would keep
+    // 40 × 2 MiB; with the overload, 800 MiB.) The overload on top, every copy skipped, may
+    // add what the same burst unshadowed needed over the baseline, and 32 MiB.
+    let grown = full.saturating_sub(before);
+    let burst_cost = plain_peak.saturating_sub(baseline);
+    eprintln!(
+        "gateway memory: baseline RSS {} MiB; unshadowed bursts' peak {} MiB (+{} MiB); RSS before the copies {} MiB, with {BYTES_HELD} copies of {} MiB held ({} MiB kept) {} MiB (+{} MiB, peak {} MiB); peak after the overload on top {} MiB",
+        baseline / MIB,
+        plain_peak / MIB,
+        burst_cost / MIB,
+        before / MIB,
+        BIG / MIB,
+        BYTES_HELD as u64 * BIG / MIB,
+        full / MIB,
+        grown / MIB,
+        full_peak / MIB,
+        overload_peak / MIB
+    );
+    let allowed = 64 * MIB + 32 * MIB;
+    assert!(
+        grown <= allowed,
+        "holding {} MiB of copies grew the gateway's RSS by {} MiB (allowed {} MiB)",
+        BYTES_HELD as u64 * BIG / MIB,
+        grown / MIB,
+        allowed / MIB
+    );
+    assert!(
+        overload_peak <= full + burst_cost + 32 * MIB,
+        "peak RSS {} MiB after the overload: over {} MiB held + {} MiB for the burst + 32 MiB",
+        overload_peak / MIB,
+        full / MIB,
+        burst_cost / MIB
+    );
+}
+
+/// Waits until `n` requests' copies are accounted for: counted, or held by `new`.
+async fn wait_accounted(admin: &str, route: &str, new: &Scripted, n: usize) {
+    eventually(
+        &format!("{n} copies of {route} counted or held"),
+        WAIT,
+        async || total(&report_at(admin, route).await) + new.count() as u64 >= n as u64,
+    )
+    .await;
 }
 
 // 8. The compare table and the report's 404.
@@ -848,38 +967,50 @@ async fn compare_shows_the_shadow_match_rate_and_an_unknown_route_is_404() {
         send(c.get(gw.url(&format!("/plain/{i}")))).await;
     }
     wait_total(&gw, "shadowed", 4).await;
-    // A route without shadow has a report too (nothing in it); reading it changes nothing.
-    let plain = report(&gw, "plain").await;
-    assert_eq!(plain["configured"], false);
-    assert_eq!(total(&plain), 0);
-    assert_eq!(plain["match_rate"], Value::Null);
-
-    let v: Value = c
-        .get(gw.admin_url("/admin/compare?window=5m"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let route = |name: &str| {
-        v["routes"]
-            .as_array()
+    let compare = async || -> (Value, Value) {
+        let v: Value = client()
+            .get(gw.admin_url("/admin/compare?window=5m"))
+            .send()
+            .await
             .unwrap()
-            .iter()
-            .find(|r| r["route"] == name)
-            .unwrap_or_else(|| panic!("route {name} in {v}"))
-            .clone()
+            .json()
+            .await
+            .unwrap();
+        let shadow = |name: &str| {
+            v["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["route"] == name)
+                .unwrap_or_else(|| panic!("route {name} in {v}"))["shadow"]
+                .clone()
+        };
+        (shadow("shadowed"), shadow("plain"))
     };
-    assert_eq!(
-        route("shadowed")["shadow"],
-        json!({"match_rate": 1.0, "compared": 4}),
-        "{v:#}"
-    );
-    assert_eq!(route("plain")["shadow"], Value::Null, "{v:#}");
+    let (shadowed, plain) = compare().await;
+    assert_eq!(shadowed, json!({"match_rate": 1.0, "compared": 4}));
+    assert_eq!(plain, Value::Null);
     assert_eq!(new.count(), 4);
 
-    let r = c.get(gw.admin_url("/admin/shadow/nope")).send().await.unwrap();
+    // A route without shadow has a report too, with nothing in it...
+    let r = report(&gw, "plain").await;
+    assert_eq!(r["configured"], false);
+    assert_eq!(total(&r), 0);
+    assert_eq!(r["match_rate"], Value::Null);
+    // ...and reading it leaves the route without shadow in the compare table.
+    let (shadowed, plain) = compare().await;
+    assert_eq!(shadowed, json!({"match_rate": 1.0, "compared": 4}));
+    assert_eq!(
+        plain,
+        Value::Null,
+        "a route without shadow, after GET /admin/shadow/plain"
+    );
+
+    let r = c
+        .get(gw.admin_url("/admin/shadow/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "no_such_route", "{body}");
