@@ -535,6 +535,18 @@ impl Shadows {
             .clone()
     }
 
+    /// The report of `GET /admin/shadow/{route}`, without making an entry for a route
+    /// that has none (an empty one is reported).
+    pub fn report(&self, name: &str, cfg: Option<&ShadowConfig>) -> Value {
+        match self.get(name) {
+            Some(r) => r.report(name, cfg),
+            None => RouteShadow {
+                inner: Mutex::new(Inner::default()),
+            }
+            .report(name, cfg),
+        }
+    }
+
     /// A route's report if it has one.
     pub fn get(&self, name: &str) -> Option<Arc<RouteShadow>> {
         self.routes

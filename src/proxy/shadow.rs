@@ -200,12 +200,13 @@ impl Copy {
             return;
         };
         runtime.spawn(async move {
-            let outcome = self.run(&table, status).await;
-            table.stats(Some(self.route)).metrics[0].shadowed(outcome.as_str());
+            let mut copy = self;
+            let outcome = copy.run(&table, status).await;
+            table.stats(Some(copy.route)).metrics[0].shadowed(outcome.as_str());
         });
     }
 
-    async fn run(&self, table: &Table, status: u16) -> Outcome {
+    async fn run(&mut self, table: &Table, status: u16) -> Outcome {
         let Some(cfg) = table.config.routes[self.route].shadow.as_ref() else {
             return Outcome::Skipped;
         };
@@ -217,10 +218,18 @@ impl Copy {
             self.report.count(Outcome::TooLarge);
             return Outcome::TooLarge;
         };
+        // Legacy's body in one piece, its parts let go at once (held twice, a copy would
+        // cost twice what the budget counts).
+        let mut kept = std::mem::take(&mut self.kept);
+        let whole = match kept.len() {
+            1 => kept.pop().unwrap_or_default(),
+            _ => Bytes::from(kept.concat()),
+        };
+        drop(kept);
         let legacy = Answer {
             status,
-            headers: self.legacy_headers.clone().unwrap_or_default(),
-            body: Some(self.kept.concat().into()),
+            headers: self.legacy_headers.take().unwrap_or_default(),
+            body: Some(whole),
         };
         let service = 1 + table.config.routes[self.route].service;
         let new = fetch(

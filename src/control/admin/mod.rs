@@ -337,8 +337,10 @@ async fn shadow(State(s): State<Shared>, AdminPath(route): AdminPath<String>) ->
             }),
         );
     };
-    let report = s.gateway.shadows.route(&rc.name);
-    json(StatusCode::OK, &report.report(&rc.name, rc.shadow.as_ref()))
+    json(
+        StatusCode::OK,
+        &s.gateway.shadows.report(&rc.name, rc.shadow.as_ref()),
+    )
 }
 
 fn round1(d: Duration) -> f64 {
