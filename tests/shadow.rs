@@ -1017,3 +1017,53 @@ async fn compare_shows_the_shadow_match_rate_and_an_unknown_route_is_404() {
     let routes = body["routes"].as_array().unwrap();
     assert!(routes.contains(&json!("shadowed")) && routes.contains(&json!("plain")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_never_sent_twice_to_legacy_and_a_clients_shadow_mark_is_removed() {
+    let echo = |a: &Asked| Reply::json(&json!({"ok": true, "path": a.path()}));
+    let legacy = Scripted::start(echo).await;
+    let new = Scripted::start(echo).await;
+    let yaml = routes_yaml(
+        &legacy,
+        &[("orders", &new)],
+        "  - name: writes\n    match: {prefix: /api/writes}\n    service: orders\n    percent: 0\n    shadow: {methods: [GET, POST], noise: {sample: 100%}}\n  - name: moved\n    match: {prefix: /api/moved}\n    service: orders\n    percent: 100\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    for i in 0..5 {
+        let got = send(c.post(gw.url(&format!("/api/writes/{i}"))).body("{}")).await;
+        assert_eq!(got.status, 200);
+    }
+    send(c.get(gw.url("/api/writes/read"))).await;
+    let r = wait_total(&gw, "writes", 6).await;
+    assert_eq!(count(&r, "match"), 6, "{r:#}");
+    // Each POST reached legacy once (no noise sample for a write); the GET twice, the
+    // second time marked as a copy.
+    let posts = legacy.seen().iter().filter(|a| a.method == "POST").count();
+    assert_eq!(posts, 5);
+    let gets: Vec<Asked> = legacy
+        .seen()
+        .into_iter()
+        .filter(|a| a.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2);
+    assert_eq!(
+        gets.iter()
+            .filter(|a| a.header("x-strangler-shadow") == Some("1"))
+            .count(),
+        1
+    );
+    // A client's own mark never reaches a service: a real request stays a real one.
+    send(
+        c.post(gw.url("/api/moved/1"))
+            .header("x-strangler-shadow", "1")
+            .body("{}"),
+    )
+    .await;
+    let moved = new
+        .seen()
+        .into_iter()
+        .find(|a| a.path() == "/api/moved/1")
+        .expect("the request reached the new side");
+    assert!(moved.header("x-strangler-shadow").is_none());
+}

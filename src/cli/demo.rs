@@ -226,7 +226,8 @@ Two migration plans start now (migrations-plan/): billing walks to 100% in under
 minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
 Order histories stay on the monolith but are shadowed to the orders service:
   shadow:       http://{admin}/admin/shadow/orders-history   (a total that differs for one
-                customer in seven is found; generated_at is learned as noise)
+                customer in seven is found; generated_at is learned as noise; once the
+                orders service breaks, its 500s show as status mismatches too)
 
 "
     ));

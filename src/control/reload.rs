@@ -80,6 +80,7 @@ impl Reloader {
         let metrics = self.metrics.clone();
         let windows = self.windows.clone();
         let fleet = self.gateway.fleet.clone();
+        let shadows = self.gateway.shadows.clone();
         let current = self.gateway.table.load().config.hash.clone();
         let files = self.named_files();
         let admin_listen = self.admin_listen;
@@ -103,7 +104,7 @@ impl Reloader {
                     ),
                 ));
             }
-            let table = Table::compile(config, &metrics, &windows, &fleet)
+            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows)
                 .map_err(|e| ConfigErrors::whole_file(&path, e))?;
             let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
             metrics.retain_routes(&names);

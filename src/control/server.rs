@@ -24,6 +24,7 @@ use super::admin::{self, AdminState};
 use super::plan::{self, Plans, gateway::GatewayEnv};
 use super::reload::Reloader;
 use crate::config::Config;
+use crate::observe::shadow::Shadows;
 use crate::observe::{AccessLog, Metrics, Registry};
 use crate::proxy::fleet::{Fleet, FleetMetrics};
 use crate::proxy::{ClientIo, Gateway, Peer, Table};
@@ -134,11 +135,12 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     let windows = Registry::new(config.compare.clone());
     let fleet = Fleet::new();
     metrics.register(Box::new(FleetMetrics(fleet.clone())));
-    let table =
-        Table::compile(config, &metrics, &windows, &fleet).map_err(|e| anyhow::anyhow!(e))?;
+    let shadows = Shadows::new();
+    let table = Table::compile(config, &metrics, &windows, &fleet, &shadows)
+        .map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);
-    let gateway = Gateway::new(table, access_log, fleet);
+    let gateway = Gateway::new(table, access_log, fleet, shadows);
     let reloader = Reloader::new(
         config_file,
         gateway.clone(),

@@ -20,6 +20,11 @@ pub const KEPT_MISMATCHES: usize = 50;
 pub const KEPT_DIFFERENCES: usize = 10;
 /// Legacy pairs compared before any field is called noise.
 pub const MIN_NOISE_PAIRS: u64 = 5;
+/// The longest value a kept difference shows (in bytes of JSON): a larger one is
+/// described (its type and size) instead of kept.
+const SHOWN_VALUE: usize = 256;
+/// Compared copies the recent match rate is over (the plan's `min_shadow_match`).
+pub const RECENT: usize = 10_000;
 /// Distinct fields counted per route (mismatches and noise); further ones are counted
 /// under `(other)`, so a body full of generated keys cannot grow the report without bound.
 const MAX_FIELDS: usize = 1000;
@@ -226,6 +231,8 @@ fn diff_json(
                 general.pop();
             }
         }
+        // 10 and 10.0 are the same number.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
         (Value::Array(xa), Value::Array(xb)) => {
             for i in 0..xa.len().max(xb.len()) {
                 path.push(i.to_string());
@@ -260,13 +267,31 @@ fn leaf(
     if noisy(&g) {
         return;
     }
-    let shown = |v: Option<&Value>| v.cloned().unwrap_or_else(|| json!("(absent)"));
+    let shown = |v: Option<&Value>| v.map_or_else(|| json!("(absent)"), shown_value);
     out.push(Difference {
         field: pointer_of(path),
         general: g,
         legacy: shown(a),
         new: shown(b),
     });
+}
+
+/// A value as a kept difference shows it: itself when small, else its type and size (a
+/// report of 50 mismatches must not hold 50 copies of large documents).
+fn shown_value(v: &Value) -> Value {
+    let size = serde_json::to_string(v).map_or(usize::MAX, |s| s.len());
+    if size <= SHOWN_VALUE {
+        return v.clone();
+    }
+    match v {
+        Value::Array(a) => json!(format!("(an array of {} items, {size} bytes)", a.len())),
+        Value::Object(o) => json!(format!("(an object of {} keys, {size} bytes)", o.len())),
+        Value::String(s) => {
+            let cut: String = s.chars().take(SHOWN_VALUE / 2).collect();
+            json!(format!("{cut}… ({} bytes)", s.len()))
+        }
+        other => other.clone(),
+    }
 }
 
 /// The result of a comparison's differences.
@@ -310,9 +335,36 @@ pub struct RouteShadow {
 #[derive(Default)]
 struct Inner {
     counts: BTreeMap<Outcome, u64>,
+    /// The last `RECENT` compared copies, matched or not, and the matches among them.
+    recent: VecDeque<bool>,
+    recent_matches: u64,
     fields: HashMap<String, u64>,
     mismatches: VecDeque<Mismatch>,
     noise: Noise,
+}
+
+impl Inner {
+    fn match_rate(&self) -> (Option<f64>, u64) {
+        let compared: u64 = self
+            .counts
+            .iter()
+            .filter(|(o, _)| o.compared())
+            .map(|(_, n)| n)
+            .sum();
+        let matched = self.counts.get(&Outcome::Match).copied().unwrap_or(0);
+        (
+            (compared > 0).then(|| matched as f64 / compared as f64),
+            compared,
+        )
+    }
+
+    fn remember(&mut self, matched: bool) {
+        if self.recent.len() == RECENT && self.recent.pop_front() == Some(true) {
+            self.recent_matches -= 1;
+        }
+        self.recent.push_back(matched);
+        self.recent_matches += u64::from(matched);
+    }
 }
 
 /// What a copy was, for the report.
@@ -328,7 +380,19 @@ impl RouteShadow {
 
     /// Counts a copy that was not compared (skipped, too large, failed).
     pub fn count(&self, outcome: Outcome) {
-        *self.lock().counts.entry(outcome).or_default() += 1;
+        let mut inner = self.lock();
+        *inner.counts.entry(outcome).or_default() += 1;
+        if outcome.compared() {
+            inner.remember(false);
+        }
+    }
+
+    /// The match rate over the last [`RECENT`] compared copies, and how many those are:
+    /// what a plan's `min_shadow_match` reads (old mismatches, fixed since, age out).
+    pub fn recent_match_rate(&self) -> (Option<f64>, u64) {
+        let inner = self.lock();
+        let n = inner.recent.len() as u64;
+        ((n > 0).then(|| inner.recent_matches as f64 / n as f64), n)
     }
 
     /// Learns from two answers of legacy to the same request: every general field that
@@ -372,6 +436,7 @@ impl RouteShadow {
         let outcome = outcome_of(&diffs);
         let mut inner = self.lock();
         *inner.counts.entry(outcome).or_default() += 1;
+        inner.remember(outcome == Outcome::Match);
         if outcome == Outcome::Match {
             return outcome;
         }
@@ -421,24 +486,13 @@ impl RouteShadow {
 
     /// Matches over compared copies (`None` before any).
     pub fn match_rate(&self) -> (Option<f64>, u64) {
-        let inner = self.lock();
-        let compared: u64 = inner
-            .counts
-            .iter()
-            .filter(|(o, _)| o.compared())
-            .map(|(_, n)| n)
-            .sum();
-        let matched = inner.counts.get(&Outcome::Match).copied().unwrap_or(0);
-        (
-            (compared > 0).then(|| matched as f64 / compared as f64),
-            compared,
-        )
+        self.lock().match_rate()
     }
 
     /// The report of `GET /admin/shadow/{route}`.
     pub fn report(&self, route: &str, cfg: Option<&ShadowConfig>) -> Value {
-        let (rate, compared) = self.match_rate();
         let inner = self.lock();
+        let (rate, compared) = inner.match_rate();
         let counts: serde_json::Map<String, Value> = Outcome::ALL
             .iter()
             .map(|o| {
@@ -631,6 +685,42 @@ mod tests {
             outcome_of(&differences(&a, &b, &c, &|_| false)),
             Outcome::StatusMismatch
         );
+    }
+
+    #[test]
+    fn numbers_compare_by_value_and_large_values_are_described() {
+        let c = cfg(&[]);
+        let a = answer(200, r#"{"n":10,"big":[1,2,3]}"#);
+        let b = answer(200, r#"{"n":10.0,"big":[1,2,3]}"#);
+        assert!(differences(&a, &b, &c, &|_| false).is_empty());
+        let long: Vec<u32> = (0..200).collect();
+        let big = answer(200, &json!({"n": 10, "big": long}).to_string());
+        let none = answer(200, r#"{"n":10,"big":null}"#);
+        let d = differences(&big, &none, &c, &|_| false);
+        assert_eq!(d[0].field, "/big");
+        let shown = d[0].legacy.as_str().unwrap();
+        assert!(shown.starts_with("(an array of 200 items"), "{shown}");
+    }
+
+    #[test]
+    fn the_recent_rate_forgets_the_oldest_copies() {
+        let c = cfg(&[]);
+        let r = RouteShadow {
+            inner: Mutex::new(Inner::default()),
+        };
+        let copied = Copied {
+            method: "GET",
+            path: "/x",
+        };
+        let (a, b) = (answer(200, "{}"), answer(500, "{}"));
+        r.compare(&copied, &a, &b, &c, None, 0);
+        for _ in 0..RECENT {
+            r.compare(&copied, &a, &a, &c, None, 0);
+        }
+        assert_eq!(r.recent_match_rate(), (Some(1.0), RECENT as u64));
+        let (rate, n) = r.match_rate();
+        assert_eq!(n, RECENT as u64 + 1);
+        assert!(rate.unwrap() < 1.0);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub fn admit(head: &mut Parts, rules: &Rules<'_>) -> Admission {
     // a client cannot have those removed by naming them in `Connection`.
     headers::strip_hop_by_hop(&mut head.headers);
     headers::strip_underscored(&mut head.headers, rules.allow_underscores);
+    // Only the gateway marks a request as a shadow copy: a client's mark would make a
+    // real request look like one to a service that skips the side effects of copies.
+    head.headers.remove(super::shadow::SHADOW_HEADER);
     // One id, well-formed: a second or malformed one never reaches the upstream.
     let mut ids = head.headers.get_all(&X_REQUEST_ID).iter();
     let (first, second) = (ids.next(), ids.next());

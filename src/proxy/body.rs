@@ -174,7 +174,10 @@ impl ResponseBody {
         if let Some(held) = self.conn.take() {
             held.release();
         }
-        if let Some(trail) = self.trail.take() {
+        if let Some(mut trail) = self.trail.take() {
+            if let Some(copy) = trail.shadow.as_mut() {
+                copy.legacy_ended();
+            }
             trail.record();
         }
     }

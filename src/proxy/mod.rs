@@ -67,13 +67,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(table: Table, access_log: Arc<AccessLog>, fleet: Arc<fleet::Fleet>) -> Arc<Gateway> {
+    pub fn new(
+        table: Table,
+        access_log: Arc<AccessLog>,
+        fleet: Arc<fleet::Fleet>,
+        shadows: Arc<crate::observe::shadow::Shadows>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
             access_log,
             tunnels: Arc::default(),
             fleet,
-            shadows: crate::observe::shadow::Shadows::new(),
+            shadows,
             shadow_budget: Arc::default(),
         })
     }
@@ -182,7 +187,7 @@ impl Gateway {
                     && cfg.methods.contains(&head.method)
                     && fastrand::u32(..10_000) < cfg.percent_bp =>
             {
-                self.shadow_copy(&table, r, &head, &path, facts, peer, length)
+                self.shadow_copy(&table, r, &head, &path, facts, peer, length, start)
             }
             _ => None,
         };
@@ -201,7 +206,7 @@ impl Gateway {
         trail.bytes_in = length.unwrap_or(0);
         let mut body = upload::RequestBody::new(body, client.body_timeout);
         if let Some(mut copy) = shadow {
-            copy.watch_request(&table, &mut body, &head);
+            copy.watch_request(&mut body, &head);
             trail.shadow = Some(Box::new(copy));
         }
         if resilient {
@@ -241,22 +246,47 @@ impl Gateway {
     }
 
     /// A shadow copy of a request of route `r` (its head rewritten for the new side), if
-    /// the budget has room.
+    /// the new service can take it and the budget has room; otherwise what became of it is
+    /// counted.
     #[allow(clippy::too_many_arguments)]
     fn shadow_copy(
         &self,
-        table: &Table,
+        table: &Arc<Table>,
         r: usize,
         head: &http::request::Parts,
         path: &admit::CanonicalPath,
         facts: rewrite::Facts,
         peer: &Peer,
         declared: Option<u64>,
+        now: Instant,
     ) -> Option<shadow::Copy> {
+        let cfg = table.config.routes[r].shadow.as_ref()?;
         let new = &table.upstreams[1 + table.config.routes[r].service];
+        // A new service that cannot take traffic (no healthy instance, breaker open) is
+        // not sent copies either.
+        let down = new
+            .fleet
+            .as_ref()
+            .is_some_and(|f| !f.available() || f.breaker.as_ref().is_some_and(|b| b.is_open(now)));
+        if down {
+            shadow::count(table, r, crate::observe::shadow::Outcome::Skipped);
+            return None;
+        }
+        if declared.is_some_and(|n| n > cfg.max_body) {
+            shadow::count(table, r, crate::observe::shadow::Outcome::TooLarge);
+            return None;
+        }
+        // Room for the request body as declared (a chunked one: up to `max_body`).
+        let Some(room) = self
+            .shadow_budget
+            .room(declared.unwrap_or(cfg.max_body).min(cfg.max_body))
+        else {
+            shadow::count(table, r, crate::observe::shadow::Outcome::Skipped);
+            return None;
+        };
         let mut new_head = send::copy_head(head);
         let mut logged = record::LoggedPath::Owned(Box::from(""));
-        rewrite::rewrite(
+        if rewrite::rewrite(
             &mut new_head,
             path.clone(),
             new,
@@ -265,16 +295,18 @@ impl Gateway {
             facts,
             &mut logged,
         )
-        .ok()?;
-        shadow::Copy::begin(shadow::Begin {
-            table,
-            route: r,
-            budget: &self.shadow_budget,
-            report: self.shadows.route(&table.config.routes[r].name),
+        .is_err()
+        {
+            shadow::count(table, r, crate::observe::shadow::Outcome::Skipped);
+            return None;
+        }
+        Some(shadow::Copy::new(
+            table.clone(),
+            r,
+            room,
             new_head,
-            declared,
-            path: path.as_str(&head.uri),
-        })
+            path.as_str(&head.uri),
+        ))
     }
 
     /// Records a request the HTTP parser refused before the gateway saw it, or a head the

@@ -177,7 +177,7 @@ impl Trail {
             self.failure = Some(Failure::Client(ClientErrorKind::SendTimeout));
         }
         if let Some(copy) = self.shadow.take() {
-            copy.finish(self.table.clone(), self.status, self.failure.is_some());
+            copy.finish(self.status, self.failure.is_some());
         }
         let d = self.decision;
         let stats = self.table.stats(d.route);

@@ -2,13 +2,15 @@
 //! request path, and both answers compared by `observe::shadow`.
 //!
 //! A copy is decided with the request (after the decision: the route shadows, legacy serves
-//! it by the rules, the method is one the route copies, the sample draws it) and only if
-//! the budget has room: at most [`MAX_COPIES`] copies under way and [`MAX_KEPT_BYTES`] of
-//! bodies kept for them, gateway-wide; otherwise the copy is skipped and counted. While
-//! legacy serves, the request body (through the upload's tee) and legacy's answer (as its
-//! body streams to the client) are kept up to `max_body`; the client's answer is never held
-//! up. When legacy's answer has ended, a task sends the copy to the new side (with
-//! `X-Strangler-Shadow: 1`), and, for the noise sample, once more to legacy, then compares.
+//! it by the rules, the method is one the route copies, the sample draws it, the new
+//! service can take traffic) and only if the budget has room: at most [`MAX_COPIES`] copies
+//! under way and [`MAX_KEPT_BYTES`] of bodies kept for them, gateway-wide; otherwise the
+//! copy is skipped and counted. While legacy serves, the request body (through the
+//! upload's tee) and legacy's answer (as its body streams to the client) are kept up to
+//! `max_body`; the client's answer is never held up. When legacy's answer has ended, a task
+//! sends the copy to the new side (with `X-Strangler-Shadow: 1`), and, for the noise sample
+//! of a safe method, once more to legacy, then compares. Every copy decided is counted
+//! once, whatever becomes of it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::headers::strip_hop_by_hop;
 use super::pool;
 use super::send;
 use super::table::{Table, Upstream};
@@ -28,8 +31,11 @@ use crate::observe::shadow::{Answer, Copied, Outcome, RouteShadow};
 
 /// Copies under way at once, gateway-wide.
 pub const MAX_COPIES: usize = 64;
-/// Bytes of bodies kept for copies at once, gateway-wide.
+/// Bytes of bodies kept for copies at once, gateway-wide: the request body, legacy's
+/// answer and the new side's (and legacy's second answer, for the noise sample).
 pub const MAX_KEPT_BYTES: u64 = 64 * 1024 * 1024;
+/// Comparisons run at once, gateway-wide (a JSON body parsed takes several times its size).
+const COMPARING: usize = 2;
 /// The header a copy carries, so the new service can avoid side effects.
 pub const SHADOW_HEADER: http::HeaderName = http::HeaderName::from_static("x-strangler-shadow");
 
@@ -37,6 +43,7 @@ pub const SHADOW_HEADER: http::HeaderName = http::HeaderName::from_static("x-str
 pub struct Budget {
     copies: Arc<Semaphore>,
     bytes: AtomicU64,
+    comparing: Semaphore,
 }
 
 impl Default for Budget {
@@ -44,6 +51,7 @@ impl Default for Budget {
         Budget {
             copies: Arc::new(Semaphore::new(MAX_COPIES)),
             bytes: AtomicU64::new(0),
+            comparing: Semaphore::new(COMPARING),
         }
     }
 }
@@ -57,23 +65,61 @@ impl Budget {
             .is_ok()
     }
 
-    fn release(&self, n: u64) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-    }
-
     /// Bytes kept for copies now.
     pub fn kept(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+
+    /// A copy's room: a place among the copies under way and `bytes` kept, if both fit.
+    pub fn room(self: &Arc<Self>, bytes: u64) -> Option<Room> {
+        let permit = self.copies.clone().try_acquire_owned().ok()?;
+        self.reserve(bytes).then(|| Room {
+            _permit: permit,
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// The room a copy holds in the budget, given back when dropped.
+pub struct Room {
+    _permit: OwnedSemaphorePermit,
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Room {
+    /// Keeps `n` more bytes, if they fit.
+    fn grow(&mut self, n: u64) -> bool {
+        let fits = self.budget.reserve(n);
+        if fits {
+            self.bytes += n;
+        }
+        fits
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts a copy of route `r` that ends as `outcome` (without a comparison).
+pub fn count(table: &Table, r: usize, outcome: Outcome) {
+    let stats = table.stats(Some(r));
+    if let Some(report) = &stats.shadow {
+        report.count(outcome);
+    }
+    stats.metrics[0].shadowed(outcome.as_str());
 }
 
 /// A copy in the making, carried by the request's trail while legacy serves it.
 pub struct Copy {
-    _permit: OwnedSemaphorePermit,
-    budget: Arc<Budget>,
-    /// Bytes reserved in the budget, released when the copy ends.
-    reserved: u64,
-    pub report: Arc<RouteShadow>,
+    /// `None` once nothing more is kept (too large, or the budget ran out).
+    room: Option<Room>,
+    table: Arc<Table>,
+    report: Arc<RouteShadow>,
     /// The route (index in the table).
     route: usize,
     /// The request as the new side gets it.
@@ -86,140 +132,152 @@ pub struct Copy {
     pub legacy_headers: Option<HeaderMap>,
     kept: Vec<Bytes>,
     kept_size: u64,
-    /// Legacy's body went over `max_body`.
-    too_large: bool,
-    /// The budget ran out while legacy's body was kept.
-    starved: bool,
+    /// What the copy ends as, when decided before the comparison (too large, starved).
+    settled: Option<Outcome>,
+    /// Legacy's answer body reached its end (a client that left cuts it short).
+    ended: bool,
+    /// Counted (in the report and the metric).
+    counted: bool,
     method: String,
     path: String,
 }
 
-/// Whether a request is copied, and the copy if so (`None` with the reason counted when
-/// the budget is full).
-pub struct Begin<'a> {
-    pub table: &'a Table,
-    pub route: usize,
-    pub budget: &'a Arc<Budget>,
-    pub report: Arc<RouteShadow>,
-    /// The request rewritten for the new side.
-    pub new_head: Parts,
-    /// The request body's declared length (`None`: chunked).
-    pub declared: Option<u64>,
-    pub path: &'a str,
-}
-
 impl Copy {
-    /// A copy if the budget has room; otherwise the skip is counted.
-    pub fn begin(b: Begin<'_>) -> Option<Copy> {
-        let cfg = b.table.config.routes[b.route].shadow.as_ref()?;
-        let metrics = &b.table.stats(Some(b.route)).metrics[0];
-        let Ok(permit) = b.budget.copies.clone().try_acquire_owned() else {
-            b.report.count(Outcome::Skipped);
-            metrics.shadowed(Outcome::Skipped.as_str());
-            return None;
-        };
-        // Room for the request body as declared (a chunked one: up to `max_body`).
-        let reserved = b.declared.unwrap_or(cfg.max_body).min(cfg.max_body);
-        if !b.budget.reserve(reserved) {
-            b.report.count(Outcome::Skipped);
-            metrics.shadowed(Outcome::Skipped.as_str());
-            return None;
-        }
-        let mut new_head = b.new_head;
+    /// A copy of a request of route `route`, with its room in the budget and its head
+    /// rewritten for the new side.
+    pub fn new(table: Arc<Table>, route: usize, room: Room, new_head: Parts, path: &str) -> Copy {
+        let report = table
+            .stats(Some(route))
+            .shadow
+            .clone()
+            .expect("copies only of routes with shadow");
+        let mut new_head = new_head;
         new_head
             .headers
             .insert(SHADOW_HEADER, HeaderValue::from_static("1"));
-        Some(Copy {
-            _permit: permit,
-            budget: b.budget.clone(),
-            reserved,
-            report: b.report,
-            route: b.route,
+        Copy {
+            room: Some(room),
+            table,
+            report,
+            route,
             new_head,
             legacy_head: None,
             upload: None,
             legacy_headers: None,
             kept: Vec::new(),
             kept_size: 0,
-            too_large: false,
-            starved: false,
+            settled: None,
+            ended: false,
+            counted: false,
             method: String::new(),
-            path: b.path.to_string(),
-        })
+            path: path.to_string(),
+        }
     }
 
     /// The request body, kept as it streams to legacy (up to `max_body`), and the head
-    /// legacy got (for the noise sample, `noise`).
-    pub fn watch_request(&mut self, table: &Table, body: &mut RequestBody, legacy_head: &Parts) {
-        let Some(cfg) = table.config.routes[self.route].shadow.as_ref() else {
+    /// legacy got (for the noise sample of a safe method: a second copy of a write would
+    /// run it twice on legacy).
+    pub fn watch_request(&mut self, body: &mut RequestBody, legacy_head: &Parts) {
+        let Some(cfg) = self.table.config.routes[self.route].shadow.as_ref() else {
             return;
         };
         self.method = legacy_head.method.to_string();
         if body.has_body() {
             self.upload = Some(body.tee(cfg.max_body));
         }
-        if cfg
-            .noise
-            .is_some_and(|n| fastrand::u32(..10_000) < n.sample_bp)
+        if legacy_head.method.is_safe()
+            && cfg
+                .noise
+                .is_some_and(|n| fastrand::u32(..10_000) < n.sample_bp)
         {
-            self.legacy_head = Some(super::send::copy_head(legacy_head));
+            let mut head = send::copy_head(legacy_head);
+            head.headers
+                .insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+            self.legacy_head = Some(head);
         }
     }
 
     /// A part of legacy's answer body, as it goes to the client.
     pub fn keep(&mut self, max_body: u64, data: &Bytes) {
-        if self.too_large || self.starved {
+        if self.settled.is_some() {
             return;
         }
         let n = data.len() as u64;
-        if self.kept_size + n > max_body {
-            self.too_large = true;
-        } else if !self.budget.reserve(n) {
-            self.starved = true;
-        } else {
-            self.reserved += n;
+        let outcome = if self.kept_size + n > max_body {
+            Outcome::TooLarge
+        } else if self.room.as_mut().is_some_and(|r| r.grow(n)) {
             self.kept_size += n;
             self.kept.push(data.clone());
             return;
-        }
-        // Nothing more is kept: what was is let go at once.
-        self.kept.clear();
-    }
-
-    /// Legacy's answer has ended (`status`, or a failure): the copy goes on in a task of
-    /// its own, or is counted as skipped.
-    pub fn finish(self, table: Arc<Table>, status: u16, failed: bool) {
-        let metrics = &table.stats(Some(self.route)).metrics[0];
-        // Legacy failed (or its answer could not be kept): nothing to compare against.
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .filter(|_| !failed && status != 0 && !self.starved);
-        let Some(runtime) = runtime else {
-            self.report.count(Outcome::Skipped);
-            metrics.shadowed(Outcome::Skipped.as_str());
-            return;
+        } else {
+            Outcome::Skipped
         };
-        runtime.spawn(async move {
-            let mut copy = self;
-            let outcome = copy.run(&table, status).await;
-            table.stats(Some(copy.route)).metrics[0].shadowed(outcome.as_str());
-        });
+        // Nothing more is kept: what was, and the copy's room, are let go at once.
+        self.settled = Some(outcome);
+        self.kept = Vec::new();
+        self.room = None;
     }
 
-    async fn run(&mut self, table: &Table, status: u16) -> Outcome {
+    /// Legacy's answer body has ended.
+    pub fn legacy_ended(&mut self) {
+        self.ended = true;
+    }
+
+    /// Legacy's answer is over (`status`; `failed`: it failed): the copy goes on in a task
+    /// of its own, or is counted as what it already is.
+    pub fn finish(mut self, status: u16, failed: bool) {
+        // Legacy failed, its client left before its end, or its answer could not be kept:
+        // nothing to compare against.
+        let outcome = self
+            .settled
+            .or((failed || status == 0 || !self.ended).then_some(Outcome::Skipped));
+        let runtime = tokio::runtime::Handle::try_current();
+        match (outcome, runtime) {
+            (None, Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let outcome = self.run(status).await;
+                    self.done(outcome, false);
+                });
+            }
+            (outcome, _) => self.done(outcome.unwrap_or(Outcome::Skipped), true),
+        }
+    }
+
+    /// Counts the copy as `outcome` (`in_report`: also in the report, which a comparison
+    /// has counted itself).
+    fn done(&mut self, outcome: Outcome, in_report: bool) {
+        if self.counted {
+            return;
+        }
+        self.counted = true;
+        if in_report {
+            self.report.count(outcome);
+        }
+        self.table.stats(Some(self.route)).metrics[0].shadowed(outcome.as_str());
+    }
+
+    async fn run(&mut self, status: u16) -> Outcome {
+        let table = self.table.clone();
         let Some(cfg) = table.config.routes[self.route].shadow.as_ref() else {
+            self.report.count(Outcome::Skipped);
             return Outcome::Skipped;
         };
         let body = match &self.upload {
-            None => Some(Vec::new()),
-            Some(t) => t.replay(),
+            None => Vec::new(),
+            Some(t) if t.size() > cfg.max_body => {
+                self.report.count(Outcome::TooLarge);
+                return Outcome::TooLarge;
+            }
+            // Legacy answered before it read the whole body, or the body had trailers.
+            Some(t) => match t.replay() {
+                Some(b) => b,
+                None => {
+                    self.report.count(Outcome::Skipped);
+                    return Outcome::Skipped;
+                }
+            },
         };
-        let (Some(body), false) = (body, self.too_large) else {
-            self.report.count(Outcome::TooLarge);
-            return Outcome::TooLarge;
-        };
-        // Legacy's body in one piece, its parts let go at once (held twice, a copy would
-        // cost twice what the budget counts).
+        // Legacy's body in one piece, its parts let go at once.
         let mut kept = std::mem::take(&mut self.kept);
         let whole = match kept.len() {
             1 => kept.pop().unwrap_or_default(),
@@ -231,17 +289,25 @@ impl Copy {
             headers: self.legacy_headers.take().unwrap_or_default(),
             body: Some(whole),
         };
+        let Some(room) = self.room.as_mut() else {
+            self.report.count(Outcome::Skipped);
+            return Outcome::Skipped;
+        };
         let service = 1 + table.config.routes[self.route].service;
-        let new = fetch(
+        let new = match fetch(
             &table.upstreams[service],
-            copy_parts(&self.new_head),
+            send::copy_head(&self.new_head),
             &body,
             cfg.max_body,
-            &self.budget,
+            room,
         )
-        .await;
-        let new = match new {
-            Ok(a) => a,
+        .await
+        {
+            Ok(a) if a.body.is_some() => a,
+            Ok(_) => {
+                self.report.count(Outcome::TooLarge);
+                return Outcome::TooLarge;
+            }
             Err(Fetch::Failed) => {
                 self.report.count(Outcome::Error);
                 return Outcome::Error;
@@ -251,49 +317,66 @@ impl Copy {
                 return Outcome::Skipped;
             }
         };
-        if new.body.is_none() {
-            self.report.count(Outcome::TooLarge);
-            return Outcome::TooLarge;
-        }
         // Legacy against itself, for the sample: what differs there is noise.
-        if let Some(head) = &self.legacy_head
-            && let Ok(again) = fetch(
+        let again = match &self.legacy_head {
+            Some(head) => fetch(
                 &table.upstreams[0],
-                copy_parts(head),
+                send::copy_head(head),
                 &body,
                 cfg.max_body,
-                &self.budget,
+                room,
             )
             .await
-            && again.body.is_some()
-        {
-            self.report.learn_noise(&legacy, &again, cfg);
-        }
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        self.report.compare(
-            &Copied {
-                method: &self.method,
-                path: &self.path,
-            },
-            &legacy,
-            &new,
-            cfg,
-            cfg.noise.map(|n| n.threshold),
-            at_ms,
-        )
+            .ok()
+            .filter(|a| a.body.is_some()),
+            None => None,
+        };
+        // A few comparisons at once, on the blocking pool: parsing and walking two JSON
+        // bodies is work the request path's threads must not wait behind.
+        let budget = self.room.as_ref().map(|r| r.budget.clone());
+        let _turn = match &budget {
+            Some(b) => b.comparing.acquire().await.ok(),
+            None => None,
+        };
+        let report = self.report.clone();
+        let cfg = cfg.clone();
+        let (method, path) = (std::mem::take(&mut self.method), self.path.clone());
+        let compared = tokio::task::spawn_blocking(move || {
+            if let Some(again) = again
+                && again.status == legacy.status
+            {
+                report.learn_noise(&legacy, &again, &cfg);
+            }
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            report.compare(
+                &Copied {
+                    method: &method,
+                    path: &path,
+                },
+                &legacy,
+                &new,
+                &cfg,
+                cfg.noise.map(|n| n.threshold),
+                at_ms,
+            )
+        })
+        .await;
+        compared.unwrap_or_else(|_| {
+            self.report.count(Outcome::Error);
+            Outcome::Error
+        })
     }
 }
 
 impl Drop for Copy {
     fn drop(&mut self) {
-        self.budget.release(self.reserved);
+        // Dropped before it was settled (the request failed on the way): skipped.
+        if !self.counted {
+            self.done(Outcome::Skipped, true);
+        }
     }
-}
-
-fn copy_parts(head: &Parts) -> Parts {
-    super::send::copy_head(head)
 }
 
 enum Fetch {
@@ -303,20 +386,23 @@ enum Fetch {
     Starved,
 }
 
-/// Sends a copy and reads its whole answer (up to `max_body`: a larger body is `None`).
+/// Sends a copy and reads its whole answer (up to `max_body`: a larger body is `None`),
+/// kept in `room` until the copy ends.
 async fn fetch(
     upstream: &Upstream,
-    head: Parts,
+    mut head: Parts,
     body: &[Bytes],
     max_body: u64,
-    budget: &Budget,
+    room: &mut Room,
 ) -> Result<Answer, Fetch> {
     let picked = upstream.fleet.as_ref().and_then(|f| f.pick(None));
     let target = match &picked {
-        Some(p) => p
-            .guard
-            .instance()
-            .target(upstream.timeout, upstream.connect_timeout),
+        Some(p) => {
+            super::forward::aim(&mut head, upstream, p.guard.instance());
+            p.guard
+                .instance()
+                .target(upstream.timeout, upstream.connect_timeout)
+        }
         None => upstream.target(),
     };
     let req = Request::from_parts(head, RequestBody::replayed(body.to_vec()));
@@ -324,10 +410,10 @@ async fn fetch(
     let exchange = send::attempt(&target, req, start)
         .await
         .map_err(|_| Fetch::Failed)?;
-    let (parts, mut incoming) = exchange.response.into_parts();
+    let (mut parts, mut incoming) = exchange.response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     let mut kept: Vec<Bytes> = Vec::new();
     let mut size = 0u64;
-    let mut reserved = 0u64;
     let mut over = false;
     let read = async {
         while let Some(frame) = incoming.frame().await {
@@ -339,27 +425,25 @@ async fn fetch(
                 kept.clear();
                 break;
             }
-            if !budget.reserve(d.len() as u64) {
+            if !room.grow(d.len() as u64) {
                 return Err(Fetch::Starved);
             }
-            reserved += d.len() as u64;
             kept.push(d.clone());
         }
         Ok(())
     };
-    let outcome = tokio::time::timeout(upstream.timeout.max(Duration::from_millis(1)), read).await;
-    budget.release(reserved);
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(Fetch::Failed),
-    }
+    tokio::time::timeout(upstream.timeout.max(Duration::from_millis(1)), read)
+        .await
+        .map_err(|_| Fetch::Failed)??;
     if !over && exchange.uploaded.as_ref().is_none_or(|u| u.done()) {
         pool::checkin(exchange.key, exchange.conn, start);
     }
     Ok(Answer {
         status: parts.status.as_u16(),
         headers: parts.headers,
-        body: (!over).then(|| kept.concat().into()),
+        body: (!over).then(|| match kept.len() {
+            1 => kept.pop().unwrap_or_default(),
+            _ => Bytes::from(kept.concat()),
+        }),
     })
 }

@@ -15,6 +15,7 @@ use super::fleet::{Fleet, ServiceState};
 use super::pool::{Dial, PoolKey};
 use crate::config::resilience::RETRY_BUDGET;
 use crate::config::{Config, RouteConfig};
+use crate::observe::shadow::{RouteShadow, Shadows};
 use crate::observe::{Metrics, Registry, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
 
@@ -62,6 +63,9 @@ pub struct RouteStats {
     pub metrics: [SideMetrics; 2],
     /// The rolling figures of legacy vs new (kept across reloads by name).
     pub window: Arc<RouteWindow>,
+    /// The route's shadow comparison, for a route with `shadow` (kept across reloads by
+    /// name).
+    pub shadow: Option<Arc<RouteShadow>>,
 }
 
 /// The retry budget is in thousandths of a retry: each request of a route with `retries`
@@ -110,6 +114,7 @@ impl Table {
         metrics: &Arc<Metrics>,
         windows: &Arc<Registry>,
         fleet: &Fleet,
+        shadows: &Shadows,
     ) -> Result<Table, String> {
         let routing = config.compile()?;
         let upstreams = std::iter::once(&config.legacy)
@@ -135,9 +140,15 @@ impl Table {
             .iter()
             .map(|r| &*r.name)
             .chain([DEFAULT_ROUTE])
-            .map(|name| RouteStats {
+            .enumerate()
+            .map(|(i, name)| RouteStats {
                 metrics: Side::BOTH.map(|side| metrics.side(name, side)),
                 window: windows.route(name),
+                shadow: config
+                    .routes
+                    .get(i)
+                    .and_then(|r| r.shadow.as_ref())
+                    .map(|_| shadows.route(name)),
             })
             .collect();
         let via = ["1.0", "1.1", "2"].map(|v| {

@@ -109,7 +109,10 @@ impl Environment for GatewayEnv {
     }
 
     async fn shadow_match(&self, route: &str) -> Option<(Option<f64>, u64)> {
-        self.gateway.shadows.get(route).map(|r| r.match_rate())
+        self.gateway
+            .shadows
+            .get(route)
+            .map(|r| r.recent_match_rate())
     }
 
     fn begin_counts(&self, plan: &PlanConfig, since: f64) {

@@ -296,7 +296,12 @@ impl Book {
                 detail: None,
             });
         }
+        let may_start = matches!(
+            e.progress.state,
+            State::Pending | State::RolledBack | State::Aborted | State::Done
+        );
         if op == Op::Start
+            && may_start
             && let Some(min) = e.config.guard.min_shadow_match
         {
             let need = e.config.guard.min_requests;
