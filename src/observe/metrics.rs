@@ -379,6 +379,7 @@ impl Metrics {
             errors: Default::default(),
             client_errors: Default::default(),
             grpc: Default::default(),
+            shadow: Default::default(),
         }
     }
 
@@ -464,6 +465,8 @@ pub struct SideMetrics {
     client_errors: [OnceLock<IntCounter>; 5],
     /// By gRPC status code, the last for OTHER.
     grpc: [OnceLock<IntCounter>; 18],
+    /// By shadow outcome (`observe::shadow::Outcome` order).
+    shadow: [OnceLock<IntCounter>; 7],
 }
 
 impl SideMetrics {
@@ -473,10 +476,13 @@ impl SideMetrics {
     }
 
     /// Counts a shadow copy of this route's requests, by its result.
-    pub fn shadowed(&self, result: &str) {
-        self.metrics
-            .shadow
-            .with_label_values(&[&*self.route, result])
+    pub fn shadowed(&self, outcome: super::shadow::Outcome) {
+        self.shadow[outcome as usize]
+            .get_or_init(|| {
+                self.metrics
+                    .shadow
+                    .with_label_values(&[&*self.route, outcome.as_str()])
+            })
             .inc();
     }
 

@@ -34,8 +34,12 @@ pub const MAX_COPIES: usize = 64;
 /// Bytes of bodies kept for copies at once, gateway-wide: the request body, legacy's
 /// answer and the new side's (and legacy's second answer, for the noise sample).
 pub const MAX_KEPT_BYTES: u64 = 64 * 1024 * 1024;
-/// Comparisons run at once, gateway-wide (a JSON body parsed takes several times its size).
+/// Comparisons of large bodies run at once, gateway-wide (a JSON body parsed takes several
+/// times its size).
 const COMPARING: usize = 2;
+/// Bodies up to this much in all are compared where the copy runs; larger ones on the
+/// blocking pool, [`COMPARING`] at a time.
+const INLINE_COMPARE: u64 = 64 * 1024;
 /// The header a copy carries, so the new service can avoid side effects.
 pub const SHADOW_HEADER: http::HeaderName = http::HeaderName::from_static("x-strangler-shadow");
 
@@ -70,11 +74,11 @@ impl Budget {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// A copy's room: a place among the copies under way and `bytes` kept, if both fit.
+    /// A copy's room: `bytes` kept, if they fit (its place among the copies under way is
+    /// taken when it goes out: [`Room::go`]).
     pub fn room(self: &Arc<Self>, bytes: u64) -> Option<Room> {
-        let permit = self.copies.clone().try_acquire_owned().ok()?;
         self.reserve(bytes).then(|| Room {
-            _permit: permit,
+            turn: None,
             budget: self.clone(),
             bytes,
         })
@@ -83,12 +87,19 @@ impl Budget {
 
 /// The room a copy holds in the budget, given back when dropped.
 pub struct Room {
-    _permit: OwnedSemaphorePermit,
+    /// Its place among the copies under way, once it goes out.
+    turn: Option<OwnedSemaphorePermit>,
     budget: Arc<Budget>,
     bytes: u64,
 }
 
 impl Room {
+    /// A place among the copies under way, if there is one.
+    fn go(&mut self) -> bool {
+        self.turn = self.budget.copies.clone().try_acquire_owned().ok();
+        self.turn.is_some()
+    }
+
     /// Keeps `n` more bytes, if they fit.
     fn grow(&mut self, n: u64) -> bool {
         let fits = self.budget.reserve(n);
@@ -111,7 +122,7 @@ pub fn count(table: &Table, r: usize, outcome: Outcome) {
     if let Some(report) = &stats.shadow {
         report.count(outcome);
     }
-    stats.metrics[0].shadowed(outcome.as_str());
+    stats.metrics[0].shadowed(outcome);
 }
 
 /// A copy in the making, carried by the request's trail while legacy serves it.
@@ -227,10 +238,9 @@ impl Copy {
     /// of its own, or is counted as what it already is.
     pub fn finish(mut self, status: u16, failed: bool) {
         // Legacy failed, its client left before its end, or its answer could not be kept:
-        // nothing to compare against.
-        let outcome = self
-            .settled
-            .or((failed || status == 0 || !self.ended).then_some(Outcome::Skipped));
+        // nothing to compare against; or no place among the copies under way.
+        let goes = !failed && status != 0 && self.ended && self.room.as_mut().is_some_and(Room::go);
+        let outcome = self.settled.or((!goes).then_some(Outcome::Skipped));
         let runtime = tokio::runtime::Handle::try_current();
         match (outcome, runtime) {
             (None, Ok(runtime)) => {
@@ -253,7 +263,7 @@ impl Copy {
         if in_report {
             self.report.count(outcome);
         }
-        self.table.stats(Some(self.route)).metrics[0].shadowed(outcome.as_str());
+        self.table.stats(Some(self.route)).metrics[0].shadowed(outcome);
     }
 
     async fn run(&mut self, status: u16) -> Outcome {
@@ -331,17 +341,10 @@ impl Copy {
             .filter(|a| a.body.is_some()),
             None => None,
         };
-        // A few comparisons at once, on the blocking pool: parsing and walking two JSON
-        // bodies is work the request path's threads must not wait behind.
-        let budget = self.room.as_ref().map(|r| r.budget.clone());
-        let _turn = match &budget {
-            Some(b) => b.comparing.acquire().await.ok(),
-            None => None,
-        };
         let report = self.report.clone();
         let cfg = cfg.clone();
         let (method, path) = (std::mem::take(&mut self.method), self.path.clone());
-        let compared = tokio::task::spawn_blocking(move || {
+        let compare = move || {
             if let Some(again) = again
                 && again.status == legacy.status
             {
@@ -361,12 +364,28 @@ impl Copy {
                 cfg.noise.map(|n| n.threshold),
                 at_ms,
             )
-        })
-        .await;
-        compared.unwrap_or_else(|_| {
-            self.report.count(Outcome::Error);
-            Outcome::Error
-        })
+        };
+        if self
+            .room
+            .as_ref()
+            .is_some_and(|r| r.bytes <= INLINE_COMPARE)
+        {
+            return compare();
+        }
+        // Large bodies: a few comparisons at once, on the blocking pool (parsing and
+        // walking two large JSON bodies is work the request path's threads must not wait
+        // behind, and a parsed body takes several times its size).
+        let budget = self.room.as_ref().map(|r| r.budget.clone());
+        let _turn = match &budget {
+            Some(b) => b.comparing.acquire().await.ok(),
+            None => None,
+        };
+        tokio::task::spawn_blocking(compare)
+            .await
+            .unwrap_or_else(|_| {
+                self.report.count(Outcome::Error);
+                Outcome::Error
+            })
     }
 }
 
