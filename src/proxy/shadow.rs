@@ -3,9 +3,9 @@
 //!
 //! A copy is decided with the request (after the decision: the route shadows, legacy serves
 //! it by the rules, the method is one the route copies, the sample draws it, the new
-//! service can take traffic) and only if the budget has room: at most [`MAX_COPIES`] copies
-//! under way and [`MAX_KEPT_BYTES`] of bodies kept for them, gateway-wide; otherwise the
-//! copy is skipped and counted. While legacy serves, the request body (through the
+//! service can take traffic) and only if the budget has room: [`MAX_KEPT_BYTES`] of bodies
+//! kept for copies, and, when it goes out, at most [`MAX_COPIES`] copies out at once,
+//! gateway-wide; otherwise the copy is skipped and counted. While legacy serves, the request body (through the
 //! upload's tee) and legacy's answer (as its body streams to the client) are kept up to
 //! `max_body`; the client's answer is never held up. When legacy's answer has ended, a task
 //! sends the copy to the new side (with `X-Strangler-Shadow: 1`), and, for the noise sample
