@@ -27,40 +27,7 @@ fn head(legacy: &str) -> String {
 }
 
 /// What the client got.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    /// `x-upstream` (empty when absent).
-    upstream: String,
-    body: Vec<u8>,
-    took: Duration,
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Answer {
-    let started = Instant::now();
-    let r = req
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .expect("an answer from the gateway");
-    let status = r.status().as_u16();
-    let upstream = r
-        .headers()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = r.bytes().await.unwrap().to_vec();
-    Answer {
-        status,
-        upstream,
-        body,
-        took: started.elapsed(),
-    }
-}
-
-/// `n` GETs of `path`, `concurrency` at a time.
-async fn burst(gw: &Gateway, path: &str, n: usize, concurrency: usize) -> Vec<Answer> {
+async fn burst(gw: &Gateway, path: &str, n: usize, concurrency: usize) -> Vec<Got> {
     let c = client();
     let url = gw.url(path);
     futures_util::stream::iter(0..n)
@@ -71,7 +38,7 @@ async fn burst(gw: &Gateway, path: &str, n: usize, concurrency: usize) -> Vec<An
 }
 
 /// Answers counted by `status upstream`, e.g. `"200 b"`.
-fn tally(answers: &[Answer]) -> BTreeMap<String, usize> {
+fn tally(answers: &[Got]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for a in answers {
         *out.entry(format!("{} {}", a.status, a.upstream))
@@ -408,7 +375,7 @@ async fn a_failing_new_side_falls_back_to_legacy_and_is_counted_as_failing() {
         for i in 0..3 {
             let x = send(c.get(gw.url(&format!("{prefix}/{i}")))).await;
             assert_eq!(
-                (x.status, x.upstream.as_str(), x.body.as_slice()),
+                (x.status, x.upstream.as_str(), x.body.as_ref()),
                 (200, "legacy", &b"legacy"[..]),
                 "{name}: {x:?}"
             );
@@ -543,7 +510,7 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
         );
         if replayed {
             assert_eq!(
-                (x.status, x.upstream.as_str(), x.body.as_slice()),
+                (x.status, x.upstream.as_str(), x.body.as_ref()),
                 (200, "legacy", &b"legacy"[..]),
                 "{path}"
             );
@@ -557,7 +524,7 @@ async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact()
         } else {
             // The new side's own failure.
             assert_eq!(
-                (x.status, x.upstream.as_str(), x.body.as_slice()),
+                (x.status, x.upstream.as_str(), x.body.as_ref()),
                 (500, "new", &b"new"[..]),
                 "{path}"
             );
@@ -661,7 +628,7 @@ async fn wait_for_probe(
     gw: &Gateway,
     legacy: &Upstream,
     orders: &FaultServer,
-) -> (Instant, tokio::task::JoinHandle<Answer>) {
+) -> (Instant, tokio::task::JoinHandle<Got>) {
     let c = client();
     let deadline = Instant::now() + WAIT;
     let before = orders.count();
@@ -951,7 +918,7 @@ async fn under_a_flaky_new_side_no_client_sees_an_error_and_compare_sees_them_al
     let started = Instant::now();
     let answers = burst(&gw, "/api/orders/1", N, 16).await;
     let took = started.elapsed();
-    let bad: Vec<&Answer> = answers.iter().filter(|x| x.status != 200).collect();
+    let bad: Vec<&Got> = answers.iter().filter(|x| x.status != 200).collect();
     assert!(
         bad.is_empty(),
         "{} client errors: {:?}",

@@ -133,37 +133,6 @@ async fn assert_metric_agrees(gw: &Gateway, route: &str, report: &Value) {
     }
 }
 
-/// What the client got.
-struct Got {
-    status: u16,
-    upstream: String,
-    body: Bytes,
-    took: Duration,
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Got {
-    let started = Instant::now();
-    let r = req
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .expect("an answer from the gateway");
-    let status = r.status().as_u16();
-    let upstream = r
-        .headers()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = r.bytes().await.unwrap();
-    Got {
-        status,
-        upstream,
-        body,
-        took: started.elapsed(),
-    }
-}
-
 fn json_of(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
 }

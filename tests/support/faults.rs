@@ -773,3 +773,37 @@ impl Drop for Scripted {
         self.release();
     }
 }
+
+/// What a client got from the gateway.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub status: u16,
+    /// `x-upstream` (empty when absent).
+    pub upstream: String,
+    pub body: Bytes,
+    pub took: Duration,
+}
+
+/// Sends a request through the gateway and reads the whole answer.
+pub async fn send(req: reqwest::RequestBuilder) -> Got {
+    let started = Instant::now();
+    let r = req
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer from the gateway");
+    let status = r.status().as_u16();
+    let upstream = r
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = r.bytes().await.unwrap();
+    Got {
+        status,
+        upstream,
+        body,
+        took: started.elapsed(),
+    }
+}
