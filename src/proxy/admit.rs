@@ -91,7 +91,7 @@ pub fn admit(head: &mut Parts, rules: &Rules<'_>) -> Admission {
     headers::strip_underscored(&mut head.headers, rules.allow_underscores);
     // Only the gateway marks a request as a shadow copy: a client's mark would make a
     // real request look like one to a service that skips the side effects of copies.
-    head.headers.remove(super::shadow::SHADOW_HEADER);
+    head.headers.remove(headers::SHADOW_HEADER);
     // One id, well-formed: a second or malformed one never reaches the upstream.
     let mut ids = head.headers.get_all(&X_REQUEST_ID).iter();
     let (first, second) = (ids.next(), ids.next());

@@ -62,6 +62,25 @@ impl Instance {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Aims a request at this instance: with `host_header: upstream` (`host_upstream`),
+    /// its own authority as `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    pub fn aim(&self, head: &mut http::request::Parts, host_upstream: bool) {
+        if !host_upstream {
+            return;
+        }
+        if self.dial.protocol.is_http2() {
+            let mut parts = head.uri.clone().into_parts();
+            if parts.scheme.is_some() {
+                parts.authority = Some(self.dial.authority.clone());
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    head.uri = uri;
+                }
+            }
+        } else {
+            head.headers.insert(header::HOST, self.host_value.clone());
+        }
+    }
+
     /// Where an attempt on this instance goes.
     pub fn target(&self, timeout: Duration, connect_timeout: Duration) -> Target<'_> {
         Target {

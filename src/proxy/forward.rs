@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{Request, Response, header};
+use http::{Request, Response};
 
 use super::admit::CanonicalPath;
 use super::body::ResponseBody;
 use super::connection::Peer;
 use super::error::Failure;
-use super::fleet::{Admit, InFlight, Instance, ServiceState};
+use super::fleet::{Admit, InFlight, ServiceState};
 use super::record::Trail;
 use super::respond;
 use super::rewrite::{self, Facts};
@@ -54,26 +54,6 @@ pub fn divert(service: &ServiceState, now: Instant, reported: bool) -> Divert {
         Some(Admit::Refuse) => Divert::ToLegacy(Reason::BreakerOpen),
         Some(Admit::Probe(n)) => Divert::No { probe: Some(n) },
         _ => Divert::No { probe: None },
-    }
-}
-
-/// Aims a request at an instance: with `host_header: upstream`, its own authority as
-/// `Host` (HTTP/1.1) or `:authority` (HTTP/2).
-pub fn aim(head: &mut Parts, upstream: &Upstream, instance: &Instance) {
-    if !upstream.host_upstream {
-        return;
-    }
-    if instance.dial.protocol.is_http2() {
-        let mut parts = head.uri.clone().into_parts();
-        if parts.scheme.is_some() {
-            parts.authority = Some(instance.dial.authority.clone());
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                head.uri = uri;
-            }
-        }
-    } else {
-        head.headers
-            .insert(header::HOST, instance.host_value.clone());
     }
 }
 
@@ -321,7 +301,7 @@ impl Attempts<'_> {
             let instance = picked.map(|p| p.guard);
             if let Some(g) = &instance {
                 let (mut head, body) = req.into_parts();
-                aim(&mut head, upstream, g.instance());
+                g.instance().aim(&mut head, upstream.host_upstream);
                 req = Request::from_parts(head, body);
             }
             let target = match &instance {

@@ -5,6 +5,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
+/// The header a shadow copy carries, so the new service can avoid side effects; only the
+/// gateway sets it (admission removes a client's).
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-strangler-shadow");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub use crate::routing::table::X_FORWARDED_FOR;
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -231,7 +231,7 @@ impl Gateway {
             .and_then(|f| f.pick(None))
             .map(|p| p.guard);
         if let Some(i) = &trail.instance {
-            forward::aim(&mut head, upstream, i.instance());
+            i.instance().aim(&mut head, upstream.host_upstream);
         }
         let target = match &trail.instance {
             Some(i) => i

@@ -40,8 +40,7 @@ const COMPARING: usize = 2;
 /// Bodies up to this much in all are compared where the copy runs; larger ones on the
 /// blocking pool, [`COMPARING`] at a time.
 const INLINE_COMPARE: u64 = 64 * 1024;
-/// The header a copy carries, so the new service can avoid side effects.
-pub const SHADOW_HEADER: http::HeaderName = http::HeaderName::from_static("x-strangler-shadow");
+pub use super::headers::SHADOW_HEADER;
 
 /// The gateway's room for copies.
 pub struct Budget {
@@ -417,7 +416,7 @@ async fn fetch(
     let picked = upstream.fleet.as_ref().and_then(|f| f.pick(None));
     let target = match &picked {
         Some(p) => {
-            super::forward::aim(&mut head, upstream, p.guard.instance());
+            p.guard.instance().aim(&mut head, upstream.host_upstream);
             p.guard
                 .instance()
                 .target(upstream.timeout, upstream.connect_timeout)
