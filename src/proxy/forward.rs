@@ -90,9 +90,11 @@ pub async fn forward(
     let table = trail.table.clone();
     let route = table.route_config(trail.decision.route);
     let stats = table.stats(trail.decision.route);
+    // The original is kept only for a request the decision sent to the new side of a
+    // route with `fallback`.
     let fallback = route
         .and_then(|r| r.fallback)
-        .filter(|_| trail.decision.side == Side::New && original.is_some());
+        .filter(|_| original.is_some());
     let retries = route.and_then(|r| r.retries);
     if retries.is_some() {
         stats.deposit();
@@ -338,8 +340,7 @@ impl Attempts<'_> {
                         if r.when.contains(FailKind::Reset)
                             && f.upstream_kind() == Some(UpstreamErrorKind::Reset) =>
                     {
-                        idempotent
-                            && (!self.had_body || self.tee.is_some_and(|t| t.replay().is_some()))
+                        idempotent && (!self.had_body || self.tee.is_some_and(Tee::whole))
                     }
                     _ => false,
                 },

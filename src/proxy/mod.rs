@@ -182,7 +182,6 @@ impl Gateway {
         let shadow = match (decision.route, route.and_then(|r| r.shadow.as_ref())) {
             (Some(r), Some(cfg))
                 if decision.side == Side::Legacy
-                    && trail.decision.side == Side::Legacy
                     && upgrade.is_none()
                     && cfg.methods.contains(&head.method)
                     && fastrand::u32(..10_000) < cfg.percent_bp =>
@@ -261,7 +260,7 @@ impl Gateway {
         now: Instant,
     ) -> Option<shadow::Copy> {
         let cfg = table.config.routes[r].shadow.as_ref()?;
-        let new = &table.upstreams[1 + table.config.routes[r].service];
+        let new = &table.upstreams[table.new_upstream(r)];
         // A new service that cannot take traffic (no healthy instance, breaker open) is
         // not sent copies either.
         let down = new

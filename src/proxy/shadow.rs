@@ -260,9 +260,10 @@ impl Copy {
         }
         self.counted = true;
         if in_report {
-            self.report.count(outcome);
+            count(&self.table, self.route, outcome);
+        } else {
+            self.table.stats(Some(self.route)).metrics[0].shadowed(outcome);
         }
-        self.table.stats(Some(self.route)).metrics[0].shadowed(outcome);
     }
 
     async fn run(&mut self, status: u16) -> Outcome {
@@ -302,7 +303,7 @@ impl Copy {
             self.report.count(Outcome::Skipped);
             return Outcome::Skipped;
         };
-        let service = 1 + table.config.routes[self.route].service;
+        let service = table.new_upstream(self.route);
         let new = match fetch(
             &table.upstreams[service],
             send::copy_head(&self.new_head),

@@ -215,9 +215,15 @@ impl Table {
     #[inline]
     pub fn upstream_of(&self, d: &Decision) -> usize {
         match (d.side, d.route) {
-            (Side::New, Some(i)) => 1 + self.routing.routes()[i].service,
+            (Side::New, Some(i)) => self.new_upstream(i),
             _ => LEGACY,
         }
+    }
+
+    /// Index into `upstreams` of route `i`'s new side.
+    #[inline]
+    pub fn new_upstream(&self, i: usize) -> usize {
+        1 + self.routing.routes()[i].service
     }
 }
 

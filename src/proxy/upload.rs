@@ -95,9 +95,14 @@ impl Tee {
         self.size.load(Ordering::Relaxed)
     }
 
+    /// Whether the whole body went through and was kept.
+    pub fn whole(&self) -> bool {
+        self.complete.load(Ordering::Acquire) && !self.spilled.load(Ordering::Relaxed)
+    }
+
     /// The whole body, if it went through and was kept.
     pub fn replay(&self) -> Option<Vec<Bytes>> {
-        (self.complete.load(Ordering::Acquire) && !self.spilled.load(Ordering::Relaxed))
+        self.whole()
             .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }

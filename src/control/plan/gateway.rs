@@ -48,8 +48,8 @@ impl GatewayEnv {
     /// The new service of `route`, when its circuit breaker is open (or half-open).
     fn open_breaker(&self, route: &str) -> Option<String> {
         let table = self.gateway.table.load();
-        let r = table.config.routes.iter().find(|r| r.name == route)?;
-        let upstream = &table.upstreams[1 + r.service];
+        let i = table.config.routes.iter().position(|r| r.name == route)?;
+        let upstream = &table.upstreams[table.new_upstream(i)];
         let open = upstream
             .fleet
             .as_ref()
