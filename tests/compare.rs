@@ -8,23 +8,7 @@ use std::time::Duration;
 use support::*;
 
 async fn compare(gw: &Gateway, query: &str) -> serde_json::Value {
-    client()
-        .get(gw.admin_url(&format!("/admin/compare{query}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn route<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    v["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == name)
-        .unwrap_or_else(|| panic!("route {name} in {v}"))
+    get_json(gw.admin_url(&format!("/admin/compare{query}"))).await
 }
 
 async fn two_route_gateway(extra: &str) -> (Upstream, Upstream, Gateway) {
@@ -53,7 +37,7 @@ async fn verdicts_worse_ok_and_insufficient_data() {
 
     let v = compare(&gw, "?window=5m").await;
     assert_eq!(v["window_seconds"], 300.0);
-    let flaky = route(&v, "flaky");
+    let flaky = compared(&v, "flaky");
     assert_eq!(flaky["legacy"]["requests"], 1000);
     assert_eq!(flaky["new"]["requests"], 1000);
     assert_eq!(flaky["legacy"]["errors"], 0);
@@ -78,7 +62,7 @@ async fn verdicts_worse_ok_and_insufficient_data() {
             "{f}"
         );
     }
-    let steady = route(&v, "steady");
+    let steady = compared(&v, "steady");
     assert_eq!(steady["legacy"]["errors"], 20);
     assert_eq!(steady["new"]["errors"], 20);
     // Equal error rates; latencies of the same upstream server: ok, unless the p99 of
@@ -90,7 +74,7 @@ async fn verdicts_worse_ok_and_insufficient_data() {
             "{steady}"
         );
     }
-    let quiet = route(&v, "quiet");
+    let quiet = compared(&v, "quiet");
     assert_eq!(quiet["verdict"], "insufficient_data", "{quiet}");
     assert_eq!(quiet["legacy"]["requests"], 5);
 
@@ -110,14 +94,14 @@ async fn the_window_forgets_old_traffic() {
     forced_traffic(&gw, "/steady", "new", 60, 0).await;
     let v = compare(&gw, "").await;
     assert_eq!(v["window_seconds"], 1.0);
-    assert_eq!(route(&v, "steady")["new"]["requests"], 60);
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 60);
     // Time passing is what is tested here: after the window, the traffic is out of it,
     // and still in a longer one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let v = compare(&gw, "?window=1s").await;
-    assert_eq!(route(&v, "steady")["new"]["requests"], 0, "{v}");
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 0, "{v}");
     let v = compare(&gw, "?window=5s").await;
-    assert_eq!(route(&v, "steady")["new"]["requests"], 60, "{v}");
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 60, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +151,7 @@ async fn strangler_compare_prints_the_table() {
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(route(&v, "flaky")["verdict"], "worse");
+    assert_eq!(compared(&v, "flaky")["verdict"], "worse");
     // The admin address as admin.listen writes it, without a scheme: http is assumed.
     let bare = admin.trim_start_matches("http://");
     let out = tokio::process::Command::new(bin)
@@ -181,7 +165,7 @@ async fn strangler_compare_prints_the_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(route(&v, "flaky")["verdict"], "worse");
+    assert_eq!(compared(&v, "flaky")["verdict"], "worse");
     // An unreachable admin API is a clear error, exit 1.
     let dead = dead_addr().await;
     let out = tokio::process::Command::new(bin)
@@ -204,7 +188,7 @@ async fn a_window_covers_what_it_says() {
     forced_traffic(&gw, "/steady", "new", 100, 0).await;
     let sent = std::time::Instant::now();
     let v = compare(&gw, "?window=5s").await;
-    assert_eq!(route(&v, "steady")["new"]["requests"], 100, "{v}");
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 100, "{v}");
     // Capped by the time the gateway has been up (a little over 1.2 s here).
     let covered = v["covered_seconds"].as_f64().unwrap();
     assert!((1.2..6.05).contains(&covered), "{v}");
@@ -212,11 +196,11 @@ async fn a_window_covers_what_it_says() {
     // it covers between one and two seconds; a 10 s window still does.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(sent.elapsed())).await;
     let v = compare(&gw, "?window=1s").await;
-    assert_eq!(route(&v, "steady")["new"]["requests"], 0, "{v}");
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 0, "{v}");
     let covered = v["covered_seconds"].as_f64().unwrap();
     assert!((1.0..2.05).contains(&covered), "{v}");
     let v = compare(&gw, "?window=10s").await;
-    assert_eq!(route(&v, "steady")["new"]["requests"], 100, "{v}");
+    assert_eq!(compared(&v, "steady")["new"]["requests"], 100, "{v}");
     assert!(v["covered_seconds"].as_f64().unwrap() >= 3.0, "{v}");
     for bad in ["500ms", "1ms", "2m"] {
         let r = client()

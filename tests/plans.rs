@@ -5,6 +5,7 @@
 //! tests (`control::plan::engine`), on invented times.
 
 mod support;
+use support::{get_json, get_text};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,14 +62,7 @@ impl Drop for Traffic {
 }
 
 async fn status(gw: &GatewayProcess, name: &str) -> Value {
-    client()
-        .get(format!("http://{}/admin/plans/{name}", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(format!("http://{}/admin/plans/{name}", gw.admin)).await
 }
 
 /// Waits (up to `secs`) for the plan to reach `state`; its status then.
@@ -171,14 +165,7 @@ async fn a_healthy_new_side_walks_every_step_to_100_and_the_file_shows_each() {
         assert!(c["new_requests"].as_u64().unwrap() >= 30, "{c}");
         assert!(c["legacy_requests"].as_u64().unwrap() >= 30, "{c}");
     }
-    let m = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(format!("{admin}/metrics")).await;
     assert_eq!(
         support::metric(
             &m,
@@ -558,14 +545,7 @@ impl Drop for CountedTraffic {
 }
 
 async fn gateway_metrics(gw: &GatewayProcess) -> String {
-    client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(format!("http://{}/metrics", gw.admin)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,14 +806,7 @@ async fn a_plan_with_min_shadow_match_starts_only_once_the_shadow_matches() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v: Value = c
-            .get(format!("{admin}/admin/shadow/orders-read"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(format!("{admin}/admin/shadow/orders-read")).await;
         if v["compared"].as_u64().unwrap_or(0) >= 20 {
             assert_eq!(v["match_rate"], 1.0, "{v}");
             break;

@@ -61,23 +61,7 @@ async fn wait_metric(gw: &Gateway, series: &str, want: f64) {
 }
 
 async fn compare(gw: &Gateway) -> serde_json::Value {
-    client()
-        .get(gw.admin_url("/admin/compare?window=5m"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn route<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    v["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == name)
-        .unwrap_or_else(|| panic!("route {name} in {v}"))
+    get_json(gw.admin_url("/admin/compare?window=5m")).await
 }
 
 /// Two addresses where nothing listens (distinct: both are bound before either is freed).
@@ -423,7 +407,7 @@ async fn a_failing_new_side_falls_back_to_legacy_and_is_counted_as_failing() {
             Some(3.0),
             "{name}\n{m}"
         );
-        let r = route(&v, name);
+        let r = compared(&v, name);
         assert_eq!(r["new"]["requests"], 3, "{name}: {r}");
         assert_eq!(r["new"]["errors"], 3, "{name}: {r}");
         assert_eq!(r["legacy"]["requests"], 3, "{name}: {r}");
@@ -439,7 +423,7 @@ async fn a_failing_new_side_falls_back_to_legacy_and_is_counted_as_failing() {
         metric(&m, &requests_series("plain-404", "new", "GET", 404)),
         Some(3.0)
     );
-    let r = route(&v, "plain-404");
+    let r = compared(&v, "plain-404");
     assert_eq!(r["new"]["requests"], 3, "{r}");
     assert_eq!(r["new"]["errors"], 0, "{r}");
     assert_eq!(r["legacy"]["requests"], 0, "{r}");
@@ -926,7 +910,7 @@ async fn under_a_flaky_new_side_no_client_sees_an_error_and_compare_sees_them_al
         &bad[..bad.len().min(5)]
     );
     let v = compare(&gw).await;
-    let r = route(&v, "orders-read");
+    let r = compared(&v, "orders-read");
     let n = r["new"]["requests"].as_u64().unwrap();
     let e = r["new"]["errors"].as_u64().unwrap();
     let l = r["legacy"]["requests"].as_u64().unwrap();
@@ -988,15 +972,7 @@ async fn the_access_log_tells_fallbacks_and_diversions() {
     let (_dir, file) = routes_file(&yaml);
     let gw = GatewayProcess::spawn(&file, &[]).await;
     let c = client();
-    let metrics = async || {
-        c.get(format!("http://{}/metrics", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = async || get_text(format!("http://{}/metrics", gw.admin)).await;
     let get = async |path: &str, id: &str| {
         send(
             c.get(format!("http://{}{path}", gw.public))
@@ -1127,14 +1103,7 @@ async fn health_checks_added_by_a_reload_run() {
         "the reloaded checks take the instance out",
         WAIT,
         async || {
-            let m = c
-                .get(format!("http://{}/metrics", gw.admin))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = get_text(format!("http://{}/metrics", gw.admin)).await;
             metric(&m, &series) == Some(0.0)
         },
     )

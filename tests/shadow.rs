@@ -60,6 +60,16 @@ async fn report_at(admin: &str, route: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// A gateway in front of a legacy and an `orders` service that answer alike (JSON echoing
+/// the path), with `routes`.
+async fn echo_gateway(routes: &str) -> (Scripted, Scripted, Gateway) {
+    let echo = |a: &Asked| Reply::json(&json!({"ok": true, "path": a.path()}));
+    let legacy = Scripted::start(echo).await;
+    let new = Scripted::start(echo).await;
+    let gw = Gateway::start(&routes_yaml(&legacy, &[("orders", &new)], routes)).await;
+    (legacy, new, gw)
+}
+
 async fn report(gw: &Gateway, route: &str) -> Value {
     report_at(&admin(gw), route).await
 }
@@ -103,14 +113,7 @@ async fn wait_total(gw: &Gateway, route: &str, n: u64) -> Value {
 
 /// The shadow metric of `route`, by result (results never counted left out).
 async fn shadow_metrics_at(admin: &str, route: &str) -> BTreeMap<&'static str, f64> {
-    let text = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(format!("{admin}/metrics")).await;
     RESULTS
         .iter()
         .filter_map(|r| metric(&text, &series(route, r)).map(|v| (*r, v)))
@@ -537,15 +540,10 @@ async fn a_stalling_new_side_does_not_slow_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_copied_only_when_its_method_is_listed() {
-    let echo = |a: &Asked| Reply::json(&json!({"ok": true, "path": a.path()}));
-    let legacy = Scripted::start(echo).await;
-    let new = Scripted::start(echo).await;
-    let yaml = routes_yaml(
-        &legacy,
-        &[("orders", &new)],
+    let (legacy, new, gw) = echo_gateway(
         "  - name: reads\n    match: {prefix: /api/reads}\n    service: orders\n    percent: 0\n    shadow: {}\n  - name: writes\n    match: {prefix: /api/writes}\n    service: orders\n    percent: 0\n    shadow: {methods: [POST]}\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    )
+    .await;
     let c = client();
     let order = r#"{"order":1,"qty":2}"#;
 
@@ -937,14 +935,7 @@ async fn compare_shows_the_shadow_match_rate_and_an_unknown_route_is_404() {
     }
     wait_total(&gw, "shadowed", 4).await;
     let compare = async || -> (Value, Value) {
-        let v: Value = client()
-            .get(gw.admin_url("/admin/compare?window=5m"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(gw.admin_url("/admin/compare?window=5m")).await;
         let shadow = |name: &str| {
             v["routes"]
                 .as_array()
@@ -989,15 +980,10 @@ async fn compare_shows_the_shadow_match_rate_and_an_unknown_route_is_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_never_sent_twice_to_legacy_and_a_clients_shadow_mark_is_removed() {
-    let echo = |a: &Asked| Reply::json(&json!({"ok": true, "path": a.path()}));
-    let legacy = Scripted::start(echo).await;
-    let new = Scripted::start(echo).await;
-    let yaml = routes_yaml(
-        &legacy,
-        &[("orders", &new)],
+    let (legacy, new, gw) = echo_gateway(
         "  - name: writes\n    match: {prefix: /api/writes}\n    service: orders\n    percent: 0\n    shadow: {methods: [GET, POST], noise: {sample: 100%}}\n  - name: moved\n    match: {prefix: /api/moved}\n    service: orders\n    percent: 100\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    )
+    .await;
     let c = client();
     for i in 0..5 {
         let got = send(c.post(gw.url(&format!("/api/writes/{i}"))).body("{}")).await;

@@ -222,6 +222,40 @@ pub fn config_head(legacy: &str, services: &[(&str, &str)]) -> String {
     s
 }
 
+/// GET `url` with a plain client: its JSON.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// GET `url` with a plain client: its text.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A route's entry in the JSON of `/admin/compare` (or `strangler compare --json`).
+pub fn compared<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == name)
+        .unwrap_or_else(|| panic!("route {name} in {v}"))
+}
+
 /// A plain HTTP client: no proxy from the environment, no redirects followed.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
