@@ -200,14 +200,7 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(self.admin_url("/metrics")).await
     }
 }
 
