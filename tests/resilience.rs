@@ -450,6 +450,54 @@ async fn the_smaller_of_the_services_and_the_routes_timeout_applies() {
     assert_eq!(value(&gw, &fallbacks_series("loose", "timeout")).await, 1.0);
 }
 
+/// A listener whose accept queue is full (a backlog of 0 holds one connection, which is made
+/// and never accepted): the kernel drops every further SYN, so a new connection to it hangs
+/// as one to a host that does not answer would. Keep the pair alive for the test.
+fn unanswered_addr() -> (socket2::Socket, std::net::TcpStream, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let queued = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the accept queue is full"
+    );
+    (l, queued, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_not_made_within_connect_timeout_is_a_connect_failure() {
+    let legacy = Upstream::start("legacy").await;
+    let (_listener, _queued, addr) = unanswered_addr();
+    let yaml = format!(
+        "{}services:\n  silent:\n    url: http://{addr}\n    timeout: 10s\n    connect_timeout: 2s\nroutes:\n  - name: tight\n    match: {{prefix: /tight}}\n    service: silent\n    percent: 100\n    connect_timeout: 300ms\n    fallback: {{when: [connect]}}\n  - name: loose\n    match: {{prefix: /loose}}\n    service: silent\n    percent: 100\n    fallback: {{when: [connect]}}\n",
+        head(&legacy.url())
+    );
+    let gw = Gateway::start(&yaml).await;
+    // The route's 300 ms tightens the service's 2 s; the failure is `connect` (the only
+    // reason this route falls back on), not the request's `timeout` of 10 s.
+    let x = send(client().get(gw.url("/tight/1"))).await;
+    assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"), "{x:?}");
+    assert!(
+        x.took >= Duration::from_millis(250) && x.took < Duration::from_millis(1900),
+        "took {:?}: the route's 300 ms applies",
+        x.took
+    );
+    assert_eq!(value(&gw, &fallbacks_series("tight", "connect")).await, 1.0);
+    // Without a route's own, the service's 2 s applies.
+    let y = send(client().get(gw.url("/loose/1"))).await;
+    assert_eq!((y.status, y.upstream.as_str()), (200, "legacy"), "{y:?}");
+    assert!(
+        y.took >= Duration::from_millis(1900) && y.took < Duration::from_secs(8),
+        "took {:?}: the service's 2 s applies",
+        y.took
+    );
+    assert_eq!(value(&gw, &fallbacks_series("loose", "connect")).await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_body_is_not_replayed_one_within_it_is_replayed_intact() {
     let legacy = Upstream::start("legacy").await;
