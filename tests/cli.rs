@@ -228,7 +228,7 @@ fn check_positions_are_line_and_column_of_the_file() {
     }
 }
 
-/// Ten mistakes in the resilience settings, each where no other mistake hides it.
+/// Twelve mistakes in the resilience settings, each where no other mistake hides it.
 const BAD_RESILIENCE: &str = "\
 listen: 127.0.0.1:8080
 legacy:
@@ -246,6 +246,7 @@ services:
     url: http://127.0.0.1:9006
     balance: fastest
     health: { interval: 5s }
+    outlier: { consecutive: 0, ejection: 10s, max_ejected_percent: 150 }
 routes:
   - name: orders-read
     match: { prefix: /api/orders }
@@ -273,7 +274,7 @@ fn check_reports_every_resilience_mistake_at_once_with_its_yaml_path() {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let f = file.display().to_string();
     // (YAML path, a text on the line of the mistake, words the message must show)
-    let expected: [(&str, &str, &[&str]); 10] = [
+    let expected: [(&str, &str, &[&str]); 12] = [
         (
             "services.billing.url",
             "url: http://127.0.0.1:9004",
@@ -292,6 +293,16 @@ fn check_reports_every_resilience_mistake_at_once_with_its_yaml_path() {
             &["\"path\""],
         ),
         ("legacy.breaker", "cooldown: 30s", &["breaker on legacy"]),
+        (
+            "services.catalog.outlier.consecutive",
+            "consecutive: 0",
+            &["found 0", "1 to 10000"],
+        ),
+        (
+            "services.catalog.outlier.max_ejected_percent",
+            "max_ejected_percent: 150",
+            &["found 150", "1 to 100"],
+        ),
         (
             "routes[0].fallback.when[0]",
             "[reset]",
@@ -332,11 +343,11 @@ fn check_reports_every_resilience_mistake_at_once_with_its_yaml_path() {
         }
     }
     let errors = text.lines().filter(|l| l.starts_with("error:")).count();
-    if errors != 10 {
-        problems.push(format!("{errors} error lines, want 10"));
+    if errors != 12 {
+        problems.push(format!("{errors} error lines, want 12"));
     }
-    if !text.contains("10 error(s)") {
-        problems.push("no total of 10 errors".into());
+    if !text.contains("12 error(s)") {
+        problems.push("no total of 12 errors".into());
     }
     assert!(
         problems.is_empty(),

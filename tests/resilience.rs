@@ -160,6 +160,48 @@ async fn a_dead_instance_gets_no_traffic_until_its_checks_pass_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_failing_requests_in_a_row_is_ejected_though_its_checks_pass() {
+    let legacy = Upstream::start("legacy").await;
+    let a = FaultServer::start("a").await;
+    let b = FaultServer::start("b").await;
+    let c = FaultServer::start("c").await;
+    // a answers every request 500 but passes its health checks.
+    a.set(Mode::Status(500));
+    a.set_health(Some(200));
+    let yaml = format!(
+        "{}services:\n  orders:\n    urls: {}\n    timeout: 10s\n    health: {{path: /healthz, interval: 200ms}}\n    outlier: {{consecutive: 3, ejection: 3s}}\nroutes:\n  - name: orders-read\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n    fallback: {{when: [5xx]}}\n",
+        head(&legacy.url()),
+        urls(&[&a, &b, &c])
+    );
+    let gw = Gateway::start(&yaml).await;
+    let ejected = ejected_series("orders", &a.label());
+    assert_eq!(value(&gw, &ejected).await, 0.0);
+    // One at a time, in turn: a fails three in a row, then gets nothing for 3 s.
+    let answers = burst(&gw, "/api/orders/1", 60, 1).await;
+    let t = tally(&answers);
+    assert_eq!(a.count(), 3, "{t:?}");
+    assert_eq!(t.get("200 legacy"), Some(&3), "a's three fell back: {t:?}");
+    assert_eq!(t.values().sum::<usize>(), 60);
+    assert!(t.keys().all(|k| k.starts_with("200 ")), "{t:?}");
+    assert_eq!(value(&gw, &ejected).await, 1.0);
+    assert_eq!(
+        value(&gw, &healthy_series("orders", &a.label())).await,
+        1.0,
+        "its checks still pass"
+    );
+    assert_eq!(
+        value(&gw, &fallbacks_series("orders-read", "5xx")).await,
+        3.0
+    );
+    // Mended, it is back once its ejection ends.
+    a.set(Mode::Ok);
+    wait_metric(&gw, &ejected, 0.0).await;
+    let answers = burst(&gw, "/api/orders/2", 30, 1).await;
+    let t = tally(&answers);
+    assert_eq!(t.get("200 a"), Some(&10), "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_failing_its_checks_gets_nothing_though_it_still_answers() {
     let legacy = Upstream::start("legacy").await;
     let a = FaultServer::start("a").await;

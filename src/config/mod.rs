@@ -142,16 +142,19 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// The circuit breaker (services only).
     pub breaker: Option<resilience::BreakerConfig>,
+    /// Passive outlier detection of the instances.
+    pub outlier: Option<resilience::OutlierConfig>,
 }
 
 impl Service {
     /// Whether requests to it need the instance set of `proxy::fleet` (several instances,
-    /// host names to look up, health checks or a breaker); otherwise they go straight to
-    /// its one address.
+    /// host names to look up, health checks, a breaker or outlier detection); otherwise
+    /// they go straight to its one address.
     pub fn needs_fleet(&self) -> bool {
         self.authorities.len() > 1
             || self.health.is_some()
             || self.breaker.is_some()
+            || self.outlier.is_some()
             || self.resolve.is_some()
     }
 }

@@ -65,6 +65,30 @@ impl BreakerConfig {
     };
 }
 
+/// Passive outlier detection (`outlier`): an instance whose requests fail `consecutive`
+/// times in a row is taken out for a while, though its health checks may still pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutlierConfig {
+    /// Failed attempts in a row (a connect failure, a timeout, a broken connection or a
+    /// 5xx answer) that take an instance out.
+    pub consecutive: u32,
+    /// How long it stays out the first time; each ejection in a row (no success between)
+    /// adds as much again, up to ten times.
+    pub ejection: Duration,
+    /// At most this share of the instances out at once; never the last one serving.
+    pub max_ejected_percent: u32,
+}
+
+impl OutlierConfig {
+    pub const DEFAULT: OutlierConfig = OutlierConfig {
+        consecutive: 5,
+        ejection: Duration::from_secs(30),
+        max_ejected_percent: 50,
+    };
+    /// The longest ejection, in multiples of `ejection`.
+    pub const MAX_MULTIPLE: u32 = 10;
+}
+
 /// A way an attempt can fail, as `fallback.when` and `retries.when` name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailKind {

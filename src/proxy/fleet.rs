@@ -1,12 +1,12 @@
 //! The instances of services that need more than one fixed address (docs/resilience.md):
-//! several `urls`, host names looked up again every `resolve`, active health checks, and
-//! the circuit breaker of a new service.
+//! several `urls`, host names looked up again every `resolve`, active health checks,
+//! passive outlier detection, and the circuit breaker of a new service.
 //!
 //! A [`ServiceState`] is kept across reloads while its settings stay the same (health and
 //! breaker state survive a reload), in the process's [`Fleet`]. Its two tasks, the resolver
 //! and the health checker, hold it weakly and end when the last table using it is gone.
-//! A service with one URL whose host is an IP address and neither `health` nor `breaker`
-//! has no state here: its requests go straight to its one address, at no cost.
+//! A service with one URL whose host is an IP address and none of `health`, `breaker` or
+//! `outlier` has no state here: its requests go straight to its one address, at no cost.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,7 +23,9 @@ use prometheus::{IntGaugeVec, Opts};
 use super::pool::{self, Dial, PoolKey};
 use super::send::Target;
 use super::upload::RequestBody;
-use crate::config::resilience::{Balance, BreakerConfig, DEFAULT_RESOLVE, HealthConfig};
+use crate::config::resilience::{
+    Balance, BreakerConfig, DEFAULT_RESOLVE, HealthConfig, OutlierConfig,
+};
 use crate::config::{Service, bare_host};
 
 /// One instance of a service: an address, its pool of connections and its health.
@@ -41,6 +43,12 @@ pub struct Instance {
     fails: AtomicU32,
     /// Requests under way on it (`least_connections`).
     in_flight: AtomicUsize,
+    /// Outlier detection: failed attempts in a row, ejections in a row (no success
+    /// between), and when the current ejection ends (ms on the service's clock; 0: never
+    /// ejected).
+    streak: AtomicU32,
+    ejections: AtomicU32,
+    out_until: AtomicU64,
 }
 
 impl Instance {
@@ -55,11 +63,19 @@ impl Instance {
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            streak: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            out_until: AtomicU64::new(0),
         })
     }
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether outlier detection has it out at `now_ms` (the service's clock).
+    fn ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.out_until.load(Ordering::Relaxed)
     }
 
     /// Aims a request at this instance: with `host_header: upstream` (`host_upstream`),
@@ -264,6 +280,11 @@ pub struct ServiceState {
     next: AtomicUsize,
     pub breaker: Option<Breaker>,
     health: Option<HealthConfig>,
+    outlier: Option<OutlierConfig>,
+    /// One ejection decided at a time (they are rare; the cap counts the others).
+    ejecting: Mutex<()>,
+    /// The origin of the instances' ejection times.
+    born: Instant,
     resolve: Duration,
     /// The URLs' authorities, as written.
     authorities: Vec<http::uri::Authority>,
@@ -290,21 +311,33 @@ impl ServiceState {
     /// only when the service has no instance at all.
     pub fn pick(&self, avoid: Option<&Instance>) -> Option<Picked> {
         let list = self.instances.load();
-        // One look at each instance's health (the checker may change it meanwhile).
-        let healthy: Vec<&Arc<Instance>> = list.iter().filter(|i| i.healthy()).collect();
-        let usable: Vec<&Arc<Instance>> = healthy
+        let now_ms = self.outlier.map(|_| self.ms(Instant::now()));
+        // Serving: healthy and not ejected (one look at each: the checker may change it).
+        let serving = |i: &&Arc<Instance>| i.healthy() && now_ms.is_none_or(|m| !i.ejected(m));
+        let usable: Vec<&Arc<Instance>> = list
             .iter()
-            .copied()
+            .filter(serving)
             .filter(|i| avoid.is_none_or(|a| !std::ptr::eq(a, &***i)))
             .collect();
         let (pool, all_unhealthy): (Vec<&Arc<Instance>>, bool) = if !usable.is_empty() {
             (usable, false)
-        } else if !healthy.is_empty() {
-            // Only the instance to avoid is healthy: it again.
-            (healthy, false)
         } else {
-            // Nothing healthy: any instance, in turn.
-            (list.iter().collect(), true)
+            // Only the instance to avoid serves: it again; else an ejected healthy one;
+            // else, nothing healthy: any instance, in turn.
+            let fewer = |keep: &dyn Fn(&&Arc<Instance>) -> bool| -> Vec<&Arc<Instance>> {
+                list.iter().filter(|i| keep(i)).collect()
+            };
+            let serving = fewer(&serving);
+            if !serving.is_empty() {
+                (serving, false)
+            } else {
+                let healthy = fewer(&|i| i.healthy());
+                if healthy.is_empty() {
+                    (list.iter().collect(), true)
+                } else {
+                    (healthy, false)
+                }
+            }
         };
         let chosen = match (self.balance, pool.len()) {
             (_, 0) => return None,
@@ -329,13 +362,78 @@ impl ServiceState {
         })
     }
 
-    /// The instances now (for status and tests).
-    pub fn instances(&self) -> Vec<(String, bool)> {
-        self.instances
-            .load()
+    /// Whether attempts are reported to it (a breaker, outlier detection).
+    pub fn watches(&self) -> bool {
+        self.breaker.is_some() || self.outlier.is_some()
+    }
+
+    /// Milliseconds since the state began, the clock of its instances' ejections.
+    fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Tells the breaker and outlier detection how an attempt on `instance` went; `ok` is
+    /// `None` when the client's own failure says nothing of the service; `probe` is the
+    /// breaker's probe number when the attempt was its probe.
+    pub fn report(
+        &self,
+        instance: Option<&Instance>,
+        ok: Option<bool>,
+        probe: Option<u64>,
+        now: Instant,
+    ) {
+        if let Some(b) = &self.breaker {
+            b.record(ok, probe, now);
+        }
+        let (Some(outlier), Some(i), Some(ok)) = (self.outlier, instance, ok) else {
+            return;
+        };
+        if ok {
+            // Written only when set: a success costs a read.
+            if i.streak.load(Ordering::Relaxed) != 0 {
+                i.streak.store(0, Ordering::Relaxed);
+            }
+            if i.ejections.load(Ordering::Relaxed) != 0 {
+                i.ejections.store(0, Ordering::Relaxed);
+            }
+        } else if i.streak.fetch_add(1, Ordering::Relaxed) + 1 >= outlier.consecutive {
+            self.eject(i, outlier, now);
+        }
+    }
+
+    /// Takes `i` out, unless the cap is reached or it is the last instance serving (its
+    /// streak then stands: its next failure asks again).
+    fn eject(&self, i: &Instance, outlier: OutlierConfig, now: Instant) {
+        let _one = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = self.ms(now);
+        if i.ejected(now_ms) {
+            // Late reports of requests sent before it went out.
+            i.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let list = self.instances.load();
+        let out = list.iter().filter(|x| x.ejected(now_ms)).count();
+        let cap = list.len() * outlier.max_ejected_percent as usize / 100;
+        let serving = list
             .iter()
-            .map(|i| (i.label.to_string(), i.healthy()))
-            .collect()
+            .filter(|x| x.healthy() && !x.ejected(now_ms))
+            .count();
+        if out >= cap || (i.healthy() && serving <= 1) {
+            return;
+        }
+        let times = (i.ejections.load(Ordering::Relaxed) + 1).min(OutlierConfig::MAX_MULTIPLE);
+        i.ejections.store(times, Ordering::Relaxed);
+        let span = outlier.ejection.saturating_mul(times);
+        let until = now_ms.saturating_add(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
+        i.out_until.store(until, Ordering::Relaxed);
+        i.streak.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            service = %self.name,
+            instance = %i.label,
+            failures = outlier.consecutive,
+            out_for = ?span,
+            "instance ejected: its requests failed in a row"
+        );
     }
 
     /// Replaces the instances with those at `addrs`, keeping the state of those that stay.
@@ -395,6 +493,7 @@ pub struct Fleet {
     /// One scrape at a time fills the gauges below.
     collecting: Mutex<()>,
     healthy: IntGaugeVec,
+    ejected: IntGaugeVec,
     breaker: IntGaugeVec,
 }
 
@@ -409,6 +508,14 @@ impl Fleet {
                 Opts::new(
                     "strangler_instance_healthy",
                     "1 while an instance of a service passes its health checks (or has none), 0 while it does not",
+                ),
+                &["service", "instance"],
+            )
+            .expect("static metric definition is valid"),
+            ejected: IntGaugeVec::new(
+                Opts::new(
+                    "strangler_instance_ejected",
+                    "1 while outlier detection keeps an instance of a service out (its requests failed in a row), 0 otherwise; services with outlier only",
                 ),
                 &["service", "instance"],
             )
@@ -428,7 +535,7 @@ impl Fleet {
     /// have it with the same settings; its tasks are started when it is new.
     pub fn service(&self, s: &Service, dial: &Dial) -> Arc<ServiceState> {
         let key = format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             s.name,
             s.timeout,
             s.authorities,
@@ -438,6 +545,7 @@ impl Fleet {
             s.resolve,
             s.health,
             s.breaker,
+            s.outlier,
             s.connect_timeout,
             s.idle_timeout,
         );
@@ -471,6 +579,9 @@ impl Fleet {
                 .breaker
                 .map(|b| Breaker::new(b, s.connect_timeout.saturating_add(s.timeout))),
             health: s.health.clone(),
+            outlier: s.outlier,
+            ejecting: Mutex::new(()),
+            born: Instant::now(),
             resolve: s.resolve.unwrap_or(DEFAULT_RESOLVE),
             authorities: s.authorities.clone(),
             template: dial.clone(),
@@ -505,7 +616,8 @@ impl Fleet {
     }
 }
 
-/// The fleet's metrics (`strangler_instance_healthy`, `strangler_breaker_state`),
+/// The fleet's metrics (`strangler_instance_healthy`, `strangler_instance_ejected`,
+/// `strangler_breaker_state`),
 /// computed from the live states whenever they are scraped: a state that is gone leaves no
 /// series behind.
 pub struct FleetMetrics(pub Arc<Fleet>);
@@ -513,6 +625,7 @@ pub struct FleetMetrics(pub Arc<Fleet>);
 impl Collector for FleetMetrics {
     fn desc(&self) -> Vec<&Desc> {
         let mut d = self.0.healthy.desc();
+        d.extend(self.0.ejected.desc());
         d.extend(self.0.breaker.desc());
         d
     }
@@ -527,16 +640,24 @@ impl Fleet {
         let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         self.healthy.reset();
+        self.ejected.reset();
         self.breaker.reset();
         let mut seen = std::collections::HashSet::new();
         for s in self.live() {
             if !seen.insert(s.name.clone()) {
                 continue;
             }
+            let now_ms = s.ms(now);
             for i in s.instances.load().iter() {
+                let labels = [&*s.name, &*i.label];
                 self.healthy
-                    .with_label_values(&[&*s.name, &*i.label])
+                    .with_label_values(&labels)
                     .set(i64::from(i.healthy()));
+                if s.outlier.is_some() {
+                    self.ejected
+                        .with_label_values(&labels)
+                        .set(i64::from(i.ejected(now_ms)));
+                }
             }
             if let Some(b) = &s.breaker {
                 self.breaker
@@ -545,6 +666,7 @@ impl Fleet {
             }
         }
         let mut families = self.healthy.collect();
+        families.extend(self.ejected.collect());
         families.extend(self.breaker.collect());
         families
     }
@@ -648,6 +770,98 @@ async fn check(service: &str, instance: &Instance, health: &HealthConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service of `n` instances with outlier detection (2 failures in a row, 10 s out).
+    fn outlying(n: usize, max_ejected_percent: u32) -> Arc<ServiceState> {
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 9100 + i))
+            .collect();
+        let yaml = format!(
+            "listen: 127.0.0.1:8080\nlegacy: {{url: http://127.0.0.1:9001}}\nservices:\n  s:\n    urls: [{}]\n    outlier: {{consecutive: 2, ejection: 10s, max_ejected_percent: {max_ejected_percent}}}\nroutes: []\n",
+            urls.join(", ")
+        );
+        let config = crate::config::Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let s = config.upstream(1);
+        Fleet::new().service(s, &super::super::table::dial(s))
+    }
+
+    fn fail(s: &ServiceState, i: &Instance, at: Instant) {
+        s.report(Some(i), Some(false), None, at);
+    }
+
+    /// The labels of the instances picked `n` times in a row.
+    fn picks(s: &ServiceState, n: usize) -> std::collections::BTreeSet<String> {
+        (0..n)
+            .map(|_| s.pick(None).unwrap().guard.instance().label.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_an_instance_for_longer_each_time_and_a_success_forgives() {
+        let s = outlying(3, 50);
+        let list = s.instances.load_full();
+        let (a, t) = (&list[0], s.born);
+        fail(&s, a, t);
+        s.report(Some(a), Some(true), None, t);
+        fail(&s, a, t);
+        assert!(!a.ejected(s.ms(t)), "a success between resets the streak");
+        fail(&s, a, t);
+        assert!(a.ejected(s.ms(t)));
+        assert!(
+            !picks(&s, 30).contains(&*a.label),
+            "an ejected instance gets nothing"
+        );
+        let back = t + Duration::from_secs(10);
+        assert!(!a.ejected(s.ms(back)), "back after 10 s");
+        // Ejected again with no success between: 20 s.
+        fail(&s, a, back);
+        fail(&s, a, back);
+        assert!(a.ejected(s.ms(back + Duration::from_secs(19))));
+        assert!(!a.ejected(s.ms(back + Duration::from_secs(20))));
+        // A success forgives: 10 s again.
+        let later = back + Duration::from_secs(20);
+        s.report(Some(a), Some(true), None, later);
+        fail(&s, a, later);
+        fail(&s, a, later);
+        assert!(!a.ejected(s.ms(later + Duration::from_secs(10))));
+        // The client's own failure says nothing.
+        for _ in 0..5 {
+            s.report(Some(a), None, None, later + Duration::from_secs(10));
+        }
+        assert_eq!(a.streak.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn ejections_stop_at_the_cap_and_never_take_the_last_instance() {
+        // Three instances at 50%: one out at most.
+        let s = outlying(3, 50);
+        let list = s.instances.load_full();
+        let t = s.born;
+        for i in list.iter() {
+            fail(&s, i, t);
+            fail(&s, i, t);
+        }
+        let out = list.iter().filter(|i| i.ejected(s.ms(t))).count();
+        assert_eq!(out, 1);
+        assert_eq!(picks(&s, 30).len(), 2);
+        // At 100%, two of three, never the third.
+        let s = outlying(3, 100);
+        let list = s.instances.load_full();
+        for i in list.iter() {
+            fail(&s, i, t);
+            fail(&s, i, t);
+        }
+        let out = list.iter().filter(|i| i.ejected(s.ms(s.born))).count();
+        assert_eq!(out, 2);
+        assert_eq!(picks(&s, 30).len(), 1);
+        // A lone instance is never ejected (that is the breaker's work).
+        let s = outlying(1, 100);
+        let one = s.instances.load_full()[0].clone();
+        for _ in 0..10 {
+            fail(&s, &one, s.born);
+        }
+        assert!(!one.ejected(s.ms(s.born)));
+    }
 
     fn breaker() -> Breaker {
         Breaker::new(

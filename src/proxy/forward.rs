@@ -319,14 +319,19 @@ impl Attempts<'_> {
                 Ok(ex) => (Ok(ex), None),
                 Err((f, unsent)) => (Err(f), unsent),
             };
-            if let Some(b) = upstream.fleet.as_ref().and_then(|f| f.breaker.as_ref()) {
+            if let Some(fleet) = upstream.fleet.as_ref().filter(|f| f.watches()) {
                 // The client's own failure says nothing of the service.
                 let ok = match &result {
                     Ok(ex) => Some(!ex.response.status().is_server_error()),
                     Err(f) if f.upstream_kind().is_some() => Some(false),
                     Err(_) => None,
                 };
-                b.record(ok, self.probe.filter(|_| tries == 0), Instant::now());
+                fleet.report(
+                    instance.as_ref().map(|g| &**g.instance()),
+                    ok,
+                    self.probe.filter(|_| tries == 0),
+                    Instant::now(),
+                );
             }
             // Another attempt: a connect failure (never sent) or, for an idempotent
             // request whose body can be sent again, a reset; within the attempts asked for

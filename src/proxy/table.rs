@@ -228,7 +228,7 @@ impl Table {
 }
 
 /// How to connect to a service.
-fn dial(s: &crate::config::Service) -> Dial {
+pub(super) fn dial(s: &crate::config::Service) -> Dial {
     Dial {
         authority: s.authority.clone(),
         protocol: s.protocol,

@@ -516,6 +516,11 @@ pub fn healthy_series(service: &str, instance: &str) -> String {
     format!("strangler_instance_healthy{{instance=\"{instance}\",service=\"{service}\"}}")
 }
 
+/// The series of `strangler_instance_ejected` for an instance of `service`.
+pub fn ejected_series(service: &str, instance: &str) -> String {
+    format!("strangler_instance_ejected{{instance=\"{instance}\",service=\"{service}\"}}")
+}
+
 /// The series of `strangler_breaker_state` for `service`.
 pub fn breaker_series(service: &str) -> String {
     format!("strangler_breaker_state{{service=\"{service}\"}}")

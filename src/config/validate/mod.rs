@@ -47,6 +47,7 @@ const SERVICE_KEYS: &[&str] = &[
     "health",
     "connect_timeout",
     "breaker",
+    "outlier",
     "timeout",
     "idle_timeout",
     "host_header",

@@ -1,12 +1,12 @@
-//! The resilience settings: `balance`, `resolve`, `health`, `connect_timeout` and `breaker`
-//! of services; `fallback`, `retries`, `timeout` and `connect_timeout` of routes.
+//! The resilience settings: `balance`, `resolve`, `health`, `connect_timeout`, `breaker`
+//! and `outlier` of services; `fallback`, `retries`, `timeout` and `connect_timeout` of routes.
 
 use std::time::Duration;
 
 use super::{Fields, Validator, join};
 use crate::config::resilience::{
     Balance, BreakerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_MAX_BODY, FailKind,
-    FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, RetryConfig,
+    FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, OutlierConfig, RetryConfig,
 };
 use crate::config::yaml::{Node, Value};
 use crate::routing::check_canonical;
@@ -21,6 +21,7 @@ pub(super) struct ServiceSettings {
     pub health: Option<HealthConfig>,
     pub connect_timeout: Duration,
     pub breaker: Option<BreakerConfig>,
+    pub outlier: Option<OutlierConfig>,
 }
 
 /// The resilience settings of a route.
@@ -71,12 +72,17 @@ impl Validator {
             }
             Some(b) => self.breaker(b, &join(path, "breaker")).map(Some),
         };
+        let outlier = match f.get("outlier") {
+            None => Some(None),
+            Some(o) => self.outlier(o, &join(path, "outlier")).map(Some),
+        };
         Some(ServiceSettings {
             balance: balance?,
             resolve: resolve?,
             health: health?,
             connect_timeout: connect_timeout?,
             breaker: breaker?,
+            outlier: outlier?,
         })
     }
 
@@ -205,6 +211,25 @@ impl Validator {
             failures: failures?,
             window: window?,
             cooldown: cooldown?,
+        })
+    }
+
+    fn outlier(&mut self, n: &Node, path: &str) -> Option<OutlierConfig> {
+        let f = self.fields(n, path, &["consecutive", "ejection", "max_ejected_percent"])?;
+        let d = OutlierConfig::DEFAULT;
+        let consecutive = self.count_or(&f, path, "consecutive", 1..=10_000, d.consecutive);
+        let ejection = self.duration_or(&f, path, "ejection", d.ejection);
+        let max_ejected_percent = self.count_or(
+            &f,
+            path,
+            "max_ejected_percent",
+            1..=100,
+            d.max_ejected_percent,
+        );
+        Some(OutlierConfig {
+            consecutive: consecutive?,
+            ejection: ejection?,
+            max_ejected_percent: max_ejected_percent?,
         })
     }
 

@@ -164,6 +164,7 @@ impl Validator {
             health: settings.health,
             connect_timeout: settings.connect_timeout,
             breaker: settings.breaker,
+            outlier: settings.outlier,
         })
     }
 
