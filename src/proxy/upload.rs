@@ -51,11 +51,56 @@ impl Upload {
     }
 }
 
+/// The most bytes of request bodies kept for replays at once, by every request of the
+/// process together: under a flood of large uploads, bodies past it are not kept (they cannot
+/// be replayed, as one over `max_body`) rather than memory growing with the requests.
+pub const MAX_REPLAY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bytes kept for replays now, against a cap.
+pub struct Kept {
+    bytes: AtomicU64,
+    cap: u64,
+}
+
+impl Kept {
+    pub const fn new(cap: u64) -> Kept {
+        Kept {
+            bytes: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    fn reserve(&self, n: u64) -> bool {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_add(n).filter(|t| *t <= self.cap)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        if n > 0 {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
+    fn now(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The process's replay bodies.
+pub static REPLAY: Kept = Kept::new(MAX_REPLAY_BYTES);
+
 /// A copy of a request body kept while it streams upstream, for a replay (a retry after a
-/// reset, or a fallback to legacy), up to a limit: a larger body is not kept.
-#[derive(Default)]
+/// reset, or a fallback to legacy), up to a limit: a larger body is not kept, nor one that
+/// the process's [`MAX_REPLAY_BYTES`] has no room for.
 pub struct Tee {
     kept: std::sync::Mutex<Vec<Bytes>>,
+    /// What it holds of the process's room for replays.
+    held: AtomicU64,
+    room: &'static Kept,
     size: AtomicU64,
     /// The body went over the limit, or carried trailers: it cannot be replayed.
     spilled: AtomicBool,
@@ -65,6 +110,18 @@ pub struct Tee {
 }
 
 impl Tee {
+    fn new(limit: u64, room: &'static Kept) -> Tee {
+        Tee {
+            kept: std::sync::Mutex::new(Vec::new()),
+            held: AtomicU64::new(0),
+            room,
+            size: AtomicU64::new(0),
+            spilled: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
+            limit: AtomicU64::new(limit),
+        }
+    }
+
     fn keep(&self, frame: &Frame<Bytes>) {
         if self.spilled.load(Ordering::Relaxed) {
             return;
@@ -74,10 +131,12 @@ impl Tee {
             self.spill();
             return;
         };
-        let size = self.size.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
-        if size > self.limit.load(Ordering::Relaxed) {
+        let n = d.len() as u64;
+        let size = self.size.fetch_add(n, Ordering::Relaxed) + n;
+        if size > self.limit.load(Ordering::Relaxed) || !self.room.reserve(n) {
             self.spill();
         } else {
+            self.held.fetch_add(n, Ordering::Relaxed);
             self.kept
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -88,6 +147,7 @@ impl Tee {
     fn spill(&self) {
         self.spilled.store(true, Ordering::Relaxed);
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.room.release(self.held.swap(0, Ordering::Relaxed));
     }
 
     /// The bytes that went through so far.
@@ -104,6 +164,12 @@ impl Tee {
     pub fn replay(&self) -> Option<Vec<Bytes>> {
         self.whole()
             .then(|| self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.room.release(*self.held.get_mut());
     }
 }
 
@@ -166,10 +232,7 @@ impl RequestBody {
             tee.limit.fetch_max(limit, Ordering::Relaxed);
             return tee.clone();
         }
-        let tee = Arc::new(Tee {
-            limit: AtomicU64::new(limit),
-            ..Tee::default()
-        });
+        let tee = Arc::new(Tee::new(limit, &REPLAY));
         if self.inner.as_ref().is_none_or(Body::is_end_stream) {
             tee.complete.store(true, Ordering::Release);
         }
@@ -271,5 +334,41 @@ impl Body for RequestBody {
             || SizeHint::with_exact(self.replay.iter().map(|c| c.len() as u64).sum()),
             Body::size_hint,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Frame<Bytes> {
+        Frame::data(Bytes::from(vec![7u8; n]))
+    }
+
+    #[test]
+    fn bodies_past_the_process_room_are_not_kept_and_room_comes_back() {
+        let room: &'static Kept = Box::leak(Box::new(Kept::new(100)));
+        let a = Tee::new(1000, room);
+        let b = Tee::new(1000, room);
+        a.keep(&data(60));
+        assert_eq!(room.now(), 60);
+        // b fits 40 more, then not: it spills and gives back what it held.
+        b.keep(&data(40));
+        assert_eq!(room.now(), 100);
+        b.keep(&data(1));
+        assert!(b.spilled.load(Ordering::Relaxed));
+        assert_eq!(room.now(), 60);
+        b.complete.store(true, Ordering::Release);
+        assert!(b.replay().is_none());
+        // a, whole and within the room, replays; dropped, its room comes back.
+        a.complete.store(true, Ordering::Release);
+        assert_eq!(a.replay().map(|c| c.concat().len()), Some(60));
+        drop(a);
+        assert_eq!(room.now(), 0);
+        // Over its own limit: not kept, nothing held.
+        let c = Tee::new(10, room);
+        c.keep(&data(11));
+        assert!(c.spilled.load(Ordering::Relaxed));
+        assert_eq!(room.now(), 0);
     }
 }
