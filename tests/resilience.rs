@@ -165,21 +165,29 @@ async fn an_instance_failing_requests_in_a_row_is_ejected_though_its_checks_pass
     let a = FaultServer::start("a").await;
     let b = FaultServer::start("b").await;
     let c = FaultServer::start("c").await;
-    // a answers every request 500 but passes its health checks.
-    a.set(Mode::Status(500));
+    // a passes its health checks throughout.
     a.set_health(Some(200));
     let yaml = format!(
-        "{}services:\n  orders:\n    urls: {}\n    timeout: 10s\n    health: {{path: /healthz, interval: 200ms}}\n    outlier: {{consecutive: 3, ejection: 3s}}\nroutes:\n  - name: orders-read\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n    fallback: {{when: [5xx]}}\n",
+        "{}services:\n  orders:\n    urls: {}\n    timeout: 10s\n    health: {{path: /healthz, interval: 200ms}}\n    outlier: {{consecutive: 3, ejection: 6s}}\nroutes:\n  - name: orders-read\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n    fallback: {{when: [5xx]}}\n",
         head(&legacy.url()),
         urls(&[&a, &b, &c])
     );
     let gw = Gateway::start(&yaml).await;
     let ejected = ejected_series("orders", &a.label());
     assert_eq!(value(&gw, &ejected).await, 0.0);
-    // One at a time, in turn: a fails three in a row, then gets nothing for 3 s.
+    // A 501 is the service saying it has no such endpoint yet: not a failure.
+    a.set(Mode::Status(501));
+    let answers = burst(&gw, "/api/orders/0", 15, 1).await;
+    let t = tally(&answers);
+    assert_eq!(t.get("501 a"), Some(&5), "{t:?}");
+    assert_eq!(value(&gw, &ejected).await, 0.0);
+    // a now answers every request 500. One at a time, in turn: a fails three in a row,
+    // then gets nothing for 6 s.
+    a.set(Mode::Status(500));
+    let before = a.count();
     let answers = burst(&gw, "/api/orders/1", 60, 1).await;
     let t = tally(&answers);
-    assert_eq!(a.count(), 3, "{t:?}");
+    assert_eq!(a.count() - before, 3, "{t:?}");
     assert_eq!(t.get("200 legacy"), Some(&3), "a's three fell back: {t:?}");
     assert_eq!(t.values().sum::<usize>(), 60);
     assert!(t.keys().all(|k| k.starts_with("200 ")), "{t:?}");

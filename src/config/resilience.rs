@@ -70,10 +70,10 @@ impl BreakerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OutlierConfig {
     /// Failed attempts in a row (a connect failure, a timeout, a broken connection or a
-    /// 5xx answer) that take an instance out.
+    /// 5xx answer other than 501) that take an instance out.
     pub consecutive: u32,
-    /// How long it stays out the first time; each ejection in a row (no success between)
-    /// adds as much again, up to ten times.
+    /// How long it stays out the first time; each ejection in a row (no success between,
+    /// nor a stay as long as the longest ejection) adds as much again, up to ten times.
     pub ejection: Duration,
     /// At most this share of the instances out at once; never the last one serving.
     pub max_ejected_percent: u32,

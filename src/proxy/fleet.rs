@@ -2,8 +2,8 @@
 //! several `urls`, host names looked up again every `resolve`, active health checks,
 //! passive outlier detection, and the circuit breaker of a new service.
 //!
-//! A [`ServiceState`] is kept across reloads while its settings stay the same (health and
-//! breaker state survive a reload), in the process's [`Fleet`]. Its two tasks, the resolver
+//! A [`ServiceState`] is kept across reloads while its settings stay the same (health,
+//! ejections and breaker state survive a reload), in the process's [`Fleet`]. Its two tasks, the resolver
 //! and the health checker, hold it weakly and end when the last table using it is gone.
 //! A service with one URL whose host is an IP address and none of `health`, `breaker` or
 //! `outlier` has no state here: its requests go straight to its one address, at no cost.
@@ -44,10 +44,11 @@ pub struct Instance {
     /// Requests under way on it (`least_connections`).
     in_flight: AtomicUsize,
     /// Outlier detection: failed attempts in a row, ejections in a row (no success
-    /// between), and when the current ejection ends (ms on the service's clock; 0: never
-    /// ejected).
+    /// between), and when the last ejection began and ends (ms on the service's clock; 0:
+    /// never ejected).
     streak: AtomicU32,
     ejections: AtomicU32,
+    out_since: AtomicU64,
     out_until: AtomicU64,
 }
 
@@ -65,6 +66,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             streak: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            out_since: AtomicU64::new(0),
             out_until: AtomicU64::new(0),
         })
     }
@@ -372,14 +374,15 @@ impl ServiceState {
         u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Tells the breaker and outlier detection how an attempt on `instance` went; `ok` is
-    /// `None` when the client's own failure says nothing of the service; `probe` is the
-    /// breaker's probe number when the attempt was its probe.
+    /// Tells the breaker and outlier detection how an attempt on `instance`, begun at
+    /// `began`, went; `ok` is `None` when the client's own failure says nothing of the
+    /// service; `probe` is the breaker's probe number when the attempt was its probe.
     pub fn report(
         &self,
         instance: Option<&Instance>,
         ok: Option<bool>,
         probe: Option<u64>,
+        began: Instant,
         now: Instant,
     ) {
         if let Some(b) = &self.breaker {
@@ -388,6 +391,11 @@ impl ServiceState {
         let (Some(outlier), Some(i), Some(ok)) = (self.outlier, instance, ok) else {
             return;
         };
+        // An attempt begun before the instance's last ejection tells nothing new: that
+        // ejection acted on what such attempts saw.
+        if self.ms(began) < i.out_since.load(Ordering::Relaxed) {
+            return;
+        }
         if ok {
             // Written only when set: a success costs a read.
             if i.streak.load(Ordering::Relaxed) != 0 {
@@ -402,30 +410,42 @@ impl ServiceState {
     }
 
     /// Takes `i` out, unless the cap is reached or it is the last instance serving (its
-    /// streak then stands: its next failure asks again).
+    /// streak then stays one short: its next failure asks again).
     fn eject(&self, i: &Instance, outlier: OutlierConfig, now: Instant) {
         let _one = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
         let now_ms = self.ms(now);
         if i.ejected(now_ms) {
-            // Late reports of requests sent before it went out.
+            // Failures of requests it served while out, every healthy instance being out.
             i.streak.store(0, Ordering::Relaxed);
             return;
         }
         let list = self.instances.load();
         let out = list.iter().filter(|x| x.ejected(now_ms)).count();
-        let cap = list.len() * outlier.max_ejected_percent as usize / 100;
+        let cap = (list.len() * outlier.max_ejected_percent as usize / 100).max(1);
         let serving = list
             .iter()
             .filter(|x| x.healthy() && !x.ejected(now_ms))
             .count();
         if out >= cap || (i.healthy() && serving <= 1) {
+            i.streak
+                .store(outlier.consecutive.saturating_sub(1), Ordering::Relaxed);
             return;
         }
-        let times = (i.ejections.load(Ordering::Relaxed) + 1).min(OutlierConfig::MAX_MULTIPLE);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        // Ejections in a row count up, unless it stayed in as long as the longest one.
+        let last_end = i.out_until.load(Ordering::Relaxed);
+        let longest = ms(outlier.ejection.saturating_mul(OutlierConfig::MAX_MULTIPLE));
+        let before = if last_end != 0 && now_ms.saturating_sub(last_end) >= longest {
+            0
+        } else {
+            i.ejections.load(Ordering::Relaxed)
+        };
+        let times = (before + 1).min(OutlierConfig::MAX_MULTIPLE);
         i.ejections.store(times, Ordering::Relaxed);
         let span = outlier.ejection.saturating_mul(times);
-        let until = now_ms.saturating_add(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
-        i.out_until.store(until, Ordering::Relaxed);
+        i.out_since.store(now_ms, Ordering::Relaxed);
+        i.out_until
+            .store(now_ms.saturating_add(ms(span)), Ordering::Relaxed);
         i.streak.store(0, Ordering::Relaxed);
         tracing::warn!(
             service = %self.name,
@@ -786,7 +806,11 @@ mod tests {
     }
 
     fn fail(s: &ServiceState, i: &Instance, at: Instant) {
-        s.report(Some(i), Some(false), None, at);
+        s.report(Some(i), Some(false), None, at, at);
+    }
+
+    fn succeed(s: &ServiceState, i: &Instance, at: Instant) {
+        s.report(Some(i), Some(true), None, at, at);
     }
 
     /// The labels of the instances picked `n` times in a row.
@@ -802,7 +826,7 @@ mod tests {
         let list = s.instances.load_full();
         let (a, t) = (&list[0], s.born);
         fail(&s, a, t);
-        s.report(Some(a), Some(true), None, t);
+        succeed(&s, a, t);
         fail(&s, a, t);
         assert!(!a.ejected(s.ms(t)), "a success between resets the streak");
         fail(&s, a, t);
@@ -820,13 +844,14 @@ mod tests {
         assert!(!a.ejected(s.ms(back + Duration::from_secs(20))));
         // A success forgives: 10 s again.
         let later = back + Duration::from_secs(20);
-        s.report(Some(a), Some(true), None, later);
+        succeed(&s, a, later);
         fail(&s, a, later);
         fail(&s, a, later);
         assert!(!a.ejected(s.ms(later + Duration::from_secs(10))));
         // The client's own failure says nothing.
         for _ in 0..5 {
-            s.report(Some(a), None, None, later + Duration::from_secs(10));
+            let at = later + Duration::from_secs(10);
+            s.report(Some(a), None, None, at, at);
         }
         assert_eq!(a.streak.load(Ordering::Relaxed), 0);
     }
@@ -861,6 +886,76 @@ mod tests {
             fail(&s, &one, s.born);
         }
         assert!(!one.ejected(s.ms(s.born)));
+        // A share that rounds down to none still lets one out (of two or more).
+        let s = outlying(3, 10);
+        let list = s.instances.load_full();
+        for i in list.iter() {
+            fail(&s, i, t);
+            fail(&s, i, t);
+        }
+        let out = list.iter().filter(|i| i.ejected(s.ms(s.born))).count();
+        assert_eq!(out, 1);
+    }
+
+    /// How long `i` is out when ejected at `at`, in seconds.
+    fn out_for(s: &ServiceState, i: &Instance, at: Instant) -> u64 {
+        fail(s, i, at);
+        fail(s, i, at);
+        assert!(i.ejected(s.ms(at)));
+        (i.out_until.load(Ordering::Relaxed) - s.ms(at)) / 1000
+    }
+
+    #[test]
+    fn ejections_in_a_row_grow_to_ten_times_and_start_over_after_a_long_stay() {
+        let s = outlying(3, 50);
+        let a = s.instances.load_full()[0].clone();
+        let mut at = s.born;
+        let mut spans = Vec::new();
+        for _ in 0..12 {
+            let span = out_for(&s, &a, at);
+            spans.push(span);
+            at += Duration::from_secs(span);
+        }
+        assert_eq!(
+            spans,
+            [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 100, 100],
+            "10 s more each time, up to ten times"
+        );
+        // In for as long as the longest ejection since the last one ended: 10 s again.
+        at += Duration::from_secs(100);
+        assert_eq!(out_for(&s, &a, at), 10);
+    }
+
+    #[test]
+    fn reports_of_attempts_begun_before_an_ejection_are_ignored() {
+        let s = outlying(3, 50);
+        let a = s.instances.load_full()[0].clone();
+        let t = s.born + Duration::from_secs(1);
+        assert_eq!(out_for(&s, &a, t), 10);
+        let back = t + Duration::from_secs(10);
+        // Two failures of requests sent before the ejection, reported after it: nothing.
+        for _ in 0..2 {
+            s.report(Some(&a), Some(false), None, s.born, back);
+        }
+        assert!(!a.ejected(s.ms(back)));
+        assert_eq!(a.streak.load(Ordering::Relaxed), 0);
+        // Nor does an old success forgive: the next ejection is 20 s.
+        s.report(Some(&a), Some(true), None, s.born, back);
+        assert_eq!(out_for(&s, &a, back), 20);
+    }
+
+    #[test]
+    fn an_ejected_instance_serves_when_no_other_healthy_one_can() {
+        let s = outlying(3, 50);
+        let list = s.instances.load_full();
+        let t = s.born;
+        assert_eq!(out_for(&s, &list[0], t), 10);
+        // The checks then take the other two out: the ejected one serves, not none.
+        list[1].healthy.store(false, Ordering::Relaxed);
+        list[2].healthy.store(false, Ordering::Relaxed);
+        let picked = s.pick(None).unwrap();
+        assert!(!picked.all_unhealthy);
+        assert_eq!(picked.guard.instance().label, list[0].label);
     }
 
     fn breaker() -> Breaker {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 
 use super::admit::CanonicalPath;
 use super::body::ResponseBody;
@@ -320,9 +320,13 @@ impl Attempts<'_> {
                 Err((f, unsent)) => (Err(f), unsent),
             };
             if let Some(fleet) = upstream.fleet.as_ref().filter(|f| f.watches()) {
-                // The client's own failure says nothing of the service.
+                // The client's own failure says nothing of the service, nor a 501: the
+                // service does not have the endpoint yet (`fallback.when: [501]`).
                 let ok = match &result {
-                    Ok(ex) => Some(!ex.response.status().is_server_error()),
+                    Ok(ex) => {
+                        let status = ex.response.status();
+                        Some(!status.is_server_error() || status == StatusCode::NOT_IMPLEMENTED)
+                    }
                     Err(f) if f.upstream_kind().is_some() => Some(false),
                     Err(_) => None,
                 };
@@ -330,6 +334,7 @@ impl Attempts<'_> {
                     instance.as_ref().map(|g| &**g.instance()),
                     ok,
                     self.probe.filter(|_| tries == 0),
+                    began,
                     Instant::now(),
                 );
             }
