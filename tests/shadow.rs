@@ -389,6 +389,47 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
     assert_eq!(new.shadow_count(), 7);
 }
 
+/// `body` compressed with gzip at `level` (0 to 9).
+fn gzip(body: &Value, level: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    e.write_all(body.to_string().as_bytes()).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_answers_compare_as_the_json_they_hold() {
+    // The same JSON, gzipped at different levels (different bytes); the new side's total
+    // differs for id 2.
+    let answer = |a: &Asked, new: bool| {
+        let id = a.path().rsplit('/').next().unwrap_or("").to_string();
+        let total = if new && id == "2" { 13 } else { 12 };
+        let body = json!({"id": id, "items": [{"sku": "a", "qty": 1}], "note": "x".repeat(200), "total": total});
+        Reply::bytes("application/json", gzip(&body, if new { 9 } else { 1 }))
+            .header("content-encoding", "gzip")
+    };
+    let legacy = Scripted::start(move |a| answer(a, false)).await;
+    let new = Scripted::start(move |a| answer(a, true)).await;
+    let yaml = routes_yaml(
+        &legacy,
+        &[("orders", &new)],
+        "  - name: orders\n    match: {prefix: /api/orders}\n    service: orders\n    percent: 0\n    shadow: {}\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    let got = send(c.get(gw.url("/api/orders/1"))).await;
+    assert_eq!(got.status, 200);
+    let r = wait_total(&gw, "orders", 1).await;
+    assert_eq!(count(&r, "match"), 1, "{r:#}");
+    send(c.get(gw.url("/api/orders/2"))).await;
+    let r = wait_total(&gw, "orders", 2).await;
+    assert_eq!(count(&r, "body_mismatch"), 1, "{r:#}");
+    assert_eq!(
+        r["mismatches"][0]["differences"],
+        json!([{"field": "/total", "legacy": 12, "new": 13}])
+    );
+}
+
 // 3. Noise: a field legacy disagrees with itself on is learned and no longer counted.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

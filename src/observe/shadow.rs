@@ -5,7 +5,9 @@
 //! this module compares them, learns the noise, and keeps each route's report (counts by
 //! result, per-field mismatch counts, the last mismatches) for `GET /admin/shadow/{route}`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -153,7 +155,13 @@ pub fn differences(
     let (Some(ba), Some(bb)) = (&a.body, &b.body) else {
         return out;
     };
-    match (json_body(&a.headers, ba), json_body(&b.headers, bb)) {
+    // Compressed bodies are compared as what they say, not as bytes: two encoders (or two
+    // levels of one) write the same JSON differently.
+    let (ba, bb) = (
+        decoded(&a.headers, ba, cfg.max_body),
+        decoded(&b.headers, bb, cfg.max_body),
+    );
+    match (json_body(&a.headers, &ba), json_body(&b.headers, &bb)) {
         (Some(ja), Some(jb)) => {
             let mut path = Vec::new();
             let mut general = Vec::new();
@@ -181,8 +189,28 @@ fn header_value(v: &[String]) -> Value {
     }
 }
 
+/// The body with its `Content-Encoding` (`gzip` or `deflate`) undone, up to `limit` bytes;
+/// as it is when it has no such encoding, or does not decode within the limit.
+fn decoded<'a>(headers: &HeaderMap, body: &'a Bytes, limit: u64) -> Cow<'a, [u8]> {
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let reader: Box<dyn std::io::Read + '_> = match coding.as_deref() {
+        Some("gzip" | "x-gzip") => Box::new(flate2::read::GzDecoder::new(&body[..])),
+        // HTTP's `deflate` is zlib's format.
+        Some("deflate") => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        _ => return Cow::Borrowed(body),
+    };
+    let mut out = Vec::new();
+    match reader.take(limit.saturating_add(1)).read_to_end(&mut out) {
+        Ok(n) if n as u64 <= limit => Cow::Owned(out),
+        _ => Cow::Borrowed(body),
+    }
+}
+
 /// The body as JSON, when its content type says JSON (or it has none) and it parses.
-fn json_body(headers: &HeaderMap, body: &Bytes) -> Option<Value> {
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Option<Value> {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -721,6 +749,43 @@ mod tests {
         let (rate, n) = r.match_rate();
         assert_eq!(n, RECENT as u64 + 1);
         assert!(rate.unwrap() < 1.0);
+    }
+
+    fn gzipped(body: &str, level: u32) -> Bytes {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(body.as_bytes()).unwrap();
+        Bytes::from(e.finish().unwrap())
+    }
+
+    #[test]
+    fn compressed_bodies_compare_as_what_they_say() {
+        let c = cfg(&[]);
+        let text =
+            r#"{"id":1,"items":[{"price":5},{"price":6}],"note":"aaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+        let mut a = answer(200, "");
+        a.headers
+            .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        a.body = Some(gzipped(text, 1));
+        let mut b = a.clone();
+        b.body = Some(gzipped(text, 9));
+        assert_ne!(a.body, b.body, "two levels write different bytes");
+        assert!(differences(&a, &b, &c, &|_| false).is_empty());
+        // One field apart: named by its pointer, as for plain JSON.
+        b.body = Some(gzipped(&text.replace("6}", "7}"), 9));
+        let d = differences(&a, &b, &c, &|_| false);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].field, "/items/1/price");
+        // Against the same JSON sent plain: only the header differs.
+        let plain = answer(200, text);
+        let d = differences(&a, &plain, &c, &|_| false);
+        let fields: Vec<&str> = d.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["header:content-encoding"]);
+        // Decoding past max_body (a bomb) is not done: the bytes are compared.
+        let mut small = cfg(&[]);
+        small.max_body = 16;
+        let d = differences(&a, &plain, &small, &|_| false);
+        assert!(d.iter().any(|d| d.field == "body"), "{d:?}");
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub const MAX_KEPT_BYTES: u64 = 64 * 1024 * 1024;
 /// Comparisons of large bodies run at once, gateway-wide (a JSON body parsed takes several
 /// times its size).
 const COMPARING: usize = 2;
-/// Bodies up to this much in all are compared where the copy runs; larger ones on the
-/// blocking pool, [`COMPARING`] at a time.
+/// Bodies up to this much in all, not compressed, are compared where the copy runs; larger
+/// or compressed ones on the blocking pool, [`COMPARING`] at a time.
 const INLINE_COMPARE: u64 = 64 * 1024;
 pub use super::headers::SHADOW_HEADER;
 
@@ -344,6 +344,10 @@ impl Copy {
         let report = self.report.clone();
         let cfg = cfg.clone();
         let (method, path) = (std::mem::take(&mut self.method), self.path.clone());
+        // A compressed body may decode to up to `max_body`: not work for these threads.
+        let encoded = [&legacy, &new]
+            .iter()
+            .any(|a| a.headers.contains_key(http::header::CONTENT_ENCODING));
         let compare = move || {
             if let Some(again) = again
                 && again.status == legacy.status
@@ -365,10 +369,11 @@ impl Copy {
                 at_ms,
             )
         };
-        if self
-            .room
-            .as_ref()
-            .is_some_and(|r| r.bytes <= INLINE_COMPARE)
+        if !encoded
+            && self
+                .room
+                .as_ref()
+                .is_some_and(|r| r.bytes <= INLINE_COMPARE)
         {
             return compare();
         }
