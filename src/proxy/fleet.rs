@@ -856,45 +856,29 @@ mod tests {
         assert_eq!(a.streak.load(Ordering::Relaxed), 0);
     }
 
+    /// A service of `n` instances at `max_ejected_percent` whose instances all fail twice
+    /// in a row: how many are out, and how many distinct ones 30 picks reach.
+    fn all_failing(n: usize, max_ejected_percent: u32) -> (usize, usize) {
+        let s = outlying(n, max_ejected_percent);
+        let list = s.instances.load_full();
+        for i in list.iter() {
+            fail(&s, i, s.born);
+            fail(&s, i, s.born);
+        }
+        let out = list.iter().filter(|i| i.ejected(s.ms(s.born))).count();
+        (out, picks(&s, 30).len())
+    }
+
     #[test]
     fn ejections_stop_at_the_cap_and_never_take_the_last_instance() {
         // Three instances at 50%: one out at most.
-        let s = outlying(3, 50);
-        let list = s.instances.load_full();
-        let t = s.born;
-        for i in list.iter() {
-            fail(&s, i, t);
-            fail(&s, i, t);
-        }
-        let out = list.iter().filter(|i| i.ejected(s.ms(t))).count();
-        assert_eq!(out, 1);
-        assert_eq!(picks(&s, 30).len(), 2);
+        assert_eq!(all_failing(3, 50), (1, 2));
         // At 100%, two of three, never the third.
-        let s = outlying(3, 100);
-        let list = s.instances.load_full();
-        for i in list.iter() {
-            fail(&s, i, t);
-            fail(&s, i, t);
-        }
-        let out = list.iter().filter(|i| i.ejected(s.ms(s.born))).count();
-        assert_eq!(out, 2);
-        assert_eq!(picks(&s, 30).len(), 1);
+        assert_eq!(all_failing(3, 100), (2, 1));
         // A lone instance is never ejected (that is the breaker's work).
-        let s = outlying(1, 100);
-        let one = s.instances.load_full()[0].clone();
-        for _ in 0..10 {
-            fail(&s, &one, s.born);
-        }
-        assert!(!one.ejected(s.ms(s.born)));
+        assert_eq!(all_failing(1, 100), (0, 1));
         // A share that rounds down to none still lets one out (of two or more).
-        let s = outlying(3, 10);
-        let list = s.instances.load_full();
-        for i in list.iter() {
-            fail(&s, i, t);
-            fail(&s, i, t);
-        }
-        let out = list.iter().filter(|i| i.ejected(s.ms(s.born))).count();
-        assert_eq!(out, 1);
+        assert_eq!(all_failing(3, 10), (1, 2));
     }
 
     /// How long `i` is out when ejected at `at`, in seconds.
