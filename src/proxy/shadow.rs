@@ -13,7 +13,6 @@
 //! once, whatever becomes of it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +25,7 @@ use super::headers::strip_hop_by_hop;
 use super::pool;
 use super::send;
 use super::table::{Table, Upstream};
-use super::upload::{RequestBody, Tee};
+use super::upload::{Kept, RequestBody, Tee};
 use crate::observe::shadow::{Answer, Copied, Outcome, RouteShadow};
 
 /// Copies under way at once, gateway-wide.
@@ -45,7 +44,7 @@ pub use super::headers::SHADOW_HEADER;
 /// The gateway's room for copies.
 pub struct Budget {
     copies: Arc<Semaphore>,
-    bytes: AtomicU64,
+    bytes: Kept,
     comparing: Semaphore,
 }
 
@@ -53,30 +52,22 @@ impl Default for Budget {
     fn default() -> Budget {
         Budget {
             copies: Arc::new(Semaphore::new(MAX_COPIES)),
-            bytes: AtomicU64::new(0),
+            bytes: Kept::new(MAX_KEPT_BYTES),
             comparing: Semaphore::new(COMPARING),
         }
     }
 }
 
 impl Budget {
-    fn reserve(&self, n: u64) -> bool {
-        self.bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b + n <= MAX_KEPT_BYTES).then_some(b + n)
-            })
-            .is_ok()
-    }
-
     /// Bytes kept for copies now.
     pub fn kept(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.now()
     }
 
     /// A copy's room: `bytes` kept, if they fit (its place among the copies under way is
     /// taken when it goes out: [`Room::go`]).
     pub fn room(self: &Arc<Self>, bytes: u64) -> Option<Room> {
-        self.reserve(bytes).then(|| Room {
+        self.bytes.reserve(bytes).then(|| Room {
             turn: None,
             budget: self.clone(),
             bytes,
@@ -101,7 +92,7 @@ impl Room {
 
     /// Keeps `n` more bytes, if they fit.
     fn grow(&mut self, n: u64) -> bool {
-        let fits = self.budget.reserve(n);
+        let fits = self.budget.bytes.reserve(n);
         if fits {
             self.bytes += n;
         }
@@ -111,7 +102,7 @@ impl Room {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.bytes.release(self.bytes);
     }
 }
 

@@ -56,7 +56,7 @@ impl Upload {
 /// be replayed, as one over `max_body`) rather than memory growing with the requests.
 pub const MAX_REPLAY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Bytes kept for replays now, against a cap.
+/// Bytes kept now, against a cap: the process's replay bodies, the shadow copies' answers.
 pub struct Kept {
     bytes: AtomicU64,
     cap: u64,
@@ -70,7 +70,8 @@ impl Kept {
         }
     }
 
-    fn reserve(&self, n: u64) -> bool {
+    /// Takes room for `n` more bytes, if there is.
+    pub fn reserve(&self, n: u64) -> bool {
         self.bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 b.checked_add(n).filter(|t| *t <= self.cap)
@@ -78,14 +79,14 @@ impl Kept {
             .is_ok()
     }
 
-    fn release(&self, n: u64) {
+    pub fn release(&self, n: u64) {
         if n > 0 {
             self.bytes.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
-    #[cfg(test)]
-    fn now(&self) -> u64 {
+    /// Bytes kept now.
+    pub fn now(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 }
