@@ -95,6 +95,13 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `strangler plan start orders-rollout --admin ADMIN`, which must succeed: its output.
+fn start_plan(admin: &str) -> String {
+    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", admin]);
+    assert!(ok, "{out}{err}");
+    out
+}
+
 fn percent_in(routes: &Path) -> String {
     let text = std::fs::read_to_string(routes).unwrap();
     text.lines()
@@ -115,8 +122,7 @@ async fn a_healthy_new_side_walks_every_step_to_100_and_the_file_shows_each() {
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     let admin = format!("http://{}", gw.admin);
-    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
-    assert!(ok, "{out}{err}");
+    let out = start_plan(&admin);
     assert!(out.contains("state running"), "{out}");
     // Every percentage the file shows while the plan runs.
     let mut seen: Vec<String> = Vec::new();
@@ -195,7 +201,7 @@ async fn a_new_side_whose_errors_jump_at_the_10_percent_step_is_rolled_back_with
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     let admin = format!("http://{}", gw.admin);
-    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    start_plan(&admin);
     // At the 10% step, the new side starts failing a third of its requests.
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&gw, "orders-rollout").await["step"] != 1 {
@@ -240,7 +246,7 @@ async fn too_little_traffic_holds_the_plan_and_says_how_much_more_it_needs() {
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let admin = format!("http://{}", gw.admin);
-    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    start_plan(&admin);
     // A trickle: 20 requests, so at most 20 a side.
     let c = client();
     for i in 0..20 {
@@ -279,7 +285,7 @@ async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_r
     let mut gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
     let admin = format!("http://{}", gw.admin);
-    assert!(cli(&["plan", "start", "orders-rollout", "--admin", &admin]).0);
+    start_plan(&admin);
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&gw, "orders-rollout").await["step"] != 1 {
         assert!(Instant::now() < deadline, "never reached step 1");
@@ -561,8 +567,7 @@ async fn a_plan_rolls_back_a_new_side_failing_30_percent_though_fallback_hid_it_
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let admin = format!("http://{}", gw.admin);
-    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
-    assert!(ok, "{out}{err}");
+    start_plan(&admin);
     assert!(percent_in(&routes).contains("percent: 25"));
     let started = Instant::now();
     let traffic = CountedTraffic::start(gw.public);
@@ -650,8 +655,7 @@ async fn an_open_breaker_fails_a_running_plans_guard_at_once_whatever_the_figure
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let admin = format!("http://{}", gw.admin);
-    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
-    assert!(ok, "{out}{err}");
+    start_plan(&admin);
     assert!(percent_in(&routes).contains("percent: 50"));
     let breaker = support::faults::breaker_series("orders");
     assert_eq!(
@@ -820,8 +824,7 @@ async fn a_plan_with_min_shadow_match_starts_only_once_the_shadow_matches() {
             .get("x-strangler-shadow")
             .is_some_and(|v| v == "1")
     }));
-    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", &admin]);
-    assert!(ok, "{out}{err}");
+    start_plan(&admin);
     assert!(percent_in(&routes).contains("percent: 10"));
     assert_eq!(status(&gw, "orders-rollout").await["state"], "running");
 }

@@ -110,14 +110,7 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_keeps_open_on
 }
 
 async fn client_metrics(admin: std::net::SocketAddr) -> String {
-    client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(format!("http://{admin}/metrics")).await
 }
 
 fn check(file: &Path) -> (bool, String) {

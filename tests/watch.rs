@@ -21,14 +21,7 @@ fn routes(legacy: &str, percent: u32) -> String {
 }
 
 async fn admin_get(gw: &GatewayProcess, path: &str) -> String {
-    client()
-        .get(format!("http://{}{path}", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(format!("http://{}{path}", gw.admin)).await
 }
 
 async fn reloads(gw: &GatewayProcess, result: &str) -> f64 {

@@ -356,6 +356,7 @@ struct Noise {
 }
 
 /// A route's shadow figures and report.
+#[derive(Default)]
 pub struct RouteShadow {
     inner: Mutex<Inner>,
 }
@@ -609,11 +610,7 @@ impl Shadows {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(RouteShadow {
-                    inner: Mutex::new(Inner::default()),
-                })
-            })
+            .or_default()
             .clone()
     }
 
@@ -622,10 +619,7 @@ impl Shadows {
     pub fn report(&self, name: &str, cfg: Option<&ShadowConfig>) -> Value {
         match self.get(name) {
             Some(r) => r.report(name, cfg),
-            None => RouteShadow {
-                inner: Mutex::new(Inner::default()),
-            }
-            .report(name, cfg),
+            None => RouteShadow::default().report(name, cfg),
         }
     }
 
@@ -657,6 +651,11 @@ mod tests {
             }),
         }
     }
+
+    const COPIED: Copied<'static> = Copied {
+        method: "GET",
+        path: "/x",
+    };
 
     fn answer(status: u16, body: &str) -> Answer {
         let mut headers = HeaderMap::new();
@@ -733,13 +732,8 @@ mod tests {
     #[test]
     fn the_recent_rate_forgets_the_oldest_copies() {
         let c = cfg(&[]);
-        let r = RouteShadow {
-            inner: Mutex::new(Inner::default()),
-        };
-        let copied = Copied {
-            method: "GET",
-            path: "/x",
-        };
+        let r = RouteShadow::default();
+        let copied = COPIED;
         let (a, b) = (answer(200, "{}"), answer(500, "{}"));
         r.compare(&copied, &a, &b, &c, None, 0);
         for _ in 0..RECENT {
@@ -804,13 +798,8 @@ mod tests {
     #[test]
     fn a_field_legacy_disagrees_with_itself_on_is_learned_and_no_longer_counted() {
         let c = cfg(&[]);
-        let r = RouteShadow {
-            inner: Mutex::new(Inner::default()),
-        };
-        let copied = Copied {
-            method: "GET",
-            path: "/x",
-        };
+        let r = RouteShadow::default();
+        let copied = COPIED;
         let legacy = |t: u32| answer(200, &format!(r#"{{"ts":{t},"price":5}}"#));
         // Before the noise is known, the timestamp counts.
         let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0);

@@ -252,12 +252,7 @@ impl Body for ResponseBody {
                 if let (Some(d), Some(trail)) = (frame.data_ref(), this.trail.as_mut()) {
                     trail.bytes_out += d.len() as u64;
                     if let Some(copy) = trail.shadow.as_mut() {
-                        let max = trail
-                            .decision
-                            .route
-                            .and_then(|r| trail.table.config.routes[r].shadow.as_ref())
-                            .map_or(0, |s| s.max_body);
-                        copy.keep(max, d);
+                        copy.keep(d);
                     }
                 } else if let (Some(t), Some(trail)) = (frame.trailers_ref(), this.trail.as_mut())
                     && let Some(code) = super::headers::grpc_status(t)

@@ -133,6 +133,8 @@ pub struct Copy {
     pub legacy_headers: Option<HeaderMap>,
     kept: Vec<Bytes>,
     kept_size: u64,
+    /// The route's `max_body`: legacy's answer beyond it is not kept.
+    max_body: u64,
     /// What the copy ends as, when decided before the comparison (too large, starved).
     settled: Option<Outcome>,
     /// Legacy's answer body reached its end (a client that left cuts it short).
@@ -152,6 +154,10 @@ impl Copy {
             .shadow
             .clone()
             .expect("copies only of routes with shadow");
+        let max_body = table.config.routes[route]
+            .shadow
+            .as_ref()
+            .map_or(0, |s| s.max_body);
         let mut new_head = new_head;
         new_head
             .headers
@@ -167,6 +173,7 @@ impl Copy {
             legacy_headers: None,
             kept: Vec::new(),
             kept_size: 0,
+            max_body,
             settled: None,
             ended: false,
             counted: false,
@@ -199,12 +206,12 @@ impl Copy {
     }
 
     /// A part of legacy's answer body, as it goes to the client.
-    pub fn keep(&mut self, max_body: u64, data: &Bytes) {
+    pub fn keep(&mut self, data: &Bytes) {
         if self.settled.is_some() {
             return;
         }
         let n = data.len() as u64;
-        let outcome = if self.kept_size + n > max_body {
+        let outcome = if self.kept_size + n > self.max_body {
             Outcome::TooLarge
         } else if self.room.as_mut().is_some_and(|r| r.grow(n)) {
             self.kept_size += n;
