@@ -150,6 +150,8 @@ pub fn later(now: Instant, d: Duration) -> Instant {
 /// A circuit breaker (`breaker`): opens after `failures` failed attempts within `window`;
 /// after `cooldown`, one probe decides whether it closes or opens again.
 pub struct Breaker {
+    /// The service's name, for the log.
+    service: Box<str>,
     config: BreakerConfig,
     /// `CLOSED`, `OPEN` or `HALF_OPEN`, readable without the lock.
     state: AtomicU8,
@@ -167,9 +169,10 @@ struct BreakerInner {
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig, probe_timeout: Duration) -> Breaker {
+    pub fn new(service: &str, config: BreakerConfig, probe_timeout: Duration) -> Breaker {
         let now = Instant::now();
         Breaker {
+            service: service.into(),
             config,
             state: AtomicU8::new(CLOSED),
             inner: Mutex::new(BreakerInner {
@@ -238,12 +241,12 @@ impl Breaker {
                 Some(true) => {
                     inner.failures.clear();
                     self.state.store(CLOSED, Ordering::Relaxed);
-                    tracing::info!("circuit breaker closed: the probe succeeded");
+                    tracing::info!(service = %self.service, "circuit breaker closed: the probe succeeded");
                 }
                 Some(false) => {
                     inner.open_until = later(now, self.config.cooldown);
                     self.state.store(OPEN, Ordering::Relaxed);
-                    tracing::warn!("circuit breaker open again: the probe failed");
+                    tracing::warn!(service = %self.service, "circuit breaker open again: the probe failed");
                 }
                 // No verdict: the next request may probe at once.
                 None => inner.probe_since = now.checked_sub(self.probe_timeout).unwrap_or(now),
@@ -267,6 +270,7 @@ impl Breaker {
             inner.open_until = later(now, self.config.cooldown);
             self.state.store(OPEN, Ordering::Relaxed);
             tracing::warn!(
+                service = %self.service,
                 failures = self.config.failures,
                 "circuit breaker open: its share goes to legacy"
             );
@@ -597,7 +601,7 @@ impl Fleet {
             next: AtomicUsize::new(0),
             breaker: s
                 .breaker
-                .map(|b| Breaker::new(b, s.connect_timeout.saturating_add(s.timeout))),
+                .map(|b| Breaker::new(&s.name, b, s.connect_timeout.saturating_add(s.timeout))),
             health: s.health.clone(),
             outlier: s.outlier,
             ejecting: Mutex::new(()),
@@ -944,6 +948,7 @@ mod tests {
 
     fn breaker() -> Breaker {
         Breaker::new(
+            "s",
             BreakerConfig {
                 failures: 3,
                 window: Duration::from_secs(10),
@@ -1033,6 +1038,7 @@ mod tests {
     #[test]
     fn a_cooldown_beyond_any_clock_does_not_panic() {
         let b = Breaker::new(
+            "s",
             BreakerConfig {
                 failures: 1,
                 window: Duration::from_secs(10),
