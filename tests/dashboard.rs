@@ -203,7 +203,7 @@ async fn the_dashboard_shows_each_plan_with_its_step_hold_guard_and_history() {
     );
     let history = &dom[dom.find("data-history=\"orders-rollout\"").unwrap()..];
     assert!(
-        history.contains("pending → running at 10%: started: step 0 at 10%"),
+        history.contains("pending → running at 10%: started: step 1 of 2 (10%)"),
         "{history}"
     );
 }

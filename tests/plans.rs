@@ -182,7 +182,8 @@ async fn a_healthy_new_side_walks_every_step_to_100_and_the_file_shows_each() {
     );
     assert_eq!(
         support::metric(&m, "strangler_plan_step{plan=\"orders-rollout\"}"),
-        Some(2.0)
+        Some(3.0),
+        "steps are counted from 1"
     );
     assert_eq!(
         support::metric(&m, "strangler_route_percent{route=\"orders-read\"}"),
@@ -204,7 +205,7 @@ async fn a_new_side_whose_errors_jump_at_the_10_percent_step_is_rolled_back_with
     start_plan(&admin);
     // At the 10% step, the new side starts failing a third of its requests.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&gw, "orders-rollout").await["step"] != 1 {
+    while status(&gw, "orders-rollout").await["step"] != 2 {
         assert!(Instant::now() < deadline, "never reached the 10% step");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -258,7 +259,7 @@ async fn too_little_traffic_holds_the_plan_and_says_how_much_more_it_needs() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = status(&gw, "orders-rollout").await;
     assert_eq!(s["state"], "running");
-    assert_eq!(s["step"], 0, "the hold passed, the data did not come: {s}");
+    assert_eq!(s["step"], 1, "the hold passed, the data did not come: {s}");
     assert_eq!(s["hold_left_seconds"], 0.0);
     assert_eq!(s["check"]["verdict"], "insufficient_data");
     let more = s["check"]["requests_to_decide"].as_u64().unwrap();
@@ -287,8 +288,8 @@ async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_r
     let admin = format!("http://{}", gw.admin);
     start_plan(&admin);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&gw, "orders-rollout").await["step"] != 1 {
-        assert!(Instant::now() < deadline, "never reached step 1");
+    while status(&gw, "orders-rollout").await["step"] != 2 {
+        assert!(Instant::now() < deadline, "never reached step 2");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -304,7 +305,7 @@ async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_r
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let after = status(&gw, "orders-rollout").await;
     assert_eq!(after["state"], "running", "{after}");
-    assert_eq!(after["step"], 1, "{after}");
+    assert_eq!(after["step"], 2, "{after}");
     let left_after = after["hold_left_seconds"].as_f64().unwrap();
     // The hold that remained (less what was held since the last save, a second at most),
     // not a fresh one, and the time the gateway was down not counted as held.

@@ -501,7 +501,7 @@ async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
             }
         }
     };
-    let p = wait("at step 1", Box::new(|p| p["step"] == 1)).await;
+    let p = wait("at step 2", Box::new(|p| p["step_index"] == 1)).await;
     assert_eq!(p["state"], "running");
     assert_eq!(p["driver"], "plan run");
     let advanced = &p["history"].as_array().unwrap().last().unwrap()["check"];
@@ -535,7 +535,7 @@ async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
         .unwrap();
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["driver"], "plan run", "{shown}");
-    assert_eq!(shown["step"], 1, "{shown}");
+    assert_eq!(shown["step"], 2, "{shown}");
     let refused = client()
         .post(format!(
             "http://{}/admin/plans/orders-rollout/pause",
@@ -550,7 +550,7 @@ async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains("strangler plan run"),
+            .contains("driven by plan run"),
         "{body}"
     );
     // The new side starts failing a third of its requests: rolled back to 0.

@@ -50,6 +50,8 @@ pub fn bare_host(authority: &http::uri::Authority) -> &str {
 pub struct NamedFile {
     pub path: PathBuf,
     pub hash: u64,
+    /// A plan file of the plans folder (else a certificate, key or CA).
+    pub plan: bool,
 }
 
 impl NamedFile {
@@ -58,6 +60,15 @@ impl NamedFile {
         NamedFile {
             path: path.to_path_buf(),
             hash: xxhash_rust::xxh3::xxh3_64(bytes),
+            plan: false,
+        }
+    }
+
+    /// A plan file: `path` and the hash of `bytes`, read from it.
+    pub fn plan(path: &Path, bytes: &[u8]) -> NamedFile {
+        NamedFile {
+            plan: true,
+            ..NamedFile::read(path, bytes)
         }
     }
 
@@ -65,6 +76,20 @@ impl NamedFile {
     pub fn changed(&self) -> bool {
         std::fs::read(&self.path).map_or(true, |b| xxhash_rust::xxh3::xxh3_64(&b) != self.hash)
     }
+
+    /// What it is, in words.
+    fn kind(&self) -> &'static str {
+        if self.plan { "plan file" } else { "TLS file" }
+    }
+}
+
+/// What changed among the files a config was read with, for a reload's trigger and to tell
+/// whether a reload is needed: a word on the first change found, and a fingerprint of what
+/// the files hold now (the same fingerprint twice is the same change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesChanged {
+    pub what: String,
+    pub fingerprint: u64,
 }
 
 /// A validated routes file.
@@ -72,8 +97,12 @@ impl NamedFile {
 pub struct Config {
     /// Where it was read from (for messages and reloads).
     pub file: PathBuf,
-    /// xxh3 of the file's bytes, hex: the `hash` label of `strangler_config_info`.
+    /// The config's identity, hex: xxh3 of the routes file's bytes and, when it names a
+    /// plans folder, of each plan file's name and bytes. The `hash` label of
+    /// `strangler_config_info`.
     pub hash: String,
+    /// xxh3 of the routes file's bytes alone, hex.
+    pub text_hash: String,
     pub listen: SocketAddr,
     pub admin: AdminConfig,
     /// The monolith.
@@ -409,6 +438,7 @@ impl Config {
         let cfg = v.root(&root, path, hash);
         if v.errors.is_empty() {
             let mut cfg = cfg.expect("a file without errors yields a config");
+            cfg.hash = cfg.identity();
             cfg.warnings = v.absent;
             cfg.warnings.extend(lints::run(&cfg));
             Ok(cfg)
@@ -433,17 +463,61 @@ impl Config {
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
     }
 
-    /// Reads a routes file, unless its content hashes to `unchanged` and none of the `files`
-    /// it named then has changed (then `None`, without validating it again).
-    pub fn load_if_changed(
-        path: &Path,
-        unchanged: &str,
-        files: &[NamedFile],
-    ) -> Result<Option<Config>, ConfigErrors> {
+    /// The config's identity (see [`Config::hash`]): the routes file's hash, with its plan
+    /// files' names and contents when it has any.
+    fn identity(&self) -> String {
+        let plans: Vec<&NamedFile> = self.files.iter().filter(|f| f.plan).collect();
+        if self.plans_dir.is_none() {
+            return self.text_hash.clone();
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(self.text_hash.as_bytes());
+        for f in plans {
+            h.update(f.path.to_string_lossy().as_bytes());
+            h.update(&f.hash.to_le_bytes());
+        }
+        format!("{:016x}", h.digest())
+    }
+
+    /// What changed among the files this config was read with (certificates, keys, CAs,
+    /// plan files, and which plan files the plans folder holds); `None` when nothing did.
+    pub fn files_changed(&self) -> Option<FilesChanged> {
+        let mut fingerprint = xxhash_rust::xxh3::Xxh3::new();
+        let mut what = None;
+        for f in &self.files {
+            let now = std::fs::read(&f.path).map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+            fingerprint.update(&now.as_ref().map_or(0, |h| *h).to_le_bytes());
+            if what.is_none() && now.as_ref().ok() != Some(&f.hash) {
+                what = Some(match now {
+                    Ok(_) => format!("{} changed: {}", f.kind(), f.path.display()),
+                    Err(_) => format!("{} removed: {}", f.kind(), f.path.display()),
+                });
+            }
+        }
+        if let Some(dir) = &self.plans_dir
+            && let Ok(listed) = validate::plan_files(dir)
+        {
+            for p in &listed {
+                fingerprint.update(p.to_string_lossy().as_bytes());
+                if what.is_none() && !self.files.iter().any(|f| f.plan && &f.path == p) {
+                    what = Some(format!("plan file added: {}", p.display()));
+                }
+            }
+        }
+        what.map(|what| FilesChanged {
+            what,
+            fingerprint: fingerprint.digest(),
+        })
+    }
+
+    /// Reads a routes file, unless it is the one `current` was read from, unchanged, and
+    /// none of the files `current` was read with changed (then `None`, without validating
+    /// it again).
+    pub fn load_if_changed(path: &Path, current: &Config) -> Result<Option<Config>, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors::whole_file(path, format!("cannot read the routes file: {e}"))
         })?;
-        if Config::hash_of(&text) == unchanged && !files.iter().any(NamedFile::changed) {
+        if Config::hash_of(&text) == current.text_hash && current.files_changed().is_none() {
             return Ok(None);
         }
         Config::parse(&text, path).map(Some)
@@ -509,15 +583,16 @@ mod tests {
         let path = dir.path().join("routes.yaml");
         let text = "listen: [unclosed\n";
         std::fs::write(&path, text).unwrap();
-        assert!(matches!(
-            Config::load_if_changed(&path, &Config::hash_of(text), &[]),
-            Ok(None)
-        ));
-        assert!(Config::load_if_changed(&path, &Config::hash_of("other"), &[]).is_err());
         let valid = format!("{BASE}routes: []\n");
+        let mut current = parse(&valid).unwrap();
+        current.text_hash = Config::hash_of(text);
+        assert!(matches!(Config::load_if_changed(&path, &current), Ok(None)));
+        current.text_hash = Config::hash_of("other");
+        assert!(Config::load_if_changed(&path, &current).is_err());
         std::fs::write(&path, &valid).unwrap();
+        current.text_hash = Config::hash_of(text);
         assert!(matches!(
-            Config::load_if_changed(&path, &Config::hash_of(text), &[]),
+            Config::load_if_changed(&path, &current),
             Ok(Some(_))
         ));
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::config::{Config, ConfigErrors, NamedFile};
+use crate::config::{Config, ConfigErrors, FilesChanged};
 use crate::observe::{Metrics, Registry};
 use crate::proxy::{Gateway, Table};
 
@@ -68,9 +68,10 @@ impl Reloader {
         &self.path
     }
 
-    /// The files the config in force named (certificate, key, CAs), as they were read.
-    pub fn named_files(&self) -> Vec<NamedFile> {
-        self.gateway.table.load().config.files.clone()
+    /// What changed among the files the config in force was read with (certificates,
+    /// keys, CAs, plan files, the plans folder's list); `None` when nothing did.
+    pub fn files_changed(&self) -> Option<FilesChanged> {
+        self.gateway.table.load().config.files_changed()
     }
 
     /// Re-reads the file now. `why` names the trigger in the log.
@@ -81,8 +82,8 @@ impl Reloader {
         let windows = self.windows.clone();
         let fleet = self.gateway.fleet.clone();
         let shadows = self.gateway.shadows.clone();
-        let current = self.gateway.table.load().config.hash.clone();
-        let files = self.named_files();
+        let overrides = self.gateway.overrides.clone();
+        let current = self.gateway.table.load().config.clone();
         let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
@@ -90,7 +91,7 @@ impl Reloader {
         let built = in_background(move || -> Result<Option<Table>, ConfigErrors> {
             // An unchanged file (naming files that did not change either) is not validated
             // again (a 10,000-route file takes most of a second).
-            let Some(config) = Config::load_if_changed(&path, &current, &files)? else {
+            let Some(config) = Config::load_if_changed(&path, &current)? else {
                 return Ok(None);
             };
             // An admin listener beyond loopback was only started with a token: a new file must
@@ -104,7 +105,7 @@ impl Reloader {
                     ),
                 ));
             }
-            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows)
+            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)
                 .map_err(|e| ConfigErrors::whole_file(&path, e))?;
             let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
             metrics.retain_routes(&names);
@@ -214,6 +215,32 @@ impl Reloader {
                 })
             }
         }
+    }
+}
+
+impl Reloader {
+    /// Compiles the config in force again, as its file says it, with the percentages the
+    /// gateway holds now (a rollback held in memory), and swaps it in: the routes file is
+    /// not read. `why` names the change in the log.
+    pub async fn rebuild(&self, why: &str) -> Result<(), String> {
+        let _one = self.serial.lock().await;
+        let config = self.gateway.table.load().file_config();
+        let (metrics, windows) = (self.metrics.clone(), self.windows.clone());
+        let (fleet, shadows, overrides) = (
+            self.gateway.fleet.clone(),
+            self.gateway.shadows.clone(),
+            self.gateway.overrides.clone(),
+        );
+        let table = in_background(move || {
+            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)?;
+            table.publish(&metrics);
+            Ok::<_, String>(table)
+        })
+        .await??;
+        let old = self.gateway.table.swap(Arc::new(table));
+        retire(old);
+        tracing::info!(trigger = why, "the table in force was compiled again");
+        Ok(())
     }
 }
 

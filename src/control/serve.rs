@@ -146,7 +146,16 @@ pub async fn plan_run(opts: RunOptions) -> anyhow::Result<()> {
             _ = ticks.tick() => plans.tick(super::plan::unix_now()).await,
             () = stop.wait() => break,
         }
+        if let Some(why) = plans.lost(&opts.name).await {
+            anyhow::bail!(
+                "plan {:?} was {why} after this runner's lease lapsed: it is driven there now; this runner stops",
+                opts.name
+            );
+        }
     }
-    tracing::info!(plan = %opts.name, "plan run: stopping; the progress is saved");
+    // Stopping on purpose: the lease is given up, so that a person can operate the plan
+    // on any gateway at once.
+    plans.release().await;
+    tracing::info!(plan = %opts.name, "plan run: stopping; the progress is saved and the lease given up");
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::observe::shadow::Shadows;
 use crate::observe::{AccessLog, Metrics, Registry};
 use crate::proxy::fleet::{Fleet, FleetMetrics};
+use crate::proxy::overrides::Overrides;
 use crate::proxy::{ClientIo, Gateway, Peer, Table};
 
 /// How long an admin client may take to send a request head.
@@ -136,11 +137,12 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     let fleet = Fleet::new();
     metrics.register(Box::new(FleetMetrics(fleet.clone())));
     let shadows = Shadows::new();
-    let table = Table::compile(config, &metrics, &windows, &fleet, &shadows)
+    let overrides = Arc::new(Overrides::default());
+    let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)
         .map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);
-    let gateway = Gateway::new(table, access_log, fleet, shadows);
+    let gateway = Gateway::new(table, access_log, fleet, shadows, overrides);
     let reloader = Reloader::new(
         config_file,
         gateway.clone(),

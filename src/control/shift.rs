@@ -60,6 +60,16 @@ pub enum ShiftError {
         "{path} kept changing while it was being edited (another tool writing it?); nothing was written: try again"
     )]
     Changing { path: PathBuf },
+    #[error(
+        "the routes file says {}% for {route}, not the {}% expected: it was changed meanwhile; nothing was written",
+        crate::config::format_percent(*.found),
+        crate::config::format_percent(*.expected)
+    )]
+    Moved {
+        route: String,
+        expected: u32,
+        found: u32,
+    },
     #[error("no route named {} in the routes file", crate::config::quote(.0))]
     NoSuchRoute(String),
     #[error("the routes file is invalid as it stands; fix it first:\n{0}")]
@@ -109,6 +119,27 @@ impl Identity {
 /// was read; otherwise it is read again, for up to a few seconds, then the shift is refused.
 /// The new file keeps the old one's mode, owner and group.
 pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftError> {
+    shift_file_if(path, route, bp, None)
+}
+
+/// As [`shift_file`], only if the file says `from` (or already `bp`) for the route: a
+/// change meant to replace one value never overwrites another that a person wrote since
+/// ([`ShiftError::Moved`]).
+pub fn shift_file_from(
+    path: &Path,
+    route: &str,
+    from: u32,
+    bp: u32,
+) -> Result<Shifted, ShiftError> {
+    shift_file_if(path, route, bp, Some(from))
+}
+
+fn shift_file_if(
+    path: &Path,
+    route: &str,
+    bp: u32,
+    from: Option<u32>,
+) -> Result<Shifted, ShiftError> {
     let io = |source| ShiftError::Io {
         path: path.to_path_buf(),
         source,
@@ -175,6 +206,15 @@ pub fn shift_file(path: &Path, route: &str, bp: u32) -> Result<Shifted, ShiftErr
         let (new_text, shifted) = shift_text(&text, path, route, bp)?;
         if shifted.before == shifted.after {
             return Ok(shifted);
+        }
+        if let Some(expected) = from
+            && shifted.before != expected
+        {
+            return Err(ShiftError::Moved {
+                route: route.to_string(),
+                expected,
+                found: shifted.before,
+            });
         }
         let tmp = prepare(&dir, &new_text, &before).map_err(|e| match e {
             Prepared::Dir(source) => denied(path, &dir, source),

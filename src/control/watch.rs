@@ -27,7 +27,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use super::reload::Reloader;
-use crate::config::NamedFile;
+use crate::config::FilesChanged;
 
 /// Quiet time after the last event before a reload: an editor's write may come in parts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -150,8 +150,9 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
         let mut files_poll = tokio::time::interval(POLL_EVERY);
         files_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the named files held when a reload was last asked for them (a bad
-        // certificate is reported once, not at every poll).
-        let mut files_tried: Option<Vec<NamedFile>> = None;
+        // certificate or plan is reported once, not at every poll).
+        let mut files_tried: Option<u64> = None;
+        let mut trigger: String;
         loop {
             let why = tokio::select! {
                 wake = rx.recv() => match wake {
@@ -168,11 +169,12 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
                 _ = files_poll.tick() => {
                     let Some(me) = me.upgrade() else { return };
                     let Some(now) = files_changed(&me).await else { continue };
-                    if files_tried.as_ref() == Some(&now) {
+                    if files_tried == Some(now.fingerprint) {
                         continue;
                     }
-                    files_tried = Some(now);
-                    "TLS files changed"
+                    files_tried = Some(now.fingerprint);
+                    trigger = now.what;
+                    trigger.as_str()
                 }
             };
             // Several wakes may have queued during a reload: one more reload reads them all.
@@ -196,30 +198,16 @@ pub fn watch(reloader: &Arc<Reloader>) -> notify::Result<Watch> {
     })
 }
 
-/// What the files the config in force named (certificate, key, CAs) hold now, when one of
-/// them changed (through symlinks too); `None` when none did, when one cannot be read (a
-/// replacement in progress), or when there are none. Polled every [`POLL_EVERY`]:
-/// certificate renewals replace files in many ways (Kubernetes secrets swap a symlinked
-/// directory), and a reread of a few small files catches them all.
-async fn files_changed(reloader: &Reloader) -> Option<Vec<NamedFile>> {
-    let files = reloader.named_files();
-    if files.is_empty() {
-        return None;
-    }
-    tokio::task::spawn_blocking(move || {
-        let now: Option<Vec<NamedFile>> = files
-            .iter()
-            .map(|f| {
-                std::fs::read(&f.path)
-                    .ok()
-                    .map(|b| NamedFile::read(&f.path, &b))
-            })
-            .collect();
-        now.filter(|now| *now != files)
-    })
-    .await
-    .ok()
-    .flatten()
+/// What changed among the files the config in force was read with (certificate, key, CAs,
+/// plan files, the plans folder's list of plans), when something did. Polled every
+/// [`POLL_EVERY`]: certificate renewals replace files in many ways (Kubernetes secrets
+/// swap a symlinked directory), and a reread of a few small files catches them all.
+async fn files_changed(reloader: &Arc<Reloader>) -> Option<FilesChanged> {
+    let reloader = reloader.clone();
+    tokio::task::spawn_blocking(move || reloader.files_changed())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Resolves the symlink chain of `path` and watches the directories it runs through now

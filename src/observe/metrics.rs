@@ -21,6 +21,10 @@ use crate::routing::{METHODS, Side};
 pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
 pub const PLAN_STEP: &str = "strangler_plan_step";
 pub const PLAN_STATE: &str = "strangler_plan_state";
+pub const PLAN_UNPUBLISHED: &str = "strangler_plan_unpublished";
+pub const PLAN_WRITE_FAILURES_TOTAL: &str = "strangler_plan_write_failures_total";
+pub const PLAN_NOTIFY_FAILURES_TOTAL: &str = "strangler_plan_notify_failures_total";
+pub const ROUTE_OVERRIDE: &str = "strangler_route_override";
 pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "strangler_upstream_errors_total";
 pub const CLIENT_ERRORS_TOTAL: &str = "strangler_client_errors_total";
@@ -163,6 +167,10 @@ pub struct Metrics {
     grpc: IntCounterVec,
     plan_step: IntGaugeVec,
     plan_state: IntGaugeVec,
+    plan_unpublished: IntGaugeVec,
+    plan_write_failures: IntCounterVec,
+    plan_notify_failures: IntCounterVec,
+    route_override: IntGaugeVec,
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     shadow: IntCounterVec,
@@ -248,7 +256,7 @@ impl Metrics {
         let plan_step = IntGaugeVec::new(
             Opts::new(
                 PLAN_STEP,
-                "The step (index from 0) a migration plan has in force",
+                "The step a migration plan has in force, counted from 1 (0 before it starts)",
             ),
             &["plan"],
         )
@@ -259,6 +267,38 @@ impl Metrics {
                 "1 for a migration plan's current state, 0 for the others",
             ),
             &["plan", "state"],
+        )
+        .expect("static metric definition is valid");
+        let plan_unpublished = IntGaugeVec::new(
+            Opts::new(
+                PLAN_UNPUBLISHED,
+                "1 while a plan's rollback is in force but not yet in the routes file (plan run: not yet published); retried until it is",
+            ),
+            &["plan"],
+        )
+        .expect("static metric definition is valid");
+        let plan_write_failures = IntCounterVec::new(
+            Opts::new(
+                PLAN_WRITE_FAILURES_TOTAL,
+                "Writes a migration plan could not make, by file (routes: a percentage, or its publication by plan run; progress: its progress file)",
+            ),
+            &["plan", "file"],
+        )
+        .expect("static metric definition is valid");
+        let plan_notify_failures = IntCounterVec::new(
+            Opts::new(
+                PLAN_NOTIFY_FAILURES_TOTAL,
+                "A plan's on_transition commands that failed or timed out",
+            ),
+            &["plan"],
+        )
+        .expect("static metric definition is valid");
+        let route_override = IntGaugeVec::new(
+            Opts::new(
+                ROUTE_OVERRIDE,
+                "1 while a route's percentage in force is held in memory and the routes file says another (a rollback the file has not caught up with)",
+            ),
+            &["route"],
         )
         .expect("static metric definition is valid");
         let fallbacks = IntCounterVec::new(
@@ -292,6 +332,10 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(plan_step.clone()),
             Box::new(plan_state.clone()),
+            Box::new(plan_unpublished.clone()),
+            Box::new(plan_write_failures.clone()),
+            Box::new(plan_notify_failures.clone()),
+            Box::new(route_override.clone()),
             Box::new(grpc.clone()),
             Box::new(cut.clone()),
             Box::new(tls_errors.clone()),
@@ -325,6 +369,10 @@ impl Metrics {
             grpc,
             plan_step,
             plan_state,
+            plan_unpublished,
+            plan_write_failures,
+            plan_notify_failures,
+            route_override,
             fallbacks,
             retries,
             shadow,
@@ -349,7 +397,16 @@ impl Metrics {
     }
 
     /// A plan's step and state (one of `states`, each exported 1 or 0).
-    pub fn set_plan(&self, plan: &str, step: usize, state: &str, states: &[&str]) {
+    /// A plan's step (from 1; 0 before it starts), state, and whether its last change is
+    /// still unpublished.
+    pub fn set_plan(
+        &self,
+        plan: &str,
+        step: usize,
+        state: &str,
+        states: &[&str],
+        unpublished: bool,
+    ) {
         self.plan_step
             .with_label_values(&[plan])
             .set(i64::try_from(step).unwrap_or(i64::MAX));
@@ -358,14 +415,41 @@ impl Metrics {
                 .with_label_values(&[plan, s])
                 .set(i64::from(*s == state));
         }
+        self.plan_unpublished
+            .with_label_values(&[plan])
+            .set(i64::from(unpublished));
+        // Both files exist from the start, so that an increase() over them is defined.
+        for file in ["routes", "progress"] {
+            self.plan_write_failures.with_label_values(&[plan, file]);
+        }
     }
 
     /// Forgets a plan that is no longer in the plans folder.
     pub fn remove_plan(&self, plan: &str, states: &[&str]) {
         let _ = self.plan_step.remove_label_values(&[plan]);
+        let _ = self.plan_unpublished.remove_label_values(&[plan]);
         for s in states {
             let _ = self.plan_state.remove_label_values(&[plan, s]);
         }
+    }
+
+    /// A write a plan could not make (`file`: `routes` or `progress`).
+    pub fn count_plan_write_failure(&self, plan: &str, file: &str) {
+        self.plan_write_failures
+            .with_label_values(&[plan, file])
+            .inc();
+    }
+
+    /// The count of a plan's `on_transition` commands that failed.
+    pub fn plan_notify_failures(&self, plan: &str) -> prometheus::IntCounter {
+        self.plan_notify_failures.with_label_values(&[plan])
+    }
+
+    /// Whether a route's percentage in force is held in memory (see `proxy::overrides`).
+    pub fn set_route_held(&self, route: &str, held: bool) {
+        self.route_override
+            .with_label_values(&[route])
+            .set(i64::from(held));
     }
 
     /// Handles for one route and side.
@@ -406,6 +490,7 @@ impl Metrics {
             let keep = routes.contains(r.as_str());
             if !keep {
                 let _ = self.route_percent.remove_label_values(&[r]);
+                let _ = self.route_override.remove_label_values(&[r]);
             }
             keep
         });

@@ -95,6 +95,21 @@ pub async fn breaker_open(base: &str, service: &str) -> anyhow::Result<bool> {
         .any(|v| v > 0.0))
 }
 
+/// Whether no replica sees a healthy instance of `service` (every replica's health checks
+/// send its share to legacy); `false` when the service has no health checks (no series).
+pub async fn unhealthy(base: &str, service: &str) -> anyhow::Result<bool> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let promql = format!(
+        "max(strangler_instance_healthy{{service={}}})",
+        serde_json::Value::from(service)
+    );
+    Ok(query(&client, base, &promql)
+        .await?
+        .iter()
+        .filter_map(value)
+        .any(|v| v == 0.0))
+}
+
 /// Every route's comparison over `window`, from Prometheus at `base`. 5xx answers and gRPC
 /// calls failed by the server's fault count as errors, as in the gateway's own figures.
 pub async fn compare(

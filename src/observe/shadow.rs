@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Read as _;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, header};
@@ -25,8 +26,9 @@ pub const MIN_NOISE_PAIRS: u64 = 5;
 /// The longest value a kept difference shows (in bytes of JSON): a larger one is
 /// described (its type and size) instead of kept.
 const SHOWN_VALUE: usize = 256;
-/// Compared copies the recent match rate is over (the plan's `min_shadow_match`).
-pub const RECENT: usize = 10_000;
+/// The longest window a recent match rate can be asked over (the plan's
+/// `guard.shadow_window`): compared copies are kept as counts per second for this long.
+pub const MAX_RECENT: Duration = crate::config::plan::MAX_SHADOW_WINDOW;
 /// Distinct fields counted per route (mismatches and noise); further ones are counted
 /// under `(other)`, so a body full of generated keys cannot grow the report without bound.
 const MAX_FIELDS: usize = 1000;
@@ -364,9 +366,14 @@ pub struct RouteShadow {
 #[derive(Default)]
 struct Inner {
     counts: BTreeMap<Outcome, u64>,
-    /// The last `RECENT` compared copies, matched or not, and the matches among them.
-    recent: VecDeque<bool>,
-    recent_matches: u64,
+    /// Compared copies per second, oldest first, over the last [`MAX_RECENT`]: (second,
+    /// compared, matched).
+    recent: VecDeque<(u64, u32, u32)>,
+    /// The second the route last changed (its service, its match or its shadow settings):
+    /// copies before it are not the route's as it is now.
+    changed_at: u64,
+    /// What the route was when it last changed.
+    identity: Option<u64>,
     fields: HashMap<String, u64>,
     mismatches: VecDeque<Mismatch>,
     noise: Noise,
@@ -387,13 +394,42 @@ impl Inner {
         )
     }
 
-    fn remember(&mut self, matched: bool) {
-        if self.recent.len() == RECENT && self.recent.pop_front() == Some(true) {
-            self.recent_matches -= 1;
+    fn remember(&mut self, now: u64, matched: bool) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_sub(*t) >= MAX_RECENT.as_secs())
+        {
+            self.recent.pop_front();
         }
-        self.recent.push_back(matched);
-        self.recent_matches += u64::from(matched);
+        match self.recent.back_mut() {
+            Some((t, n, m)) if *t == now => {
+                *n += 1;
+                *m += u32::from(matched);
+            }
+            _ => self.recent.push_back((now, 1, u32::from(matched))),
+        }
     }
+
+    fn match_rate_over(&self, now: u64, window: Duration) -> (Option<f64>, u64) {
+        let from = now
+            .saturating_sub(window.as_secs().saturating_sub(1))
+            .max(self.changed_at);
+        let (n, m) = self
+            .recent
+            .iter()
+            .filter(|(t, _, _)| *t >= from)
+            .fold((0u64, 0u64), |(n, m), (_, a, b)| {
+                (n + u64::from(*a), m + u64::from(*b))
+            });
+        ((n > 0).then(|| m as f64 / n as f64), n)
+    }
+}
+
+/// Whole seconds on a clock of this process (for the per-second counts).
+fn second() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs() + 1
 }
 
 /// What a copy was, for the report.
@@ -412,16 +448,27 @@ impl RouteShadow {
         let mut inner = self.lock();
         *inner.counts.entry(outcome).or_default() += 1;
         if outcome.compared() {
-            inner.remember(false);
+            inner.remember(second(), false);
         }
     }
 
-    /// The match rate over the last [`RECENT`] compared copies, and how many those are:
-    /// what a plan's `min_shadow_match` reads (old mismatches, fixed since, age out).
-    pub fn recent_match_rate(&self) -> (Option<f64>, u64) {
-        let inner = self.lock();
-        let n = inner.recent.len() as u64;
-        ((n > 0).then(|| inner.recent_matches as f64 / n as f64), n)
+    /// The match rate of the copies compared over the last `window` (at most
+    /// [`MAX_RECENT`]) and since the route last changed, and how many those are: what a
+    /// plan's `min_shadow_match` reads (old mismatches, fixed since, age out; a service
+    /// that breaks shows at once).
+    pub fn recent_match_rate(&self, window: Duration) -> (Option<f64>, u64) {
+        self.lock().match_rate_over(second(), window)
+    }
+
+    /// Marks the route as it is now (`identity`: a fingerprint of its service, match and
+    /// shadow settings): when it differs from the last one, copies before now no longer
+    /// count towards the recent match rate.
+    pub fn route_is(&self, identity: u64) {
+        let mut inner = self.lock();
+        if inner.identity.is_some_and(|i| i != identity) {
+            inner.changed_at = second();
+        }
+        inner.identity = Some(identity);
     }
 
     /// Learns from two answers of legacy to the same request: every general field that
@@ -465,7 +512,7 @@ impl RouteShadow {
         let outcome = outcome_of(&diffs);
         let mut inner = self.lock();
         *inner.counts.entry(outcome).or_default() += 1;
-        inner.remember(outcome == Outcome::Match);
+        inner.remember(second(), outcome == Outcome::Match);
         if outcome == Outcome::Match {
             return outcome;
         }
@@ -730,19 +777,30 @@ mod tests {
     }
 
     #[test]
-    fn the_recent_rate_forgets_the_oldest_copies() {
-        let c = cfg(&[]);
-        let r = RouteShadow::default();
-        let copied = COPIED;
-        let (a, b) = (answer(200, "{}"), answer(500, "{}"));
-        r.compare(&copied, &a, &b, &c, None, 0);
-        for _ in 0..RECENT {
-            r.compare(&copied, &a, &a, &c, None, 0);
+    fn the_recent_rate_counts_the_window_since_the_last_change() {
+        let mut inner = Inner::default();
+        // An hour and a half of copies, one a second: a mismatch every tenth second in the
+        // first hour, none after.
+        for t in 1..=5400u64 {
+            inner.remember(t, t > 3600 || t % 10 != 0);
         }
-        assert_eq!(r.recent_match_rate(), (Some(1.0), RECENT as u64));
-        let (rate, n) = r.match_rate();
-        assert_eq!(n, RECENT as u64 + 1);
-        assert!(rate.unwrap() < 1.0);
+        // Over the last ten minutes: all matched.
+        assert_eq!(
+            inner.match_rate_over(5400, Duration::from_secs(600)),
+            (Some(1.0), 600)
+        );
+        // Over the last hour: half an hour of each.
+        let (rate, n) = inner.match_rate_over(5400, Duration::from_secs(3600));
+        assert_eq!(n, 3600);
+        assert!((rate.unwrap() - 0.95).abs() < 1e-9, "{rate:?}");
+        // Nothing is kept beyond the longest window.
+        assert!(inner.recent.len() <= MAX_RECENT.as_secs() as usize);
+        // A change of the route: only the copies since count.
+        inner.changed_at = 5391;
+        assert_eq!(
+            inner.match_rate_over(5400, Duration::from_secs(600)),
+            (Some(1.0), 10)
+        );
     }
 
     fn gzipped(body: &str, level: u32) -> Bytes {

@@ -144,12 +144,102 @@ impl Tally {
 pub struct RouteWindow {
     registry: Arc<Registry>,
     sides: [SideWindow; 2],
+    /// Distinct sticky keys seen, once a plan asks for them ([`RouteWindow::watch_keys`]).
+    keys: OnceLock<Keys>,
     /// The route's retry budget (`proxy::table::RouteStats`), kept here because this
     /// outlives reloads by name.
     pub retry_budget: std::sync::atomic::AtomicI64,
 }
 
+/// How many bits a key set keeps: one per cohort bucket, so that a key's bucket (computed
+/// for its side anyway) is its bit.
+const KEY_BITS: usize = 10_000;
+
+/// A set of sticky keys, as the cohort buckets they fall in: its size is estimated by linear
+/// counting (Whang et al.), close for up to a few thousand keys.
+pub struct KeySet {
+    words: Box<[AtomicU64]>,
+}
+
+impl KeySet {
+    fn new() -> KeySet {
+        KeySet {
+            words: (0..KEY_BITS.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn insert(&self, bucket: u32) {
+        let b = bucket as usize % KEY_BITS;
+        let (w, bit) = (&self.words[b / 64], 1u64 << (b % 64));
+        // Most keys were seen before: a read, and a write only for a new bit.
+        if w.load(Ordering::Relaxed) & bit == 0 {
+            w.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    fn clear(&self) {
+        for w in self.words.iter() {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The estimated number of distinct keys.
+    pub fn estimate(&self) -> u64 {
+        let set: u32 = self
+            .words
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones())
+            .sum();
+        let m = KEY_BITS as f64;
+        let zero = (m - f64::from(set)).max(1.0);
+        (-m * (zero / m).ln()).round() as u64
+    }
+}
+
+/// The distinct sticky keys a route served since a plan's counts began: on the new side,
+/// and in all.
+pub struct Keys {
+    pub new: KeySet,
+    pub all: KeySet,
+}
+
+impl Keys {
+    /// Starts counting afresh.
+    pub fn clear(&self) {
+        self.new.clear();
+        self.all.clear();
+    }
+}
+
 impl RouteWindow {
+    /// Counts the distinct sticky keys of the route's requests from now on (their cohort
+    /// buckets), for a plan's status: the key sets.
+    pub fn watch_keys(&self) -> &Keys {
+        self.keys.get_or_init(|| Keys {
+            new: KeySet::new(),
+            all: KeySet::new(),
+        })
+    }
+
+    /// The key sets, when a plan asked for them.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.get()
+    }
+
+    /// A request whose sticky key fell in `bucket` was served by `side`.
+    #[inline]
+    pub fn key_seen(&self, side: Side, bucket: u32) {
+        if let Some(k) = self.keys.get() {
+            k.all.insert(bucket);
+            if side == Side::New {
+                k.new.insert(bucket);
+            }
+        }
+    }
+
     /// Records one answered request that started at `start`.
     #[inline]
     pub fn record(&self, side: Side, start: Instant, elapsed: Duration, error: bool) {
@@ -297,6 +387,7 @@ impl Registry {
                         slots: OnceLock::new(),
                         totals: OnceLock::new(),
                     }),
+                    keys: OnceLock::new(),
                     retry_budget: Default::default(),
                 })
             })

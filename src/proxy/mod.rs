@@ -20,6 +20,7 @@ pub mod error;
 pub mod fleet;
 pub mod forward;
 pub mod headers;
+pub mod overrides;
 pub mod pool;
 pub mod record;
 pub mod resolve;
@@ -62,6 +63,9 @@ pub struct Gateway {
     pub fleet: Arc<fleet::Fleet>,
     /// Every route's shadow comparison, kept across reloads.
     pub shadows: Arc<crate::observe::shadow::Shadows>,
+    /// The percentages held in memory that the routes file does not say yet, kept across
+    /// reloads.
+    pub overrides: Arc<overrides::Overrides>,
     /// The room for shadow copies.
     pub shadow_budget: Arc<shadow::Budget>,
 }
@@ -72,6 +76,7 @@ impl Gateway {
         access_log: Arc<AccessLog>,
         fleet: Arc<fleet::Fleet>,
         shadows: Arc<crate::observe::shadow::Shadows>,
+        overrides: Arc<overrides::Overrides>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             table: ArcSwap::from_pointee(table),
@@ -79,6 +84,7 @@ impl Gateway {
             tunnels: Arc::default(),
             fleet,
             shadows,
+            overrides,
             shadow_budget: Arc::default(),
         })
     }

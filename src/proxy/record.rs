@@ -210,6 +210,9 @@ impl Trail {
         let error = (self.status >= 500 && self.status != CLIENT_CLOSED)
             || self.grpc.is_some_and(grpc_server_fault);
         stats.window.record(served, self.start, latency, error);
+        if let Some(bucket) = d.bucket {
+            stats.window.key_seen(served, bucket);
+        }
         self.log.log(&Entry {
             start: self.start,
             request_id: self.request_id.to_str().unwrap_or("-"),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::fleet::{Fleet, ServiceState};
+use super::overrides::{Applied, Overrides};
 use super::pool::{Dial, PoolKey};
 use crate::config::resilience::RETRY_BUDGET;
 use crate::config::{Config, RouteConfig};
@@ -105,17 +106,23 @@ pub struct Table {
     stats: Vec<RouteStats>,
     /// `Via` as the gateway adds it to a message received as HTTP/1.0, HTTP/1.1 and HTTP/2.
     pub via: [HeaderValue; 3],
+    /// The percentages in force that the routes file does not say yet (a rollback held in
+    /// memory): `config` carries the held percentage, these what the file says.
+    pub held: Vec<Applied>,
 }
 
 impl Table {
-    /// Builds the table. Fails only where the router cannot be built (regex size limits).
+    /// Builds the table, with the percentages `overrides` holds in place of the file's.
+    /// Fails only where the router cannot be built (regex size limits).
     pub fn compile(
-        config: Config,
+        mut config: Config,
         metrics: &Arc<Metrics>,
         windows: &Arc<Registry>,
         fleet: &Fleet,
         shadows: &Shadows,
+        overrides: &Overrides,
     ) -> Result<Table, String> {
+        let held = overrides.apply(&mut config);
         let routing = config.compile()?;
         let upstreams = std::iter::once(&config.legacy)
             .chain(config.services.iter())
@@ -144,11 +151,10 @@ impl Table {
             .map(|(i, name)| RouteStats {
                 metrics: Side::BOTH.map(|side| metrics.side(name, side)),
                 window: windows.route(name),
-                shadow: config
-                    .routes
-                    .get(i)
-                    .and_then(|r| r.shadow.as_ref())
-                    .map(|_| shadows.route(name)),
+                shadow: config.routes.get(i).and_then(|r| {
+                    let s = shadows_of(&config, r, shadows)?;
+                    Some(s)
+                }),
             })
             .collect();
         let via = ["1.0", "1.1", "2"].map(|v| {
@@ -157,6 +163,7 @@ impl Table {
         });
         Ok(Table {
             via,
+            held,
             config: Arc::new(config),
             routing,
             upstreams,
@@ -168,8 +175,26 @@ impl Table {
     pub fn publish(&self, metrics: &Metrics) {
         for r in self.routing.routes() {
             metrics.set_route_percent(&r.name, f64::from(r.policy.percent_bp) / 100.0);
+            metrics.set_route_held(&r.name, self.held_of(&r.name).is_some());
         }
         metrics.set_config_hash(&self.config.hash);
+    }
+
+    /// The hold of route `name`, when the percentage in force is not the file's.
+    pub fn held_of(&self, name: &str) -> Option<&Applied> {
+        self.held.iter().find(|a| a.route == name)
+    }
+
+    /// The config as the routes file says it: the config in force with the held
+    /// percentages put back to the file's (to compile again with other holds).
+    pub fn file_config(&self) -> Config {
+        let mut config = (*self.config).clone();
+        for a in &self.held {
+            if let Some(r) = config.routes.iter_mut().find(|r| r.name == a.route) {
+                r.percent_bp = a.held.file_bp;
+            }
+        }
+        config
     }
 
     /// The name of a decision's route (`default` for none).
@@ -225,6 +250,26 @@ impl Table {
     pub fn new_upstream(&self, i: usize) -> usize {
         1 + self.routing.routes()[i].service
     }
+}
+
+/// A shadowed route's comparison, told what the route is now (a change of its service,
+/// match or shadow settings starts its recent match rate afresh).
+fn shadows_of(config: &Config, r: &RouteConfig, shadows: &Shadows) -> Option<Arc<RouteShadow>> {
+    let settings = r.shadow.as_ref()?;
+    let s = shadows.route(&r.name);
+    let service = &config.services[r.service];
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [
+        service.name.as_str(),
+        service.url.as_str(),
+        r.matcher.path.pattern(),
+        &format!("{settings:?}"),
+    ] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    s.route_is(h.digest());
+    Some(s)
 }
 
 /// How to connect to a service.

@@ -4,6 +4,7 @@
 //! sticky, override, trusted proxies, compare), [`services`] and [`routes`].
 
 mod plans;
+pub use plans::plan_files;
 mod resilience;
 mod routes;
 mod services;
@@ -485,6 +486,7 @@ impl Validator {
         }
         let cfg = Config {
             file: file.to_path_buf(),
+            text_hash: hash.clone(),
             hash,
             listen: listen?,
             admin: admin?,

@@ -7,18 +7,43 @@ use std::path::{Path, PathBuf};
 use super::{Validator, join};
 use crate::config::NamedFile;
 use crate::config::RouteConfig;
-use crate::config::plan::{DEFAULT_HOLD, Guard, OnFail, PlanConfig, Step};
+use crate::config::plan::{After, DEFAULT_HOLD, Guard, OnFail, PlanConfig, Step};
 use crate::config::yaml::{self, Node, Value, quote};
 
-const PLAN_KEYS: &[&str] = &["route", "steps", "guard", "on_fail"];
-const STEP_KEYS: &[&str] = &["percent", "hold"];
+const PLAN_KEYS: &[&str] = &[
+    "route",
+    "steps",
+    "guard",
+    "on_fail",
+    "max_wait",
+    "after",
+    "on_transition",
+];
+const STEP_KEYS: &[&str] = &["percent", "hold", "max_wait"];
+const AFTER_KEYS: &[&str] = &["watch", "on_fail"];
 const GUARD_KEYS: &[&str] = &[
     "min_requests",
     "max_error_rate_delta",
+    "max_error_rate_ratio",
     "max_p99_ratio",
     "confidence",
     "min_shadow_match",
+    "shadow_window",
 ];
+
+/// The plan files of a plans folder: its `*.yaml` files, in name order.
+pub fn plan_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(listed(std::fs::read_dir(dir)?))
+}
+
+fn listed(entries: std::fs::ReadDir) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml") && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
 
 impl Validator {
     /// `plans: DIR` (relative to the routes file): reads and validates every `*.yaml` in
@@ -61,11 +86,7 @@ impl Validator {
                 return None;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml") && p.is_file())
-            .collect();
-        files.sort();
+        let files = listed(entries);
         let mut plans = Vec::new();
         let mut ok = true;
         for path in files {
@@ -176,18 +197,36 @@ impl Validator {
         };
         let on_fail = match f.get("on_fail") {
             None => Some(OnFail::Rollback),
-            Some(n) => match self.string(n, "on_fail", "rollback or pause")? {
-                "rollback" => Some(OnFail::Rollback),
-                "pause" => Some(OnFail::Pause),
-                _ => {
-                    self.wrong(
-                        n,
-                        "on_fail",
-                        "rollback (percent 0, and stop) or pause (stay, and wait for a person)",
-                    );
-                    None
-                }
-            },
+            Some(n) => self.on_fail(n, "on_fail"),
+        };
+        let max_wait = match f.get("max_wait") {
+            None => Some(None),
+            Some(n) => self.duration(n, "max_wait").map(Some),
+        };
+        let after = match f.get("after") {
+            None => Some(None),
+            Some(n) => self.after(n, on_fail.unwrap_or(OnFail::Rollback)).map(Some),
+        };
+        let on_transition = match f.get("on_transition") {
+            None => Some(None),
+            Some(n) => self
+                .string(
+                    n,
+                    "on_transition",
+                    "a shell command, run with sh -c on each transition",
+                )
+                .and_then(|s| {
+                    if s.trim().is_empty() {
+                        self.wrong(
+                            n,
+                            "on_transition",
+                            "a shell command, run with sh -c on each transition",
+                        );
+                        None
+                    } else {
+                        Some(Some(s.to_string()))
+                    }
+                }),
         };
         if !self.errors.is_empty() {
             return None;
@@ -199,8 +238,47 @@ impl Validator {
             steps: steps?,
             guard: guard?,
             on_fail: on_fail?,
+            max_wait: max_wait?,
+            after: after?,
+            on_transition: on_transition?,
         };
-        Some((plan, NamedFile::read(path, &bytes)))
+        Some((plan, NamedFile::plan(path, &bytes)))
+    }
+
+    fn on_fail(&mut self, n: &Node, path: &str) -> Option<OnFail> {
+        match self.string(n, path, "rollback or pause")? {
+            "rollback" => Some(OnFail::Rollback),
+            "pause" => Some(OnFail::Pause),
+            _ => {
+                self.wrong(
+                    n,
+                    path,
+                    "rollback (percent 0, and stop) or pause (stay, and wait for a person)",
+                );
+                None
+            }
+        }
+    }
+
+    /// `after: {watch: 30m, on_fail: rollback}`; `on_fail` defaults to the plan's.
+    fn after(&mut self, n: &Node, plan_on_fail: OnFail) -> Option<After> {
+        let f = self.fields(n, "after", AFTER_KEYS)?;
+        let watch = self
+            .require(
+                &f,
+                "after",
+                "watch",
+                "how long the new side is watched, like 30m",
+            )
+            .and_then(|w| self.duration(w, "after.watch"));
+        let on_fail = match f.get("on_fail") {
+            None => Some(plan_on_fail),
+            Some(v) => self.on_fail(v, "after.on_fail"),
+        };
+        Some(After {
+            watch: watch?,
+            on_fail: on_fail?,
+        })
     }
 
     fn steps(&mut self, n: &Node) -> Option<Vec<Step>> {
@@ -233,8 +311,12 @@ impl Validator {
                 None if last => Some(None),
                 None => Some(Some(DEFAULT_HOLD)),
             };
-            match (percent, hold) {
-                (Some(bp), Some(hold)) => {
+            let max_wait = match f.get("max_wait") {
+                Some(w) => self.duration(w, &join(&path, "max_wait")).map(Some),
+                None => Some(None),
+            };
+            match (percent, hold, max_wait) {
+                (Some(bp), Some(hold), Some(max_wait)) => {
                     if let Some(prev) = out.last().map(|s: &Step| s.percent_bp)
                         && bp <= prev
                     {
@@ -260,6 +342,7 @@ impl Validator {
                     out.push(Step {
                         percent_bp: bp,
                         hold,
+                        max_wait,
                     });
                 }
                 _ => ok = false,
@@ -299,6 +382,19 @@ impl Validator {
                 }
             }
         }
+        if let Some(v) = f.get("max_error_rate_ratio") {
+            match number(v) {
+                Some(x) if x >= 1.0 => g.max_error_rate_ratio = x,
+                _ => {
+                    self.wrong(
+                        v,
+                        "guard.max_error_rate_ratio",
+                        "a number, at least 1, like 1.5 (new may fail up to 1.5 times as often as legacy)",
+                    );
+                    ok = false;
+                }
+            }
+        }
         if let Some(v) = f.get("max_p99_ratio") {
             match number(v) {
                 Some(x) if x >= 1.0 => g.max_p99_ratio = x,
@@ -319,6 +415,20 @@ impl Validator {
                     );
                     ok = false;
                 }
+            }
+        }
+        if let Some(v) = f.get("shadow_window") {
+            match self.duration(v, "guard.shadow_window") {
+                Some(d) if d <= crate::config::plan::MAX_SHADOW_WINDOW => g.shadow_window = d,
+                Some(_) => {
+                    self.wrong(
+                        v,
+                        "guard.shadow_window",
+                        "a duration of at most 1h, like 10m",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
             }
         }
         if let Some(v) = f.get("min_shadow_match") {

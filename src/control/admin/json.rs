@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json as j};
 
 use crate::config::{Config, percent_json};
+use crate::proxy::overrides::Applied;
 use crate::routing::{HeaderTest, PathMatch, StickyKey, regex_source};
 
 /// A JSON answer.
@@ -97,8 +98,10 @@ fn sticky(s: &StickyKey) -> Value {
     }
 }
 
-/// The live table: what `GET /admin/routes` answers.
-pub fn routes(cfg: &Config) -> Value {
+/// The live table: what `GET /admin/routes` answers. `percent` is the percentage in force;
+/// a route whose percentage is held in memory (a rollback the routes file has not caught up
+/// with) has `override`, with what the file says and why.
+pub fn routes(cfg: &Config, held: &[Applied]) -> Value {
     let routes: Vec<Value> = cfg
         .routes
         .iter()
@@ -133,11 +136,24 @@ pub fn routes(cfg: &Config) -> Value {
                 }
                 m.insert("headers".into(), hs.into());
             }
+            let applied = held.iter().find(|a| a.route == r.name);
+            let file_bp = applied.map_or(r.percent_bp, |a| a.held.file_bp);
+            let held = applied.map(|a| {
+                j!({
+                    "percent": percent_json(a.held.bp),
+                    "file_percent": percent_json(a.held.file_bp),
+                    "plan": a.held.plan,
+                    "reason": a.held.reason,
+                    "since": a.held.since,
+                })
+            });
             j!({
                 "name": r.name,
                 "match": m,
                 "service": cfg.services[r.service].name,
                 "percent": percent_json(r.percent_bp),
+                "file_percent": percent_json(file_bp),
+                "override": held,
                 "cohort": r.cohort,
                 "sticky": r.sticky.as_ref().or(cfg.sticky.as_ref()).map(sticky),
             })

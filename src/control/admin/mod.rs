@@ -184,7 +184,7 @@ async fn plan_op<E: Environment>(
         Ok(Ok(None)) => no_such_plan(&plans, &name).await,
         Ok(Err(refused)) => json(
             StatusCode::CONFLICT,
-            &json!({"error": "invalid_transition", "message": refused.to_string(), "state": refused.state, "detail": refused.detail}),
+            &json!({"error": refused.code, "message": refused.to_string(), "state": refused.state, "detail": refused.detail}),
         ),
         Err(e) => internal(&e),
     }
@@ -240,7 +240,7 @@ async fn readyz(State(s): State<Shared>) -> Response {
 
 async fn routes(State(s): State<Shared>) -> Response {
     let table = s.gateway.table.load();
-    json(StatusCode::OK, &json::routes(&table.config))
+    json(StatusCode::OK, &json::routes(&table.config, &table.held))
 }
 
 #[derive(Deserialize)]
@@ -391,6 +391,7 @@ async fn shift(
     // the CLI's). The edit and its reload run as a task of their own, so a client that
     // goes away mid-way cannot leave the file changed and the reload not done.
     let reloader = s.reloader.clone();
+    let overrides = s.gateway.overrides.clone();
     let task = tokio::spawn(async move {
         let path = reloader.path().to_path_buf();
         let name = route.clone();
@@ -400,7 +401,20 @@ async fn shift(
             Ok(Err(e)) => return shift_error(&e),
             Err(e) => return internal(&e),
         };
-        match reloader.reload("percent change").await {
+        // A person's percentage ends any the gateway held in memory for the route (a plan's
+        // rollback the file had not caught up with): a person wins.
+        let released = overrides.release(&route);
+        if let Some(o) = &released {
+            tracing::warn!(route = %route, held = crate::config::format_percent(o.bp), percent = crate::config::format_percent(bp), "a person set the route's percentage: the percentage held in memory ends");
+        }
+        let reloaded = reloader.reload("percent change").await;
+        if released.is_some()
+            && matches!(&reloaded, Ok(r) if !r.changed)
+            && let Err(e) = reloader.rebuild("percent change").await
+        {
+            return internal(&e);
+        }
+        match reloaded {
             Ok(r) => json(
                 StatusCode::OK,
                 &json!({
@@ -555,6 +569,7 @@ fn shift_error(e: &ShiftError) -> Response {
         ShiftError::ReadOnly { .. } => (StatusCode::CONFLICT, "read_only", None),
         ShiftError::DirReadOnly { .. } => (StatusCode::CONFLICT, "directory_read_only", None),
         ShiftError::Changing { .. } => (StatusCode::CONFLICT, "file_changing", None),
+        ShiftError::Moved { .. } => (StatusCode::CONFLICT, "changed_meanwhile", None),
         ShiftError::Unreadable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "unreadable", None),
         ShiftError::Owner { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_keep_owner", None),
         ShiftError::Lock { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_lock", None),

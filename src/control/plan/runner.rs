@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Environment, Op, Plans, State, engine, unix_now};
-use crate::config::Config;
+use super::{CatchUp, Environment, Judgement, Op, Plans, State, Unpublished, engine, unix_now};
 use crate::config::plan::{PlanConfig, state_file};
-use crate::control::shift::shift_file;
+use crate::config::{Config, format_percent};
+use crate::control::shift::{ShiftError, shift_file, shift_file_from};
 use crate::observe::Metrics;
-use crate::observe::verdict::RouteComparison;
 
 /// How `plan run` runs.
 #[derive(Debug, Clone)]
@@ -42,6 +41,10 @@ pub struct RunnerEnv {
     after_change: Option<String>,
     /// The last valid routes file read.
     config: Mutex<Config>,
+    /// This runner's name in the lease (`plan run PID@HOST`), and how long its lease lasts
+    /// without a heartbeat.
+    holder: String,
+    lease_seconds: f64,
 }
 
 impl RunnerEnv {
@@ -51,12 +54,45 @@ impl RunnerEnv {
 }
 
 impl RunnerEnv {
-    /// The new service of `route`, when it has a circuit breaker.
-    fn breaker_of(&self, route: &str) -> Option<String> {
+    /// The new service of `route`: its name, and whether it has a breaker and health
+    /// checks.
+    fn service_of(&self, route: &str) -> Option<(String, bool, bool)> {
         let config = self.config();
         let r = config.routes.iter().find(|r| r.name == route)?;
         let service = &config.services[r.service];
-        service.breaker.is_some().then(|| service.name.clone())
+        Some((
+            service.name.clone(),
+            service.breaker.is_some(),
+            service.health.is_some(),
+        ))
+    }
+
+    /// Runs `--after-change` for `route` at `bp`: how the file reaches the replicas.
+    async fn publish(&self, route: &str, bp: u32) -> Result<(), String> {
+        let Some(cmd) = &self.after_change else {
+            return Ok(());
+        };
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("STRANGLER_CONFIG", &self.config_path)
+            .env("STRANGLER_ROUTE", route)
+            .env("STRANGLER_PERCENT", format_percent(bp))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run --after-change: {e}"))?;
+        if out.status.success() {
+            tracing::info!(command = %cmd, "plan run: --after-change ran");
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr: String = stderr.trim().chars().take(300).collect();
+            Err(format!(
+                "the routes file was written, but --after-change failed ({}): {stderr}",
+                out.status
+            ))
+        }
     }
 }
 
@@ -97,11 +133,11 @@ impl Environment for RunnerEnv {
             .map(|r| r.percent_bp)
     }
 
-    async fn judge(&self, plan: &PlanConfig, since: f64) -> Option<RouteComparison> {
+    async fn judge(&self, plan: &PlanConfig, since: f64) -> Option<Judgement> {
         // Whole seconds since the counts began; at least one.
         let window = Duration::from_secs((unix_now() - since).max(1.0).ceil() as u64);
         let cfg = engine::guard_config(plan);
-        let mut judged = match crate::observe::prometheus::compare(&self.prometheus, window, &cfg)
+        let figures = match crate::observe::prometheus::compare(&self.prometheus, window, &cfg)
             .await
         {
             Ok(routes) => routes.into_iter().find(|c| c.route == plan.route)?,
@@ -110,33 +146,58 @@ impl Environment for RunnerEnv {
                 return None;
             }
         };
-        // A breaker open on any replica fails the guard, as in a gateway.
-        if let Some(service) = self.breaker_of(&plan.route) {
-            match crate::observe::prometheus::breaker_open(&self.prometheus, &service).await {
-                Ok(true) => judged.breaker_open(&service),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "plan run: cannot read the breaker's state from Prometheus; nothing moves until it can");
-                    return None;
+        let mut blocked = None;
+        // A breaker open, or no healthy instance, on the replicas fails the guard, as in a
+        // gateway.
+        if let Some((service, breaker, health)) = self.service_of(&plan.route)
+            && self.in_force(&plan.route).await.unwrap_or(0) > 0
+        {
+            let prom = &self.prometheus;
+            if health {
+                match crate::observe::prometheus::unhealthy(prom, &service).await {
+                    Ok(true) => {
+                        blocked = Some(format!(
+                            "no healthy instance of {service}: the new side's share goes to legacy"
+                        ))
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plan run: cannot read the instances' health from Prometheus; nothing moves until it can");
+                        return None;
+                    }
+                }
+            }
+            if breaker && blocked.is_none() {
+                match crate::observe::prometheus::breaker_open(prom, &service).await {
+                    Ok(true) => blocked = Some(format!("the circuit breaker of {service} is open")),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plan run: cannot read the breaker's state from Prometheus; nothing moves until it can");
+                        return None;
+                    }
                 }
             }
         }
-        Some(judged)
+        Some(Judgement { figures, blocked })
     }
 
-    async fn shadow_match(&self, route: &str) -> Option<(Option<f64>, u64)> {
-        // Over the last hour, summed across replicas.
-        let rates =
-            crate::observe::prometheus::shadow_rates(&self.prometheus, Duration::from_secs(3600))
-                .await
-                .map_err(
-                    |e| tracing::warn!(error = %e, "plan run: no shadow figures from Prometheus"),
-                )
-                .ok()?;
+    async fn shadow_match(
+        &self,
+        route: &str,
+        window: Duration,
+    ) -> Option<(Option<f64>, u64, String)> {
+        let rates = crate::observe::prometheus::shadow_rates(&self.prometheus, window)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "plan run: no shadow figures from Prometheus"))
+            .ok()?;
         let (matched, compared) = rates.get(route).copied()?;
         Some((
             (compared > 0.0).then(|| matched / compared),
             compared as u64,
+            format!(
+                "(compared over the last {}, summed across replicas)",
+                humantime::format_duration(window)
+            ),
         ))
     }
 
@@ -148,35 +209,57 @@ impl Environment for RunnerEnv {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         self.refresh().await;
-        let Some(cmd) = &self.after_change else {
-            return Ok(());
-        };
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .env("STRANGLER_CONFIG", &self.config_path)
-            .env("STRANGLER_ROUTE", route)
-            .env("STRANGLER_PERCENT", crate::config::format_percent(bp))
-            .kill_on_drop(true)
-            .output()
+        self.publish(route, bp).await
+    }
+
+    async fn catch_up(&self, route: &str, change: &Unpublished) -> Result<CatchUp, String> {
+        let path = self.config_path.clone();
+        let (name, from, bp) = (route.to_string(), change.from_bp, change.bp);
+        let written = tokio::task::spawn_blocking(move || shift_file_from(&path, &name, from, bp))
             .await
-            .map_err(|e| format!("cannot run --after-change: {e}"))?;
-        if out.status.success() {
-            tracing::info!(command = %cmd, "plan run: --after-change ran");
-            Ok(())
-        } else {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let stderr: String = stderr.trim().chars().take(300).collect();
-            Err(format!(
-                "the routes file was written, but --after-change failed ({}): {stderr}",
-                out.status
-            ))
+            .map_err(|e| e.to_string())?;
+        match written {
+            Ok(_) => {}
+            Err(ShiftError::Moved { found, .. }) => {
+                return Ok(CatchUp::Superseded(format!(
+                    "the routes file says {}%",
+                    format_percent(found)
+                )));
+            }
+            Err(e) => return Err(e.to_string()),
         }
+        self.refresh().await;
+        self.publish(route, bp).await?;
+        Ok(CatchUp::Done)
+    }
+
+    fn lease(&self) -> Option<(String, f64)> {
+        Some((self.holder.clone(), self.lease_seconds))
     }
 }
 
 /// The driver a runner writes into the plan's progress.
 const DRIVER: &str = "plan run";
+
+/// The shortest `--interval`: a runner looks at its plan at most ten times a second.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a runner's lease lasts without a heartbeat: three of its intervals, at least
+/// three seconds.
+pub fn lease_seconds(interval: Duration) -> f64 {
+    (3.0 * interval.as_secs_f64()).max(3.0)
+}
+
+/// This machine's name, for the lease's holder.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
 
 /// Where a plan's progress is kept when `--state` is not given.
 fn default_state(config: &Config, name: &str) -> Option<PathBuf> {
@@ -190,6 +273,13 @@ fn default_state(config: &Config, name: &str) -> Option<PathBuf> {
 /// Reads the routes file and the plan's progress, takes the plan up (refusing one a
 /// gateway is running) and starts it if it has not started: the plan, ready to be ticked.
 pub async fn prepare(opts: &RunOptions) -> anyhow::Result<(Arc<Plans<RunnerEnv>>, Arc<Metrics>)> {
+    if opts.interval < MIN_INTERVAL {
+        anyhow::bail!(
+            "--interval {}: allowed: at least {}",
+            humantime::format_duration(opts.interval),
+            humantime::format_duration(MIN_INTERVAL)
+        );
+    }
     let config = Config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !config.plans.iter().any(|p| p.name == opts.name) {
         let names: Vec<&str> = config.plans.iter().map(|p| p.name.as_str()).collect();
@@ -211,10 +301,24 @@ pub async fn prepare(opts: &RunOptions) -> anyhow::Result<(Arc<Plans<RunnerEnv>>
         Some(s) => s.clone(),
         None => default_state(&config, &opts.name).expect("the plan exists"),
     };
-    // A plan a gateway is running is not taken from it.
+    let now = unix_now();
+    // A plan a gateway is running is not taken from it, nor one another runner holds.
     if let Some(plan) = config.plans.iter().find(|p| p.name == opts.name) {
         let on_disk = super::load_progress(&state, plan);
-        if on_disk.driver.is_none() && matches!(on_disk.state, State::Running | State::Paused) {
+        if on_disk.driver.is_some()
+            && let Some(l) = &on_disk.lease
+            && !l.lapsed(now)
+        {
+            anyhow::bail!(
+                "plan {:?} is driven by {} (seen {}s ago; progress in {}): stop it first, or wait for its lease to lapse ({}s without a heartbeat)",
+                opts.name,
+                l.holder,
+                l.silent_for(now).round(),
+                state.display(),
+                l.ttl.round()
+            );
+        }
+        if on_disk.driver.is_none() && on_disk.state.live() {
             anyhow::bail!(
                 "plan {:?} is {} in a gateway (progress in {}): abort it there first (strangler plan abort), or give this runner a --state of its own",
                 opts.name,
@@ -237,6 +341,8 @@ pub async fn prepare(opts: &RunOptions) -> anyhow::Result<(Arc<Plans<RunnerEnv>>
         state,
         after_change: opts.after_change.clone(),
         config: Mutex::new(config),
+        holder: format!("{DRIVER} {}@{}", std::process::id(), hostname()),
+        lease_seconds: lease_seconds(opts.interval),
     };
     let plans = Plans::new(env, metrics.clone());
     let status = plans.status(&opts.name).await;
