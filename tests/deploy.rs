@@ -640,8 +640,212 @@ async fn a_gateway_on_the_routes_file_answers_the_probes_and_the_scrape() {
         if path == scrape {
             let text = String::from_utf8_lossy(&body);
             assert!(text.contains("strangler_config_info"), "{text}");
+            // Every series the alerting rules read is one a gateway exports.
+            for name in rule_metrics() {
+                assert!(
+                    text.contains(&format!("# TYPE {name} ")),
+                    "the alerting rules read {name}, which the gateway does not export:\n{text}"
+                );
+            }
         }
     }
+}
+
+// --- Alerts and the plan runner's metrics -------------------------------------------
+
+fn rules_file() -> PathBuf {
+    Path::new(ROOT).join("deploy/prometheus/strangler-rules.yml")
+}
+
+/// The metric names the alerting rules' expressions read.
+fn rule_metrics() -> BTreeSet<String> {
+    let rules = parse_yaml(
+        &std::fs::read_to_string(rules_file()).unwrap(),
+        "the rules file",
+    );
+    let mut names = BTreeSet::new();
+    for g in rules["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            let expr = string(&r["expr"], "expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("strangler_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 4, "{names:?}");
+    names
+}
+
+fn promtool(args: &[&str], file: &Path) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("no promtool: apt-get install -y prometheus (scripts/test installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {args:?} {}:\n{text}",
+        file.display()
+    );
+    text
+}
+
+/// The alerting rules pass `promtool check rules`, the PrometheusRule holds the same
+/// groups, and `promtool test rules` shows the rollback alerts firing on the series a
+/// gateway or a runner exports.
+#[test]
+fn the_alerting_rules_pass_promtool_and_fire_on_a_rollback() {
+    let text = std::fs::read_to_string(rules_file()).unwrap();
+    promtool(&["check", "rules"], &rules_file());
+    let rules = parse_yaml(&text, "the rules file");
+    let operator = parse_yaml(
+        &read("monitoring/prometheus-rule.yaml"),
+        "the PrometheusRule",
+    );
+    assert_eq!(operator["kind"], "PrometheusRule");
+    assert_eq!(
+        operator["spec"]["groups"], rules["groups"],
+        "the PrometheusRule and deploy/prometheus/strangler-rules.yml disagree"
+    );
+    let kustomized = parse_yaml(
+        &read("monitoring/kustomization.yaml"),
+        "monitoring/kustomization.yaml",
+    );
+    assert_eq!(strings(&kustomized["resources"]), ["prometheus-rule.yaml"]);
+
+    // The alerts, as they fire for the plan `orders-read`: their labels and annotations.
+    let alert = |name: &str| -> Value {
+        let r = rules["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == name)
+            .unwrap_or_else(|| panic!("no alert {name}"))
+            .clone();
+        let mut annotations = serde_json::Map::new();
+        for (k, v) in r["annotations"].as_object().unwrap() {
+            let v = v
+                .as_str()
+                .unwrap()
+                .replace("{{ $labels.plan }}", "orders-read");
+            annotations.insert(k.clone(), v.into());
+        }
+        let mut labels = r["labels"].clone();
+        labels["plan"] = "orders-read".into();
+        serde_json::json!({"exp_labels": labels, "exp_annotations": annotations})
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("rules-test.yml");
+    let case = serde_json::json!({
+        "rule_files": [rules_file().display().to_string()],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                // A replica's gauge: rolled back from minute 2.
+                {"series": "strangler_plan_state{plan=\"orders-read\",state=\"rolled_back\",instance=\"10.0.0.1:9901\"}",
+                 "values": "0 0 1 1 1 1"},
+                // The runner's: the rollback unpublished from minute 2 (the alert waits 2m).
+                {"series": "strangler_plan_unpublished{plan=\"orders-read\",instance=\"10.0.0.9:9902\"}",
+                 "values": "0 0 1 1 1 1"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1m", "alertname": "StranglerPlanRolledBack", "exp_alerts": []},
+                {"eval_time": "3m", "alertname": "StranglerPlanRolledBack", "exp_alerts": [alert("StranglerPlanRolledBack")]},
+                {"eval_time": "3m", "alertname": "StranglerPlanRollbackUnpublished", "exp_alerts": []},
+                {"eval_time": "5m", "alertname": "StranglerPlanRollbackUnpublished", "exp_alerts": [alert("StranglerPlanRollbackUnpublished")]},
+            ],
+        }],
+    });
+    // JSON is YAML.
+    std::fs::write(&test, serde_json::to_string_pretty(&case).unwrap()).unwrap();
+    promtool(&["test", "rules"], &test);
+}
+
+/// The runner's metrics (the plan's live state, an unpublished rollback) are scraped: its
+/// pod carries the scrape annotations of its `--admin` port, which listens beyond loopback
+/// with the admin token, behind a Service.
+#[test]
+fn the_plan_runner_is_scraped_on_its_admin_port_with_a_token() {
+    let docs = manifests();
+    let runner = container_running(&docs, &["plan", "run"]);
+    let name = runner.name();
+    let admin: SocketAddr = runner.flag("--admin").parse().unwrap();
+    assert!(
+        !admin.ip().is_loopback(),
+        "{name}: --admin {admin} cannot be scraped"
+    );
+    let annotations = &runner.template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true", "{name}");
+    assert_eq!(
+        string(&annotations["prometheus.io/port"], "prometheus.io/port"),
+        admin.port().to_string(),
+        "{name}"
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics", "{name}");
+    let token = runner.value["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "STRANGLER_ADMIN_TOKEN")
+        .unwrap_or_else(|| panic!("{name}: no STRANGLER_ADMIN_TOKEN for --admin beyond loopback"));
+    assert!(
+        token["valueFrom"]["secretKeyRef"]["name"].is_string(),
+        "{token}"
+    );
+    assert_eq!(runner.port(&Value::from("admin")), admin.port());
+    let labels = &runner.template["metadata"]["labels"];
+    let service = docs
+        .iter()
+        .find(|d| {
+            d.kind() == "Service"
+                && d.value["spec"]["selector"]
+                    .as_object()
+                    .is_some_and(|sel| sel.iter().all(|(k, v)| &labels[k] == v))
+        })
+        .expect("a Service in front of the plan runner");
+    assert_eq!(service.value["spec"]["ports"][0]["port"], admin.port());
+}
+
+/// Each replica's memory limit holds the gateway's own use plus the budgets the docs state
+/// for request bodies kept for a fallback or a retry, and for shadow copies.
+#[test]
+fn the_gateway_memory_limit_holds_its_documented_budgets() {
+    let docs = manifests();
+    let gw = Gateway::of(&docs);
+    let limit = string(
+        &gw.container.value["resources"]["limits"]["memory"],
+        "the gateway's memory limit",
+    );
+    let mib: u64 = match (limit.strip_suffix("Mi"), limit.strip_suffix("Gi")) {
+        (Some(n), _) => n.parse().ok(),
+        (_, Some(n)) => n.parse::<u64>().ok().map(|n| n * 1024),
+        _ => None,
+    }
+    .unwrap_or_else(|| panic!("memory limit {limit}: expected Mi or Gi"));
+    // The budgets as the docs state them, read from there.
+    let docs_say = |file: &str, needle: &str| {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(file)).unwrap();
+        assert!(text.contains(needle), "{file} no longer says {needle:?}");
+    };
+    docs_say("docs/resilience.md", "256 MiB");
+    docs_say("docs/shadow.md", "64 MiB");
+    let own = 128;
+    assert!(
+        mib >= own + 256 + 64,
+        "the gateway's limit {limit} is below its own use ({own} MiB) plus the replay (256 MiB) and shadow (64 MiB) budgets"
+    );
 }
 
 // --- Command lines ------------------------------------------------------------------

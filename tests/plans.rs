@@ -8,14 +8,13 @@ mod support;
 use support::{get_json, get_text};
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::faults::{FaultServer, Mode};
+use support::plans::*;
 use support::{Flaky, GatewayProcess, client};
 
 /// The test's routes file and plans folder: `orders-read` at 0, and `plan`.
@@ -27,87 +26,6 @@ fn setup(legacy: &Flaky, new: &Flaky, plan: &str) -> (tempfile::TempDir, PathBuf
         "percent: 0        # the plan moves this",
         plan,
     )
-}
-
-/// Steady traffic to `/api/orders/N` until dropped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-}
-
-impl Traffic {
-    fn start(public: SocketAddr) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..4 {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let c = client();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let url = format!("http://{public}/api/orders/{i}");
-                    if let Ok(r) = c.get(&url).send().await {
-                        let _ = r.bytes().await;
-                    }
-                }
-            });
-        }
-        Traffic { stop }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-async fn status(gw: &GatewayProcess, name: &str) -> Value {
-    get_json(format!("http://{}/admin/plans/{name}", gw.admin)).await
-}
-
-/// Waits (up to `secs`) for the plan to reach `state`; its status then.
-async fn wait_state(gw: &GatewayProcess, name: &str, state: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = status(gw, name).await;
-        if s["state"] == state {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "plan never reached {state}: {}",
-            serde_json::to_string_pretty(&s).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The `strangler` binary with `args`; (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `strangler plan start orders-rollout --admin ADMIN`, which must succeed: its output.
-fn start_plan(admin: &str) -> String {
-    let (ok, out, err) = cli(&["plan", "start", "orders-rollout", "--admin", admin]);
-    assert!(ok, "{out}{err}");
-    out
-}
-
-fn percent_in(routes: &Path) -> String {
-    let text = std::fs::read_to_string(routes).unwrap();
-    text.lines()
-        .find(|l| l.trim_start().starts_with("percent:"))
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,84 +393,6 @@ fn check_reports_every_plan_error_with_its_file_and_position() {
     assert!(!served.status.success());
     let err = String::from_utf8_lossy(&served.stderr);
     assert!(err.contains("plans: cannot read the plans folder"), "{err}");
-}
-
-/// Steady traffic to `/api/orders/N` that counts what the clients got: every answer that is
-/// not a 200 (or no answer at all) is kept, to show.
-struct CountedTraffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    bad: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl CountedTraffic {
-    fn start(public: SocketAddr) -> CountedTraffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let bad: Arc<Mutex<Vec<String>>> = Arc::default();
-        let tasks = (0..4)
-            .map(|_| {
-                let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
-                tokio::spawn(async move {
-                    let c = client();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        i += 1;
-                        let url = format!("http://{public}/api/orders/{i}");
-                        let sent = c.get(&url).timeout(Duration::from_secs(30)).send().await;
-                        let got = match sent {
-                            Ok(r) => {
-                                let status = r.status().as_u16();
-                                match r.bytes().await {
-                                    Ok(_) if status == 200 => Ok(()),
-                                    Ok(body) => {
-                                        Err(format!("{status} {}", String::from_utf8_lossy(&body)))
-                                    }
-                                    Err(e) => Err(format!("{status}, then the body failed: {e}")),
-                                }
-                            }
-                            Err(e) => Err(format!("no answer: {e}")),
-                        };
-                        match got {
-                            Ok(()) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => bad.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        CountedTraffic {
-            stop,
-            ok,
-            bad,
-            tasks,
-        }
-    }
-
-    /// Stops the clients and waits for their last requests; (200s, everything else).
-    async fn finish(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks.drain(..) {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.bad.lock().unwrap().clone(),
-        )
-    }
-}
-
-impl Drop for CountedTraffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-async fn gateway_metrics(gw: &GatewayProcess) -> String {
-    get_text(format!("http://{}/metrics", gw.admin)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

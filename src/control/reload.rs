@@ -88,7 +88,11 @@ impl Reloader {
         // Every step but the swap takes time in proportion to the routes (reading,
         // validating, compiling, the metric series and compare windows of removed routes,
         // the new percent gauges): all of it off the runtime's threads, each step linear.
-        let built = in_background(move || -> Result<Option<Table>, ConfigErrors> {
+        let built = in_background(move || -> Result<Option<(Table, String)>, ConfigErrors> {
+            // What changed, for the log: the routes file, or which of the files it names.
+            let changed = current
+                .files_changed()
+                .map_or_else(|| "the routes file".to_string(), |f| f.what);
             // An unchanged file (naming files that did not change either) is not validated
             // again (a 10,000-route file takes most of a second).
             let Some(config) = Config::load_if_changed(&path, &current)? else {
@@ -111,7 +115,7 @@ impl Reloader {
             metrics.retain_routes(&names);
             windows.retain(&names);
             table.publish(&metrics);
-            Ok(Some(table))
+            Ok(Some((table, changed)))
         })
         .await
         .unwrap_or_else(|e| {
@@ -133,7 +137,7 @@ impl Reloader {
                 changed: false,
                 warnings: Vec::new(),
             }),
-            Ok(Some(table)) => {
+            Ok(Some((table, changed))) => {
                 let mut warnings: Vec<String> = table
                     .config
                     .warnings
@@ -207,7 +211,7 @@ impl Reloader {
                 for w in &warnings {
                     tracing::warn!(trigger = why, warning = %w, "reload");
                 }
-                tracing::info!(trigger = why, hash = %hash, "reloaded the routes file");
+                tracing::info!(trigger = why, changed = %changed, hash = %hash, "reloaded the routes file");
                 Ok(Reloaded {
                     hash,
                     changed: true,

@@ -127,6 +127,14 @@ pub async fn plan_run(opts: RunOptions) -> anyhow::Result<()> {
     let (plans, metrics) = super::plan::runner::prepare(&opts).await?;
     let mut stop = StopSignals::install()?;
     if let Some(addr) = opts.admin {
+        // As a gateway's: beyond loopback, only with a token for the operations.
+        let token = std::env::var(super::admin::RUNNER_TOKEN_ENV).unwrap_or_default();
+        if !addr.ip().is_loopback() && token.trim().is_empty() {
+            anyhow::bail!(
+                "--admin {addr} is beyond loopback, but {} holds no token: refusing to start (the plan's operations would be open to anyone who reaches it)",
+                super::admin::RUNNER_TOKEN_ENV
+            );
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--admin): {e}"))?;

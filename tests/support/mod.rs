@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod plans;
+pub mod prometheus;
 pub mod tls;
 
 use std::convert::Infallible;

@@ -309,8 +309,8 @@ pub struct Book {
     pub entries: BTreeMap<String, Entry>,
 }
 
-/// Reads a plan's progress; a missing file is a plan not started, an unreadable one is
-/// logged and read as not started.
+/// Reads a plan's progress; a missing or empty file is a plan not started, an unreadable
+/// one is logged and read as not started.
 pub fn load_progress(path: &Path, plan: &PlanConfig) -> Progress {
     let fresh = Progress::new(plan);
     let text = match std::fs::read_to_string(path) {
@@ -321,6 +321,10 @@ pub fn load_progress(path: &Path, plan: &PlanConfig) -> Progress {
             return fresh;
         }
     };
+    // An empty file is a plan not started (a published progress that was never written).
+    if text.trim().is_empty() {
+        return fresh;
+    }
     match serde_json::from_str::<Progress>(&text) {
         Ok(mut p) => {
             // The definition it runs on bounds its step (an earlier version kept none: the
@@ -374,6 +378,7 @@ impl Book {
                     let ours = e.progress.driver.as_deref() == driver;
                     if !ours || !e.progress.state.live() {
                         let mut on_disk = load_progress(&e.state_path, plan);
+                        take_up_idle(&mut on_disk, driver);
                         // When a driver last looked is its own business.
                         on_disk.last_tick = e.progress.last_tick;
                         if on_disk != e.progress {
@@ -412,10 +417,7 @@ impl Book {
                 None => {
                     let state_path = state_of(plan);
                     let mut progress = load_progress(&state_path, plan);
-                    // A runner takes up a plan no one is running.
-                    if driver.is_some() && progress.driver.is_none() && !progress.state.live() {
-                        progress.driver = driver.map(str::to_string);
-                    }
+                    take_up_idle(&mut progress, driver);
                     // Time while no driver looked (the process was down) is not held.
                     progress.last_tick = now;
                     let verify = progress.driver.as_deref() == driver;
@@ -628,6 +630,13 @@ impl Book {
                 known.push(name.clone());
             }
         }
+    }
+}
+
+/// A runner takes up a plan no one is running (a gateway's that ended, or none's).
+fn take_up_idle(progress: &mut Progress, driver: Option<&'static str>) {
+    if driver.is_some() && progress.driver.is_none() && !progress.state.live() {
+        progress.driver = driver.map(str::to_string);
     }
 }
 
