@@ -244,11 +244,12 @@ Order histories stay on the monolith but are shadowed to the orders service:
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                // Steps count from 1: the second is 25%.
                 let step = plans
                     .status("orders-read")
                     .await
                     .and_then(|s| s["step"].as_u64());
-                if step.is_some_and(|s| s >= 1) {
+                if step.is_some_and(|s| s >= 2) {
                     orders_errors.store(1000, Ordering::Relaxed);
                     stdout().print(
                         "demo: the orders service now fails 10% of its requests (a bad deploy): watch the orders-read plan roll back\n",
@@ -279,11 +280,11 @@ Order histories stay on the monolith but are shadowed to the orders service:
                 stdout().print(&format!("demo traffic so far: {}\n", line.join(" | ")));
                 for p in plans.statuses().await {
                     stdout().print(&format!(
-                        "plan {}: {} at {}% (step {}); waiting for {}\n",
+                        "plan {}: {} at {}% ({}); waiting for {}\n",
                         p["name"].as_str().unwrap_or("?"),
                         p["state"].as_str().unwrap_or("?"),
                         p["percent"],
-                        p["step"],
+                        p["step_text"].as_str().unwrap_or("not started"),
                         p["waiting_for"].as_str().unwrap_or("?")
                     ));
                 }

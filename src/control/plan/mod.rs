@@ -469,8 +469,11 @@ impl Book {
                     changed = true;
                 }
             }
+            // A running plan saves its hold served; a runner renews its lease whatever the
+            // state.
             let running = matches!(e.progress.state, State::Running | State::Watching);
-            if changed || (running && now - e.saved_at >= SAVE_EVERY) || e.saved_at == 0.0 {
+            let leased = env.lease().is_some();
+            if changed || ((running || leased) && now - e.saved_at >= SAVE_EVERY) {
                 save(env, metrics, e, now).await;
             }
             notify(metrics, e, history);
