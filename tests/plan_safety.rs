@@ -34,6 +34,14 @@ fn setup(legacy: &str, new: &str, extra: &str, plan: &str) -> (tempfile::TempDir
     plan_setup(legacy, new, extra, "percent: 0", plan)
 }
 
+/// Legacy and the new side (each a [`Flaky`] upstream), and the routes file and plans
+/// folder of [`setup`] on them.
+async fn flaky_setup(extra: &str, plan: &str) -> (Flaky, Flaky, tempfile::TempDir, PathBuf) {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (dir, routes) = setup(&legacy.url(), &new.url(), extra, plan);
+    (legacy, new, dir, routes)
+}
+
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -132,13 +140,7 @@ async fn a_rollback_the_routes_file_cannot_take_is_held_in_memory_until_the_file
         eprintln!("skipped: a gateway running as another user needs root (CI runs as root)");
         return;
     }
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
-    );
+    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n").await;
     give_to_nobody(dir.path());
     let gw = GatewayProcess::spawn_as(&routes, NOBODY, NOBODY).await;
     let traffic = Traffic::start(gw.public);
@@ -249,13 +251,7 @@ async fn a_rollback_the_routes_file_cannot_take_is_held_in_memory_until_the_file
 /// until it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_run_retries_a_rollback_whose_publication_fails_until_it_is_published() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 20, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n",
-    );
+    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 20, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let prom = Prometheus::start(&[gw.admin]).await;
     let _traffic = Traffic::start(gw.public);
@@ -367,13 +363,11 @@ async fn a_plan_whose_progress_cannot_be_saved_does_not_start() {
         eprintln!("skipped: a gateway running as another user needs root (CI runs as root)");
         return;
     }
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     give_to_nobody(dir.path());
     // The plans folder stays root's.
     std::os::unix::fs::chown(dir.path().join("plans"), Some(0), Some(0)).unwrap();
@@ -409,13 +403,11 @@ async fn a_running_plan_whose_saves_fail_pauses_and_keeps_its_percentage() {
         eprintln!("skipped: a gateway running as another user needs root (CI runs as root)");
         return;
     }
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     give_to_nobody(dir.path());
     let gw = GatewayProcess::spawn_as(&routes, NOBODY, NOBODY).await;
     let _traffic = Traffic::start(gw.public);
@@ -449,13 +441,7 @@ async fn a_running_plan_whose_saves_fail_pauses_and_keeps_its_percentage() {
 /// not saved) says so and pauses: it never puts the older step back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_finding_another_percentage_than_the_saved_step_pauses_and_says_so() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 40, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
-    );
+    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 40, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
     let mut gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -493,13 +479,11 @@ async fn a_gateway_finding_another_percentage_than_the_saved_step_pauses_and_say
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_run_refuses_an_invalid_interval_before_writing_anything() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
         .args(["plan", "run", "orders-rollout", "--config"])
         .arg(&routes)
@@ -518,13 +502,11 @@ async fn plan_run_refuses_an_invalid_interval_before_writing_anything() {
 /// up), a person on a gateway pauses, aborts or takes the plan over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_on_a_gateway_takes_a_plan_back_from_a_runner_that_went_away() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let dead = support::dead_addr().await;
     let runner = |routes: &Path| {
@@ -637,13 +619,7 @@ async fn a_person_on_a_gateway_takes_a_plan_back_from_a_runner_that_went_away() 
 /// resume takes the new file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_file_edited_mid_run_pauses_the_plan_on_the_steps_it_started_with() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 1h }\n  - { percent: 30 }\n  - { percent: 40 }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
-    );
+    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 1h }\n  - { percent: 30 }\n  - { percent: 40 }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -699,13 +675,7 @@ async fn a_plan_file_edited_mid_run_pauses_the_plan_on_the_steps_it_started_with
 /// and says which write failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_whose_write_fails_is_reported_at_the_percentage_in_force() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (_dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 3s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
-    );
+    let (_legacy, _new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 3s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -738,13 +708,11 @@ async fn a_step_whose_write_fails_is_reported_at_the_percentage_in_force() {
 /// command line counts steps as the dashboard does, from 1, with no `null` anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_and_the_cli_show_the_percentage_in_force_and_steps_from_1() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (_dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, _dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let admin = format!("http://{}", gw.admin);
     let (ok, out, _) = cli(&["plan", "status", "orders-rollout", "--admin", &admin]);
@@ -769,13 +737,11 @@ async fn the_history_and_the_cli_show_the_percentage_in_force_and_steps_from_1()
 /// watch, each naming what changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_plan_file_is_loaded_by_every_reload() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, dir, routes) = flaky_setup(
         "",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     // More routes for more plans (one plan per route).
     let text = std::fs::read_to_string(&routes).unwrap();
     let more: String = ["b", "c", "d"]
@@ -939,13 +905,7 @@ async fn the_shadow_gate_judges_recent_copies() {
 /// back (weighed against legacy's figures of the last split step).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_plan_watches_and_rolls_back_a_new_side_that_starts_failing() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (_dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\nafter:\n  watch: 1h\non_fail: rollback\n",
-    );
+    let (_legacy, new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\nafter:\n  watch: 1h\non_fail: rollback\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -973,13 +933,7 @@ async fn a_finished_plan_watches_and_rolls_back_a_new_side_that_starts_failing()
 /// A step still waiting for evidence `max_wait` after its hold pauses and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_waiting_past_max_wait_pauses_and_says_why() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (_dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
-        "",
-        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s, max_wait: 2s }\n  - { percent: 100 }\nguard:\n  min_requests: 100000\n",
-    );
+    let (_legacy, _new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s, max_wait: 2s }\n  - { percent: 100 }\nguard:\n  min_requests: 100000\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -995,13 +949,11 @@ async fn a_step_waiting_past_max_wait_pauses_and_says_why() {
 /// A step whose share covers very few users (5% of 40 sticky keys) says so, with the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_covering_few_sticky_keys_says_so() {
-    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
-    let (_dir, routes) = setup(
-        &legacy.url(),
-        &new.url(),
+    let (_legacy, _new, _dir, routes) = flaky_setup(
         "sticky: { header: x-user-id }\n",
         "route: orders-read\nsteps:\n  - { percent: 5, hold: 1h }\n  - { percent: 100 }\n",
-    );
+    )
+    .await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     start_plan(&format!("http://{}", gw.admin));
     let c = client();
