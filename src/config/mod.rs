@@ -282,6 +282,11 @@ pub struct CompareConfig {
     pub max_p99_ratio: f64,
     /// The margin: new's error rate may exceed legacy's by this much before it is `worse`.
     pub max_error_rate_delta: f64,
+    /// The advance boundary's relative error-rate margin: new's error rate is shown to be no
+    /// worse than legacy's beyond `(max_error_rate_ratio - 1)` × legacy's rate (or the
+    /// absolute floor of `sequential::Advance`, if that is more) before a plan's step
+    /// advances.
+    pub max_error_rate_ratio: f64,
     /// 1 - the chance of ever calling `worse` a new side within the bounds, however often
     /// the comparison is looked at.
     pub confidence: f64,
@@ -298,6 +303,7 @@ impl Default for CompareConfig {
             min_requests: 50,
             max_p99_ratio: 1.5,
             max_error_rate_delta: 0.0,
+            max_error_rate_ratio: 1.5,
             confidence: 0.99,
             resolution: Duration::from_secs(10),
             retention: Duration::from_secs(900),

@@ -16,10 +16,20 @@
 //! ([`latency_evidence`]), on both sides' latency histograms (the buckets of `window`): new's
 //! share of requests slower than `max_p99_ratio` × legacy's p99, against 1%.
 //!
-//! Pure functions on counts and histograms: no clock, no I/O. The simulations' helpers
-//! ([`simulate`], [`simulate_latency`], [`LatencyModel`]) are seeded.
+//! A plan's step needs the other side of the same question too: whether the new side has
+//! shown itself no worse than legacy beyond a margin, so that the step may advance. The
+//! advance boundary ([`Advance`], [`advance_evidence`], [`latency_advance_evidence`]) is a
+//! one-sided Wald test on the statistic each harm test weighs, of "new as good as legacy"
+//! against "new worse by twice the margin", shown at the level `beta`; a step advances
+//! once it is shown (with its hold served), and rolls back once harm is. [`requests_needed`]
+//! and [`latency_requests_needed`] say how many requests a step needs for a new side as
+//! good as legacy to show it in most runs.
 //!
-//! The comparison's verdict (`verdict.rs`) judges with both tests.
+//! Pure functions on counts and histograms: no clock, no I/O. The simulations' helpers
+//! ([`simulate`], [`simulate_latency`], [`LatencyModel`], [`simulate_step`],
+//! [`simulate_latency_step`]) are seeded.
+//!
+//! The comparison's verdict (`verdict.rs`) judges with both tests, and both boundaries.
 
 use super::window::{BUCKETS, bucket_of, bucket_range};
 
@@ -414,10 +424,35 @@ pub fn latency_evidence(
     if excess <= 0.0 {
         return e;
     }
-    // ρ: how much new's slow share moves per unit of legacy's tail share, around legacy's
-    // p99.
-    let d = BAND_SDS * (sigma2 / n1).sqrt();
-    let (t_lo, t_hi) = ((TAIL + d).min(1.0), (TAIL - d).max(0.0));
+    let rho = slope_ratio(legacy, new, n1, n2, max_p99_ratio);
+    let r2 = e.new_slow_share;
+    let var = rho * rho * sigma2 / n1 + sigma2.max(r2 * (1.0 - r2)) / n2;
+    e.log_lr = mixture_log_lr(excess, var, sigma2, s.taus);
+    e
+}
+
+/// `ρ` of [`latency_evidence`]: how much new's slow share moves per unit of legacy's tail
+/// share, around legacy's p99 (new's share between `max_p99_ratio` times legacy's quantiles
+/// at 1% ± 2 standard deviations of legacy's tail share, over the width of that band), at
+/// least 1. `n1` and `n2` are the histograms' totals.
+fn slope_ratio(legacy: &[u64], new: &[u64], n1: f64, n2: f64, max_p99_ratio: f64) -> f64 {
+    slope_over(legacy, new, n1, n2, max_p99_ratio, BAND_SDS, BAND_SDS)
+}
+
+/// As [`slope_ratio`], over the band of legacy's quantiles from `up` standard deviations of
+/// legacy's tail share above 1% (lower latencies) to `down` below it (higher latencies).
+fn slope_over(
+    legacy: &[u64],
+    new: &[u64],
+    n1: f64,
+    n2: f64,
+    max_p99_ratio: f64,
+    up: f64,
+    down: f64,
+) -> f64 {
+    let sigma2 = TAIL * (1.0 - TAIL);
+    let d = (sigma2 / n1).sqrt();
+    let (t_lo, t_hi) = ((TAIL + up * d).min(1.0), (TAIL - down * d).max(0.0));
     let mut rho: f64 = 1.0;
     if let (Some(q_lo), Some(q_hi)) = (
         upper_quantile(legacy, t_lo * n1),
@@ -427,10 +462,7 @@ pub fn latency_evidence(
             count_above(new, q_lo * max_p99_ratio) - count_above(new, q_hi * max_p99_ratio);
         rho = rho.max(within / n2 / (t_lo - t_hi));
     }
-    let r2 = e.new_slow_share;
-    let var = rho * rho * sigma2 / n1 + sigma2.max(r2 * (1.0 - r2)) / n2;
-    e.log_lr = mixture_log_lr(excess, var, sigma2, s.taus);
-    e
+    rho
 }
 
 /// Roughly how many more requests per side the latency test needs to call `worse` if both
@@ -631,6 +663,26 @@ pub fn slow_share(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f64)
     new.sf(legacy.quantile_ms(1.0 - TAIL) * 1000.0 * max_p99_ratio)
 }
 
+/// `shape` scaled so that `max_p99_ratio` × `legacy`'s p99 leaves `slow` of its requests
+/// above it ([`slow_share`]): a new side with that slow share, of `shape`'s spread.
+pub fn with_slow_share(
+    legacy: &LatencyModel,
+    shape: &LatencyModel,
+    max_p99_ratio: f64,
+    slow: f64,
+) -> LatencyModel {
+    let (mut lo, mut hi) = (1e-3f64, 1e3f64);
+    for _ in 0..100 {
+        let mid = (lo * hi).sqrt();
+        if slow_share(legacy, &shape.scaled(mid), max_p99_ratio) < slow {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    shape.scaled((lo * hi).sqrt())
+}
+
 /// `ρ` of [`latency_evidence`], exactly: how much new's slow share moves per unit of
 /// legacy's tail share, at legacy's p99 (the ratio of new's density at `max_p99_ratio` ×
 /// legacy's p99 to legacy's at its p99, times `max_p99_ratio`); 1 when new is legacy scaled
@@ -699,6 +751,543 @@ pub fn simulate_latency(
         }
     }
     None
+}
+
+// ---------------------------------------------------------------------------------------
+// Advancing: the second boundary.
+// ---------------------------------------------------------------------------------------
+
+/// The settings of the advance boundary: when a step has shown that the new side is no
+/// worse than legacy beyond a margin.
+///
+/// The boundary is a one-sided Wald sequential probability ratio test on the statistic the
+/// harm test weighs (new's error rate less legacy's; new's slow share less 1%), of "the new
+/// side is as good as legacy" (a difference of 0) against "it is worse by twice the margin"
+/// (a difference of `d1` = 2 × margin): with `Δ` the observed difference and `V` its
+/// variance, the log likelihood ratio is `d1 (d1 / 2 - Δ) / V`, and advancing is shown once
+/// it reaches log(1 / `beta`). Under a new side worse by exactly twice the margin its
+/// exponential is (approximately) a martingale of mean 1, so by Ville's inequality the
+/// chance that it *ever* reaches 1 / `beta` is at most `beta`: approximately, through the
+/// normal approximation of the rates, which for error counts of a few dozen errs by up to
+/// a point at half the traffic (`benches/sequential.rs`). Hence a default of 4% for a
+/// bound of 5%.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Advance {
+    /// The chance of showing a new side worse than legacy by twice the margin fit to
+    /// advance, however often it is looked at, by Ville's inequality (default 0.04; by
+    /// simulation, at most 5% with the normal approximation's error).
+    pub beta: f64,
+    /// The error-rate margin's floor, an absolute difference of rates (default 0.0005: 0.05
+    /// point). It is the margin where legacy fails rarely or never.
+    pub margin_abs: f64,
+    /// The error-rate margin relative to legacy's observed rate: `(margin_ratio - 1)` ×
+    /// legacy's rate, when that is more than `margin_abs` (default 1.5: half legacy's rate,
+    /// so that twice the margin is a doubled error rate).
+    pub margin_ratio: f64,
+    /// The latency margin, on new's share of requests slower than `max_p99_ratio` ×
+    /// legacy's p99 (default 0.005: half a point above the 1% a new side within the ratio
+    /// has; twice the margin is 2% of new's requests slow, new's p98 above the bound).
+    pub latency_margin: f64,
+}
+
+impl Default for Advance {
+    fn default() -> Advance {
+        Advance {
+            beta: 0.04,
+            margin_abs: 0.0005,
+            margin_ratio: 1.5,
+            latency_margin: 0.005,
+        }
+    }
+}
+
+/// The information a step needs, as a multiple of the information at which a new side as
+/// good as legacy reaches the advance threshold on average: [`requests_needed`] is where
+/// the expected log likelihood ratio is this many times log(1 / beta). The log likelihood
+/// ratio of a new side as good as legacy moves as a Brownian motion with drift `d1² / 2`
+/// and variance `d1²` per unit of information (`1 / V`), so its first passage to
+/// `a` = log(1 / beta) is inverse Gaussian, of shape `a / 2` in units of its mean: for
+/// beta = 4%, 79% of passages come before the need, and 99.2% before 3 times it (4.2 times
+/// the mean). The test's variance being conservative and a step's hold only add to that.
+pub const NEED_FACTOR: f64 = 1.4;
+
+/// What the advance boundary says now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdvanceEvidence {
+    /// The log likelihood ratio of "as good as legacy" against "worse by twice the margin"
+    /// (0 below the test's minimum counts; negative when the figures lean to worse).
+    pub log_lr: f64,
+    /// log(1 / beta): advancing is shown once `log_lr` reaches it.
+    pub threshold: f64,
+    /// The margin used: the absolute error-rate margin (errors), or the margin on new's
+    /// slow share (latency).
+    pub margin: f64,
+    /// The requests per side (on the side with fewer of them, at the current split) the step
+    /// needs: where a new side as good as legacy, at the observed rates, reaches
+    /// [`NEED_FACTOR`] × the threshold on average (and the test's minimum counts); `None`
+    /// without requests on both sides.
+    pub needed: Option<u64>,
+    /// How many more requests per side until advancing is shown if the figures stay as they
+    /// are: 0 once shown; `None` when no amount of the same shows it (new's difference is at
+    /// or beyond the margin), or without requests on both sides.
+    pub to_advance: Option<u64>,
+}
+
+impl AdvanceEvidence {
+    pub fn shown(&self) -> bool {
+        self.log_lr >= self.threshold
+    }
+}
+
+/// The error-rate margin at legacy's error rate: the larger of `margin_abs` and
+/// `(margin_ratio - 1)` × `legacy_rate`.
+pub fn error_margin(legacy_rate: f64, a: &Advance) -> f64 {
+    a.margin_abs
+        .max((a.margin_ratio - 1.0).max(0.0) * legacy_rate)
+}
+
+/// The variance of one request's outcome (error or not) at rate `p`, capped at 1/4.
+fn bernoulli(p: f64) -> f64 {
+    let p = p.clamp(0.0, 0.5);
+    p * (1.0 - p)
+}
+
+/// How much the advance boundary's statistic, `d1 / 2 - Δ`, moves per unit of legacy's
+/// error rate at `legacy_rate`: 1 where the margin is `margin_abs`, `margin_ratio` where it
+/// is relative to legacy's rate (the margin moves with legacy's observed rate: `d1 / 2 - Δ`
+/// is then `margin_ratio` × legacy's rate less new's).
+fn legacy_weight(legacy_rate: f64, a: &Advance) -> f64 {
+    if (a.margin_ratio - 1.0) * legacy_rate > a.margin_abs {
+        a.margin_ratio
+    } else {
+        1.0
+    }
+}
+
+/// The variance the advance boundary gives its statistic, `d1 / 2 - Δ` (`n1`, `r1`:
+/// legacy's requests and rate; `n2`, `r2`: new's; `w` legacy's weight,
+/// [`legacy_weight`]): the largest of the pooled and the unpooled estimates and the
+/// variance under the alternative (new at legacy's rate plus `d1`), legacy's part in each
+/// multiplied by `w²`. The alternative's keeps the normal approximation honest when errors
+/// are rare: with no errors on either side the two estimates are 0, while a new side at
+/// the alternative would have shown some.
+fn advance_variance(n1: f64, n2: f64, r1: f64, r2: f64, d1: f64, w: f64) -> f64 {
+    let w2 = w * w;
+    let pooled_rate = (r1 * n1 + r2 * n2) / (n1 + n2);
+    let pooled = bernoulli(pooled_rate) * (w2 / n1 + 1.0 / n2);
+    let unpooled = w2 * bernoulli(r1) / n1 + bernoulli(r2) / n2;
+    let alternative = w2 * bernoulli(r1) / n1 + bernoulli(r1 + d1) / n2;
+    pooled.max(unpooled).max(alternative)
+}
+
+/// The requests per side (on the side with fewer of them) that the error-rate advance
+/// boundary needs for a new side at legacy's error rate `legacy_rate`, with `share` of the
+/// traffic to new: where the expected log likelihood ratio, `d1² / (2 V)`, reaches
+/// [`NEED_FACTOR`] × log(1 / beta), `V` the variance the boundary uses at equal rates; at
+/// least [`MIN_PER_SIDE`]. `None` when no amount does: no traffic on a side, or no margin.
+pub fn requests_needed(share: f64, legacy_rate: f64, a: &Advance) -> Option<u64> {
+    let d1 = 2.0 * error_margin(legacy_rate, a);
+    let (s1, s2) = (1.0 - share, share);
+    if s1 <= 0.0 || s2 <= 0.0 || d1 <= 0.0 {
+        return None;
+    }
+    let w2 = legacy_weight(legacy_rate, a).powi(2);
+    let p = bernoulli(legacy_rate);
+    // V = k / total requests.
+    let k = (p * (w2 / s1 + 1.0 / s2)).max(w2 * p / s1 + bernoulli(legacy_rate + d1) / s2);
+    let total = NEED_FACTOR * 2.0 * (1.0 / a.beta).ln() * k / (d1 * d1);
+    Some(((total * s1.min(s2)).ceil() as u64).max(MIN_PER_SIDE))
+}
+
+/// More requests per side until `log_lr` (positive; linear in the requests when the figures
+/// stay as they are) reaches `threshold` and the side with fewer requests, `small`, reaches
+/// `floor`.
+fn more_requests(raw: f64, threshold: f64, small: u64, floor: u64) -> Option<u64> {
+    if raw <= 0.0 {
+        return None;
+    }
+    let by_lr = if raw >= threshold {
+        0
+    } else {
+        ((threshold / raw - 1.0) * small as f64).ceil() as u64
+    };
+    Some(by_lr.max(floor.saturating_sub(small)))
+}
+
+/// The evidence that the new side's error rate is no worse than legacy's beyond the margin
+/// ([`error_margin`] at legacy's observed rate): the advance boundary's log likelihood
+/// ratio, `d1 (d1 / 2 - Δ) / V`, `Δ` new's observed rate less legacy's, `d1` twice the
+/// margin, `V` the larger of the pooled, the unpooled and the alternative's variance of
+/// `Δ`. No evidence below [`MIN_PER_SIDE`] requests a side.
+pub fn advance_evidence(c: &Counts, a: &Advance) -> AdvanceEvidence {
+    let threshold = (1.0 / a.beta).ln();
+    if c.legacy_requests == 0 || c.new_requests == 0 {
+        return AdvanceEvidence {
+            log_lr: 0.0,
+            threshold,
+            margin: error_margin(0.0, a),
+            needed: None,
+            to_advance: None,
+        };
+    }
+    let (n1, n2) = (c.legacy_requests as f64, c.new_requests as f64);
+    let (r1, r2) = (c.legacy_errors as f64 / n1, c.new_errors as f64 / n2);
+    let margin = error_margin(r1, a);
+    let d1 = 2.0 * margin;
+    if d1 <= 0.0 {
+        return AdvanceEvidence {
+            log_lr: 0.0,
+            threshold,
+            margin,
+            needed: None,
+            to_advance: None,
+        };
+    }
+    let var = advance_variance(n1, n2, r1, r2, d1, legacy_weight(r1, a));
+    let raw = d1 * (d1 / 2.0 - (r2 - r1)) / var;
+    let small = c.legacy_requests.min(c.new_requests);
+    let enough = small >= MIN_PER_SIDE;
+    AdvanceEvidence {
+        log_lr: if enough { raw } else { 0.0 },
+        threshold,
+        margin,
+        needed: requests_needed(n2 / (n1 + n2), r1, a),
+        to_advance: more_requests(raw, threshold, small, MIN_PER_SIDE),
+    }
+}
+
+/// The requests per side (on the side with fewer of them) that the latency advance boundary
+/// needs for a new side with 1% slow requests, with `share` of the traffic to new and `rho`
+/// the slope of [`latency_evidence`] (at least 1): as [`requests_needed`], with the variance
+/// `rho² 1% 99% / legacy's requests + q (1 - q) / new's requests`, `q` = 1% + twice the
+/// margin; and at least what [`LATENCY_MIN_LEGACY`] and [`LATENCY_MIN_NEW`] take. `None`
+/// when no amount does: no traffic on a side, or no margin.
+pub fn latency_requests_needed(share: f64, rho: f64, a: &Advance) -> Option<u64> {
+    let d1 = 2.0 * a.latency_margin;
+    let (s1, s2) = (1.0 - share, share);
+    if s1 <= 0.0 || s2 <= 0.0 || d1 <= 0.0 {
+        return None;
+    }
+    let rho = rho.max(1.0);
+    let k = rho * rho * bernoulli(TAIL) / s1 + bernoulli(TAIL + d1).max(bernoulli(TAIL)) / s2;
+    let total = (NEED_FACTOR * 2.0 * (1.0 / a.beta).ln() * k / (d1 * d1))
+        .max(LATENCY_MIN_LEGACY as f64 / s1)
+        .max(LATENCY_MIN_NEW as f64 / s2);
+    Some((total * s1.min(s2)).ceil() as u64)
+}
+
+/// The evidence that new's p99 is no worse than `max_p99_ratio` × legacy's beyond the
+/// latency margin: the advance boundary on new's slow share `x` (its requests slower than
+/// `max_p99_ratio` × legacy's p99), of "`x` = 1%" against "`x` = 1% + twice the margin",
+/// `d1 (d1 / 2 - (x - 1%)) / V`, `V` the variance of [`latency_evidence`] (with its slope
+/// `ρ` for the uncertainty of legacy's p99) with new's part at least that of the
+/// alternative.
+///
+/// Unlike the harm test, which counts only new's requests surely above the bound (from the
+/// bucket edge at or above it), this one counts the part of the bound's bucket above it as
+/// if the bucket's requests were spread evenly: in a tail, where the density falls across a
+/// bucket, that overstates new's slow share, which here errs against advancing. No
+/// evidence below [`LATENCY_MIN_LEGACY`] legacy or [`LATENCY_MIN_NEW`] new requests.
+pub fn latency_advance_evidence(
+    legacy: &[u64],
+    new: &[u64],
+    max_p99_ratio: f64,
+    a: &Advance,
+) -> AdvanceEvidence {
+    let threshold = (1.0 / a.beta).ln();
+    let n1: u64 = legacy.iter().sum();
+    let n2: u64 = new.iter().sum();
+    let mut e = AdvanceEvidence {
+        log_lr: 0.0,
+        threshold,
+        margin: a.latency_margin,
+        needed: None,
+        to_advance: None,
+    };
+    let Some(p99) = upper_quantile(legacy, TAIL * n1 as f64) else {
+        return e;
+    };
+    if n2 == 0 || a.latency_margin <= 0.0 {
+        return e;
+    }
+    let (f1, f2) = (n1 as f64, n2 as f64);
+    let x = count_above(new, p99 * max_p99_ratio) / f2;
+    // ρ as the harm test measures it, or measured towards lower latencies, where legacy's
+    // true p99 lies when its estimate came out high: there a new side tighter than legacy
+    // is denser, and its slow share, low for that reason, moves the more.
+    let rho = slope_ratio(legacy, new, f1, f2, max_p99_ratio).max(slope_over(
+        legacy,
+        new,
+        f1,
+        f2,
+        max_p99_ratio,
+        2.0 * BAND_SDS,
+        0.0,
+    ));
+    let d1 = 2.0 * a.latency_margin;
+    let sigma2 = bernoulli(TAIL);
+    let var = rho * rho * sigma2 / f1 + sigma2.max(x * (1.0 - x)).max(bernoulli(TAIL + d1)) / f2;
+    let raw = d1 * (d1 / 2.0 - (x - TAIL)) / var;
+    let share = f2 / (f1 + f2);
+    let needed = latency_requests_needed(share, rho, a);
+    if n1 >= LATENCY_MIN_LEGACY && n2 >= LATENCY_MIN_NEW {
+        e.log_lr = raw;
+    }
+    e.needed = needed;
+    // The side with fewer requests, at the current split, when both minimums are met.
+    let floor = ((LATENCY_MIN_LEGACY as f64 / (1.0 - share)).max(LATENCY_MIN_NEW as f64 / share)
+        * share.min(1.0 - share))
+    .ceil() as u64;
+    e.to_advance = more_requests(raw, threshold, n1.min(n2), floor);
+    e
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulations of a plan's step.
+// ---------------------------------------------------------------------------------------
+
+/// One step of a plan, on error counts, for [`simulate_step`]: the request stream split at
+/// `share` to new, errors at `legacy_rate` and `new_rate`, the guard looked at after every
+/// `every` requests, up to `max_requests` (then the step is undecided).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepModel {
+    pub share: f64,
+    pub legacy_rate: f64,
+    pub new_rate: f64,
+    /// The step's hold, in requests (both sides).
+    pub hold_requests: u64,
+    /// The guard's `min_requests`: requests per side before the step may end either way.
+    pub min_requests: u64,
+    pub every: u64,
+    pub max_requests: u64,
+}
+
+/// How a simulated step ended, and at how many requests (both sides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Advanced(u64),
+    RolledBack(u64),
+    Undecided,
+}
+
+/// Draws batches of `every` requests into `state` until `decide` ends the step or
+/// `max_requests` have been drawn.
+fn run_step<S>(
+    rng: &mut fastrand::Rng,
+    every: u64,
+    max_requests: u64,
+    state: &mut S,
+    draw: impl Fn(&mut fastrand::Rng, &mut S, u64),
+    decide: impl Fn(&S, u64) -> Option<StepOutcome>,
+) -> StepOutcome {
+    let every = every.max(1);
+    let mut seen = 0;
+    while seen < max_requests {
+        draw(rng, state, every);
+        seen += every;
+        if let Some(end) = decide(state, seen) {
+            return end;
+        }
+    }
+    StepOutcome::Undecided
+}
+
+/// Adds `n` requests, split at `share`, with errors at the given rates.
+fn draw_counts(
+    rng: &mut fastrand::Rng,
+    c: &mut Counts,
+    n: u64,
+    share: f64,
+    legacy_rate: f64,
+    new_rate: f64,
+) -> (u64, u64) {
+    let to_new = binomial(rng, n, share);
+    let to_legacy = n - to_new;
+    c.new_requests += to_new;
+    c.legacy_requests += to_legacy;
+    c.new_errors += binomial(rng, to_new, new_rate);
+    c.legacy_errors += binomial(rng, to_legacy, legacy_rate);
+    (to_legacy, to_new)
+}
+
+/// Seeded simulation of one step under the two boundaries: rolled back as soon as the
+/// harm test ([`evidence`]) calls `worse` with both sides at `min_requests` (as the verdict
+/// does); advanced at the first look with the hold served (`hold_requests`), both sides at
+/// `min_requests` and advancing shown ([`advance_evidence`]).
+pub fn simulate_step(
+    rng: &mut fastrand::Rng,
+    m: &StepModel,
+    s: &Settings,
+    a: &Advance,
+) -> StepOutcome {
+    let mut c = Counts::default();
+    run_step(
+        rng,
+        m.every,
+        m.max_requests,
+        &mut c,
+        |rng, c, n| {
+            draw_counts(rng, c, n, m.share, m.legacy_rate, m.new_rate);
+        },
+        |c, seen| {
+            if c.legacy_requests.min(c.new_requests) < m.min_requests {
+                return None;
+            }
+            if evidence(c, s).worse() {
+                return Some(StepOutcome::RolledBack(seen));
+            }
+            (seen >= m.hold_requests && advance_evidence(c, a).shown())
+                .then_some(StepOutcome::Advanced(seen))
+        },
+    )
+}
+
+/// Seeded simulation of one step under the rule before the advance boundary: rolled back
+/// as [`simulate_step`] does; advanced at the first look with the hold served, both sides at
+/// `min_requests`, and new's observed error rate less legacy's at most the margin
+/// (`s.margin`).
+pub fn simulate_step_before(rng: &mut fastrand::Rng, m: &StepModel, s: &Settings) -> StepOutcome {
+    let mut c = Counts::default();
+    run_step(
+        rng,
+        m.every,
+        m.max_requests,
+        &mut c,
+        |rng, c, n| {
+            draw_counts(rng, c, n, m.share, m.legacy_rate, m.new_rate);
+        },
+        |c, seen| {
+            if c.legacy_requests.min(c.new_requests) < m.min_requests {
+                return None;
+            }
+            let e = evidence(c, s);
+            if e.worse() {
+                return Some(StepOutcome::RolledBack(seen));
+            }
+            (seen >= m.hold_requests && observed_delta(c) <= s.margin + 1e-9)
+                .then_some(StepOutcome::Advanced(seen))
+        },
+    )
+}
+
+/// New's observed error rate less legacy's, rounded as the verdict reports it.
+fn observed_delta(c: &Counts) -> f64 {
+    let rate = |e: u64, n: u64| if n == 0 { 0.0 } else { e as f64 / n as f64 };
+    ((rate(c.new_errors, c.new_requests) - rate(c.legacy_errors, c.legacy_requests)) * 1e6).round()
+        / 1e6
+}
+
+/// One step of a plan, on latencies and error counts, for [`simulate_latency_step`]: as
+/// [`StepModel`], each side's latencies drawn from its distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyStepModel<'a> {
+    pub share: f64,
+    pub legacy: &'a LatencyModel,
+    pub new: &'a LatencyModel,
+    pub max_p99_ratio: f64,
+    pub legacy_rate: f64,
+    pub new_rate: f64,
+    pub hold_requests: u64,
+    pub min_requests: u64,
+    pub every: u64,
+    pub max_requests: u64,
+}
+
+/// A latency step's running figures.
+struct LatencyState {
+    counts: Counts,
+    legacy: Vec<u64>,
+    new: Vec<u64>,
+}
+
+impl LatencyState {
+    fn new() -> LatencyState {
+        LatencyState {
+            counts: Counts::default(),
+            legacy: vec![0; BUCKETS],
+            new: vec![0; BUCKETS],
+        }
+    }
+}
+
+fn draw_latency_step(rng: &mut fastrand::Rng, st: &mut LatencyState, n: u64, m: &LatencyStepModel) {
+    let (to_legacy, to_new) =
+        draw_counts(rng, &mut st.counts, n, m.share, m.legacy_rate, m.new_rate);
+    m.legacy.draw(rng, to_legacy, &mut st.legacy);
+    m.new.draw(rng, to_new, &mut st.new);
+}
+
+/// Seeded simulation of one step under the two boundaries, on both tests: rolled back as
+/// soon as either harm test calls `worse` with both sides at `min_requests`; advanced at the
+/// first look with the hold served, both sides at `min_requests` and advancing shown by both
+/// ([`advance_evidence`] and [`latency_advance_evidence`]).
+pub fn simulate_latency_step(
+    rng: &mut fastrand::Rng,
+    m: &LatencyStepModel,
+    s: &Settings,
+    a: &Advance,
+) -> StepOutcome {
+    let mut st = LatencyState::new();
+    run_step(
+        rng,
+        m.every,
+        m.max_requests,
+        &mut st,
+        |rng, st, n| draw_latency_step(rng, st, n, m),
+        |st, seen| {
+            let c = &st.counts;
+            if c.legacy_requests.min(c.new_requests) < m.min_requests {
+                return None;
+            }
+            if evidence(c, s).worse()
+                || latency_evidence(&st.legacy, &st.new, m.max_p99_ratio, s).worse()
+            {
+                return Some(StepOutcome::RolledBack(seen));
+            }
+            (seen >= m.hold_requests
+                && advance_evidence(c, a).shown()
+                && latency_advance_evidence(&st.legacy, &st.new, m.max_p99_ratio, a).shown())
+            .then_some(StepOutcome::Advanced(seen))
+        },
+    )
+}
+
+/// Seeded simulation of one step under the rule before the advance boundary, on both tests:
+/// rolled back as [`simulate_latency_step`] does; advanced at the first look with the hold
+/// served, both sides at `min_requests`, new's observed error rate less legacy's at most
+/// the margin and new's observed p99 over legacy's (rounded to hundredths, as the verdict
+/// reports it) at most `max_p99_ratio`.
+pub fn simulate_latency_step_before(
+    rng: &mut fastrand::Rng,
+    m: &LatencyStepModel,
+    s: &Settings,
+) -> StepOutcome {
+    let mut st = LatencyState::new();
+    run_step(
+        rng,
+        m.every,
+        m.max_requests,
+        &mut st,
+        |rng, st, n| draw_latency_step(rng, st, n, m),
+        |st, seen| {
+            let c = &st.counts;
+            if c.legacy_requests.min(c.new_requests) < m.min_requests {
+                return None;
+            }
+            if evidence(c, s).worse()
+                || latency_evidence(&st.legacy, &st.new, m.max_p99_ratio, s).worse()
+            {
+                return Some(StepOutcome::RolledBack(seen));
+            }
+            let p99 = |h: &[u64]| upper_quantile(h, TAIL * h.iter().sum::<u64>() as f64);
+            let ratio_ok = match (p99(&st.legacy), p99(&st.new)) {
+                (Some(l), Some(n)) if l > 0.0 => (n / l * 100.0).round() / 100.0 <= m.max_p99_ratio,
+                _ => true,
+            };
+            (seen >= m.hold_requests && observed_delta(c) <= s.margin + 1e-9 && ratio_ok)
+                .then_some(StepOutcome::Advanced(seen))
+        },
+    )
 }
 
 #[cfg(test)]
@@ -951,5 +1540,328 @@ mod tests {
                 "bucket {i}: {k} for {mean}"
             );
         }
+    }
+
+    #[test]
+    fn the_margin_is_the_floor_or_half_legacys_rate() {
+        let a = Advance::default();
+        assert_eq!(error_margin(0.0, &a), 0.0005);
+        assert_eq!(error_margin(0.001, &a), 0.0005);
+        assert!((error_margin(0.01, &a) - 0.005).abs() < 1e-12);
+        assert!((error_margin(0.05, &a) - 0.025).abs() < 1e-12);
+        assert_eq!(legacy_weight(0.0005, &a), 1.0);
+        assert_eq!(legacy_weight(0.01, &a), 1.5);
+    }
+
+    #[test]
+    fn equal_rates_show_advancing_and_twice_the_margin_does_not() {
+        let a = Advance::default();
+        let c = Counts {
+            legacy_requests: 50_000,
+            legacy_errors: 500,
+            new_requests: 50_000,
+            new_errors: 500,
+        };
+        let e = advance_evidence(&c, &a);
+        assert!(e.shown(), "{e:?}");
+        assert_eq!(e.to_advance, Some(0));
+        assert!((e.threshold - 25f64.ln()).abs() < 1e-12);
+        assert!((e.margin - 0.005).abs() < 1e-12);
+        // d1 = 1%, no difference; the variance is the alternative's (new at 2%), legacy's
+        // part weighed 1.5² (the margin moves with legacy's rate).
+        let v = (2.25 * 0.01 * 0.99 + 0.02 * 0.98) / 50_000.0;
+        assert!((e.log_lr - 0.01 * 0.005 / v).abs() < 1e-9, "{e:?}");
+        // At the margin (1.5%), the midpoint: no evidence either way.
+        let mid = Counts {
+            new_errors: 750,
+            ..c
+        };
+        assert!(advance_evidence(&mid, &a).log_lr.abs() < 1e-9);
+        // Twice the margin (2%): far from it, and no amount of the same shows it.
+        let bad = Counts {
+            new_errors: 1000,
+            ..c
+        };
+        let e = advance_evidence(&bad, &a);
+        assert!(e.log_lr < -10.0, "{e:?}");
+        assert_eq!(e.to_advance, None);
+    }
+
+    #[test]
+    fn without_errors_the_floor_margin_takes_thousands_of_requests() {
+        // No errors on either side: the margin is the floor, 0.05 point, and only the
+        // alternative (new at 0.1%) gives the difference a variance: log LR = n / 1998.
+        let a = Advance::default();
+        let c = |n| Counts {
+            legacy_requests: n,
+            legacy_errors: 0,
+            new_requests: n,
+            new_errors: 0,
+        };
+        let e = advance_evidence(&c(1000), &a);
+        assert!(!e.shown());
+        assert!(
+            (e.log_lr - 1000.0 * 0.001 * 0.0005 / 0.000999).abs() < 1e-9,
+            "{e:?}"
+        );
+        let k = e.to_advance.unwrap();
+        assert!(advance_evidence(&c(1000 + k), &a).shown());
+        assert!(!advance_evidence(&c(1000 + k - 2), &a).shown());
+        assert!((6000..7000).contains(&(1000 + k)), "{k}");
+    }
+
+    #[test]
+    fn below_the_minimum_nothing_is_weighed() {
+        let a = Advance::default();
+        let c = Counts {
+            legacy_requests: 10_000,
+            legacy_errors: 0,
+            new_requests: 20,
+            new_errors: 0,
+        };
+        let e = advance_evidence(&c, &a);
+        assert_eq!(e.log_lr, 0.0);
+        assert!(e.to_advance.unwrap() >= MIN_PER_SIDE - 20, "{e:?}");
+        let none = advance_evidence(&Counts::default(), &a);
+        assert_eq!(
+            (none.log_lr, none.needed, none.to_advance),
+            (0.0, None, None)
+        );
+    }
+
+    /// The counts of `small` requests on the side with fewer, at `share` to new, with the
+    /// expected errors at `rate` on both sides.
+    fn at_rate(small: u64, share: f64, rate: f64) -> Counts {
+        let total = small as f64 / share.min(1.0 - share);
+        let (n1, n2) = (total * (1.0 - share), total * share);
+        Counts {
+            legacy_requests: n1.round() as u64,
+            legacy_errors: (n1 * rate).round() as u64,
+            new_requests: n2.round() as u64,
+            new_errors: (n2 * rate).round() as u64,
+        }
+    }
+
+    #[test]
+    fn the_requests_needed_bring_the_expected_evidence_to_its_multiple_of_the_threshold() {
+        let a = Advance::default();
+        for (share, rate) in [
+            (0.01, 0.001),
+            (0.1, 0.01),
+            (0.5, 0.05),
+            (0.5, 0.0),
+            (0.9, 0.01),
+        ] {
+            let need = requests_needed(share, rate, &a).unwrap();
+            let c = at_rate(need, share, rate);
+            let e = advance_evidence(&c, &a);
+            let target = NEED_FACTOR * e.threshold;
+            assert!(
+                (e.log_lr / target - 1.0).abs() < 0.02,
+                "share {share}, rate {rate}: {need} a side, {e:?}"
+            );
+            // (From the rounded counts' rates and split.)
+            let again = e.needed.unwrap() as f64 / need as f64;
+            assert!(
+                (again - 1.0).abs() < 0.03,
+                "share {share}, rate {rate}: {e:?}"
+            );
+            // Twice the requests at the same rates, twice the evidence.
+            let twice = Counts {
+                legacy_requests: 2 * c.legacy_requests,
+                legacy_errors: 2 * c.legacy_errors,
+                new_requests: 2 * c.new_requests,
+                new_errors: 2 * c.new_errors,
+            };
+            let e2 = advance_evidence(&twice, &a);
+            assert!((e2.log_lr / e.log_lr - 2.0).abs() < 1e-9);
+        }
+        assert_eq!(requests_needed(0.0, 0.01, &a), None);
+        assert_eq!(requests_needed(1.0, 0.01, &a), None);
+    }
+
+    /// The passage of a Brownian motion with drift `μ` and variance `2 μ` (the log
+    /// likelihood ratio of a new side as good as legacy, per unit of information) to
+    /// log(1 / beta) is inverse Gaussian of shape log(1 / beta) / 2 in units of its mean, and
+    /// the need is `NEED_FACTOR` times that mean.
+    #[test]
+    fn three_times_the_need_covers_99_percent_of_passages() {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        let z = Normal::standard();
+        let a = (1.0 / Advance::default().beta).ln();
+        let shape = a / 2.0;
+        let cdf = |x: f64| {
+            let r = (shape / x).sqrt();
+            z.cdf(r * (x - 1.0)) + (2.0 * shape).exp() * z.cdf(-r * (x + 1.0))
+        };
+        assert!(cdf(3.0 * NEED_FACTOR) >= 0.99, "{}", cdf(3.0 * NEED_FACTOR));
+        assert!(cdf(NEED_FACTOR) > 0.75, "{}", cdf(NEED_FACTOR));
+        // And by simulation of the walk itself, looked at 50 times per mean passage.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let (runs, steps) = (4000, 50.0);
+        let (mu, dt) = (a, 1.0 / steps); // drift a per mean passage
+        let late = (0..runs)
+            .filter(|_| {
+                let mut x = 0.0;
+                let mut t = 0.0;
+                while x < a {
+                    // A normal draw from two uniforms (Box-Muller).
+                    let g = (-2.0 * rng.f64().max(1e-300).ln()).sqrt()
+                        * (2.0 * std::f64::consts::PI * rng.f64()).cos();
+                    x += mu * dt + (2.0 * mu * dt).sqrt() * g;
+                    t += dt;
+                    if t > 3.0 * NEED_FACTOR {
+                        return true;
+                    }
+                }
+                false
+            })
+            .count();
+        let frac = late as f64 / runs as f64;
+        assert!(
+            frac <= 0.01 + 3.0 * (0.01 * 0.99 / runs as f64).sqrt(),
+            "{frac}"
+        );
+    }
+
+    #[test]
+    fn the_latency_advance_boundary() {
+        let a = Advance::default();
+        let m = LatencyModel::log_normal(20.0, 0.5);
+        let n = 200_000.0;
+        let h = expected(&m, n);
+        // Identical histograms, at a ratio of 1: new's slow share is exactly 1%, ρ is 1, and
+        // the evidence is d1 (d1 / 2) / V, V = 1% 99% / n + 2% 98% / n.
+        let e = latency_advance_evidence(&h, &h, 1.0, &a);
+        let n1 = h.iter().sum::<u64>() as f64;
+        let v = (0.01 * 0.99 + 0.02 * 0.98) / n1;
+        assert!(
+            (e.log_lr - 0.01 * 0.005 / v).abs() < 1e-6 * e.log_lr,
+            "{e:?}"
+        );
+        assert!(e.shown());
+        assert_eq!(e.to_advance, Some(0));
+        assert_eq!(e.margin, 0.005);
+        // The requests needed: where that reaches 1.4 times the threshold.
+        let need = e.needed.unwrap();
+        assert_eq!(need, latency_requests_needed(0.5, 1.0, &a).unwrap());
+        let at_need = expected(&m, need as f64);
+        let e = latency_advance_evidence(&at_need, &at_need, 1.0, &a);
+        assert!(
+            (e.log_lr / (NEED_FACTOR * e.threshold) - 1.0).abs() < 0.02,
+            "{need}: {e:?}"
+        );
+        // 2% slow (1% + twice the margin): far from it.
+        let slow = with_slow_share(&m, &m, 1.0, 0.02);
+        assert!((slow_share(&m, &slow, 1.0) - 0.02).abs() < 1e-9);
+        let e = latency_advance_evidence(&h, &expected(&slow, n), 1.0, &a);
+        assert!(e.log_lr < -10.0, "{e:?}");
+        assert_eq!(e.to_advance, None);
+        // Within the ratio by far: shown, and sooner than at the ratio.
+        let e15 = latency_advance_evidence(&h, &h, 1.5, &a);
+        assert!(e15.log_lr > 2.0 * latency_advance_evidence(&h, &h, 1.0, &a).log_lr);
+        // Below the minimums nothing is weighed.
+        let few = expected(&m, 300.0);
+        let e = latency_advance_evidence(&few, &few, 1.5, &a);
+        assert_eq!(e.log_lr, 0.0);
+        assert!(e.to_advance.unwrap() >= LATENCY_MIN_LEGACY - 300, "{e:?}");
+        assert_eq!(
+            latency_advance_evidence(&h, &vec![0; BUCKETS], 1.0, &a).needed,
+            None
+        );
+    }
+
+    #[test]
+    fn a_tighter_new_side_weighs_legacys_p99_uncertainty_more_when_advancing() {
+        // A tight new side against a heavy-tailed legacy, both 1% above legacy's p99: its
+        // slow share moves many times as much as legacy's tail share, so the boundary
+        // needs many more requests than for new = legacy.
+        let a = Advance::default();
+        let legacy = LatencyModel::log_normal(20.0, 1.0);
+        let tight = with_slow_share(&legacy, &LatencyModel::log_normal(20.0, 0.2), 1.0, 0.01);
+        let n = 100_000.0;
+        let h = expected(&legacy, n);
+        let same = latency_advance_evidence(&h, &h, 1.0, &a);
+        let other = latency_advance_evidence(&h, &expected(&tight, n), 1.0, &a);
+        assert!(
+            other.needed.unwrap() > 5 * same.needed.unwrap(),
+            "{same:?} {other:?}"
+        );
+        assert!(other.log_lr < same.log_lr / 5.0, "{same:?} {other:?}");
+    }
+
+    #[test]
+    fn step_simulations_end_as_the_rules_say() {
+        let s = Settings::default();
+        let a = Advance::default();
+        let m = StepModel {
+            share: 0.5,
+            legacy_rate: 0.01,
+            new_rate: 0.01,
+            hold_requests: 1000,
+            min_requests: 100,
+            every: 50,
+            max_requests: 1_000_000,
+        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        match simulate_step(&mut rng, &m, &s, &a) {
+            StepOutcome::Advanced(n) => assert!(n >= 1000, "{n}"),
+            other => panic!("{other:?}"),
+        }
+        let bad = StepModel { new_rate: 0.2, ..m };
+        assert!(matches!(
+            simulate_step(&mut rng, &bad, &s, &a),
+            StepOutcome::RolledBack(n) if n <= 1000
+        ));
+        let capped = StepModel {
+            max_requests: 500,
+            ..m
+        };
+        assert_eq!(
+            simulate_step(&mut rng, &capped, &s, &a),
+            StepOutcome::Undecided
+        );
+        // The rule before advances as soon as the hold is served with new no worse than
+        // legacy in the counts: with no errors at all, at the hold.
+        let clean = StepModel {
+            legacy_rate: 0.0,
+            new_rate: 0.0,
+            ..m
+        };
+        assert_eq!(
+            simulate_step_before(&mut rng, &clean, &s),
+            StepOutcome::Advanced(1000)
+        );
+        let lm = LatencyModel::log_normal(20.0, 0.5);
+        let lstep = LatencyStepModel {
+            share: 0.5,
+            legacy: &lm,
+            new: &lm,
+            max_p99_ratio: 1.5,
+            legacy_rate: 0.0,
+            new_rate: 0.0,
+            hold_requests: 1000,
+            min_requests: 100,
+            every: 100,
+            max_requests: 1_000_000,
+        };
+        assert_eq!(
+            simulate_latency_step_before(&mut rng, &lstep, &s),
+            StepOutcome::Advanced(1000)
+        );
+        // With no errors, the error boundary needs about 6,400 requests a side.
+        match simulate_latency_step(&mut rng, &lstep, &s, &a) {
+            StepOutcome::Advanced(n) => assert!((10_000..20_000).contains(&n), "{n}"),
+            other => panic!("{other:?}"),
+        }
+        let slow = lm.scaled(3.0);
+        let lbad = LatencyStepModel {
+            new: &slow,
+            ..lstep
+        };
+        assert!(matches!(
+            simulate_latency_step(&mut rng, &lbad, &s, &a),
+            StepOutcome::RolledBack(_)
+        ));
     }
 }

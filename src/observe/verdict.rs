@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use super::sequential::{self, Counts, Settings};
+use super::sequential::{self, Advance, Counts, Settings};
 use super::window::SideFigures;
 use crate::config::CompareConfig;
 
@@ -34,6 +34,32 @@ pub struct RouteComparison {
     /// current rates (if they last) would be called `worse` (`null`: never, they are within
     /// the bounds); 0 once `worse`.
     pub requests_to_decide: Option<u64>,
+    /// The advance boundary: whether the figures show the new side no worse than legacy
+    /// beyond the margins.
+    pub advance: AdvanceJudgement,
+}
+
+/// The advance boundary on both tests (`sequential::advance_evidence` and
+/// `sequential::latency_advance_evidence`): a step may advance once both are shown (with
+/// its hold served and `min_requests` a side).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct AdvanceJudgement {
+    /// Each boundary's log likelihood ratio against its threshold, log(1 / beta).
+    pub errors: Statistic,
+    pub latency: Statistic,
+    /// Both shown.
+    pub shown: bool,
+    /// The error-rate margin used: new's rate may exceed legacy's by this much.
+    pub margin: f64,
+    /// The requests per side the step needs (on the side with fewer, at the current split):
+    /// where a new side as good as legacy, at the observed rates, shows it in most runs;
+    /// the larger of the two tests' (`None` without requests on both sides).
+    pub needed: Option<u64>,
+    /// How many more requests per side until both are shown and both sides have
+    /// `min_requests`, if the figures stay as they are: 0 once they are; `None` when no
+    /// amount of the same shows it (new is at or beyond a margin), or without requests on
+    /// both sides.
+    pub requests_to_advance: Option<u64>,
 }
 
 impl RouteComparison {
@@ -49,6 +75,8 @@ impl RouteComparison {
             .insert(0, format!("the circuit breaker of {service} is open"));
         self.verdict = Verdict::Worse;
         self.requests_to_decide = Some(0);
+        self.advance.shown = false;
+        self.advance.requests_to_advance = None;
     }
 }
 
@@ -94,6 +122,48 @@ pub fn settings(cfg: &CompareConfig) -> Settings {
     }
 }
 
+/// The advance boundary's settings from the compare section (or a plan's guard): the
+/// defaults of [`Advance`], with `max_error_rate_ratio`, and the error-rate margin's floor
+/// raised to `max_error_rate_delta` when that is more (a new side within the margin the
+/// verdict tolerates can then advance).
+pub fn advance_settings(cfg: &CompareConfig) -> Advance {
+    let a = Advance::default();
+    Advance {
+        margin_abs: a.margin_abs.max(cfg.max_error_rate_delta),
+        margin_ratio: cfg.max_error_rate_ratio,
+        ..a
+    }
+}
+
+/// The advance boundary on both tests.
+fn advance(
+    counts: &Counts,
+    legacy: &SideFigures,
+    new: &SideFigures,
+    cfg: &CompareConfig,
+) -> AdvanceJudgement {
+    let a = advance_settings(cfg);
+    let errors = sequential::advance_evidence(counts, &a);
+    let latency =
+        sequential::latency_advance_evidence(&legacy.latency, &new.latency, cfg.max_p99_ratio, &a);
+    let shown = errors.shown() && latency.shown();
+    let short = cfg
+        .min_requests
+        .saturating_sub(legacy.requests.min(new.requests));
+    let requests_to_advance = match (errors.to_advance, latency.to_advance) {
+        (Some(e), Some(l)) => Some(e.max(l).max(short)),
+        _ => None,
+    };
+    AdvanceJudgement {
+        errors: Statistic::new(errors.log_lr, errors.threshold),
+        latency: Statistic::new(latency.log_lr, latency.threshold),
+        shown,
+        margin: (errors.margin * 1e6).round() / 1e6,
+        needed: errors.needed.into_iter().chain(latency.needed).max(),
+        requests_to_advance,
+    }
+}
+
 /// Judges one route from both sides' figures.
 pub fn judge(
     route: &str,
@@ -121,6 +191,7 @@ pub fn judge(
         errors: Statistic::new(errors.log_lr, errors.threshold),
         latency: Statistic::new(latency.log_lr, latency.threshold),
     };
+    let advance = advance(&counts, &legacy, &new, cfg);
     let mut reasons = Vec::new();
     let short = cfg
         .min_requests
@@ -183,6 +254,7 @@ pub fn judge(
         reasons,
         evidence,
         requests_to_decide,
+        advance,
     }
 }
 
@@ -313,5 +385,77 @@ mod tests {
             &cfg,
         );
         assert!((t.evidence.errors.threshold - 100f64.ln()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn the_advance_boundary_is_judged_beside_the_verdict() {
+        let cfg = CompareConfig::default();
+        let j = |l, n| judge("r", 25.into(), l, n, &cfg);
+        // Equal sides, 50,000 requests a side at 1%: no worse beyond the margins, shown on
+        // both tests (new's p99 far within 1.5 × legacy's).
+        let same = j(fig(50_000, 500, 5.0, 10.0), fig(50_000, 500, 5.0, 10.0));
+        assert_eq!(same.verdict, Verdict::Ok);
+        let adv = same.advance;
+        assert!(adv.shown, "{adv:?}");
+        assert!(adv.errors.log_lr >= adv.errors.threshold);
+        assert!(adv.latency.log_lr >= adv.latency.threshold);
+        assert!((adv.errors.threshold - 25f64.ln()).abs() < 1e-3);
+        assert_eq!(adv.margin, 0.005);
+        assert_eq!(adv.requests_to_advance, Some(0));
+        let needed = adv.needed.unwrap();
+        assert!((1000..50_000).contains(&needed), "{needed}");
+        let json = serde_json::to_value(&same).unwrap();
+        assert_eq!(json["advance"]["shown"], true);
+        assert_eq!(json["advance"]["needed"], needed);
+        // The same rates on 500 a side: not yet, and it says how many more.
+        let early = j(fig(500, 5, 5.0, 10.0), fig(500, 5, 5.0, 10.0));
+        assert!(!early.advance.shown);
+        let more = early.advance.requests_to_advance.unwrap();
+        assert!(more > 500 && more < 50_000, "{more}");
+        // A doubled error rate is not shown fit, and no amount of the same would be.
+        let doubled = j(fig(5000, 50, 5.0, 10.0), fig(5000, 100, 5.0, 10.0));
+        assert!(!doubled.advance.shown);
+        assert_eq!(doubled.advance.requests_to_advance, None);
+        assert!(doubled.advance.errors.log_lr < 0.0);
+        // Below min_requests, the shortfall counts.
+        let few = j(fig(30_000, 0, 5.0, 10.0), fig(40, 0, 5.0, 10.0));
+        assert!(few.advance.requests_to_advance.unwrap() >= 10);
+        // An open breaker: not fit to advance whatever the figures.
+        let mut broken = same.clone();
+        broken.breaker_open("svc");
+        assert!(!broken.advance.shown);
+        assert_eq!(broken.advance.requests_to_advance, None);
+    }
+
+    #[test]
+    fn the_advance_margin_follows_the_config() {
+        let mut cfg = CompareConfig::default();
+        let no_errors = |cfg: &CompareConfig| {
+            judge(
+                "r",
+                25.into(),
+                fig(2000, 0, 5.0, 10.0),
+                fig(2000, 0, 5.0, 10.0),
+                cfg,
+            )
+            .advance
+        };
+        // Without errors, the floor: 0.05 point.
+        assert_eq!(no_errors(&cfg).margin, 0.0005);
+        // A larger tolerated difference raises it.
+        cfg.max_error_rate_delta = 0.002;
+        assert_eq!(no_errors(&cfg).margin, 0.002);
+        // The relative margin, at legacy's 4%: (2 - 1) × 4%.
+        cfg.max_error_rate_delta = 0.0;
+        cfg.max_error_rate_ratio = 2.0;
+        let a = judge(
+            "r",
+            25.into(),
+            fig(2000, 80, 5.0, 10.0),
+            fig(2000, 80, 5.0, 10.0),
+            &cfg,
+        )
+        .advance;
+        assert_eq!(a.margin, 0.04);
     }
 }
