@@ -198,7 +198,7 @@ async fn the_dashboard_shows_each_plan_with_its_step_hold_guard_and_history() {
     assert_eq!(field(plan, "guard"), "insufficient_data");
     assert!(field(plan, "evidence").contains("/ 4.6"), "{plan}");
     assert!(
-        field(plan, "waiting").contains("more requests per side"),
+        field(plan, "waiting").contains("more traffic: legacy"),
         "{plan}"
     );
     let history = &dom[dom.find("data-history=\"orders-rollout\"").unwrap()..];

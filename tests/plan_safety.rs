@@ -140,7 +140,7 @@ async fn a_rollback_the_routes_file_cannot_take_is_held_in_memory_until_the_file
         eprintln!("skipped: a gateway running as another user needs root (CI runs as root)");
         return;
     }
-    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n").await;
+    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\non_fail: rollback\n").await;
     give_to_nobody(dir.path());
     let gw = GatewayProcess::spawn_as(&routes, NOBODY, NOBODY).await;
     let traffic = Traffic::start(gw.public);
@@ -251,7 +251,7 @@ async fn a_rollback_the_routes_file_cannot_take_is_held_in_memory_until_the_file
 /// until it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_run_retries_a_rollback_whose_publication_fails_until_it_is_published() {
-    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 20, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n").await;
+    let (_legacy, new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 20, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\n  max_error_rate_delta: 0.01\non_fail: rollback\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let prom = Prometheus::start(&[gw.admin]).await;
     let _traffic = Traffic::start(gw.public);
@@ -441,7 +441,7 @@ async fn a_running_plan_whose_saves_fail_pauses_and_keeps_its_percentage() {
 /// not saved) says so and pauses: it never puts the older step back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_finding_another_percentage_than_the_saved_step_pauses_and_says_so() {
-    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 40, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
+    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 40, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\n").await;
     let mut gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -619,7 +619,7 @@ async fn a_person_on_a_gateway_takes_a_plan_back_from_a_runner_that_went_away() 
 /// resume takes the new file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_file_edited_mid_run_pauses_the_plan_on_the_steps_it_started_with() {
-    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 1h }\n  - { percent: 30 }\n  - { percent: 40 }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
+    let (_legacy, _new, dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 1h }\n  - { percent: 30 }\n  - { percent: 40 }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -675,7 +675,7 @@ async fn a_plan_file_edited_mid_run_pauses_the_plan_on_the_steps_it_started_with
 /// and says which write failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_whose_write_fails_is_reported_at_the_percentage_in_force() {
-    let (_legacy, _new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 3s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n").await;
+    let (_legacy, _new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 10, hold: 3s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -819,7 +819,7 @@ async fn a_step_whose_new_share_is_diverted_fails_its_guard() {
         &legacy.url(),
         &new.url(),
         "    health: { path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 1 }\n",
-        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
+        "route: orders-read\nsteps:\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\non_fail: rollback\n",
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
@@ -905,7 +905,7 @@ async fn the_shadow_gate_judges_recent_copies() {
 /// back (weighed against legacy's figures of the last split step).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_plan_watches_and_rolls_back_a_new_side_that_starts_failing() {
-    let (_legacy, new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\nafter:\n  watch: 1h\non_fail: rollback\n").await;
+    let (_legacy, new, _dir, routes) = flaky_setup("", "route: orders-read\nsteps:\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\nafter:\n  watch: 1h\non_fail: rollback\n").await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
     start_plan(&format!("http://{}", gw.admin));
@@ -940,7 +940,7 @@ async fn a_step_waiting_past_max_wait_pauses_and_says_why() {
     let s = wait_state(&gw, "orders-rollout", "paused", 15).await;
     let reason = last_transition(&s)["reason"].as_str().unwrap().to_string();
     assert!(
-        reason.contains("max_wait") && reason.contains("more requests per side"),
+        reason.contains("max_wait") && reason.contains("more traffic: legacy"),
         "{reason}"
     );
     assert_eq!(s["percent"], 50);

@@ -34,7 +34,7 @@ async fn a_healthy_new_side_walks_every_step_to_100_and_the_file_shows_each() {
     let (_dir, routes) = setup(
         &legacy,
         &new,
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 50, hold: 1s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\n",
     );
     let original = std::fs::read_to_string(&routes).unwrap();
     let gw = GatewayProcess::spawn(&routes, &[]).await;
@@ -115,7 +115,7 @@ async fn a_new_side_whose_errors_jump_at_the_10_percent_step_is_rolled_back_with
     let (_dir, routes) = setup(
         &legacy,
         &new,
-        "route: orders-read\nsteps:\n  - { percent: 5, hold: 1s }\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
+        "route: orders-read\nsteps:\n  - { percent: 5, hold: 1s }\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\non_fail: rollback\n",
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let _traffic = Traffic::start(gw.public);
@@ -182,14 +182,23 @@ async fn too_little_traffic_holds_the_plan_and_says_how_much_more_it_needs() {
     assert_eq!(s["check"]["verdict"], "insufficient_data");
     let more = s["check"]["requests_to_decide"].as_u64().unwrap();
     assert!((80..=100).contains(&more), "{s}");
+    // What each side still needs, from its own count.
+    let (legacy_n, new_n) = (
+        s["check"]["legacy_requests"].as_u64().unwrap(),
+        s["check"]["new_requests"].as_u64().unwrap(),
+    );
     let waiting = s["waiting_for"].as_str().unwrap();
     assert!(
-        waiting.contains(&format!("{more} more requests per side")),
+        waiting.contains(&format!(
+            "legacy {} more, new {} more",
+            100 - legacy_n,
+            100 - new_n
+        )),
         "{waiting}"
     );
     let (ok, out, _) = cli(&["plan", "status", "--admin", &admin]);
     assert!(ok);
-    assert!(out.contains("more requests per side"), "{out}");
+    assert!(out.contains("more traffic: legacy"), "{out}");
     assert!(percent_in(&routes).contains("percent: 50"));
 }
 
@@ -199,7 +208,7 @@ async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_r
     let (dir, routes) = setup(
         &legacy,
         &new,
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 30s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n",
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 1s }\n  - { percent: 20, hold: 30s }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\n",
     );
     let mut gw = GatewayProcess::spawn(&routes, &[]).await;
     let traffic = Traffic::start(gw.public);
@@ -404,7 +413,7 @@ async fn a_plan_rolls_back_a_new_side_failing_30_percent_though_fallback_hid_it_
         &new.url(),
         "",
         "percent: 0        # the plan moves this\n    fallback: { when: [5xx] }",
-        "route: orders-read\nsteps:\n  - { percent: 25, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\non_fail: rollback\n",
+        "route: orders-read\nsteps:\n  - { percent: 25, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 30\n  max_error_rate_delta: 0.01\non_fail: rollback\n",
     );
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let admin = format!("http://{}", gw.admin);

@@ -334,7 +334,7 @@ async fn plan_run_steps_two_gateways_on_their_summed_figures_and_rolls_back() {
         &new.url(),
         "override:\n  header: x-strangler-side\n",
         "percent: 0",
-        "route: orders-read\nsteps:\n  - { percent: 10, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\non_fail: rollback\n",
+        "route: orders-read\nsteps:\n  - { percent: 10, hold: 2s }\n  - { percent: 50, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 40\n  max_error_rate_delta: 0.01\non_fail: rollback\n",
     );
     let gw1 = GatewayProcess::spawn(&routes, &[]).await;
     let gw2 = GatewayProcess::spawn(&routes, &[]).await;

@@ -287,6 +287,10 @@ pub struct CompareConfig {
     /// absolute floor of `sequential::Advance`, if that is more) before a plan's step
     /// advances.
     pub max_error_rate_ratio: f64,
+    /// The advance boundary's absolute error-rate margin (its floor), when it is not
+    /// `max_error_rate_delta`: a plan's guard rolls back on any shown excess (a harm margin
+    /// of 0) and asks its step to rule out its own margin (`guard.max_error_rate_delta`).
+    pub advance_margin: Option<f64>,
     /// 1 - the chance of ever calling `worse` a new side within the bounds, however often
     /// the comparison is looked at.
     pub confidence: f64,
@@ -304,6 +308,7 @@ impl Default for CompareConfig {
             max_p99_ratio: 1.5,
             max_error_rate_delta: 0.0,
             max_error_rate_ratio: 1.5,
+            advance_margin: None,
             confidence: 0.99,
             resolution: Duration::from_secs(10),
             retention: Duration::from_secs(900),

@@ -124,12 +124,15 @@ pub fn settings(cfg: &CompareConfig) -> Settings {
 
 /// The advance boundary's settings from the compare section (or a plan's guard): the
 /// defaults of [`Advance`], with `max_error_rate_ratio`, and the error-rate margin's floor
-/// raised to `max_error_rate_delta` when that is more (a new side within the margin the
-/// verdict tolerates can then advance).
+/// `advance_margin` (a plan's `guard.max_error_rate_delta`), else raised to
+/// `max_error_rate_delta` when that is more (a new side within the margin the verdict
+/// tolerates can then advance).
 pub fn advance_settings(cfg: &CompareConfig) -> Advance {
     let a = Advance::default();
     Advance {
-        margin_abs: a.margin_abs.max(cfg.max_error_rate_delta),
+        margin_abs: cfg
+            .advance_margin
+            .unwrap_or_else(|| a.margin_abs.max(cfg.max_error_rate_delta)),
         margin_ratio: cfg.max_error_rate_ratio,
         ..a
     }

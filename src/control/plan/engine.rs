@@ -90,6 +90,23 @@ pub struct Check {
     pub error_rate_delta: f64,
     #[serde(default)]
     pub p99_ratio: Option<f64>,
+    /// The advance boundary: each test's statistic against its threshold, whether both are
+    /// shown, the error-rate margin in effect, the requests per side the step needs, and how
+    /// many more at these rates.
+    #[serde(default)]
+    pub advance_errors_log_lr: f64,
+    #[serde(default)]
+    pub advance_latency_log_lr: f64,
+    #[serde(default)]
+    pub advance_threshold: f64,
+    #[serde(default)]
+    pub advance_shown: bool,
+    #[serde(default)]
+    pub margin: f64,
+    #[serde(default)]
+    pub requests_needed: Option<u64>,
+    #[serde(default)]
+    pub requests_to_advance: Option<u64>,
     /// Why the new side's share is not being served, when it is not (no healthy instance,
     /// the breaker open): the guard fails on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +139,13 @@ impl Check {
             requests_to_decide: c.requests_to_decide,
             error_rate_delta: c.error_rate_delta,
             p99_ratio: c.p99_ratio,
+            advance_errors_log_lr: c.advance.errors.log_lr,
+            advance_latency_log_lr: c.advance.latency.log_lr,
+            advance_threshold: c.advance.errors.threshold,
+            advance_shown: c.advance.shown,
+            margin: c.advance.margin,
+            requests_needed: c.advance.needed,
+            requests_to_advance: c.advance.requests_to_advance,
             blocked: None,
             legacy_from_reference: false,
         }
@@ -386,23 +410,26 @@ impl Op {
 /// gateway that was down, a machine asleep) does not count that time as held.
 pub const MAX_TICK: f64 = 5.0;
 
-/// The compare settings a plan's guard judges with.
+/// The compare settings a plan's guard judges with: a rollback on any excess the test shows
+/// (the harm test's margin is 0, so that a doubled error rate is caught as fast as
+/// `/admin/compare` calls it worse), and the step's margin for the advance boundary.
 pub fn guard_config(plan: &PlanConfig) -> CompareConfig {
     CompareConfig {
         min_requests: plan.guard.min_requests,
         max_p99_ratio: plan.guard.max_p99_ratio,
-        max_error_rate_delta: plan.guard.max_error_rate_delta,
+        max_error_rate_delta: 0.0,
+        max_error_rate_ratio: plan.guard.max_error_rate_ratio,
+        advance_margin: Some(plan.guard.max_error_rate_delta),
         confidence: plan.guard.confidence,
         ..CompareConfig::default()
     }
 }
 
-/// Whether the guard's figures let a step advance: the tests call nothing worse and show
-/// what they must.
-pub fn may_advance(plan: &PlanConfig, c: &RouteComparison) -> bool {
-    c.verdict == Verdict::Ok
-        && c.error_rate_delta <= plan.guard.max_error_rate_delta + 1e-9
-        && c.p99_ratio.is_none_or(|r| r <= plan.guard.max_p99_ratio)
+/// Whether the guard's figures let a step advance: at least `min_requests` a side, nothing
+/// called worse, and the advance boundary shown on both tests (the evidence tells a new
+/// side as good as legacy from one worse by twice the margin).
+pub fn may_advance(c: &RouteComparison) -> bool {
+    c.verdict == Verdict::Ok && c.advance.shown
 }
 
 fn pct(bp: u32) -> f64 {
@@ -915,7 +942,7 @@ impl Progress {
         let step = plan.steps[self.step];
         let hold = step.hold.map_or(0.0, |h| h.as_secs_f64());
         // At 100% legacy serves nothing: there is nothing to compare, the hold decides.
-        let ok = step.percent_bp == 10_000 || may_advance(plan, &c);
+        let ok = step.percent_bp == 10_000 || may_advance(&c);
         if self.held < hold {
             return None;
         }
@@ -994,30 +1021,38 @@ impl Progress {
         if let Some(left) = self.hold_left(plan).filter(|l| *l > 0.0) {
             parts.push(format!("the hold: {} left", secs(left.ceil())));
         }
+        let min = plan.guard.min_requests;
         match &self.last_check {
-            Some(c) if c.verdict == "insufficient_data" => parts.push(format!(
-                "more traffic: {} more requests per side (legacy {}, new {}; at least {} each)",
-                c.requests_to_decide.unwrap_or(0),
-                c.legacy_requests,
-                c.new_requests,
-                plan.guard.min_requests
-            )),
+            Some(c) if c.verdict == "insufficient_data" => {
+                // What each side still needs.
+                let need = |n: u64| min.saturating_sub(n);
+                parts.push(format!(
+                    "more traffic: legacy {} more, new {} more (legacy {}, new {}; at least {min} each)",
+                    need(c.legacy_requests),
+                    need(c.new_requests),
+                    c.legacy_requests,
+                    c.new_requests,
+                ))
+            }
             Some(c)
                 if c.verdict == "ok"
-                    && (c.error_rate_delta > plan.guard.max_error_rate_delta + 1e-9
-                        || c.p99_ratio.is_some_and(|r| r > plan.guard.max_p99_ratio)) =>
+                    && !c.advance_shown
+                    && plan.steps[self.step].percent_bp < 10_000 =>
             {
-                let more = match c.requests_to_decide {
-                    Some(n) => format!("at these rates about {n} more requests per side decide"),
-                    None => "more traffic".into(),
-                };
-                parts.push(format!(
-                    "the figures to come within the guard's bounds (error rate {:+.2} points, p99 ratio {}; bounds {:+.2} points, {}) or the test to call them worse: {more}",
-                    c.error_rate_delta * 100.0,
-                    c.p99_ratio.map_or("unknown".into(), |r| format!("{r:.2}")),
-                    plan.guard.max_error_rate_delta * 100.0,
-                    plan.guard.max_p99_ratio
-                ))
+                let margin = c.margin * 100.0;
+                parts.push(match c.requests_to_advance {
+                    Some(more) => format!(
+                        "the evidence to advance (as good as legacy, not worse by twice the {margin:.2}-point margin): about {more} more requests per side at these rates{}",
+                        c.requests_needed
+                            .map(|n| format!("; such a step needs about {n} a side"))
+                            .unwrap_or_default()
+                    ),
+                    None => format!(
+                        "the figures to settle: new's error rate {:+.2} points against legacy's (margin {margin:.2} points), p99 ratio {}; not yet shown worse, not shown within the margin either: more traffic decides",
+                        c.error_rate_delta * 100.0,
+                        c.p99_ratio.map_or("unknown".into(), |r| format!("{r:.2}")),
+                    ),
+                })
             }
             None => parts.push("the guard's first figures".into()),
             _ => {}
@@ -1061,8 +1096,10 @@ mod tests {
                 step(1000, Some(3600)),
                 step(10_000, None),
             ],
+            // A margin of one point: 5,000 requests a side tell it.
             guard: Guard {
                 min_requests: 100,
+                max_error_rate_delta: 0.01,
                 ..Guard::default()
             },
             on_fail,
@@ -1168,7 +1205,7 @@ mod tests {
         assert_eq!((g.state, g.step), (State::Running, 0));
         assert_eq!(g.hold_left(&p), Some(0.0));
         let w = g.waiting_for(&p, 10_000.0);
-        assert!(w.contains("60 more requests per side"), "{w}");
+        assert!(w.contains("legacy 60 more, new 60 more"), "{w}");
     }
 
     #[test]
@@ -1333,7 +1370,7 @@ mod tests {
         let t = g.history.last().unwrap();
         assert!((5399.0..=5402.0).contains(&t.at), "{}", t.at);
         assert!(t.reason.contains("max_wait"), "{}", t.reason);
-        assert!(t.reason.contains("more requests per side"), "{}", t.reason);
+        assert!(t.reason.contains("new 60 more"), "{}", t.reason);
     }
 
     #[test]
