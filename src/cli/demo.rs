@@ -222,7 +222,7 @@ strangler demo is running (Ctrl-C to stop)
   explain:      target/release/strangler explain {file} GET /api/orders/42 -H 'x-user-id: alice'
   plans:        http://{admin}/admin/plans   (or: target/release/strangler plan status)
 
-Two migration plans start now (migrations-plan/): billing walks to 100% in under a
+Two migration plans start now (migrations-plan/): billing walks to 100% in about a
 minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
 Order histories stay on the monolith but are shadowed to the orders service:
   shadow:       http://{admin}/admin/shadow/orders-history   (a total that differs for one
@@ -307,7 +307,9 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
     ];
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // 100 requests a second per worker: enough for a plan's guard to tell a sound step
+    // within its hold.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut n: u64 = u64::from(worker) * 7;
     loop {
         tick.tick().await;
