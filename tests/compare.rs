@@ -122,7 +122,16 @@ async fn strangler_compare_prints_the_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+    // Which gateway answered, then the window and what it covered, then the table.
+    assert!(
+        text.starts_with(&format!(
+            "gateway {} (--admin) answered, config ",
+            admin.trim_end_matches('/')
+        )),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert!(lines[0].starts_with("window 300s, covering "), "{text}");
     assert!(
         lines[1].starts_with("route")
             && lines[1].contains("shadow match")

@@ -853,10 +853,11 @@ async fn the_shadow_gate_judges_recent_copies() {
         Reply::json(&serde_json::json!({"total": if bad { 11 } else { 10 }}))
     })
     .await;
+    // Slots of a second, so that a window of seconds is one.
     let (_dir, routes) = plan_setup(
         &legacy.url(),
         &new.url(),
-        "",
+        "compare:\n  window: 60s\n  resolution: 1s\n  retention: 60s\n",
         "percent: 0\n    shadow: { ignore_headers: [x-upstream] }",
         "route: orders-read\nsteps:\n  - { percent: 10, hold: 1h }\n  - { percent: 100 }\nguard:\n  min_requests: 20\n  min_shadow_match: 0.99\n  shadow_window: 3s\n",
     );

@@ -5,55 +5,67 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::target::AdminArgs;
 use crate::config::CompareConfig;
-use crate::control::client::AdminClient;
 
-/// The table from a gateway's admin API at `admin`.
-pub async fn from_admin(admin: String, window: Option<String>, json: bool) -> anyhow::Result<()> {
+/// The table from a gateway's admin API.
+pub async fn from_admin(
+    admin: AdminArgs,
+    window: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let t = admin.target(false)?;
     let path = match &window {
         Some(w) => format!("/admin/compare?window={w}"),
         None => "/admin/compare".to_string(),
     };
-    let body = AdminClient::new(&admin)?.get(&path).await?;
+    let body = t.client.get(&path).await?;
+    if !body["routes"].is_array() || !body["window_seconds"].is_number() {
+        anyhow::bail!(
+            "{} answered something else than the compare table: {body}",
+            t.client.base()
+        );
+    }
+    super::say_who(&t, json);
     print(&body, json)
 }
 
-/// The table from Prometheus at `base`, across every replica it scrapes.
+/// The table from Prometheus at `base`, across every replica it scrapes, judged with `cfg`.
 pub async fn from_prometheus(
     base: String,
     window: Option<String>,
     json_out: bool,
-    min_requests: u64,
-    max_p99_ratio: f64,
+    cfg: CompareConfig,
 ) -> anyhow::Result<()> {
     let window = match &window {
         Some(w) => humantime::parse_duration(w)
             .map_err(|_| anyhow::anyhow!("--window {w}: a duration like 5m"))?,
         None => Duration::from_secs(300),
     };
-    let cfg = CompareConfig {
-        min_requests,
-        max_p99_ratio,
-        ..Default::default()
-    };
     let routes = crate::observe::prometheus::compare(&base, window, &cfg).await?;
-    let shadows = crate::observe::prometheus::shadow_rates(&base, window).await?;
+    let shadows = crate::observe::prometheus::shadow_figures(&base, window).await?;
+    let covered = crate::observe::prometheus::covered(&base, window).await?;
     let routes: Vec<Value> = routes
         .into_iter()
         .map(|r| {
             let mut v = serde_json::to_value(&r).unwrap_or_default();
             v["shadow"] = shadows
                 .get(&r.route)
-                .map_or(Value::Null, |(matched, compared)| {
-                    json!({
-                        "match_rate": (*compared > 0.0).then(|| matched / compared),
-                        "compared": compared,
-                    })
-                });
+                .map_or(Value::Null, |f| serde_json::to_value(f).unwrap_or_default());
             v
         })
         .collect();
-    let body = json!({"window_seconds": window.as_secs_f64(), "source": base, "routes": routes});
+    let body = json!({
+        "window_seconds": window.as_secs_f64(),
+        "covered_seconds": (covered.as_secs_f64() * 10.0).round() / 10.0,
+        "source": base,
+        "routes": routes,
+    });
+    if json_out {
+        eprintln!("Prometheus {base} answered");
+    } else {
+        println!("Prometheus {base} answered");
+    }
     print(&body, json_out)
 }
 
@@ -66,15 +78,26 @@ fn print(body: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A route's shadow match rate and how many copies it is over (`-`: no shadow).
+/// A route's shadow match rate, how many copies it is over, and the copies with each kind of
+/// difference (`-`: no shadow).
 fn shadow(v: &Value) -> String {
     if v.is_null() {
         return "-".into();
     }
-    let compared = v["compared"].as_f64().unwrap_or(0.0);
-    match v["match_rate"].as_f64() {
+    let compared = v["compared"].as_u64().unwrap_or(0);
+    let rate = match v["match_rate"].as_f64() {
         Some(r) => format!("{:.2}% of {compared}", r * 100.0),
         None => format!("- of {compared}"),
+    };
+    let d = &v["differences"];
+    let kinds: Vec<String> = ["status", "headers", "body"]
+        .iter()
+        .filter_map(|k| d[k].as_u64().filter(|n| *n > 0).map(|n| format!("{k} {n}")))
+        .collect();
+    if kinds.is_empty() {
+        rate
+    } else {
+        format!("{rate} ({})", kinds.join(", "))
     }
 }
 
@@ -109,7 +132,22 @@ pub fn table(body: &Value) -> String {
     let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
-    let mut out = format!("window {}s\n", body["window_seconds"]);
+    // The time the figures cover, beside the window asked for: a gateway (or Prometheus)
+    // up for less than the window covers less.
+    let secs = |v: &Value| {
+        v.as_f64().map_or("?".to_string(), |s| {
+            if s < 10.0 {
+                format!("{s:.1}s")
+            } else {
+                format!("{s:.0}s")
+            }
+        })
+    };
+    let mut out = format!(
+        "window {}, covering {}\n",
+        secs(&body["window_seconds"]),
+        secs(&body["covered_seconds"])
+    );
     for row in &rows {
         let cells: Vec<String> = row
             .iter()
@@ -120,7 +158,7 @@ pub fn table(body: &Value) -> String {
         out.push('\n');
     }
     for r in body["routes"].as_array().into_iter().flatten() {
-        if r["verdict"] != "worse" {
+        if !matches!(r["verdict"].as_str(), Some("worse" | "undecided")) {
             continue;
         }
         for reason in r["reasons"].as_array().into_iter().flatten() {

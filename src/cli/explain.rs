@@ -28,7 +28,8 @@ pub fn explain(
             return ExitCode::FAILURE;
         }
     };
-    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+    // As the gateway reads it: methods are case-sensitive (`get` is not `GET`).
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         eprintln!("error: {method:?} is not an HTTP method");
         return ExitCode::FAILURE;
     };

@@ -7,6 +7,10 @@
 mod compare;
 pub mod demo;
 mod explain;
+mod shadow;
+mod target;
+
+use target::AdminArgs;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, format_percent, percent_to_bp};
+use crate::config::{Config, format_percent};
 use crate::control::serve::{ServeOptions, serve};
 use crate::control::shift::shift_file;
 use crate::observe::{LogFormat, LogLines};
@@ -73,15 +77,15 @@ pub enum Command {
         file: PathBuf,
         /// The `name` of the route whose `percent` changes.
         route: String,
-        /// The new share of the route's requests that go to its service: 0 to 100, at most
-        /// two decimals.
+        /// The new share of the route's requests that go to its service: a plain decimal from
+        /// 0 to 100 with at most two decimals (as in the routes file).
+        #[arg(allow_hyphen_values = true)]
         percent: String,
     },
     /// Legacy vs new per route, from a running gateway's admin API, as a table.
     Compare {
-        /// The admin listener's base URL (`http://` is assumed when no scheme is given).
-        #[arg(long, default_value = "http://127.0.0.1:9901", value_parser = base_url)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// The window, like 5m (default: the gateway's `compare.window`).
         #[arg(long)]
         window: Option<String>,
@@ -99,6 +103,34 @@ pub enum Command {
         /// With --prometheus: new p99 over legacy p99 above which the verdict is worse.
         #[arg(long, default_value_t = 1.5)]
         max_p99_ratio: f64,
+        /// With --prometheus: the error test's margin of harm (a plan's guard weighs harm
+        /// from 0; its max_error_rate_delta is the margin a step must rule out).
+        #[arg(long, default_value_t = 0.0)]
+        max_error_rate_delta: f64,
+        /// With --prometheus: the sequential tests' confidence.
+        #[arg(long, default_value_t = 0.99)]
+        confidence: f64,
+    },
+    /// A route's shadow copies: results, kinds of difference, the fields that differ with
+    /// an example, both sides' times, and what legacy's own answers taught as noise.
+    Shadow {
+        /// The route's name.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The window, like 5m (default: the gateway's `compare.window`).
+        #[arg(long)]
+        window: Option<String>,
+        /// Print the fields learned as noise as the `ignore_json` lines to paste into the
+        /// route's `shadow` settings.
+        #[arg(long)]
+        noise_yaml: bool,
+        /// Start the route's comparison afresh (after a fix of the new service).
+        #[arg(long)]
+        reset: bool,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Migration plans: their status, and a person's operations, on a running gateway; or
     /// one plan run on its own across replicas (`plan run`).
@@ -180,18 +212,6 @@ pub enum PlanCommand {
     },
 }
 
-/// Where a running gateway's admin API is, and its token.
-#[derive(clap::Args, Debug)]
-pub struct AdminArgs {
-    /// The admin listener's base URL (`http://` is assumed when no scheme is given).
-    #[arg(long, default_value = "http://127.0.0.1:9901", value_parser = base_url)]
-    pub admin: String,
-    /// The environment variable holding the admin token (sent as a bearer token when it
-    /// holds one).
-    #[arg(long, default_value = "STRANGLER_ADMIN_TOKEN")]
-    pub token_env: String,
-}
-
 /// A server's base URL from the command line: `127.0.0.1:9901` is taken as
 /// `http://127.0.0.1:9901`; anything but an http URL with a host is refused with what was
 /// wrong.
@@ -221,6 +241,13 @@ fn base_url(given: &str) -> Result<String, String> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // `strangler help --help` (or `-h`): the help, as `strangler --help` prints it.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.as_slice(), [h, flag] if h == "help" && (flag == "--help" || flag == "-h")) {
+        use clap::CommandFactory as _;
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
@@ -236,16 +263,33 @@ pub fn main() -> ExitCode {
             prometheus,
             min_requests,
             max_p99_ratio,
+            max_error_rate_delta,
+            confidence,
         } => match prometheus {
             Some(url) => run(compare::from_prometheus(
                 url,
                 window,
                 json,
-                min_requests,
-                max_p99_ratio,
+                crate::config::CompareConfig {
+                    min_requests,
+                    max_p99_ratio,
+                    max_error_rate_delta,
+                    confidence,
+                    ..Default::default()
+                },
             )),
             None => run(compare::from_admin(admin, window, json)),
         },
+        Command::Shadow {
+            route,
+            admin,
+            window,
+            noise_yaml,
+            reset,
+            json,
+        } => run(shadow::shadow(
+            admin, route, window, noise_yaml, reset, json,
+        )),
         Command::Explain {
             file,
             method,
@@ -322,8 +366,12 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The file watcher's own warnings are about its bookkeeping (a ConfigMap's symlink swap
+    // removes a watched path, and it says so each time); the watch reports what matters
+    // itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,notify=error,notify_debouncer_full=error")
+    });
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -337,33 +385,46 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Prints which gateway answered: on stdout before text, on stderr beside JSON.
+pub(crate) fn say_who(t: &target::Target, json: bool) {
+    if json {
+        eprintln!("{}", t.answered());
+    } else {
+        println!("{}", t.answered());
+    }
+}
+
 fn plan(action: PlanCommand, log_format: Option<LogFormat>) -> ExitCode {
-    use crate::control::client::AdminClient;
     use crate::control::plan::describe;
-    let client = |a: &AdminArgs| {
-        let token = std::env::var(&a.token_env)
-            .ok()
-            .filter(|t| !t.trim().is_empty());
-        AdminClient::new(&a.admin).map(|c| c.with_token(token))
-    };
     match action {
         PlanCommand::Status { name, admin, json } => run(async move {
-            let c = client(&admin)?;
+            let t = admin.target(false)?;
             let v = match &name {
-                Some(n) => c.get(&format!("/admin/plans/{n}")).await?,
-                None => c.get("/admin/plans").await?,
+                Some(n) => t.client.get(&format!("/admin/plans/{n}")).await?,
+                None => t.client.get("/admin/plans").await?,
+            };
+            say_who(&t, json);
+            let list = match &name {
+                Some(_) if v["name"].is_string() => vec![v.clone()],
+                None if v["plans"].is_array() => v["plans"].as_array().cloned().unwrap_or_default(),
+                _ => anyhow::bail!(
+                    "{} answered something else than a plan's status: {v}",
+                    t.client.base()
+                ),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            let list = match &name {
-                Some(_) => vec![v],
-                None => v["plans"].as_array().cloned().unwrap_or_default(),
-            };
             if list.is_empty() {
                 println!(
-                    "no plans (the routes file names no plans: folder, or it holds no NAME.yaml)"
+                    "{}",
+                    match v["plans_dir"].as_str() {
+                        Some(dir) => format!(
+                            "no plans: the gateway's plans folder {dir} held no NAME.yaml when its config was loaded"
+                        ),
+                        None => "no plans: the gateway's routes file names no plans: folder".into(),
+                    }
                 );
             }
             for p in list {
@@ -371,10 +432,10 @@ fn plan(action: PlanCommand, log_format: Option<LogFormat>) -> ExitCode {
             }
             Ok(())
         }),
-        PlanCommand::Start { name, admin } => plan_op(client(&admin), name, "start"),
-        PlanCommand::Pause { name, admin } => plan_op(client(&admin), name, "pause"),
-        PlanCommand::Resume { name, admin } => plan_op(client(&admin), name, "resume"),
-        PlanCommand::Abort { name, admin } => plan_op(client(&admin), name, "abort"),
+        PlanCommand::Start { name, admin } => plan_op(admin, name, "start"),
+        PlanCommand::Pause { name, admin } => plan_op(admin, name, "pause"),
+        PlanCommand::Resume { name, admin } => plan_op(admin, name, "resume"),
+        PlanCommand::Abort { name, admin } => plan_op(admin, name, "abort"),
         PlanCommand::Run {
             name,
             config,
@@ -400,24 +461,29 @@ fn plan(action: PlanCommand, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-fn plan_op(
-    client: anyhow::Result<crate::control::client::AdminClient>,
-    name: String,
-    op: &'static str,
-) -> ExitCode {
+fn plan_op(admin: AdminArgs, name: String, op: &'static str) -> ExitCode {
     run(async move {
-        let v = client?.post(&format!("/admin/plans/{name}/{op}")).await?;
+        let t = admin.target(true)?;
+        let v = t.client.post(&format!("/admin/plans/{name}/{op}")).await?;
+        say_who(&t, false);
+        if !v["name"].is_string() {
+            anyhow::bail!(
+                "{} answered something else than a plan's status: {v}",
+                t.client.base()
+            );
+        }
         print!("{}", crate::control::plan::describe(&v));
         Ok(())
     })
 }
 
 fn shift(file: &Path, route: &str, percent: &str) -> ExitCode {
-    let Some(bp) = percent.parse::<f64>().ok().and_then(percent_to_bp) else {
-        eprintln!(
-            "error: percent {percent:?}: allowed: a number from 0 to 100 with at most two decimals"
-        );
-        return ExitCode::FAILURE;
+    let bp = match crate::config::parse_percent(percent) {
+        Ok(bp) => bp,
+        Err(e) => {
+            eprintln!("error: percent: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     match shift_file(file, route, bp) {
         Ok(s) if s.before == s.after => {

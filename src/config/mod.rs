@@ -26,7 +26,7 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 
-pub use percent::{format_percent, percent_json, percent_to_bp};
+pub use percent::{format_percent, parse_percent, percent_json, percent_to_bp};
 pub use yaml::{Pos, quote};
 
 use crate::routing::{Match, Route, RouteTable, SidePolicy, StickyKey};
@@ -445,6 +445,7 @@ impl Config {
         };
         let hash = Config::hash_of(text);
         let mut v = validate::Validator::new(path);
+        v.source = Some(text.to_string());
         v.absent_files_ok = absent_files_ok;
         let cfg = v.root(&root, path, hash);
         if v.errors.is_empty() {

@@ -348,6 +348,65 @@ impl<'de> Deserialize<'de> for KeyText {
     }
 }
 
+/// Byte offset of a (1-based line, 1-based character column) position.
+pub fn offset(text: &str, pos: Pos) -> Option<usize> {
+    let mut line_start = 0;
+    for _ in 1..pos.line {
+        line_start += text[line_start..].find('\n')? + 1;
+    }
+    let line = &text[line_start..];
+    let col = (pos.col as usize).checked_sub(1)?;
+    let within = line
+        .char_indices()
+        .nth(col)
+        .map(|(i, _)| i)
+        .or((col == line.chars().count()).then_some(line.len()))?;
+    Some(line_start + within)
+}
+
+/// Length in bytes of the scalar token at the start of `s`: quoted, or plain up to the
+/// first space, comma, bracket, comment or line end.
+pub fn scalar_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    match b.first() {
+        Some(b'"') => {
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => return i + 1,
+                    _ => i += 1,
+                }
+            }
+            b.len()
+        }
+        Some(b'\'') => {
+            let mut i = 1;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return i + 1;
+                }
+                i += 1;
+            }
+            b.len()
+        }
+        _ => b
+            .iter()
+            .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b',' | b'}' | b']' | b'#'))
+            .unwrap_or(b.len()),
+    }
+}
+
+/// The scalar's source text at `pos`, as written (quotes included).
+pub fn scalar_at(text: &str, pos: Pos) -> Option<&str> {
+    let start = offset(text, pos)?;
+    Some(&text[start..start + scalar_len(&text[start..])])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

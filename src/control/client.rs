@@ -1,13 +1,21 @@
 //! A client of a running gateway's admin API, for the command line: plain HTTP (no proxy
-//! from the environment), JSON answers, errors that say what to check.
+//! from the environment), JSON answers, errors that say what to check, and which gateway
+//! answered (every admin answer names the config it runs in `X-Strangler-Config`: a server
+//! without it is not a strangler gateway, whatever JSON it answers).
+
+use std::sync::Mutex;
 
 use serde_json::Value;
+
+use super::admin::CONFIG_HEADER;
 
 /// The admin API of one gateway.
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// The config hash the gateway named in its last answer.
+    config: Mutex<Option<String>>,
 }
 
 impl AdminClient {
@@ -17,6 +25,7 @@ impl AdminClient {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder().no_proxy().build()?,
             token: None,
+            config: Mutex::new(None),
         })
     }
 
@@ -24,6 +33,19 @@ impl AdminClient {
     pub fn with_token(mut self, token: Option<String>) -> AdminClient {
         self.token = token;
         self
+    }
+
+    /// The admin API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The hash of the config the gateway said it runs, in its last answer.
+    pub fn config_hash(&self) -> Option<String> {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `POST path` with no body; the JSON answer of a 2xx, else an error with the API's
@@ -52,6 +74,18 @@ impl AdminClient {
             )
         })?;
         let status = resp.status();
+        let Some(config) = resp
+            .headers()
+            .get(CONFIG_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            anyhow::bail!(
+                "{} answered {status}, but not as a strangler gateway (no {CONFIG_HEADER} header): is this the gateway's admin.listen?",
+                self.base
+            );
+        };
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
         let body: Value = resp
             .json()
             .await

@@ -114,6 +114,14 @@ impl Reloader {
             let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
             metrics.retain_routes(&names);
             windows.retain(&names);
+            let shadowed: HashSet<&str> = table
+                .config
+                .routes
+                .iter()
+                .filter(|r| r.shadow.is_some())
+                .map(|r| r.name.as_str())
+                .collect();
+            shadows.retain(&shadowed);
             table.publish(&metrics);
             Ok(Some((table, changed)))
         })

@@ -136,7 +136,7 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     let windows = Registry::new(config.compare.clone());
     let fleet = Fleet::new();
     metrics.register(Box::new(FleetMetrics(fleet.clone())));
-    let shadows = Shadows::new();
+    let shadows = Shadows::new(windows.clone());
     let overrides = Arc::new(Overrides::default());
     let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)
         .map_err(|e| anyhow::anyhow!(e))?;

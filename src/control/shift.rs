@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::yaml::{self, Node, Pos, Value};
+use crate::config::yaml::{self, Node, Value, offset, scalar_len};
 use crate::config::{Config, ConfigErrors, format_percent};
 
 /// Why a shift was not made.
@@ -362,9 +362,9 @@ pub fn shift_text(
     };
     let value = format_percent(bp);
     let new_text = if let Some((_, v)) = entries.iter().find(|(k, _)| k.name == "percent") {
-        let start = offset(text, v.pos)
+        let start = yaml::offset(text, v.pos)
             .ok_or_else(|| ShiftError::Layout("percent value position".into()))?;
-        let end = start + scalar_len(&text[start..]);
+        let end = start + yaml::scalar_len(&text[start..]);
         format!("{}{}{}", &text[..start], value, &text[end..])
     } else {
         let (key, name) = entries
@@ -442,59 +442,6 @@ fn route_node<'a>(root: &'a Node, route: &str) -> Option<&'a Node> {
             .iter()
             .any(|(k, v)| k.name == "name" && matches!(&v.value, Value::Str(s) if s == route))
     })
-}
-
-/// Byte offset of a (1-based line, 1-based character column) position.
-fn offset(text: &str, pos: Pos) -> Option<usize> {
-    let mut line_start = 0;
-    for _ in 1..pos.line {
-        line_start += text[line_start..].find('\n')? + 1;
-    }
-    let line = &text[line_start..];
-    let col = (pos.col as usize).checked_sub(1)?;
-    let within = line
-        .char_indices()
-        .nth(col)
-        .map(|(i, _)| i)
-        .or((col == line.chars().count()).then_some(line.len()))?;
-    Some(line_start + within)
-}
-
-/// Length in bytes of the scalar token at the start of `s`: quoted, or plain up to the
-/// first space, comma, bracket, comment or line end.
-fn scalar_len(s: &str) -> usize {
-    let b = s.as_bytes();
-    match b.first() {
-        Some(b'"') => {
-            let mut i = 1;
-            while i < b.len() {
-                match b[i] {
-                    b'\\' => i += 2,
-                    b'"' => return i + 1,
-                    _ => i += 1,
-                }
-            }
-            b.len()
-        }
-        Some(b'\'') => {
-            let mut i = 1;
-            while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    return i + 1;
-                }
-                i += 1;
-            }
-            b.len()
-        }
-        _ => b
-            .iter()
-            .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b',' | b'}' | b']' | b'#'))
-            .unwrap_or(b.len()),
-    }
 }
 
 #[cfg(test)]

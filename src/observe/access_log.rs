@@ -148,10 +148,16 @@ impl AccessLog {
     }
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal. Besides what JSON requires, the characters that
+/// change what a reader sees without being seen (C1 controls, bidirectional overrides and
+/// isolates, line and paragraph separators) are escaped: a path holding U+202E would
+/// otherwise show a log line's text reversed.
 pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+    {
         out.push_str(s);
         out.push('"');
         return;
@@ -163,13 +169,25 @@ pub fn json_str(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            c if (c as u32) < 0x20 || hidden(c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+/// Characters that change how text is shown without being seen.
+fn hidden(c: char) -> bool {
+    matches!(c as u32,
+        0x7f..=0x9f            // DEL and the C1 controls
+        | 0x061c               // Arabic letter mark
+        | 0x200e | 0x200f      // left-to-right and right-to-left marks
+        | 0x2028 | 0x2029      // line and paragraph separators
+        | 0x202a..=0x202e      // bidirectional embeddings and overrides
+        | 0x2066..=0x2069      // bidirectional isolates
+    )
 }
 
 #[cfg(test)]
@@ -181,5 +199,11 @@ mod tests {
         assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001\"");
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v, "a\"b\\c\n\u{1}");
+        // A right-to-left override from a path is escaped: the line reads as it is.
+        let mut s = String::new();
+        super::json_str(&mut s, "/files/\u{202e}gpj.exe é");
+        assert_eq!(s, "\"/files/\\u202egpj.exe é\"");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, "/files/\u{202e}gpj.exe é");
     }
 }

@@ -37,6 +37,8 @@ pub const GRPC_RESPONSES_TOTAL: &str = "strangler_grpc_responses_total";
 pub const FALLBACKS_TOTAL: &str = "strangler_fallbacks_total";
 pub const RETRIES_TOTAL: &str = "strangler_retries_total";
 pub const SHADOW_REQUESTS_TOTAL: &str = "strangler_shadow_requests_total";
+pub const SHADOW_DIFFERENCES_TOTAL: &str = "strangler_shadow_differences_total";
+pub const SHADOW_DURATION: &str = "strangler_shadow_duration_seconds";
 
 #[cfg(test)]
 mod grpc_tests {
@@ -174,6 +176,8 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     shadow: IntCounterVec,
+    shadow_differences: IntCounterVec,
+    shadow_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -325,9 +329,28 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("static metric definition is valid");
+        let shadow_differences = IntCounterVec::new(
+            Opts::new(
+                SHADOW_DIFFERENCES_TOTAL,
+                "Shadow copies compared that had a difference of this kind (status, headers, body; a copy may count in several)",
+            ),
+            &["route", "kind"],
+        )
+        .expect("static metric definition is valid");
+        let shadow_duration = HistogramVec::new(
+            HistogramOpts::new(
+                SHADOW_DURATION,
+                "Compared shadow copies: legacy's time for the request and the new side's for its copy",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "side"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(log_dropped.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(shadow.clone()),
+            Box::new(shadow_differences.clone()),
+            Box::new(shadow_duration.clone()),
             Box::new(fallbacks.clone()),
             Box::new(retries.clone()),
             Box::new(plan_step.clone()),
@@ -376,6 +399,8 @@ impl Metrics {
             fallbacks,
             retries,
             shadow,
+            shadow_differences,
+            shadow_duration,
         })
     }
 
@@ -569,6 +594,24 @@ impl SideMetrics {
                     .with_label_values(&[&*self.route, outcome.as_str()])
             })
             .inc();
+    }
+
+    /// Counts a compared copy of this route's requests with a difference of `kind`.
+    pub fn shadow_difference(&self, kind: super::shadow::Kind) {
+        self.metrics
+            .shadow_differences
+            .with_label_values(&[&*self.route, kind.as_str()])
+            .inc();
+    }
+
+    /// Both sides' times for a compared copy of this route's requests.
+    pub fn shadow_latency(&self, legacy: f64, new: f64) {
+        for (side, secs) in [("legacy", legacy), ("new", new)] {
+            self.metrics
+                .shadow_duration
+                .with_label_values(&[&*self.route, side])
+                .observe(secs);
+        }
     }
 
     /// Counts a request of this route the new side failed (`reason`) and legacy answered.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::shadow::{Kind, Outcome, ShadowFigures};
 use super::verdict::{RouteComparison, judge};
 use super::window::{BUCKETS, SideFigures, bucket_of, bucket_range};
 use crate::config::{CompareConfig, format_percent};
@@ -54,29 +55,97 @@ fn by_route_side(result: &[Value]) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
-/// Per route, the shadow copies that matched and those compared over `window`, summed
-/// across replicas (skipped and too large ones are not compared).
-pub async fn shadow_rates(
-    base: &str,
-    window: Duration,
-) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
+/// The growth of a counter (or a histogram's buckets) over `window`, per series (per replica)
+/// before summing `by`; only what the window covers counts:
+///
+/// - a series Prometheus had at the window's start: its value now less its value then;
+/// - one reset within the window (its replica restarted), of a replica scraped at the
+///   window's start: its whole value, counted since the reset;
+/// - one that began within the window, after its replica's first scrape in it (the first
+///   request of its kind): its whole value, counted from 0;
+/// - one seen since its replica's first scrape in the window, when Prometheus (or the
+///   replica) started since the window began: from its first sample, never the replica's
+///   whole lifetime.
+fn growth(metric: &str, by: &str, window: Duration) -> String {
+    let w = format!("{}s", window.as_secs().max(1));
+    format!(
+        "sum by ({by}) (\
+         (({metric} - {metric} offset {w}) >= 0) \
+         or ({metric} and on (instance, job) (up offset {w})) \
+         or ({metric} and (count_over_time({metric}[{w}]) < on (instance, job) group_left count_over_time(up[{w}]))) \
+         or ({metric} - min_over_time({metric}[{w}])))"
+    )
+}
+
+/// How much of `window` the figures cover: from the oldest sample of the gateways'
+/// `strangler_config_info` within it to now (0 when there is none).
+pub async fn covered(base: &str, window: Duration) -> anyhow::Result<Duration> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let w = format!("{}s", window.as_secs().max(1));
-    let metric = "strangler_shadow_requests_total";
-    let promql =
-        format!("sum by (route, result) (({metric} - {metric} offset {w}) >= 0 or {metric})");
-    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let promql = format!("time() - min(min_over_time(timestamp(strangler_config_info)[{w}:1s]))");
+    let secs = query(&client, base, &promql)
+        .await?
+        .first()
+        .and_then(value)
+        .unwrap_or(0.0);
+    Ok(Duration::from_secs_f64(
+        secs.clamp(0.0, window.as_secs_f64()),
+    ))
+}
+
+/// Per route, its shadow copies over `window`, summed across replicas: by result, by kind
+/// of difference, and both sides' times for the compared ones (the figures of a gateway's
+/// `/admin/compare`, `shadow`).
+pub async fn shadow_figures(
+    base: &str,
+    window: Duration,
+) -> anyhow::Result<BTreeMap<String, ShadowFigures>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut out: BTreeMap<String, ShadowFigures> = BTreeMap::new();
+    let route_of = |m: &Value| m["metric"]["route"].as_str().unwrap_or("").to_string();
+    let promql = growth("strangler_shadow_requests_total", "route, result", window);
     for m in query(&client, base, &promql).await? {
-        let route = m["metric"]["route"].as_str().unwrap_or("").to_string();
         let result = m["metric"]["result"].as_str().unwrap_or("");
-        let v = value(&m).unwrap_or(0.0);
-        let e = out.entry(route).or_default();
-        if result == "match" {
-            e.0 += v;
+        let Some(outcome) = Outcome::ALL.iter().find(|o| o.as_str() == result) else {
+            continue;
+        };
+        let f = out.entry(route_of(&m)).or_insert_with(ShadowFigures::empty);
+        let n = value(&m).unwrap_or(0.0).round() as u64;
+        *f.results.entry(outcome.as_str()).or_default() += n;
+    }
+    let promql = growth("strangler_shadow_differences_total", "route, kind", window);
+    for m in query(&client, base, &promql).await? {
+        let kind = m["metric"]["kind"].as_str().unwrap_or("");
+        let Some(k) = Kind::ALL.iter().find(|k| k.as_str() == kind) else {
+            continue;
+        };
+        let f = out.entry(route_of(&m)).or_insert_with(ShadowFigures::empty);
+        *f.differences.entry(k.as_str()).or_default() += value(&m).unwrap_or(0.0).round() as u64;
+    }
+    for (q, which) in [(0.5, 50), (0.99, 99)] {
+        let promql = format!(
+            "histogram_quantile({q}, {})",
+            growth(
+                "strangler_shadow_duration_seconds_bucket",
+                "route, side, le",
+                window
+            )
+        );
+        for m in query(&client, base, &promql).await? {
+            let Some(f) = out.get_mut(&route_of(&m)) else {
+                continue;
+            };
+            let ms = value(&m).map(|s| (s * 1e5).round() / 100.0);
+            match (m["metric"]["side"].as_str(), which) {
+                (Some("legacy"), 50) => f.legacy_p50_ms = ms,
+                (Some("legacy"), _) => f.legacy_p99_ms = ms,
+                (Some("new"), 50) => f.new_p50_ms = ms,
+                _ => f.new_p99_ms = ms,
+            }
         }
-        if !matches!(result, "skipped" | "too_large") {
-            e.1 += v;
-        }
+    }
+    for f in out.values_mut() {
+        f.settle();
     }
     Ok(out)
 }
@@ -117,14 +186,9 @@ pub async fn compare(
     window: Duration,
     cfg: &CompareConfig,
 ) -> anyhow::Result<Vec<RouteComparison>> {
-    let w = format!("{}s", window.as_secs().max(1));
-    // Growth over the window, per series (per replica) before summing: now minus a window
-    // ago; the whole value for a series younger than the window or reset within it (a
-    // replica restarted: its count since then). Exact when nothing restarted, unlike
-    // increase()'s extrapolation; a restart undercounts only that replica's pre-restart part.
-    let growth = |metric: &str, by: &str| {
-        format!("sum by ({by}) (({metric} - {metric} offset {w}) >= 0 or {metric})")
-    };
+    // Growth over exactly the window, per replica, then summed (see `growth`): exact when
+    // nothing restarted, unlike increase()'s extrapolation.
+    let growth = |metric: &str, by: &str| growth(metric, by, window);
     let client = reqwest::Client::builder().no_proxy().build()?;
     let requests = by_route_side(
         &query(

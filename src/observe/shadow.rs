@@ -6,15 +6,18 @@
 //! result, per-field mismatch counts, the last mismatches) for `GET /admin/shadow/{route}`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Read as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, header};
 use serde_json::{Value, json};
 
+use serde::Serialize;
+
+use super::window::{BUCKETS, Registry, SideFigures, Span, Tally, bucket_of};
 use crate::config::shadow::{Pointer, ShadowConfig};
 
 /// Mismatches kept per route for the report.
@@ -26,9 +29,6 @@ pub const MIN_NOISE_PAIRS: u64 = 5;
 /// The longest value a kept difference shows (in bytes of JSON): a larger one is
 /// described (its type and size) instead of kept.
 const SHOWN_VALUE: usize = 256;
-/// The longest window a recent match rate can be asked over (the plan's
-/// `guard.shadow_window`): compared copies are kept as counts per second for this long.
-pub const MAX_RECENT: Duration = crate::config::plan::MAX_SHADOW_WINDOW;
 /// Distinct fields counted per route (mismatches and noise); further ones are counted
 /// under `(other)`, so a body full of generated keys cannot grow the report without bound.
 const MAX_FIELDS: usize = 1000;
@@ -337,6 +337,49 @@ pub fn outcome_of(diffs: &[Difference]) -> Outcome {
     }
 }
 
+/// The kinds of difference a copy can have, each counted apart (a header difference never
+/// hides a body regression): the `kind` label of `strangler_shadow_differences_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Status,
+    Headers,
+    Body,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Status, Kind::Headers, Kind::Body];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Status => "status",
+            Kind::Headers => "headers",
+            Kind::Body => "body",
+        }
+    }
+
+    fn of(d: &Difference) -> Kind {
+        if d.field == "status" {
+            Kind::Status
+        } else if d.field.starts_with("header:") {
+            Kind::Headers
+        } else {
+            Kind::Body
+        }
+    }
+}
+
+/// What a comparison found: the copy's result, each kind of difference it had, and both
+/// sides' times for the request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compared {
+    pub outcome: Outcome,
+    /// By [`Kind`]: whether the copy had a difference of that kind.
+    pub kinds: [bool; 3],
+    /// Legacy's time for the request (its answer's end), and the new side's for the copy.
+    pub legacy: Duration,
+    pub new: Duration,
+}
+
 /// A mismatch kept for the report.
 #[derive(Debug, Clone)]
 struct Mismatch {
@@ -357,79 +400,107 @@ struct Noise {
     differed: HashMap<String, u64>,
 }
 
+/// A field that differed: how many copies, and the latest example.
+#[derive(Debug, Clone)]
+struct Field {
+    mismatches: u64,
+    /// The request's path, the concrete field (`/items/3/price`), and both values.
+    example: (String, String, Value, Value),
+}
+
+/// One slot of time (the compare window's slots): the copies' results, their kinds of
+/// difference, and both sides' latencies for the compared ones.
+#[derive(Debug, Clone)]
+struct Slot {
+    epoch: u64,
+    results: [u64; 7],
+    kinds: [u64; 3],
+    /// Latency histograms (the window's buckets) of legacy's answers and the new side's, for
+    /// the copies compared; empty until the first.
+    legacy: Vec<u64>,
+    new: Vec<u64>,
+}
+
+impl Slot {
+    fn new(epoch: u64) -> Slot {
+        Slot {
+            epoch,
+            results: [0; 7],
+            kinds: [0; 3],
+            legacy: Vec::new(),
+            new: Vec::new(),
+        }
+    }
+}
+
 /// A route's shadow figures and report.
-#[derive(Default)]
 pub struct RouteShadow {
+    registry: Arc<Registry>,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Since the gateway started, or the last reset.
     counts: BTreeMap<Outcome, u64>,
-    /// Compared copies per second, oldest first, over the last [`MAX_RECENT`]: (second,
-    /// compared, matched).
-    recent: VecDeque<(u64, u32, u32)>,
-    /// The second the route last changed (its service, its match or its shadow settings):
-    /// copies before it are not the route's as it is now.
+    kinds: [u64; 3],
+    /// By slot, oldest first, over the comparison's retention.
+    slots: VecDeque<Slot>,
+    /// The slot the route last changed in (its service, its match or its shadow settings),
+    /// or was reset: copies before it are not the route's as it is now.
     changed_at: u64,
     /// What the route was when it last changed.
     identity: Option<u64>,
-    fields: HashMap<String, u64>,
+    fields: HashMap<String, Field>,
     mismatches: VecDeque<Mismatch>,
     noise: Noise,
 }
 
-impl Inner {
-    fn match_rate(&self) -> (Option<f64>, u64) {
-        let compared: u64 = self
-            .counts
-            .iter()
-            .filter(|(o, _)| o.compared())
-            .map(|(_, n)| n)
-            .sum();
-        let matched = self.counts.get(&Outcome::Match).copied().unwrap_or(0);
-        (
-            (compared > 0).then(|| matched as f64 / compared as f64),
-            compared,
-        )
-    }
-
-    fn remember(&mut self, now: u64, matched: bool) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _, _)| now.saturating_sub(*t) >= MAX_RECENT.as_secs())
-        {
-            self.recent.pop_front();
-        }
-        match self.recent.back_mut() {
-            Some((t, n, m)) if *t == now => {
-                *n += 1;
-                *m += u32::from(matched);
-            }
-            _ => self.recent.push_back((now, 1, u32::from(matched))),
-        }
-    }
-
-    fn match_rate_over(&self, now: u64, window: Duration) -> (Option<f64>, u64) {
-        let from = now
-            .saturating_sub(window.as_secs().saturating_sub(1))
-            .max(self.changed_at);
-        let (n, m) = self
-            .recent
-            .iter()
-            .filter(|(t, _, _)| *t >= from)
-            .fold((0u64, 0u64), |(n, m), (_, a, b)| {
-                (n + u64::from(*a), m + u64::from(*b))
-            });
-        ((n > 0).then(|| m as f64 / n as f64), n)
-    }
+/// A route's copies over a window, as every view shows them (the API, the CLI, the
+/// dashboard, Prometheus, a plan's gate): compared copies are those that reached a verdict
+/// (matched, differed or failed on the new side); the match rate is matched over compared.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowFigures {
+    pub compared: u64,
+    pub matched: u64,
+    pub match_rate: Option<f64>,
+    /// Copies by result.
+    pub results: BTreeMap<&'static str, u64>,
+    /// Copies with a difference of each kind (a copy with several counts in each).
+    pub differences: BTreeMap<&'static str, u64>,
+    /// Legacy's and the new side's times for the same requests (the compared copies).
+    pub legacy_p50_ms: Option<f64>,
+    pub legacy_p99_ms: Option<f64>,
+    pub new_p50_ms: Option<f64>,
+    pub new_p99_ms: Option<f64>,
 }
 
-/// Whole seconds on a clock of this process (for the per-second counts).
-fn second() -> u64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_secs() + 1
+impl ShadowFigures {
+    /// No copies (figures to add up).
+    pub fn empty() -> ShadowFigures {
+        ShadowFigures {
+            compared: 0,
+            matched: 0,
+            match_rate: None,
+            results: Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect(),
+            differences: Kind::ALL.iter().map(|k| (k.as_str(), 0)).collect(),
+            legacy_p50_ms: None,
+            legacy_p99_ms: None,
+            new_p50_ms: None,
+            new_p99_ms: None,
+        }
+    }
+
+    /// The compared copies, the matched ones and the match rate, from the results.
+    pub fn settle(&mut self) {
+        self.compared = Outcome::ALL
+            .iter()
+            .filter(|o| o.compared())
+            .map(|o| self.results.get(o.as_str()).copied().unwrap_or(0))
+            .sum();
+        self.matched = self.results.get("match").copied().unwrap_or(0);
+        self.match_rate = (self.compared > 0).then(|| self.matched as f64 / self.compared as f64);
+    }
 }
 
 /// What a copy was, for the report.
@@ -439,36 +510,129 @@ pub struct Copied<'a> {
 }
 
 impl RouteShadow {
+    /// A route's report, on the comparison's slots.
+    pub fn new(registry: Arc<Registry>) -> RouteShadow {
+        RouteShadow {
+            registry,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a copy that was not compared (skipped, too large, failed).
+    /// The slot of now, made if needed (the oldest beyond the retention let go).
+    fn slot<'a>(&self, inner: &'a mut Inner) -> &'a mut Slot {
+        let epoch = self.registry.epoch_now();
+        let keep = self.registry.slots() as u64;
+        while inner.slots.front().is_some_and(|s| s.epoch + keep <= epoch) {
+            inner.slots.pop_front();
+        }
+        if inner.slots.back().is_none_or(|s| s.epoch != epoch) {
+            inner.slots.push_back(Slot::new(epoch));
+        }
+        inner.slots.back_mut().expect("a slot was just made")
+    }
+
+    /// Counts a copy that was not compared, or failed (skipped, too large, an error).
     pub fn count(&self, outcome: Outcome) {
         let mut inner = self.lock();
         *inner.counts.entry(outcome).or_default() += 1;
-        if outcome.compared() {
-            inner.remember(second(), false);
+        self.slot(&mut inner).results[outcome as usize] += 1;
+    }
+
+    /// The copies of `span` since the route last changed (or was reset).
+    pub fn figures(&self, span: &Span) -> ShadowFigures {
+        let inner = self.lock();
+        let mut results = [0u64; 7];
+        let mut kinds = [0u64; 3];
+        let mut legacy = vec![0u64; BUCKETS];
+        let mut new = vec![0u64; BUCKETS];
+        for s in inner
+            .slots
+            .iter()
+            .filter(|s| span.contains(s.epoch) && s.epoch >= inner.changed_at)
+        {
+            for (a, b) in results.iter_mut().zip(s.results) {
+                *a += b;
+            }
+            for (a, b) in kinds.iter_mut().zip(s.kinds) {
+                *a += b;
+            }
+            for (a, b) in legacy.iter_mut().zip(&s.legacy) {
+                *a += b;
+            }
+            for (a, b) in new.iter_mut().zip(&s.new) {
+                *a += b;
+            }
+        }
+        let compared: u64 = Outcome::ALL
+            .iter()
+            .filter(|o| o.compared())
+            .map(|o| results[*o as usize])
+            .sum();
+        let matched = results[Outcome::Match as usize];
+        let quantiles = |h: Vec<u64>| {
+            let n = h.iter().sum();
+            let f = SideFigures::of_tally(&Tally {
+                requests: n,
+                errors: 0,
+                latency: h,
+            });
+            (f.p50_ms, f.p99_ms)
+        };
+        let (legacy_p50_ms, legacy_p99_ms) = quantiles(legacy);
+        let (new_p50_ms, new_p99_ms) = quantiles(new);
+        ShadowFigures {
+            compared,
+            matched,
+            match_rate: (compared > 0).then(|| matched as f64 / compared as f64),
+            results: Outcome::ALL
+                .iter()
+                .map(|o| (o.as_str(), results[*o as usize]))
+                .collect(),
+            differences: Kind::ALL
+                .iter()
+                .map(|k| (k.as_str(), kinds[*k as usize]))
+                .collect(),
+            legacy_p50_ms,
+            legacy_p99_ms,
+            new_p50_ms,
+            new_p99_ms,
         }
     }
 
-    /// The match rate of the copies compared over the last `window` (at most
-    /// [`MAX_RECENT`]) and since the route last changed, and how many those are: what a
-    /// plan's `min_shadow_match` reads (old mismatches, fixed since, age out; a service
-    /// that breaks shows at once).
-    pub fn recent_match_rate(&self, window: Duration) -> (Option<f64>, u64) {
-        self.lock().match_rate_over(second(), window)
+    /// The figures over the last `window` (what a plan's `min_shadow_match` reads: old
+    /// mismatches, fixed since, age out; a service that breaks shows at once), with the
+    /// seconds the window covered.
+    pub fn recent(&self, window: Duration) -> (ShadowFigures, Duration) {
+        let span = self.registry.span(window);
+        (self.figures(&span), span.covered)
     }
 
     /// Marks the route as it is now (`identity`: a fingerprint of its service, match and
     /// shadow settings): when it differs from the last one, copies before now no longer
-    /// count towards the recent match rate.
+    /// count in the windowed figures.
     pub fn route_is(&self, identity: u64) {
         let mut inner = self.lock();
         if inner.identity.is_some_and(|i| i != identity) {
-            inner.changed_at = second();
+            inner.changed_at = self.registry.epoch_now();
         }
         inner.identity = Some(identity);
+    }
+
+    /// Starts the comparison afresh (after a fix of the new service): counts, fields and
+    /// mismatches are forgotten, and the windowed figures count from now. What was learned
+    /// of legacy's noise stays (it is legacy's, not the new side's).
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        inner.counts.clear();
+        inner.kinds = [0; 3];
+        inner.slots.clear();
+        inner.fields.clear();
+        inner.mismatches.clear();
+        inner.changed_at = self.registry.epoch_now();
     }
 
     /// Learns from two answers of legacy to the same request: every general field that
@@ -496,8 +660,11 @@ impl RouteShadow {
         }
     }
 
-    /// Compares legacy's answer with the new side's, counts the result and keeps a
-    /// mismatch for the report. Fields learned as noise are not counted.
+    /// Compares legacy's answer with the new side's (their times `legacy_time` and
+    /// `new_time`), counts the result and each kind of difference, and keeps a mismatch for
+    /// the report. Fields learned as noise are not counted. A status that differs is one
+    /// finding: the headers and bodies of two different statuses are not compared.
+    #[allow(clippy::too_many_arguments)]
     pub fn compare(
         &self,
         copied: &Copied<'_>,
@@ -506,27 +673,81 @@ impl RouteShadow {
         cfg: &ShadowConfig,
         threshold: Option<f64>,
         at_ms: u128,
-    ) -> Outcome {
+        times: (Duration, Duration),
+    ) -> Compared {
         let noisy: Vec<String> = threshold.map_or_else(Vec::new, |t| self.noisy(t));
-        let diffs = differences(legacy, new, cfg, &|g| noisy.iter().any(|n| n == g));
+        let mut diffs = differences(legacy, new, cfg, &|g| noisy.iter().any(|n| n == g));
+        if diffs.first().is_some_and(|d| d.field == "status") {
+            diffs.truncate(1);
+        }
         let outcome = outcome_of(&diffs);
+        let mut kinds = [false; 3];
+        for d in &diffs {
+            kinds[Kind::of(d) as usize] = true;
+        }
         let mut inner = self.lock();
         *inner.counts.entry(outcome).or_default() += 1;
-        inner.remember(second(), outcome == Outcome::Match);
-        if outcome == Outcome::Match {
-            return outcome;
+        for (total, has) in inner.kinds.iter_mut().zip(kinds) {
+            *total += u64::from(has);
         }
-        let mut general: Vec<&str> = diffs.iter().map(|d| d.general.as_str()).collect();
-        general.sort_unstable();
-        general.dedup();
-        for g in general {
+        let slot = self.slot(&mut inner);
+        slot.results[outcome as usize] += 1;
+        for (n, has) in slot.kinds.iter_mut().zip(kinds) {
+            *n += u64::from(has);
+        }
+        for (hist, t) in [(&mut slot.legacy, times.0), (&mut slot.new, times.1)] {
+            if hist.is_empty() {
+                *hist = vec![0; BUCKETS];
+            }
+            hist[bucket_of(t.as_micros().min(u128::from(u64::MAX)) as u64)] += 1;
+        }
+        let compared = Compared {
+            outcome,
+            kinds,
+            legacy: times.0,
+            new: times.1,
+        };
+        if outcome == Outcome::Match {
+            return compared;
+        }
+        // One count per field per copy, with its latest example.
+        let mut seen: Vec<&str> = Vec::new();
+        for d in &diffs {
+            if seen.contains(&d.general.as_str()) {
+                continue;
+            }
+            seen.push(&d.general);
+            let example = (
+                copied.path.to_string(),
+                d.field.clone(),
+                d.legacy.clone(),
+                d.new.clone(),
+            );
             let known = inner.fields.len();
-            match inner.fields.get_mut(g) {
-                Some(n) => *n += 1,
-                None if known < MAX_FIELDS => {
-                    inner.fields.insert(g.to_string(), 1);
+            match inner.fields.get_mut(&d.general) {
+                Some(f) => {
+                    f.mismatches += 1;
+                    f.example = example;
                 }
-                None => *inner.fields.entry("(other)".to_string()).or_default() += 1,
+                None if known < MAX_FIELDS => {
+                    inner.fields.insert(
+                        d.general.clone(),
+                        Field {
+                            mismatches: 1,
+                            example,
+                        },
+                    );
+                }
+                None => {
+                    let other = inner
+                        .fields
+                        .entry("(other)".to_string())
+                        .or_insert_with(|| Field {
+                            mismatches: 0,
+                            example: example.clone(),
+                        });
+                    other.mismatches += 1;
+                }
             }
         }
         if inner.mismatches.len() == KEPT_MISMATCHES {
@@ -541,7 +762,7 @@ impl RouteShadow {
             outcome,
             differences: diffs.into_iter().take(KEPT_DIFFERENCES).collect(),
         });
-        outcome
+        compared
     }
 
     /// The general fields learned as noise at `threshold`.
@@ -560,16 +781,13 @@ impl RouteShadow {
             .collect()
     }
 
-    /// Matches over compared copies (`None` before any).
-    pub fn match_rate(&self) -> (Option<f64>, u64) {
-        self.lock().match_rate()
-    }
-
-    /// The report of `GET /admin/shadow/{route}`.
-    pub fn report(&self, route: &str, cfg: Option<&ShadowConfig>) -> Value {
+    /// The report of `GET /admin/shadow/{route}` over `span` (the window's figures; the
+    /// fields, mismatches and noise since the gateway started or the last reset), the route
+    /// shadowed with `cfg` now: fields its settings ignore now are marked so.
+    pub fn report(&self, route: &str, cfg: Option<&ShadowConfig>, span: &Span) -> Value {
+        let window = self.figures(span);
         let inner = self.lock();
-        let (rate, compared) = inner.match_rate();
-        let counts: serde_json::Map<String, Value> = Outcome::ALL
+        let totals: serde_json::Map<String, Value> = Outcome::ALL
             .iter()
             .map(|o| {
                 (
@@ -578,10 +796,44 @@ impl RouteShadow {
                 )
             })
             .collect();
-        let mut fields: Vec<(&String, &u64)> = inner.fields.iter().collect();
-        fields.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let threshold = cfg.and_then(|c| c.noise).map(|n| n.threshold);
         let pairs = inner.noise.pairs;
+        let is_noise = |f: &str| {
+            pairs >= MIN_NOISE_PAIRS
+                && threshold.is_some_and(|t| {
+                    inner
+                        .noise
+                        .differed
+                        .get(f)
+                        .is_some_and(|n| *n as f64 / pairs as f64 >= t)
+                })
+        };
+        let ignored = |general: &str| -> bool {
+            if let Some(name) = general.strip_prefix("header:") {
+                return header_ignored(name, cfg);
+            }
+            let path: Vec<String> = general
+                .split('/')
+                .skip(1)
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            cfg.is_some_and(|c| c.ignore_json.iter().any(|p| p.matches(&path)))
+        };
+        let mut fields: Vec<(&String, &Field)> = inner.fields.iter().collect();
+        fields.sort_by(|a, b| b.1.mismatches.cmp(&a.1.mismatches).then(a.0.cmp(b.0)));
+        let fields: Vec<Value> = fields
+            .into_iter()
+            .map(|(f, field)| {
+                let (path, concrete, legacy, new) = &field.example;
+                json!({
+                    "field": f,
+                    "mismatches": field.mismatches,
+                    "ignored": ignored(f),
+                    "noise": is_noise(f),
+                    "example": {"path": path, "field": concrete, "legacy": legacy, "new": new},
+                })
+            })
+            .collect();
         let mut noise: Vec<(&String, &u64)> = inner.noise.differed.iter().collect();
         noise.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let noise: Vec<Value> = noise
@@ -593,6 +845,7 @@ impl RouteShadow {
                     "differed": n,
                     "share": share,
                     "noise": pairs >= MIN_NOISE_PAIRS && threshold.is_some_and(|t| share >= t),
+                    "ignored": ignored(f),
                 })
             })
             .collect();
@@ -616,17 +869,22 @@ impl RouteShadow {
                 })
             })
             .collect();
-        json!({
+        // The window's figures at the top (as `/admin/compare`'s `shadow` has them), the
+        // counts since the start (or the last reset) beside them.
+        let mut out = serde_json::to_value(&window).unwrap_or_default();
+        let report = json!({
             "route": route,
             "configured": cfg.is_some(),
-            "results": counts,
-            "compared": compared,
-            "match_rate": rate,
-            "fields": fields.iter().map(|(f, n)| json!({"field": f, "mismatches": n})).collect::<Vec<_>>(),
+            "covered_seconds": (span.covered.as_secs_f64() * 10.0).round() / 10.0,
+            "since_start": {
+                "results": totals,
+                "differences": Kind::ALL.iter().map(|k| (k.as_str().to_string(), json!(inner.kinds[*k as usize]))).collect::<serde_json::Map<_, _>>(),
+            },
+            "fields": fields,
             "ignored": {
                 "headers": cfg.map(|c| c.ignore_headers.iter().map(|h| h.as_str().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
                 "json": cfg.map(|c| c.ignore_json.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                "always": ALWAYS_IGNORED,
+                "always": always_ignored(),
             },
             "noise": {
                 "sample": cfg.and_then(|c| c.noise).map(|n| n.sample_bp as f64 / 100.0),
@@ -636,19 +894,76 @@ impl RouteShadow {
                 "fields": noise,
             },
             "mismatches": mismatches,
-        })
+        });
+        if let (Value::Object(out), Value::Object(more)) = (&mut out, report) {
+            out.extend(more);
+        }
+        out
+    }
+
+    /// The fields learned as noise and not yet ignored, as the lines of `ignore_json` that
+    /// would ignore them (`strangler shadow ROUTE --noise-yaml`).
+    pub fn noise_pointers(&self, cfg: Option<&ShadowConfig>) -> Vec<String> {
+        let threshold = cfg.and_then(|c| c.noise).map(|n| n.threshold);
+        let Some(t) = threshold else {
+            return Vec::new();
+        };
+        let inner = self.lock();
+        let pairs = inner.noise.pairs;
+        if pairs < MIN_NOISE_PAIRS {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = inner
+            .noise
+            .differed
+            .iter()
+            .filter(|(_, n)| **n as f64 / pairs as f64 >= t)
+            .map(|(f, _)| f.clone())
+            .filter(|f| {
+                let path: Vec<String> = f
+                    .split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                !cfg.is_some_and(|c| c.ignore_json.iter().any(|p| p.matches(&path)))
+            })
+            .collect();
+        out.sort();
+        out
     }
 }
 
-/// Every route's shadow report, by name, kept across reloads.
-#[derive(Default)]
+/// Whether a header is left out of comparisons: always (framing, hop-by-hop, the date, what
+/// gateways add, `x-strangler-*`), or by the route's `ignore_headers`.
+fn header_ignored(name: &str, cfg: Option<&ShadowConfig>) -> bool {
+    ALWAYS_IGNORED.contains(&name)
+        || name.starts_with("x-strangler-")
+        || cfg.is_some_and(|c| c.ignore_headers.iter().any(|h| h.as_str() == name))
+}
+
+/// The headers always left out, as the report lists them.
+fn always_ignored() -> Vec<&'static str> {
+    ALWAYS_IGNORED
+        .iter()
+        .copied()
+        .chain(["x-strangler-*"])
+        .collect()
+}
+
+/// Every route's shadow report, by name, kept across reloads (a route no longer shadowed,
+/// or gone, is let go at the next reload).
 pub struct Shadows {
+    registry: Arc<Registry>,
     routes: Mutex<HashMap<String, Arc<RouteShadow>>>,
 }
 
 impl Shadows {
-    pub fn new() -> Arc<Shadows> {
-        Arc::default()
+    /// The reports, on the comparison's slots.
+    pub fn new(registry: Arc<Registry>) -> Arc<Shadows> {
+        Arc::new(Shadows {
+            registry,
+            routes: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A route's report (made on first use).
@@ -657,16 +972,16 @@ impl Shadows {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_default()
+            .or_insert_with(|| Arc::new(RouteShadow::new(self.registry.clone())))
             .clone()
     }
 
-    /// The report of `GET /admin/shadow/{route}`, without making an entry for a route
-    /// that has none (an empty one is reported).
-    pub fn report(&self, name: &str, cfg: Option<&ShadowConfig>) -> Value {
+    /// The report of `GET /admin/shadow/{route}` over `span`, without making an entry for
+    /// a route that has none (an empty one is reported).
+    pub fn report(&self, name: &str, cfg: Option<&ShadowConfig>, span: &Span) -> Value {
         match self.get(name) {
-            Some(r) => r.report(name, cfg),
-            None => RouteShadow::default().report(name, cfg),
+            Some(r) => r.report(name, cfg, span),
+            None => RouteShadow::new(self.registry.clone()).report(name, cfg, span),
         }
     }
 
@@ -677,6 +992,15 @@ impl Shadows {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Lets go of the reports of routes not shadowed any more (a reload removed them or
+    /// their `shadow`): their memory is not kept across many reloads.
+    pub fn retain(&self, shadowed: &HashSet<&str>) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| shadowed.contains(name.as_str()));
     }
 }
 
@@ -776,31 +1100,103 @@ mod tests {
         assert!(shown.starts_with("(an array of 200 items"), "{shown}");
     }
 
+    /// A report on slots of a second, 900 of them.
+    fn route() -> RouteShadow {
+        let cfg = crate::config::CompareConfig {
+            resolution: Duration::from_secs(1),
+            retention: Duration::from_secs(900),
+            ..Default::default()
+        };
+        RouteShadow::new(Registry::new(cfg))
+    }
+
+    const T: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(30));
+
     #[test]
-    fn the_recent_rate_counts_the_window_since_the_last_change() {
-        let mut inner = Inner::default();
-        // An hour and a half of copies, one a second: a mismatch every tenth second in the
-        // first hour, none after.
-        for t in 1..=5400u64 {
-            inner.remember(t, t > 3600 || t % 10 != 0);
-        }
-        // Over the last ten minutes: all matched.
+    fn every_kind_of_difference_is_counted_and_a_status_is_one_finding() {
+        let c = cfg(&[]);
+        let r = route();
+        let mut served = answer(200, r#"{"id":1,"total":10}"#);
+        served
+            .headers
+            .insert("x-served-by", "monolith".parse().unwrap());
+        let mut by_new = answer(200, r#"{"id":1,"total":11}"#);
+        by_new
+            .headers
+            .insert("x-served-by", "orders".parse().unwrap());
+        // A header and a body difference: both counted, the result the first.
+        let got = r.compare(&COPIED, &served, &by_new, &c, None, 0, T);
+        assert_eq!(got.outcome, Outcome::HeaderMismatch);
+        assert_eq!(got.kinds, [false, true, true]);
+        // A 500 against a 200: one finding, not every body field.
+        let failed = answer(500, r#"{"error":"boom"}"#);
+        let got = r.compare(&COPIED, &served, &failed, &c, None, 0, T);
         assert_eq!(
-            inner.match_rate_over(5400, Duration::from_secs(600)),
-            (Some(1.0), 600)
+            (got.outcome, got.kinds),
+            (Outcome::StatusMismatch, [true, false, false])
         );
-        // Over the last hour: half an hour of each.
-        let (rate, n) = inner.match_rate_over(5400, Duration::from_secs(3600));
-        assert_eq!(n, 3600);
-        assert!((rate.unwrap() - 0.95).abs() < 1e-9, "{rate:?}");
-        // Nothing is kept beyond the longest window.
-        assert!(inner.recent.len() <= MAX_RECENT.as_secs() as usize);
-        // A change of the route: only the copies since count.
-        inner.changed_at = 5391;
-        assert_eq!(
-            inner.match_rate_over(5400, Duration::from_secs(600)),
-            (Some(1.0), 10)
+        let f = r.figures(&r.registry.span(Duration::from_secs(60)));
+        assert_eq!(f.compared, 2);
+        assert_eq!(f.differences["body"], 1);
+        assert_eq!(f.differences["headers"], 1);
+        assert_eq!(f.differences["status"], 1);
+        let report = r.report("x", Some(&c), &r.registry.span(Duration::from_secs(60)));
+        let fields: Vec<&str> = report["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["field"].as_str().unwrap())
+            .collect();
+        assert!(
+            !fields.contains(&"/error") && !fields.contains(&"/id"),
+            "{fields:?}"
         );
+        assert!(
+            fields.contains(&"/total") && fields.contains(&"status"),
+            "{fields:?}"
+        );
+        // Both sides' times for the same requests.
+        assert!(f.legacy_p50_ms.unwrap() < f.new_p50_ms.unwrap(), "{f:?}");
+        // A header ignored since (a reload added it): marked ignored in the report.
+        let mut later = cfg(&[]);
+        later.ignore_headers.push("x-served-by".parse().unwrap());
+        let report = r.report("x", Some(&later), &r.registry.span(Duration::from_secs(60)));
+        let served_by = report["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == "header:x-served-by")
+            .unwrap();
+        assert_eq!(served_by["ignored"], true);
+        assert_eq!(served_by["example"]["legacy"], "monolith");
+        assert!(
+            report["ignored"]["always"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("x-strangler-*"))
+        );
+    }
+
+    #[test]
+    fn a_reset_or_a_change_of_the_route_starts_the_figures_afresh() {
+        let c = cfg(&[]);
+        let r = route();
+        let (a, b) = (answer(200, "{}"), answer(500, "{}"));
+        r.compare(&COPIED, &a, &b, &c, None, 0, T);
+        r.compare(&COPIED, &a, &a, &c, None, 0, T);
+        let (f, _) = r.recent(Duration::from_secs(60));
+        assert_eq!((f.compared, f.matched), (2, 1));
+        r.reset();
+        let (f, _) = r.recent(Duration::from_secs(60));
+        assert_eq!(f.compared, 0);
+        r.compare(&COPIED, &a, &a, &c, None, 0, T);
+        let (f, _) = r.recent(Duration::from_secs(60));
+        assert_eq!((f.compared, f.match_rate), (1, Some(1.0)));
+        r.route_is(1);
+        r.route_is(2);
+        // The slot of the change itself still counts; copies before it would not.
+        let inner = r.lock();
+        assert_eq!(inner.changed_at, r.registry.epoch_now());
     }
 
     fn gzipped(body: &str, level: u32) -> Bytes {
@@ -856,22 +1252,28 @@ mod tests {
     #[test]
     fn a_field_legacy_disagrees_with_itself_on_is_learned_and_no_longer_counted() {
         let c = cfg(&[]);
-        let r = RouteShadow::default();
+        let r = route();
         let copied = COPIED;
         let legacy = |t: u32| answer(200, &format!(r#"{{"ts":{t},"price":5}}"#));
         // Before the noise is known, the timestamp counts.
-        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0);
-        assert_eq!(o, Outcome::BodyMismatch);
+        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0, T);
+        assert_eq!(o.outcome, Outcome::BodyMismatch);
         for t in 0..MIN_NOISE_PAIRS as u32 {
             r.learn_noise(&legacy(t), &legacy(t + 100), &c);
         }
-        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0);
-        assert_eq!(o, Outcome::Match);
+        let o = r.compare(&copied, &legacy(1), &legacy(2), &c, Some(0.5), 0, T);
+        assert_eq!(o.outcome, Outcome::Match);
         // A field only new changes keeps counting.
         let new = answer(200, r#"{"ts":9,"price":6}"#);
-        let o = r.compare(&copied, &legacy(1), &new, &c, Some(0.5), 0);
-        assert_eq!(o, Outcome::BodyMismatch);
-        let report = r.report("x", Some(&c));
+        let o = r.compare(&copied, &legacy(1), &new, &c, Some(0.5), 0, T);
+        assert_eq!(o.outcome, Outcome::BodyMismatch);
+        let mut noisy = c.clone();
+        noisy.noise = Some(crate::config::shadow::NoiseConfig {
+            sample_bp: 500,
+            threshold: 0.5,
+        });
+        assert_eq!(r.noise_pointers(Some(&noisy)), ["/ts"]);
+        let report = r.report("x", Some(&noisy), &r.registry.span(Duration::from_secs(60)));
         assert_eq!(report["noise"]["fields"][0]["field"], "/ts");
         assert_eq!(report["noise"]["fields"][0]["noise"], true);
         assert_eq!(report["fields"][0]["field"], "/price");

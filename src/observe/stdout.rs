@@ -25,8 +25,12 @@ pub struct Stdout {
     wake: Condvar,
     /// Tells a flush that the writer has written what it took.
     written: Condvar,
-    /// Lines dropped since the start (for the metric).
+    /// Lines dropped since the start (for the metric): past the buffer's cap, or lost to a
+    /// stdout that was closed (a write that failed).
     dropped_total: AtomicU64,
+    /// A flush ran out of time: stdout is stalled, and later flushes do not wait again (an
+    /// exit flushes at most once for its whole limit).
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct State {
@@ -65,6 +69,7 @@ pub fn stdout() -> &'static Stdout {
             wake: Condvar::new(),
             written: Condvar::new(),
             dropped_total: AtomicU64::new(0),
+            stalled: std::sync::atomic::AtomicBool::new(false),
         }
     });
     if first {
@@ -111,12 +116,16 @@ impl Stdout {
     /// Waits until what is buffered now is written, for at most `limit` (a stalled stdout
     /// must not hold up an exit).
     pub fn flush(&self, limit: Duration) {
+        if self.stalled.load(Ordering::Relaxed) {
+            return;
+        }
         let deadline = Instant::now() + limit;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.wake.notify_one();
         while !st.buf.is_empty() || st.writing {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                self.stalled.store(true, Ordering::Relaxed);
                 return;
             }
             st = self
@@ -154,8 +163,12 @@ fn writer(s: &'static Stdout) {
             (out, dropped)
         };
         let mut stdout = std::io::stdout().lock();
-        // A closed stdout must not take the gateway down; the output is best effort.
-        let _ = stdout.write_all(out.as_bytes());
+        // A closed stdout must not take the gateway down; the output is best effort, and
+        // what a failed write lost is counted as dropped.
+        if stdout.write_all(out.as_bytes()).is_err() {
+            let lost = out.bytes().filter(|b| *b == b'\n').count() as u64;
+            s.dropped_total.fetch_add(lost, Ordering::Relaxed);
+        }
         if dropped > 0 {
             let _ = writeln!(
                 stdout,

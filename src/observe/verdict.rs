@@ -110,7 +110,22 @@ impl Statistic {
 pub enum Verdict {
     InsufficientData,
     Worse,
+    /// Not shown worse, but the observed figures are beyond the margin (new's error rate
+    /// above legacy's by more than the advance margin, or its p99 above `max_p99_ratio` ×
+    /// legacy's): the test has not decided yet. Not healthy, not yet harm.
+    Undecided,
     Ok,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::InsufficientData => "insufficient_data",
+            Verdict::Worse => "worse",
+            Verdict::Undecided => "undecided",
+            Verdict::Ok => "ok",
+        }
+    }
 }
 
 /// The sequential tests' settings from the compare section (or a plan's guard).
@@ -228,7 +243,33 @@ pub fn judge(
                 latency.threshold
             ));
         }
-        if reasons.is_empty() {
+        // Beyond the margin, not yet shown worse: undecided, in words.
+        // Latency: more of new's requests above `max_p99_ratio` × legacy's p99 than the 1% a
+        // p99 allows plus the latency margin (an observed p99 ratio of a few hundred
+        // requests is too noisy to call anything).
+        let beyond_margin = error_rate_delta > advance.margin + 1e-9;
+        let latency_margin = advance_settings(cfg).latency_margin;
+        let beyond_ratio = new.requests >= sequential::LATENCY_MIN_NEW
+            && legacy.requests >= sequential::LATENCY_MIN_LEGACY
+            && latency.new_slow_share > 0.01 + latency_margin;
+        if reasons.is_empty() && (beyond_margin || beyond_ratio) {
+            if beyond_margin {
+                reasons.push(format!(
+                    "new error rate {:.2}% is {:.2} points above legacy's (margin {:.2}): not shown worse yet",
+                    new.error_rate * 100.0,
+                    error_rate_delta * 100.0,
+                    advance.margin * 100.0
+                ));
+            }
+            if beyond_ratio {
+                reasons.push(format!(
+                    "{:.1}% of new's requests are slower than {}x legacy's p99 (a p99 within the bound allows 1%): not shown worse yet",
+                    latency.new_slow_share * 100.0,
+                    cfg.max_p99_ratio
+                ));
+            }
+        }
+        if !errors.worse() && !latency.worse() {
             let to_worse = [
                 sequential::requests_to_decide(&counts, &s),
                 sequential::latency_requests_to_decide(
@@ -241,7 +282,12 @@ pub fn judge(
             .into_iter()
             .flatten()
             .min();
-            (Verdict::Ok, to_worse)
+            let v = if reasons.is_empty() {
+                Verdict::Ok
+            } else {
+                Verdict::Undecided
+            };
+            (v, to_worse)
         } else {
             (Verdict::Worse, Some(0))
         }
@@ -316,10 +362,15 @@ mod tests {
             v(fig(20_000, 0, 5.0, 10.0), fig(20_000, 0, 5.0, 12.0)),
             Verdict::Ok
         );
-        // A handful of errors in a small canary is not a regression...
-        assert_eq!(
-            v(fig(1000, 0, 5.0, 10.0), fig(50, 1, 5.0, 10.0)),
-            Verdict::Ok
+        // A handful of errors in a small canary is not a regression shown, nor healthy
+        // either: beyond the margin, undecided, and it says so...
+        let canary = j(fig(1000, 0, 5.0, 10.0), fig(50, 1, 5.0, 10.0));
+        assert_eq!(canary.verdict, Verdict::Undecided);
+        assert!(
+            canary.reasons[0].contains("2.00 points above legacy's")
+                && canary.reasons[0].contains("not shown worse yet"),
+            "{:?}",
+            canary.reasons
         );
         // ...a third of its requests failing is.
         assert_eq!(
@@ -348,7 +399,7 @@ mod tests {
             fig(1000, 20, 5.0, 10.0),
             &cfg,
         );
-        assert_eq!(close.verdict, Verdict::Ok);
+        assert_eq!(close.verdict, Verdict::Undecided);
         let more = close.requests_to_decide.unwrap();
         assert!(more > 100 && more < 20_000, "{more}");
         // Equal rates: no amount decides worse.

@@ -68,6 +68,23 @@ pub struct Span {
     pub covered: Duration,
 }
 
+impl Span {
+    /// The window's beginnings: the span from its oldest slot to each of its slots in turn
+    /// (for figures over time, each on all the traffic up to then).
+    pub fn prefixes(&self) -> impl Iterator<Item = Span> + '_ {
+        (self.oldest..=self.now).map(move |end| Span {
+            oldest: self.oldest,
+            now: end,
+            covered: self.covered,
+        })
+    }
+
+    /// Whether the slot of `epoch` is one the window reads.
+    pub fn contains(&self, epoch: u64) -> bool {
+        epoch >= self.oldest && epoch <= self.now
+    }
+}
+
 struct Slot {
     /// Which slot of time (since the registry's start) the counts belong to.
     epoch: AtomicU64,
@@ -399,6 +416,16 @@ impl Registry {
     pub fn retain(&self, names: &HashSet<&str>) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes.retain(|name, _| name == DEFAULT_ROUTE || names.contains(name.as_str()));
+    }
+
+    /// The slot of now.
+    pub fn epoch_now(&self) -> u64 {
+        self.epoch_of(Instant::now())
+    }
+
+    /// How many slots are kept.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     /// The slots a window of `window` reads now (see [`Span`]).

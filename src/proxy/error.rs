@@ -193,8 +193,9 @@ impl Failure {
 }
 
 /// The JSON body of a gateway-made error: `error`, `route` and `side` (null when the request
-/// was refused before a route was chosen), `request_id`, and a `detail` when there is more
-/// to say.
+/// was refused before a route was chosen), `request_id`, for an upstream's failure its
+/// `kind` (`connect`, `timeout`, `reset`, `protocol`, as the access log and the metrics name
+/// it), and a `detail` when there is more to say.
 pub fn error_body(
     failure: Failure,
     route: Option<&str>,
@@ -217,6 +218,11 @@ pub fn error_body(
     }
     s.push_str(",\"request_id\":");
     json_str(&mut s, request_id);
+    if let Some(kind) = failure.upstream_kind() {
+        s.push_str(",\"kind\":\"");
+        s.push_str(kind.as_str());
+        s.push('"');
+    }
     if let Some(d) = detail {
         s.push_str(",\"detail\":");
         json_str(&mut s, d);
@@ -244,6 +250,7 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "upstream_unavailable");
+        assert_eq!(v["kind"], "connect");
         assert_eq!(v["route"], "orders-read");
         assert_eq!(v["side"], "new");
         let b = error_body(

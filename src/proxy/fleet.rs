@@ -308,6 +308,41 @@ pub struct Picked {
 }
 
 impl ServiceState {
+    /// The service as `GET /admin/services` shows it: its instances (health, outlier
+    /// ejection, requests under way) and its breaker.
+    pub fn view(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let now_ms = self.ms(now);
+        let instances: Vec<serde_json::Value> = self
+            .instances
+            .load()
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "instance": &*i.label,
+                    "healthy": i.healthy(),
+                    "ejected": self.outlier.is_some() && i.ejected(now_ms),
+                    "in_flight": i.in_flight.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let breaker = self.breaker.as_ref().map(|b| {
+            serde_json::json!({
+                "state": match b.state(now) {
+                    CLOSED => "closed",
+                    OPEN => "open",
+                    _ => "half_open",
+                },
+            })
+        });
+        serde_json::json!({
+            "health_checks": self.health.is_some(),
+            "outlier_detection": self.outlier.is_some(),
+            "instances": instances,
+            "breaker": breaker,
+        })
+    }
+
     /// Whether some instance is healthy.
     pub fn available(&self) -> bool {
         self.instances.load().iter().any(|i| i.healthy())

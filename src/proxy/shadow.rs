@@ -26,7 +26,7 @@ use super::pool;
 use super::send;
 use super::table::{Table, Upstream};
 use super::upload::{Kept, RequestBody, Tee};
-use crate::observe::shadow::{Answer, Copied, Outcome, RouteShadow};
+use crate::observe::shadow::{Answer, Compared, Copied, Kind, Outcome, RouteShadow};
 
 /// Copies under way at once, gateway-wide.
 pub const MAX_COPIES: usize = 64;
@@ -115,6 +115,19 @@ pub fn count(table: &Table, r: usize, outcome: Outcome) {
     stats.metrics[0].shadowed(outcome);
 }
 
+/// Exports a comparison of route `r`'s copy: its result, each kind of difference, and both
+/// sides' times.
+fn exported(table: &Table, r: usize, c: &Compared) {
+    let metrics = &table.stats(Some(r)).metrics[0];
+    metrics.shadowed(c.outcome);
+    for k in Kind::ALL {
+        if c.kinds[k as usize] {
+            metrics.shadow_difference(k);
+        }
+    }
+    metrics.shadow_latency(c.legacy.as_secs_f64(), c.new.as_secs_f64());
+}
+
 /// A copy in the making, carried by the request's trail while legacy serves it.
 pub struct Copy {
     /// `None` once nothing more is kept (too large, or the budget ran out).
@@ -143,6 +156,9 @@ pub struct Copy {
     counted: bool,
     method: String,
     path: String,
+    /// When legacy was asked, and how long its whole answer took.
+    started: Instant,
+    legacy_time: Option<Duration>,
 }
 
 impl Copy {
@@ -179,6 +195,8 @@ impl Copy {
             counted: false,
             method: String::new(),
             path: path.to_string(),
+            started: Instant::now(),
+            legacy_time: None,
         }
     }
 
@@ -229,6 +247,7 @@ impl Copy {
     /// Legacy's answer body has ended.
     pub fn legacy_ended(&mut self) {
         self.ended = true;
+        self.legacy_time = Some(self.started.elapsed());
     }
 
     /// Legacy's answer is over (`status`; `failed`: it failed): the copy goes on in a task
@@ -242,8 +261,13 @@ impl Copy {
         match (outcome, runtime) {
             (None, Ok(runtime)) => {
                 runtime.spawn(async move {
-                    let outcome = self.run(status).await;
-                    self.done(outcome, false);
+                    match self.run(status).await {
+                        Ok(compared) => {
+                            self.counted = true;
+                            exported(&self.table, self.route, &compared);
+                        }
+                        Err(outcome) => self.done(outcome, false),
+                    }
                 });
             }
             (outcome, _) => self.done(outcome.unwrap_or(Outcome::Skipped), true),
@@ -264,24 +288,26 @@ impl Copy {
         }
     }
 
-    async fn run(&mut self, status: u16) -> Outcome {
+    /// Sends the copy and compares: what the comparison found, or what the copy ended as
+    /// without one (counted in the report).
+    async fn run(&mut self, status: u16) -> Result<Compared, Outcome> {
         let table = self.table.clone();
         let Some(cfg) = table.config.routes[self.route].shadow.as_ref() else {
             self.report.count(Outcome::Skipped);
-            return Outcome::Skipped;
+            return Err(Outcome::Skipped);
         };
         let body = match &self.upload {
             None => Vec::new(),
             Some(t) if t.size() > cfg.max_body => {
                 self.report.count(Outcome::TooLarge);
-                return Outcome::TooLarge;
+                return Err(Outcome::TooLarge);
             }
             // Legacy answered before it read the whole body, or the body had trailers.
             Some(t) => match t.replay() {
                 Some(b) => b,
                 None => {
                     self.report.count(Outcome::Skipped);
-                    return Outcome::Skipped;
+                    return Err(Outcome::Skipped);
                 }
             },
         };
@@ -299,9 +325,10 @@ impl Copy {
         };
         let Some(room) = self.room.as_mut() else {
             self.report.count(Outcome::Skipped);
-            return Outcome::Skipped;
+            return Err(Outcome::Skipped);
         };
         let service = table.new_upstream(self.route);
+        let sent = Instant::now();
         let new = match fetch(
             &table.upstreams[service],
             send::copy_head(&self.new_head),
@@ -314,17 +341,18 @@ impl Copy {
             Ok(a) if a.body.is_some() => a,
             Ok(_) => {
                 self.report.count(Outcome::TooLarge);
-                return Outcome::TooLarge;
+                return Err(Outcome::TooLarge);
             }
             Err(Fetch::Failed) => {
                 self.report.count(Outcome::Error);
-                return Outcome::Error;
+                return Err(Outcome::Error);
             }
             Err(Fetch::Starved) => {
                 self.report.count(Outcome::Skipped);
-                return Outcome::Skipped;
+                return Err(Outcome::Skipped);
             }
         };
+        let times = (self.legacy_time.unwrap_or_default(), sent.elapsed());
         // Legacy against itself, for the sample: what differs there is noise.
         let again = match &self.legacy_head {
             Some(head) => fetch(
@@ -365,6 +393,7 @@ impl Copy {
                 &cfg,
                 cfg.noise.map(|n| n.threshold),
                 at_ms,
+                times,
             )
         };
         if !encoded
@@ -373,7 +402,7 @@ impl Copy {
                 .as_ref()
                 .is_some_and(|r| r.bytes <= INLINE_COMPARE)
         {
-            return compare();
+            return Ok(compare());
         }
         // Large bodies: a few comparisons at once, on the blocking pool (parsing and
         // walking two large JSON bodies is work the request path's threads must not wait
@@ -383,12 +412,10 @@ impl Copy {
             Some(b) => b.comparing.acquire().await.ok(),
             None => None,
         };
-        tokio::task::spawn_blocking(compare)
-            .await
-            .unwrap_or_else(|_| {
-                self.report.count(Outcome::Error);
-                Outcome::Error
-            })
+        tokio::task::spawn_blocking(compare).await.map_err(|_| {
+            self.report.count(Outcome::Error);
+            Outcome::Error
+        })
     }
 }
 

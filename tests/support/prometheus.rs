@@ -70,6 +70,10 @@ impl Prometheus {
             assert!(Instant::now() < deadline, "Prometheus did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Every target scraped once: what comes after is what a window can cover
+        // (figures before a gateway's first scrape are not Prometheus's to count).
+        p.wait_for_value("count(strangler_config_info)", targets.len() as f64)
+            .await;
         p
     }
 

@@ -94,6 +94,10 @@ pub(super) struct Validator {
     pub(super) absent: Vec<Diagnostic>,
     /// The files read for the config (certificate, key, CAs).
     files: Vec<NamedFile>,
+    /// The text being validated, to read a scalar as it is written.
+    pub(super) source: Option<String>,
+    /// The routes file's `compare.retention`, for a plan's `guard.shadow_window`.
+    pub(super) retention: Option<std::time::Duration>,
 }
 
 /// The entries of a mapping node, checked for unknown and duplicate keys.
@@ -133,6 +137,8 @@ impl Validator {
             absent_files_ok: false,
             absent: Vec::new(),
             files: Vec::new(),
+            source: None,
+            retention: None,
         }
     }
 
@@ -479,7 +485,13 @@ impl Validator {
         }
         let plans = match f.get("plans") {
             None => Some((None, Vec::new())),
-            Some(n) => self.plans(n, file, &routes).map(|(d, p)| (Some(d), p)),
+            Some(n) => {
+                let retention = compare
+                    .as_ref()
+                    .map_or(CompareConfig::default().retention, |c| c.retention);
+                self.plans(n, file, &routes, retention)
+                    .map(|(d, p)| (Some(d), p))
+            }
         };
         if !self.errors.is_empty() || !service_ok {
             return None;

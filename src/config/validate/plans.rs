@@ -53,6 +53,7 @@ impl Validator {
         n: &Node,
         file: &Path,
         routes: &[RouteConfig],
+        retention: std::time::Duration,
     ) -> Option<(PathBuf, Vec<PlanConfig>)> {
         let dir_text = self.string(
             n,
@@ -91,6 +92,7 @@ impl Validator {
         let mut ok = true;
         for path in files {
             let mut v = Validator::new(&path);
+            v.retention = Some(retention);
             let plan = v.plan_file(&path, Some(routes));
             self.errors.append(&mut v.errors);
             match plan {
@@ -153,6 +155,7 @@ impl Validator {
             );
         }
         let text = String::from_utf8_lossy(&bytes);
+        self.source = Some(text.to_string());
         let root = match yaml::parse(&text) {
             Ok(r) => r,
             Err(e) => {

@@ -386,17 +386,35 @@ impl Validator {
         ok.then_some(out)
     }
 
+    /// A percentage, written as a plain decimal (`parse_percent`'s rule, read from the
+    /// scalar as written: YAML would read `0x10` as 16 and `010` as 10 or 8).
     pub(super) fn percent(&mut self, n: &Node, path: &str) -> Option<u32> {
         const ALLOWED: &str = "a number from 0 to 100 with at most two decimals";
-        let bp = match n.value {
-            Value::Int(i) if (0..=100).contains(&i) => Some(i as u32 * 100),
-            Value::Float(f) => percent_to_bp(f),
-            _ => None,
-        };
-        if bp.is_none() {
-            self.wrong(n, path, ALLOWED);
+        let written = self
+            .source
+            .as_deref()
+            .and_then(|t| crate::config::yaml::scalar_at(t, n.pos));
+        match (&n.value, written) {
+            (Value::Int(_) | Value::Float(_), Some(w)) => match crate::config::parse_percent(w) {
+                Ok(bp) => Some(bp),
+                Err(e) => {
+                    self.error(n.pos, path, e);
+                    None
+                }
+            },
+            (Value::Int(i), None) if (0..=100).contains(i) => Some(*i as u32 * 100),
+            (Value::Float(f), None) => {
+                let bp = percent_to_bp(*f);
+                if bp.is_none() {
+                    self.wrong(n, path, ALLOWED);
+                }
+                bp
+            }
+            _ => {
+                self.wrong(n, path, ALLOWED);
+                None
+            }
         }
-        bp
     }
 
     /// Reports duplicate route names, over every route of the file (also those with other

@@ -2,7 +2,7 @@
 //! curl as much as for programs), extractors whose rejections are JSON too, and the route
 //! table as `GET /admin/routes` shows it.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderValue};
@@ -30,28 +30,87 @@ pub fn json(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-/// A JSON request body (`Content-Type: application/json` required: 415 otherwise, since a
-/// form or text/plain body is what a page on another site could send). Malformed or
-/// mistyped bodies are 400, oversized ones 413, all answered in JSON.
+/// A JSON request body: an object, sent as `Content-Type: application/json` (415 for any
+/// other type, `application/merge-patch+json` and other `+json` types included, since a
+/// form or text/plain body is what a page on another site could send); a declared
+/// `Content-Length` over `limit` is 413 at once, before any of the body is read; a body
+/// that is not a JSON object (`[33]`, `33`) or does not match the expected keys is 400, all
+/// answered in JSON.
 pub struct AdminJson<T>(pub T);
+
+/// The largest admin request body.
+pub const MAX_BODY: usize = 4096;
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AdminJson<T> {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(AdminJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(json(
+        let media = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        if media.as_deref() != Some("application/json") {
+            return Err(json(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 &j!({"error": "unsupported_media_type", "message": "send Content-Type: application/json"}),
-            )),
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &j!({"error": "payload_too_large", "message": r.body_text()}),
-            )),
-            Err(r) => Err(bad_request(r.body_text())),
+            ));
         }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(r) => return Err(bad_request(r.body_text())),
+        };
+        // An object, read straight into `T` (a key given twice is refused, not the last
+        // taken).
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            other => {
+                return Err(bad_request(format!(
+                    "expected a JSON object, found {}",
+                    match other {
+                        Some(b'[') => "an array",
+                        Some(b'"') => "a string",
+                        Some(b't' | b'f') => "a boolean",
+                        Some(b'n') => "null",
+                        None => "an empty body",
+                        _ => "a number",
+                    }
+                )));
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(AdminJson)
+            .map_err(|e| {
+                bad_request(format!(
+                    "the body does not fit: {}: {}",
+                    e.path(),
+                    e.inner()
+                ))
+            })
     }
+}
+
+fn too_large() -> Response {
+    json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &j!({"error": "payload_too_large", "message": format!("admin request bodies are at most {MAX_BODY} bytes")}),
+    )
 }
 
 /// Query parameters; malformed ones are a JSON 400.

@@ -31,6 +31,7 @@ use super::plan::{Environment, Op, Plans};
 use super::reload::Reloader;
 use super::shift::{ShiftError, shift_file};
 use crate::config::{percent_json, percent_to_bp};
+use crate::observe::window::Span;
 use crate::observe::{Metrics, Registry, judge};
 use crate::proxy::Gateway;
 use crate::routing::Side;
@@ -54,8 +55,7 @@ pub struct AdminState {
 
 type Shared = Arc<AdminState>;
 
-/// The largest request body the admin API reads.
-const MAX_BODY: usize = 4096;
+use json::MAX_BODY;
 
 /// The dashboard: one self-contained page (no external assets) that polls the admin API.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -66,15 +66,17 @@ pub type AdminService = MapResponse<Router, fn(Response) -> Response>;
 /// The admin API's routes.
 pub fn router(state: Shared) -> AdminService {
     let access = {
-        let gateway = state.gateway.clone();
+        let (gateway, named) = (state.gateway.clone(), state.gateway.clone());
         Access {
             token: Arc::new(move || gateway.table.load().config.admin_token()),
             port: state.port,
+            identity: Arc::new(move || named.table.load().config.hash.clone()),
         }
     };
     let changes = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/routes/{name}/percent", post(shift))
+        .route("/admin/shadow/{route}/reset", post(shadow_reset))
         .route_layer(middleware::from_fn_with_state(access.clone(), authorize));
     let routes = Router::new()
         .route("/", get(dashboard))
@@ -84,6 +86,7 @@ pub fn router(state: Shared) -> AdminService {
         .route("/admin/routes", get(routes))
         .route("/admin/compare", get(compare))
         .route("/admin/shadow/{route}", get(shadow))
+        .route("/admin/services", get(services))
         .merge(changes)
         .merge(plan_routes(state.plans.clone(), &access))
         .fallback(not_found)
@@ -101,6 +104,7 @@ pub fn runner_router(
     metrics: Arc<Metrics>,
     port: u16,
 ) -> AdminService {
+    let named = plans.clone();
     let access = Access {
         token: Arc::new(|| {
             let t = std::env::var(RUNNER_TOKEN_ENV)
@@ -110,6 +114,7 @@ pub fn runner_router(
             (!t.is_empty()).then_some(t)
         }),
         port,
+        identity: Arc::new(move || named.env.config_hash()),
     };
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -146,7 +151,13 @@ fn plan_routes<E: Environment, S: Clone + Send + Sync + 'static>(
 }
 
 async fn plan_list<E: Environment>(State(plans): State<Arc<Plans<E>>>) -> Response {
-    json(StatusCode::OK, &json!({"plans": plans.statuses().await}))
+    json(
+        StatusCode::OK,
+        &json!({
+            "plans": plans.statuses().await,
+            "plans_dir": plans.env.plans_dir().map(|d| d.display().to_string()),
+        }),
+    )
 }
 
 async fn plan_get<E: Environment>(
@@ -197,12 +208,18 @@ async fn no_such_plan<E: Environment>(plans: &Plans<E>, name: &str) -> Response 
     )
 }
 
-/// Who may change state: the token (when one is set) and the admin port.
+/// Who may change state: the token (when one is set) and the admin port; and what this
+/// process runs (the config's hash), which every answer names.
 #[derive(Clone)]
 struct Access {
     token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     port: u16,
+    identity: Arc<dyn Fn() -> String + Send + Sync>,
 }
+
+/// The header of every admin answer naming the config the process runs: a client knows it
+/// talked to a strangler gateway (or plan runner), and which config answered.
+pub const CONFIG_HEADER: &str = "x-strangler-config";
 
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
@@ -247,6 +264,27 @@ async fn routes(State(s): State<Shared>) -> Response {
 struct CompareParams {
     window: Option<String>,
     series: Option<String>,
+    /// One route only (with `series=1`, its evidence over time too).
+    route: Option<String>,
+}
+
+/// The window asked for (`?window=5m`; default `compare.window`), within the slots kept: a
+/// 400 otherwise.
+fn window_of(s: &AdminState, asked: Option<&str>) -> Result<Duration, Box<Response>> {
+    let table = s.gateway.table.load();
+    let cfg = &table.config.compare;
+    let (retention, slot) = (s.windows.retention(), s.windows.resolution());
+    match asked.map(humantime::parse_duration) {
+        // A reload may have set a window the slots made at start cannot hold: cut to fit
+        // (the reload said so), and reported as what it is.
+        None => Ok(cfg.window.clamp(slot, retention)),
+        Some(Ok(w)) if w >= slot && w <= retention => Ok(w),
+        Some(_) => Err(Box::new(bad_request(format!(
+            "window: a duration like 5m, from one slot ({}) to the retention ({})",
+            humantime::format_duration(slot),
+            humantime::format_duration(retention)
+        )))),
+    }
 }
 
 /// `GET /admin/compare?window=5m[&series=1]`: legacy vs new per route over the window.
@@ -255,28 +293,24 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
     // layout is the one the registry was made with.
     let table = s.gateway.table.load();
     let cfg = &table.config.compare;
-    let (retention, slot) = (s.windows.retention(), s.windows.resolution());
-    let window = match q.window.as_deref().map(humantime::parse_duration) {
-        // A reload may have set a window the slots made at start cannot hold: cut to fit
-        // (the reload said so), and reported as what it is.
-        None => cfg.window.clamp(slot, retention),
-        Some(Ok(w)) if w >= slot && w <= retention => w,
-        Some(_) => {
-            return bad_request(format!(
-                "window: a duration like 5m, from one slot ({}) to the retention ({})",
-                humantime::format_duration(slot),
-                humantime::format_duration(retention)
-            ));
-        }
+    let window = match window_of(&s, q.window.as_deref()) {
+        Ok(w) => w,
+        Err(r) => return *r,
     };
     // One span for every route, so that all read the same slots.
     let span = s.windows.span(window);
     let with_series = q.series.as_deref() == Some("1");
+    if let Some(name) = &q.route
+        && !table.routing.routes().iter().any(|r| &*r.name == name)
+    {
+        return no_such_route(&table, name);
+    }
     let routes: Vec<_> = table
         .routing
         .routes()
         .iter()
         .enumerate()
+        .filter(|(_, r)| q.route.as_deref().is_none_or(|n| n == &*r.name))
         .map(|(i, r)| {
             let w = &table.stats(Some(i)).window;
             let figures = |side| {
@@ -294,7 +328,35 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
                 cfg,
             );
             let mut v = serde_json::to_value(&c).unwrap_or_default();
-            v["shadow"] = shadow_summary(&s, &r.name, table.config.routes[i].shadow.is_some());
+            // One route's evidence over time: each test's statistic on the window's traffic
+            // up to the end of each slot, against its threshold.
+            if with_series && q.route.is_some() {
+                let slot = s.windows.resolution().as_secs_f64();
+                let points: Vec<[f64; 3]> = span
+                    .prefixes()
+                    .enumerate()
+                    .map(|(k, prefix)| {
+                        let c = judge(
+                            &r.name,
+                            Value::Null,
+                            w.figures(Side::Legacy, &prefix),
+                            w.figures(Side::New, &prefix),
+                            cfg,
+                        );
+                        [
+                            k as f64 * slot,
+                            c.evidence.errors.log_lr,
+                            c.evidence.latency.log_lr,
+                        ]
+                    })
+                    .collect();
+                v["evidence_series"] = json!({
+                    "threshold": c.evidence.errors.threshold,
+                    "points": points,
+                });
+            }
+            v["shadow"] =
+                shadow_summary(&s, &r.name, table.config.routes[i].shadow.is_some(), &span);
             v
         })
         .collect();
@@ -304,6 +366,10 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
             "window_seconds": window.as_secs_f64(),
             "covered_seconds": round1(span.covered),
             "slot_seconds": s.windows.resolution().as_secs_f64(),
+            // The windows that can be asked for, from one slot to the retention, and the
+            // default one.
+            "retention_seconds": s.windows.retention().as_secs_f64(),
+            "default_window_seconds": cfg.window.clamp(s.windows.resolution(), s.windows.retention()).as_secs_f64(),
             "min_requests": cfg.min_requests,
             "max_p99_ratio": cfg.max_p99_ratio,
             "routes": routes,
@@ -311,35 +377,111 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
     )
 }
 
-/// A route's shadow match rate for the compare table: `null` for a route that never
-/// shadowed.
-fn shadow_summary(s: &AdminState, route: &str, configured: bool) -> Value {
-    match s.gateway.shadows.get(route) {
-        Some(r) => {
-            let (rate, compared) = r.match_rate();
-            json!({"match_rate": rate, "compared": compared})
-        }
-        None if configured => json!({"match_rate": null, "compared": 0}),
-        None => Value::Null,
+/// A route's shadow copies over the compare window, for the compare table: `null` for a
+/// route that is not shadowed.
+fn shadow_summary(s: &AdminState, route: &str, configured: bool, span: &Span) -> Value {
+    if !configured {
+        return Value::Null;
     }
+    let figures = s.gateway.shadows.route(route).figures(span);
+    serde_json::to_value(figures).unwrap_or_default()
 }
 
-/// `GET /admin/shadow/{route}`: the route's shadow comparison (docs/shadow.md).
-async fn shadow(State(s): State<Shared>, AdminPath(route): AdminPath<String>) -> Response {
+fn no_such_route(table: &crate::proxy::Table, route: &str) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &json!({
+            "error": "no_such_route",
+            "message": format!("no route {route:?}"),
+            "routes": table.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// `GET /admin/services`: legacy and each service: its URLs, and, for those with instances
+/// of their own (several URLs, a host name, health checks, a breaker or outlier detection),
+/// each instance's health, ejection and requests under way, and the breaker's state.
+async fn services(State(s): State<Shared>) -> Response {
     let table = s.gateway.table.load();
-    let Some(rc) = table.config.routes.iter().find(|r| r.name == route) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            &json!({
-                "error": "no_such_route",
-                "message": format!("no route {route:?}"),
-                "routes": table.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            }),
-        );
-    };
+    let list: Vec<Value> = table
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let service = table.config.upstream(i);
+            let routes: Vec<&str> = table
+                .config
+                .routes
+                .iter()
+                .filter(|r| i > 0 && r.service + 1 == i)
+                .map(|r| r.name.as_str())
+                .collect();
+            let mut v = match &u.fleet {
+                Some(f) => f.view(),
+                None => json!({
+                    "health_checks": false,
+                    "outlier_detection": false,
+                    "instances": [{"instance": u.dial.authority.as_str(), "healthy": true, "ejected": false, "in_flight": null}],
+                    "breaker": null,
+                }),
+            };
+            v["name"] = json!(&*u.name);
+            v["legacy"] = json!(i == 0);
+            v["url"] = json!(service.url);
+            v["routes"] = json!(routes);
+            v
+        })
+        .collect();
     json(
         StatusCode::OK,
-        &s.gateway.shadows.report(&rc.name, rc.shadow.as_ref()),
+        &json!({"config_hash": table.config.hash, "services": list}),
+    )
+}
+
+#[derive(Deserialize)]
+struct WindowParams {
+    window: Option<String>,
+}
+
+/// `GET /admin/shadow/{route}?window=5m`: the route's shadow comparison (docs/shadow.md).
+async fn shadow(
+    State(s): State<Shared>,
+    AdminPath(route): AdminPath<String>,
+    AdminQuery(q): AdminQuery<WindowParams>,
+) -> Response {
+    let table = s.gateway.table.load();
+    let Some(rc) = table.config.routes.iter().find(|r| r.name == route) else {
+        return no_such_route(&table, &route);
+    };
+    let window = match window_of(&s, q.window.as_deref()) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let span = s.windows.span(window);
+    let mut v = s
+        .gateway
+        .shadows
+        .report(&rc.name, rc.shadow.as_ref(), &span);
+    v["window_seconds"] = json!(window.as_secs_f64());
+    v["noise_yaml"] = match s.gateway.shadows.get(&rc.name) {
+        Some(r) => json!(r.noise_pointers(rc.shadow.as_ref())),
+        None => json!([]),
+    };
+    json(StatusCode::OK, &v)
+}
+
+/// `POST /admin/shadow/{route}/reset`: the route's comparison starts afresh (after a fix of
+/// the new service).
+async fn shadow_reset(State(s): State<Shared>, AdminPath(route): AdminPath<String>) -> Response {
+    let table = s.gateway.table.load();
+    let Some(rc) = table.config.routes.iter().find(|r| r.name == route) else {
+        return no_such_route(&table, &route);
+    };
+    s.gateway.shadows.route(&rc.name).reset();
+    tracing::info!(route = %rc.name, "the route's shadow comparison was reset");
+    json(
+        StatusCode::OK,
+        &json!({"route": rc.name, "reset": true, "config_hash": table.config.hash}),
     )
 }
 
@@ -438,16 +580,21 @@ async fn shift(
 /// rebinding) sends its own name as `Host`, and is refused before it can read or change
 /// anything. With a token, the token guards changes wherever the listener is.
 async fn guard_host(State(a): State<Access>, req: Request, next: Next) -> Response {
-    if (a.token)().is_none()
+    let mut resp = if (a.token)().is_none()
         && let Some(host) = req.headers().get(header::HOST)
         && !local_host(host.as_bytes(), a.port)
     {
-        return json(
+        json(
             StatusCode::FORBIDDEN,
             &json!({"error": "forbidden", "message": "without admin.token_env, the admin API answers only requests for localhost or a loopback address"}),
-        );
+        )
+    } else {
+        next.run(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&(a.identity)()) {
+        resp.headers_mut().insert(CONFIG_HEADER, v);
     }
-    next.run(req).await
+    resp
 }
 
 /// Whether a `Host` names this machine's loopback: `localhost`, `127.x.y.z` or `[::1]`, with

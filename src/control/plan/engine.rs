@@ -120,12 +120,7 @@ pub struct Check {
 impl Check {
     pub fn of(c: &RouteComparison) -> Check {
         Check {
-            verdict: match c.verdict {
-                Verdict::Ok => "ok",
-                Verdict::Worse => "worse",
-                Verdict::InsufficientData => "insufficient_data",
-            }
-            .to_string(),
+            verdict: c.verdict.as_str().to_string(),
             reasons: c.reasons.clone(),
             legacy_requests: c.legacy.requests,
             legacy_errors: c.legacy.errors,

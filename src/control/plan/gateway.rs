@@ -79,6 +79,10 @@ impl Environment for GatewayEnv {
         beside_plan(plan)
     }
 
+    fn plans_dir(&self) -> Option<PathBuf> {
+        self.gateway.table.load().config.plans_dir.clone()
+    }
+
     async fn in_force(&self, route: &str) -> Option<u32> {
         let table = self.gateway.table.load();
         table
@@ -133,13 +137,14 @@ impl Environment for GatewayEnv {
         window: std::time::Duration,
     ) -> Option<(Option<f64>, u64, String)> {
         self.gateway.shadows.get(route).map(|r| {
-            let (rate, compared) = r.recent_match_rate(window);
+            let (f, covered) = r.recent(window);
             (
-                rate,
-                compared,
+                f.match_rate,
+                f.compared,
                 format!(
-                    "(compared over the last {}, since the route last changed)",
-                    humantime::format_duration(window)
+                    "(the copies compared over the last {} (covering {}s), since the route last changed or was reset)",
+                    humantime::format_duration(window),
+                    covered.as_secs()
                 ),
             )
         })

@@ -59,6 +59,10 @@ pub trait Environment: Send + Sync + 'static {
     fn plans(&self) -> Vec<PlanConfig>;
     /// Where a plan's progress is kept.
     fn state_path(&self, plan: &PlanConfig) -> PathBuf;
+    /// The plans folder of the config in force (`None`: the routes file names none).
+    fn plans_dir(&self) -> Option<PathBuf> {
+        None
+    }
     /// Who drives the plans it runs (`None`: a gateway); see [`Progress::driver`].
     fn driver(&self) -> Option<&'static str> {
         None
@@ -338,10 +342,31 @@ pub fn load_progress(path: &Path, plan: &PlanConfig) -> Progress {
             p
         }
         Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "plan: its progress file is not valid; starting from pending");
+            // Said once per content: the file is read again at every look.
+            if first_time(path, &text) {
+                tracing::warn!(file = %path.display(), error = %e, "plan: its progress file is not valid; starting from pending");
+            }
             fresh
         }
     }
+}
+
+/// Whether this file with this content is seen for the first time (for warnings said once).
+fn first_time(path: &Path, text: &str) -> bool {
+    static SEEN: std::sync::Mutex<Vec<(PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+    let key = (
+        path.to_path_buf(),
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
+    );
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.contains(&key) {
+        return false;
+    }
+    if seen.len() >= 1024 {
+        seen.clear();
+    }
+    seen.push(key);
+    true
 }
 
 /// Writes a plan's progress atomically (a temporary file renamed over).
@@ -553,7 +578,7 @@ impl Book {
                 .unwrap_or((None, 0, String::new()));
             if compared < need || rate.is_none_or(|r| r < min) {
                 return Err(refused(
-                    "waiting for its shadow comparison".into(),
+                    e.progress.state.as_str().into(),
                     "shadow_not_matching",
                     Some(format!(
                         "guard.min_shadow_match {min} over at least {need} compared copies {window}; the route has {} over {compared}",

@@ -51,6 +51,11 @@ impl RunnerEnv {
     fn config(&self) -> std::sync::MutexGuard<'_, Config> {
         self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The hash of the routes file (and plans) the runner last read.
+    pub fn config_hash(&self) -> String {
+        self.config().hash.clone()
+    }
 }
 
 impl RunnerEnv {
@@ -108,6 +113,10 @@ impl Environment for RunnerEnv {
 
     fn state_path(&self, _plan: &PlanConfig) -> PathBuf {
         self.state.clone()
+    }
+
+    fn plans_dir(&self) -> Option<PathBuf> {
+        self.config().plans_dir.clone()
     }
 
     fn driver(&self) -> Option<&'static str> {
@@ -186,14 +195,14 @@ impl Environment for RunnerEnv {
         route: &str,
         window: Duration,
     ) -> Option<(Option<f64>, u64, String)> {
-        let rates = crate::observe::prometheus::shadow_rates(&self.prometheus, window)
+        let figures = crate::observe::prometheus::shadow_figures(&self.prometheus, window)
             .await
             .map_err(|e| tracing::warn!(error = %e, "plan run: no shadow figures from Prometheus"))
             .ok()?;
-        let (matched, compared) = rates.get(route).copied()?;
+        let f = figures.get(route)?;
         Some((
-            (compared > 0.0).then(|| matched / compared),
-            compared as u64,
+            f.match_rate,
+            f.compared,
             format!(
                 "(compared over the last {}, summed across replicas)",
                 humantime::format_duration(window)
