@@ -164,18 +164,21 @@ fn writer(s: &'static Stdout) {
         };
         let mut stdout = std::io::stdout().lock();
         // A closed stdout must not take the gateway down; the output is best effort, and
-        // what a failed write lost is counted as dropped.
-        if stdout.write_all(out.as_bytes()).is_err() {
+        // what a failed write lost is counted as dropped (std's stdout buffers lines: a
+        // failure may show only at the flush).
+        let mut failed = stdout.write_all(out.as_bytes()).is_err();
+        if dropped > 0 {
+            failed |= writeln!(
+                stdout,
+                "{{\"kind\":\"log_dropped\",\"lines\":{dropped},\"message\":\"stdout did not keep up\"}}"
+            )
+            .is_err();
+        }
+        failed |= stdout.flush().is_err();
+        if failed {
             let lost = out.bytes().filter(|b| *b == b'\n').count() as u64;
             s.dropped_total.fetch_add(lost, Ordering::Relaxed);
         }
-        if dropped > 0 {
-            let _ = writeln!(
-                stdout,
-                "{{\"kind\":\"log_dropped\",\"lines\":{dropped},\"message\":\"stdout did not keep up\"}}"
-            );
-        }
-        let _ = stdout.flush();
     }
 }
 

@@ -422,6 +422,19 @@ impl Validator {
         }
         if let Some(v) = f.get("shadow_window") {
             match self.duration(v, "guard.shadow_window") {
+                Some(d) if self.retention.is_some_and(|r| d > r) => {
+                    let r = self.retention.unwrap_or_default();
+                    self.wrong(
+                        v,
+                        "guard.shadow_window",
+                        &format!(
+                            "a duration of at most the routes file's compare.retention ({}): \
+                             the gateway keeps its copies' figures no longer",
+                            humantime::format_duration(r)
+                        ),
+                    );
+                    ok = false;
+                }
                 Some(d) if d <= crate::config::plan::MAX_SHADOW_WINDOW => g.shadow_window = d,
                 Some(_) => {
                     self.wrong(

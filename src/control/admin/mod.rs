@@ -372,6 +372,8 @@ async fn compare(State(s): State<Shared>, AdminQuery(q): AdminQuery<CompareParam
             "default_window_seconds": cfg.window.clamp(s.windows.resolution(), s.windows.retention()).as_secs_f64(),
             "min_requests": cfg.min_requests,
             "max_p99_ratio": cfg.max_p99_ratio,
+            "max_error_rate_delta": cfg.max_error_rate_delta,
+            "confidence": cfg.confidence,
             "routes": routes,
         }),
     )
