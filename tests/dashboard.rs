@@ -577,11 +577,18 @@ async fn check_screens(b: &mut Browser, name: &str, panels: &str, attr: &str) ->
 
 // ---------- gateways and traffic ----------
 
-/// `n` GETs to `path` through the gateway at `public`, forced to `side` with the override
-/// header `x-strangler-side`; every `fail_every`-th (0: none) gets a 500 from the upstream.
-async fn traffic(public: SocketAddr, path: &str, side: &str, n: usize, fail_every: usize) {
+/// GETs numbered `ids` to `path` through the gateway at `public`, forced to `side` with the
+/// override header `x-strangler-side`; those whose number is a multiple of `fail_every` (0:
+/// none) get a 500 from the upstream.
+async fn traffic(
+    public: SocketAddr,
+    path: &str,
+    side: &str,
+    ids: std::ops::Range<usize>,
+    fail_every: usize,
+) {
     let c = client();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+    for chunk in ids.collect::<Vec<_>>().chunks(32) {
         futures_util::future::join_all(chunk.iter().map(|&i| {
             let mut r = c
                 .get(format!("http://{public}{path}/{i}"))
@@ -627,8 +634,12 @@ async fn admin_post(gw: &GatewayProcess, path: &str, token: Option<&str>) -> Val
 }
 
 /// Four routes, each showing something else: `orders-read` worse (new fails one request in
-/// ten), `billing` driven by a running plan and shadowed, `checkout` undecided (new's error
+/// ten), `billing` driven by a running plan and shadowed (both sides failing a little, new
+/// less than legacy), `checkout` undecided (new's error
 /// rate beyond the margin, not shown worse), `search` on a dead service with health checks.
+/// Latency is left out of the verdicts (`max_p99_ratio: 5`): on a busy machine it would
+/// make them depend on the scheduler. Slots of one second and a window of 20 give the
+/// charts a few points within the test's seconds.
 struct Scene {
     _dir: tempfile::TempDir,
     gw: GatewayProcess,
@@ -642,7 +653,7 @@ impl Scene {
         let billing = Upstream::start("billing").await;
         let dead = dead_addr().await;
         let head = format!(
-            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\noverride: {{header: x-strangler-side}}\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\n    health: {{path: /healthz, interval: 200ms}}\n  billing:\n    url: {}\n  search:\n    url: http://{dead}\n    health: {{path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}\n    breaker: {{failures: 5, window: 10s, cooldown: 60s}}\n",
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\noverride: {{header: x-strangler-side}}\ncompare:\n  max_p99_ratio: 5\n  resolution: 1s\n  window: 20s\n  retention: 1m\nlegacy:\n  url: {}\nservices:\n  orders:\n    url: {}\n    health: {{path: /healthz, interval: 200ms}}\n  billing:\n    url: {}\n  search:\n    url: http://{dead}\n    health: {{path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}\n    breaker: {{failures: 5, window: 10s, cooldown: 60s}}\n",
             legacy.url(),
             orders.url(),
             billing.url()
@@ -652,15 +663,21 @@ impl Scene {
         let (dir, _file, gw) = gateway(&head, routes, &[("billing-rollout", plan)], &[]).await;
         admin_post(&gw, "/admin/plans/billing-rollout/start", None).await;
         let p = gw.public;
-        tokio::join!(
-            traffic(p, "/api/orders", "legacy", 400, 0),
-            traffic(p, "/api/orders", "new", 400, 10),
-            traffic(p, "/api/billing", "legacy", 200, 0),
-            traffic(p, "/api/billing", "new", 200, 0),
-            traffic(p, "/api/checkout", "legacy", 200, 0),
-            traffic(p, "/api/checkout", "new", 200, 100),
-            traffic(p, "/api/search", "legacy", 30, 0),
-        );
+        // In rounds, so that the charts (one-second slots) have a few points.
+        const ROUNDS: usize = 5;
+        for k in 0..ROUNDS {
+            let part = |n: usize| n * k / ROUNDS..n * (k + 1) / ROUNDS;
+            tokio::join!(
+                traffic(p, "/api/orders", "legacy", part(400), 0),
+                traffic(p, "/api/orders", "new", part(400), 10),
+                traffic(p, "/api/billing", "legacy", part(200), 40),
+                traffic(p, "/api/billing", "new", part(200), 50),
+                traffic(p, "/api/checkout", "legacy", part(200), 0),
+                traffic(p, "/api/checkout", "new", part(200), 100),
+                traffic(p, "/api/search", "legacy", part(30), 0),
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         // The dead service's health checks have failed.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1130,6 +1147,12 @@ async fn a_person_pauses_a_plan_and_shifts_a_percent_with_the_token() {
     b.type_into("#token", TOKEN).await;
     b.click("#token-save").await;
     assert_eq!(b.text("#token-state").await, "a token is set for this tab");
+    assert_eq!(
+        b.eval("sessionStorage.getItem('strangler-admin-token')")
+            .await,
+        TOKEN
+    );
+    assert_eq!(b.eval("document.getElementById('token').value").await, "");
     assert!(
         !b.eval("location.href")
             .await
