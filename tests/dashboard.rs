@@ -551,7 +551,7 @@ async fn assert_no_overflow(b: &mut Browser, what: &str) {
 /// Takes the screenshots of the view shown at the viewport's size, checks them, and keeps
 /// them in `DASHBOARD_SCREENSHOTS` when set: the viewport as `NAME.png`, the whole page as
 /// `NAME-full.png`.
-async fn check_screens(b: &mut Browser, name: &str, panels: &str, attr: &str) -> Png {
+async fn check_screens(b: &mut Browser, name: &str, panels: &str, attr: &str) {
     assert_no_overflow(b, name).await;
     let shot = b.screenshot(false).await;
     let png = Png::decode(&shot);
@@ -572,7 +572,6 @@ async fn check_screens(b: &mut Browser, name: &str, panels: &str, attr: &str) ->
         std::fs::write(format!("{dir}/{name}.png"), &shot).unwrap();
         std::fs::write(format!("{dir}/{name}-full.png"), &full_shot).unwrap();
     }
-    full
 }
 
 // ---------- gateways and traffic ----------
@@ -907,14 +906,16 @@ async fn a_route_page_shows_every_panel_at_both_sizes() {
 }
 
 /// A dead new service (health checks on, its one instance refusing connections) is shown
-/// unhealthy, in red, on its route's card and page; and an open breaker the same.
+/// unhealthy, in red, on its route's card and page; an open breaker the same; an ejected
+/// instance in amber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_new_service_shows_unhealthy_not_green() {
     let legacy = Upstream::start("legacy").await;
     let live = Upstream::start("live").await;
+    let (one, two) = (Upstream::start("one").await, Upstream::start("two").await);
     let dead = dead_addr().await;
     let yaml = format!(
-        "{}override: {{header: x-strangler-side}}\nroutes:\n  - name: search\n    match: {{prefix: /search}}\n    service: search\n    percent: 50\n  - name: broken\n    match: {{prefix: /broken}}\n    service: broken\n    percent: 50\n  - name: fine\n    match: {{prefix: /fine}}\n    service: fine\n    percent: 50\n",
+        "{}override: {{header: x-strangler-side}}\nroutes:\n  - name: search\n    match: {{prefix: /search}}\n    service: search\n    percent: 50\n  - name: broken\n    match: {{prefix: /broken}}\n    service: broken\n    percent: 50\n  - name: fine\n    match: {{prefix: /fine}}\n    service: fine\n    percent: 50\n  - name: pair\n    match: {{prefix: /pair}}\n    service: pair\n    percent: 50\n",
         config_head(&legacy.url(), &[])
             + &format!(
                 "  search:\n    url: http://{dead}\n    health: {{path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}\n"
@@ -927,9 +928,19 @@ async fn a_dead_new_service_shows_unhealthy_not_green() {
                 "  fine:\n    url: {}\n    health: {{path: /healthz, interval: 100ms}}\n",
                 live.url()
             )
+            + &format!(
+                "  pair:\n    urls: [{}, {}]\n    outlier: {{consecutive: 3, ejection: 60s}}\n",
+                one.url(),
+                two.url()
+            )
     );
     let gw = Gateway::start(&yaml).await;
     forced_traffic(&gw, "/broken", "new", 4, 1).await;
+    // One request at a time, so that each instance fails three in a row: one of the two is
+    // ejected (never both: the last one serving stays).
+    for _ in 0..8 {
+        forced_traffic(&gw, "/pair", "new", 1, 1).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = get_json(gw.admin_url("/admin/services")).await;
@@ -942,12 +953,22 @@ async fn a_dead_new_service_shows_unhealthy_not_green() {
                 .unwrap()
                 .clone()
         };
+        let ejected = by("pair")["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["ejected"] == true)
+            .count();
         if by("search")["instances"][0]["healthy"] == false
             && by("broken")["breaker"]["state"] == "open"
+            && ejected == 1
         {
             break;
         }
-        assert!(Instant::now() < deadline, "never dead and open: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "never dead, open and ejected: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -978,6 +999,15 @@ async fn a_dead_new_service_shows_unhealthy_not_green() {
         "the open breaker looks like the healthy one: {looks}"
     );
 
+    // An instance ejected: amber, not green, and named on the route's page.
+    let pair = b.text(&health("pair")).await;
+    assert_eq!(pair, "pair: 1 of 2 ejected");
+    assert_eq!(
+        b.eval("document.querySelector('[data-route=pair] [data-field=health]').dataset.health")
+            .await,
+        "warn"
+    );
+
     b.open(&gw.admin_url("/#/route/search")).await;
     let pill = b
         .eval("(() => { const e = document.querySelector('[data-service=search] [data-field=service-health]'); return [e.dataset.health, e.textContent]; })()")
@@ -994,6 +1024,11 @@ async fn a_dead_new_service_shows_unhealthy_not_green() {
         b.text("[data-service=broken] [data-field=breaker]").await,
         "open"
     );
+    b.open(&gw.admin_url("/#/route/pair")).await;
+    let states = b
+        .eval("[...document.querySelectorAll('[data-service=pair] [data-field=healthy]')].map((e) => e.textContent).sort()")
+        .await;
+    assert_eq!(states, json!(["not checked", "not checked, ejected"]));
     b.assert_no_exceptions();
 }
 
