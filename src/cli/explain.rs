@@ -65,6 +65,27 @@ pub fn explain(
         }
     };
     println!("canonical:  {canonical}");
+    let client = &cfg.client;
+    let rules = crate::proxy::admit::Rules::of(&cfg);
+    if let Some((refusal, why)) = crate::proxy::admit::method_refusal(&method, &rules.extra_methods)
+    {
+        let f = crate::proxy::Failure::Refused(refusal);
+        println!("rejected:   {} {}: {why}", f.status().as_u16(), f.code());
+        return ExitCode::SUCCESS;
+    }
+    let route_path = match crate::routing::routing_path(&canonical, client.path_parameters) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            println!("rejected:   400 bad_request: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    if route_path != canonical {
+        println!(
+            "routed as:  {route_path} (segments without their ;parameters, client.path_parameters: {})",
+            client.path_parameters.as_str()
+        );
+    }
     let table = match cfg.compile() {
         Ok(t) => t,
         Err(e) => {
@@ -75,7 +96,7 @@ pub fn explain(
     let mut candidates: Vec<(usize, Tier, String, Option<Miss>)> = Vec::new();
     let decision = table.decide_traced(
         &RequestView {
-            path: &canonical,
+            path: &route_path,
             method: &method,
             headers: &map,
             query,

@@ -137,6 +137,9 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_env: Option<String>,
+    /// Host names the admin API is reached by (beside loopback names and addresses), lower
+    /// case: requests for them are answered without the token.
+    pub hosts: Vec<String>,
 }
 
 /// An upstream the gateway forwards to.
@@ -226,6 +229,38 @@ pub struct ClientConfig {
     /// Keep request headers whose names hold `_` (nginx's `underscores_in_headers on`);
     /// by default they are dropped.
     pub allow_underscores: bool,
+    /// How a path segment's parameters (`;x`) are read.
+    pub path_parameters: PathParameters,
+    /// Methods accepted beside the registered ones (upper case).
+    pub extra_methods: Vec<http::Method>,
+    /// Headers removed from requests of peers that are not trusted proxies, beside the
+    /// defaults ([`crate::proxy::headers::UNTRUSTED`]).
+    pub strip_headers: Vec<http::HeaderName>,
+}
+
+/// How the gateway reads a path segment's parameters (`/admin;x/users`): servlet containers
+/// (Tomcat, Jetty, Spring) serve it as `/admin/users`, most other servers as a segment
+/// `admin;x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParameters {
+    /// Routes match each segment without its parameters, as a servlet container reads it;
+    /// the upstream gets the path as sent, parameters and all.
+    #[default]
+    MatchWithout,
+    /// A path with a `;` is refused (400).
+    Refuse,
+    /// `;` is an ordinary character (for monoliths whose server reads it so).
+    Literal,
+}
+
+impl PathParameters {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathParameters::MatchWithout => "match_without",
+            PathParameters::Refuse => "refuse",
+            PathParameters::Literal => "literal",
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -235,6 +270,9 @@ impl Default for ClientConfig {
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             allow_underscores: false,
+            path_parameters: PathParameters::default(),
+            extra_methods: Vec::new(),
+            strip_headers: Vec::new(),
         }
     }
 }

@@ -50,19 +50,36 @@ impl HealthConfig {
 /// The circuit breaker of a new service (`breaker`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BreakerConfig {
-    /// Failed attempts within `window` that open it.
-    pub failures: u32,
+    /// What opens it, within `window`.
+    pub trip: Trip,
     pub window: Duration,
     /// How long it stays open before one probe request decides.
     pub cooldown: Duration,
 }
 
+/// What opens a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trip {
+    /// This many failed attempts within the window (`failures`): a count, which a busy
+    /// service reaches at a low error rate and a quiet one may never.
+    Failures(u32),
+    /// A share of failed attempts within the window, once there were at least
+    /// `min_requests` attempts (`failure_rate`, Resilience4j's `failureRateThreshold` with
+    /// `minimumNumberOfCalls`): the same rate trips it at any traffic.
+    Rate {
+        /// In hundredths of a percent.
+        rate_bp: u32,
+        min_requests: u32,
+    },
+}
+
 impl BreakerConfig {
     pub const DEFAULT: BreakerConfig = BreakerConfig {
-        failures: 5,
+        trip: Trip::Failures(5),
         window: Duration::from_secs(10),
         cooldown: Duration::from_secs(30),
     };
+    pub const DEFAULT_MIN_REQUESTS: u32 = 20;
 }
 
 /// Passive outlier detection (`outlier`): an instance whose requests fail `consecutive`
@@ -185,9 +202,12 @@ pub struct RetryConfig {
     /// Retries after the first attempt.
     pub attempts: u32,
     pub when: FailKinds,
+    /// The budget's floor: retries a second allowed whatever the share of requests.
+    pub min_per_second: u32,
 }
 
 impl RetryConfig {
     pub const DEFAULT_ATTEMPTS: u32 = 1;
+    pub const DEFAULT_MIN_PER_SECOND: u32 = 10;
     pub const ALLOWED: [FailKind; 2] = [FailKind::Connect, FailKind::Reset];
 }

@@ -166,6 +166,9 @@ pub struct RouteWindow {
     /// The route's retry budget (`proxy::table::RouteStats`), kept here because this
     /// outlives reloads by name.
     pub retry_budget: std::sync::atomic::AtomicI64,
+    /// The retry budget's floor (`retries.min_per_second`): the theoretical time of the next
+    /// retry it allows, in microseconds of the process's clock (a generic cell rate).
+    pub retry_floor: std::sync::atomic::AtomicU64,
 }
 
 /// How many bits a key set keeps: one per cohort bucket, so that a key's bucket (computed
@@ -406,6 +409,7 @@ impl Registry {
                     }),
                     keys: OnceLock::new(),
                     retry_budget: Default::default(),
+                    retry_floor: Default::default(),
                 })
             })
             .clone()

@@ -44,6 +44,9 @@ pub enum Refusal {
     Loop,
     /// 400: an upgrade (WebSocket) asked of a route with `upgrades: false`.
     UpgradeRefused,
+    /// 501: a method in upper case that is neither registered nor in
+    /// `client.extra_methods` (one in any other case is a `BadRequest`).
+    MethodNotImplemented,
     /// Refused by the HTTP parser before the gateway saw it (400, 414 or 431, the status
     /// it sent, without a JSON body); recorded for the count and the log.
     Malformed(u16),
@@ -75,7 +78,7 @@ impl Failure {
             Failure::Refused(
                 Refusal::BadRequest | Refusal::BadFraming | Refusal::UpgradeRefused,
             ) => 400,
-            Failure::Refused(Refusal::UnsupportedCoding) => 501,
+            Failure::Refused(Refusal::UnsupportedCoding | Refusal::MethodNotImplemented) => 501,
             Failure::Refused(Refusal::UriTooLong) => 414,
             Failure::Refused(Refusal::HeadersTooLarge) => 431,
             Failure::Refused(Refusal::Loop) => 508,
@@ -107,6 +110,7 @@ impl Failure {
             }
             Failure::Refused(Refusal::Loop) => "loop_detected",
             Failure::Refused(Refusal::UpgradeRefused) => "upgrade_refused",
+            Failure::Refused(Refusal::MethodNotImplemented) => "method_not_implemented",
             Failure::Refused(_)
             | Failure::Client(ClientErrorKind::Body | ClientErrorKind::Closed) => "bad_request",
             Failure::Client(_) => "request_timeout",

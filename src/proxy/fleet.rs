@@ -24,7 +24,7 @@ use super::pool::{self, Dial, PoolKey};
 use super::send::Target;
 use super::upload::RequestBody;
 use crate::config::resilience::{
-    Balance, BreakerConfig, DEFAULT_RESOLVE, HealthConfig, OutlierConfig,
+    Balance, BreakerConfig, DEFAULT_RESOLVE, HealthConfig, OutlierConfig, Trip,
 };
 use crate::config::{Service, bare_host};
 
@@ -147,12 +147,86 @@ pub fn later(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// A circuit breaker (`breaker`): opens after `failures` failed attempts within `window`;
-/// after `cooldown`, one probe decides whether it closes or opens again.
+/// The attempts of a rate breaker's window, in ten slots (a slot's counts are started afresh
+/// by the first attempt of a later slot): counted with atomics, so that a success costs no
+/// lock.
+struct Calls {
+    /// Milliseconds a slot spans.
+    slot_ms: u64,
+    slots: [CallSlot; 10],
+}
+
+#[derive(Default)]
+struct CallSlot {
+    /// The slot's number (time / `slot_ms`), plus one; 0 for a slot never used.
+    epoch: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Calls {
+    fn new(window: Duration) -> Calls {
+        Calls {
+            slot_ms: (window.as_millis() as u64 / 10).max(1),
+            slots: Default::default(),
+        }
+    }
+
+    /// Counts an attempt at `ms` (of the breaker's clock).
+    fn count(&self, ms: u64, failed: bool) {
+        let epoch = ms / self.slot_ms + 1;
+        let slot = &self.slots[(epoch % 10) as usize];
+        let seen = slot.epoch.load(Ordering::Acquire);
+        if seen != epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.calls.store(0, Ordering::Relaxed);
+            slot.failures.store(0, Ordering::Relaxed);
+        }
+        slot.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            slot.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempts and failures of the window ending at `ms`.
+    fn window(&self, ms: u64) -> (u64, u64) {
+        let now = ms / self.slot_ms + 1;
+        self.slots
+            .iter()
+            .filter(|s| {
+                let e = s.epoch.load(Ordering::Acquire);
+                e != 0 && e + 10 > now && e <= now
+            })
+            .fold((0, 0), |(c, f), s| {
+                (
+                    c + s.calls.load(Ordering::Relaxed),
+                    f + s.failures.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    fn clear(&self) {
+        for s in &self.slots {
+            s.epoch.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A circuit breaker (`breaker`): opens after `failures` failed attempts within `window`, or
+/// once `failure_rate` of at least `min_requests` attempts within it failed; after
+/// `cooldown`, one probe decides whether it closes or opens again.
 pub struct Breaker {
     /// The service's name, for the log.
     service: Box<str>,
     config: BreakerConfig,
+    /// The attempts of the window, for a rate breaker.
+    calls: Option<Calls>,
+    /// The clock of `calls`.
+    born: Instant,
     /// `CLOSED`, `OPEN` or `HALF_OPEN`, readable without the lock.
     state: AtomicU8,
     inner: Mutex<BreakerInner>,
@@ -174,6 +248,8 @@ impl Breaker {
         Breaker {
             service: service.into(),
             config,
+            calls: matches!(config.trip, Trip::Rate { .. }).then(|| Calls::new(config.window)),
+            born: now,
             state: AtomicU8::new(CLOSED),
             inner: Mutex::new(BreakerInner {
                 failures: VecDeque::new(),
@@ -230,6 +306,11 @@ impl Breaker {
     /// verdict (its client failed); `probe`, the probe's number if it was one.
     pub fn record(&self, ok: Option<bool>, probe: Option<u64>, now: Instant) {
         if ok == Some(true) && probe.is_none() {
+            if let Some(calls) = &self.calls
+                && self.state.load(Ordering::Relaxed) == CLOSED
+            {
+                calls.count(self.ms(now), false);
+            }
             return;
         }
         let mut inner = self.lock();
@@ -256,25 +337,68 @@ impl Breaker {
         if ok.is_none() || self.state.load(Ordering::Relaxed) != CLOSED {
             return;
         }
-        let window = self.config.window;
-        while inner
-            .failures
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > window)
-        {
-            inner.failures.pop_front();
-        }
-        inner.failures.push_back(now);
-        if inner.failures.len() >= self.config.failures as usize {
+        let trips = match (self.config.trip, &self.calls) {
+            (
+                Trip::Rate {
+                    rate_bp,
+                    min_requests,
+                },
+                Some(calls),
+            ) => {
+                let ms = self.ms(now);
+                calls.count(ms, true);
+                let (n, failed) = calls.window(ms);
+                n >= u64::from(min_requests) && failed * 10_000 >= u64::from(rate_bp) * n
+            }
+            (trip, _) => {
+                let window = self.config.window;
+                while inner
+                    .failures
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) > window)
+                {
+                    inner.failures.pop_front();
+                }
+                inner.failures.push_back(now);
+                let limit = match trip {
+                    Trip::Failures(n) => n,
+                    Trip::Rate { .. } => 1,
+                };
+                inner.failures.len() >= limit as usize
+            }
+        };
+        if trips {
             inner.failures.clear();
+            if let Some(calls) = &self.calls {
+                calls.clear();
+            }
             inner.open_until = later(now, self.config.cooldown);
             self.state.store(OPEN, Ordering::Relaxed);
             tracing::warn!(
                 service = %self.service,
-                failures = self.config.failures,
+                trip = %describe(self.config.trip),
                 "circuit breaker open: its share goes to legacy"
             );
         }
+    }
+
+    /// Milliseconds since the breaker began (the clock of its rate window).
+    fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What opens a breaker, in words for the log.
+fn describe(trip: Trip) -> String {
+    match trip {
+        Trip::Failures(n) => format!("{n} failures within its window"),
+        Trip::Rate {
+            rate_bp,
+            min_requests,
+        } => format!(
+            "{}% of at least {min_requests} attempts failed within its window",
+            crate::config::format_percent(rate_bp)
+        ),
     }
 }
 
@@ -985,7 +1109,7 @@ mod tests {
         Breaker::new(
             "s",
             BreakerConfig {
-                failures: 3,
+                trip: Trip::Failures(3),
                 window: Duration::from_secs(10),
                 cooldown: Duration::from_secs(30),
             },
@@ -1075,7 +1199,7 @@ mod tests {
         let b = Breaker::new(
             "s",
             BreakerConfig {
-                failures: 1,
+                trip: Trip::Failures(1),
                 window: Duration::from_secs(10),
                 cooldown: Duration::MAX,
             },

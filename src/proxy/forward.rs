@@ -356,7 +356,11 @@ impl Attempts<'_> {
                 },
                 _ => false,
             };
-            if again && self.stats.withdraw() {
+            if again
+                && self
+                    .stats
+                    .withdraw(self.retries.map_or(0, |r| r.min_per_second))
+            {
                 tries += 1;
                 self.stats.metrics[self.side.index()].retried();
                 avoid = instance.as_ref().map(|g| g.instance().clone());

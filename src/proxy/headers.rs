@@ -65,7 +65,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
 }
 
-/// Removes hop-by-hop headers: `Connection` and the names it lists, and the fixed set.
+/// Headers `Connection` cannot name for removal: `Host`, the framing, and the forwarding
+/// headers (`Via` among them).
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || FORWARDING.contains(name)
+}
+
+/// Removes hop-by-hop headers: `Connection` and the names it lists (but not `Host`, the
+/// framing or the forwarding headers), and the fixed set.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages carry none, and most of the rest one (`Connection: keep-alive`): find
     // the present ones in one pass, then remove only those.
@@ -82,7 +92,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
                     continue;
                 }
-                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                // The headers the gateway judges or sets are not the client's to remove:
+                // `Connection: host` would hide `Host` from its check, `Connection: via` a
+                // loop, and a framing or forwarding header the rules that keep them honest.
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                    && !protected(&n)
+                {
                     listed.push(n);
                 }
             }
@@ -235,7 +250,10 @@ pub fn strip_underscored(h: &mut HeaderMap, allow_underscores: bool) {
         .filter(|n| {
             !allow_underscores || {
                 let dashed = n.as_str().replace('_', "-");
-                FORWARDING.iter().any(|f| f.as_str() == dashed)
+                FORWARDING
+                    .iter()
+                    .chain(&UNTRUSTED)
+                    .any(|f| f.as_str() == dashed)
             }
         })
         .cloned()
@@ -245,18 +263,88 @@ pub fn strip_underscored(h: &mut HeaderMap, allow_underscores: bool) {
     }
 }
 
-/// Whether a `Via` list names `name` as one of the proxies it passed (a loop).
+/// Whether a `Via` list names `name` as one of the proxies it passed (a loop), as a
+/// pseudonym or as a host with a port (`strangler:8080`, which RFC 9110 §7.6.3 allows).
 pub fn via_names(h: &HeaderMap, name: &str) -> bool {
     h.get_all(header::VIA).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',').any(|element| {
-                element
-                    .split_whitespace()
-                    .nth(1)
-                    .is_some_and(|by| by.eq_ignore_ascii_case(name))
+                element.split_whitespace().nth(1).is_some_and(|by| {
+                    let host = match by.rsplit_once(':') {
+                        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                        _ => by,
+                    };
+                    host.eq_ignore_ascii_case(name)
+                })
             })
         })
     })
+}
+
+/// Headers removed from the requests of peers that are not trusted proxies, beside the
+/// forwarding ones the rewrite replaces: those older monoliths re-route on (IIS and Symfony's
+/// `X-Original-URL`, `X-Rewrite-URL`) or read as the client's address (CDNs' and load
+/// balancers' `True-Client-IP`, `X-Client-IP`, `CF-Connecting-IP`, `X-Cluster-Client-IP`).
+/// `client.strip_headers` adds to them.
+pub const UNTRUSTED: [HeaderName; 6] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+];
+
+/// Fields a request's trailers may not carry (RFC 9110 §6.5.1: what frames, routes,
+/// authenticates or modifies a request, or describes its content, belongs in its head), and
+/// the gateway's own.
+fn never_a_trailer(name: &HeaderName) -> bool {
+    const NAMES: [HeaderName; 21] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TRAILER,
+        header::TE,
+        header::CONNECTION,
+        header::UPGRADE,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::CACHE_CONTROL,
+        header::EXPECT,
+        header::MAX_FORWARDS,
+        header::PRAGMA,
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ];
+    NAMES.contains(name)
+        || name == header::IF_UNMODIFIED_SINCE
+        || name == header::IF_RANGE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || FORWARDING.contains(name)
+        || name.as_str().starts_with("x-strangler-")
+}
+
+/// Removes from a request's trailers every field its head could not carry to the upstream
+/// either: those [`never_a_trailer`] names, the forwarding and client-address headers
+/// (`untrusted`: [`UNTRUSTED`] and `client.strip_headers`), whoever sent them (a trailer is
+/// no place for them), and names with `_` by the head's rule.
+pub fn strip_trailers(h: &mut HeaderMap, untrusted: &[HeaderName], allow_underscores: bool) {
+    strip_underscored(h, allow_underscores);
+    let doomed: SmallVec<[HeaderName; 4]> = h
+        .keys()
+        .filter(|n| never_a_trailer(n) || untrusted.contains(n))
+        .cloned()
+        .collect();
+    for n in doomed {
+        h.remove(n);
+    }
 }
 
 /// Total size of the headers as sent (name, value, and ": " and CRLF).
@@ -291,6 +379,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // `Connection` cannot hide the headers the gateway judges.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, via, x-forwarded-for"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 strangler"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(header::HOST) && h.contains_key(header::VIA));
     }
 
     #[test]
@@ -371,5 +469,12 @@ mod tests {
         h.append(header::VIA, HeaderValue::from_static("1.1 Strangler"));
         assert!(via_names(&h, "strangler"));
         assert!(via_names(&h, "fred"));
+        let mut port = HeaderMap::new();
+        port.append(
+            header::VIA,
+            HeaderValue::from_static("HTTP/1.1 strangler:8080 (edge)"),
+        );
+        assert!(via_names(&port, "strangler"));
+        assert!(!via_names(&port, "strangler-2"));
     }
 }

@@ -104,13 +104,7 @@ impl Gateway {
         let (mut head, body) = req.into_parts();
         let client = &table.config.client;
 
-        let admission = admit::admit(
-            &mut head,
-            &admit::Rules {
-                allow_underscores: client.allow_underscores,
-                via: &table.config.via,
-            },
-        );
+        let admission = admit::admit(&mut head, &table.edge);
         let mut trail = Trail::begin(
             table.clone(),
             &self.access_log,
@@ -120,10 +114,11 @@ impl Gateway {
             admission.request_id,
         );
         trail.client_h2 = head.version == http::Version::HTTP_2;
+        trail.client_http10 = head.version == http::Version::HTTP_10;
         trail.count_on_connection(!trail.client_h2);
         trail.grpc_call = headers::is_grpc(head.version, &head.headers);
-        let path = match admission.verdict {
-            Ok(path) => path,
+        let admitted = match admission.verdict {
+            Ok(admitted) => admitted,
             Err(refused) => {
                 if let Some(p) = refused.path {
                     trail.path = record::LoggedPath::Owned(p);
@@ -133,7 +128,7 @@ impl Gateway {
         };
 
         let decision = table.routing.decide(&RequestView {
-            path: path.as_str(&head.uri),
+            path: admitted.route_path(&head.uri),
             method: &head.method,
             headers: &head.headers,
             query: head.uri.query(),
@@ -166,6 +161,7 @@ impl Gateway {
             ));
         }
 
+        let path = admitted.path;
         let length = body.size_hint().exact();
         let facts = rewrite::Facts {
             chunked_body: length.is_none() && !body.is_end_stream(),
@@ -209,7 +205,7 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
-        let mut body = upload::RequestBody::new(body, client.body_timeout);
+        let mut body = upload::RequestBody::new(body, client.body_timeout, &table.edge);
         if let Some(mut copy) = shadow {
             copy.watch_request(&mut body, &head);
             trail.shadow = Some(Box::new(copy));

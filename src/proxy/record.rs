@@ -68,6 +68,8 @@ pub struct Trail {
     counted: bool,
     /// The client speaks HTTP/2.
     pub client_h2: bool,
+    /// The client speaks HTTP/1.0 (it cannot take a chunked answer).
+    pub client_http10: bool,
     /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
     /// errors are answered as gRPC errors.
     pub grpc_call: bool,
@@ -116,6 +118,7 @@ impl Trail {
             latency: None,
             counted: false,
             client_h2: false,
+            client_http10: false,
             fallback: None,
             instance: None,
             all_unhealthy: false,

@@ -64,6 +64,13 @@ pub fn upstream(
     parts
         .headers
         .append(header::VIA, trail.table.via(parts.version).clone());
+    // An HTTP/1.0 client cannot take a chunked answer: one of unknown length ends at the
+    // close of its connection, which the client must be told (not `keep-alive`).
+    if trail.client_http10 && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     trail.status = parts.status.as_u16();
     // A gRPC answer without a body carries its status in its head ("Trailers-Only").
     trail.grpc = grpc_status(&parts.headers);

@@ -3,15 +3,15 @@
 //!
 //! The target in origin form (the upstream's base path, the canonical path, the original
 //! query); `X-Forwarded-For`/`-Proto`/`-Host` (replaced for untrusted peers, extended for
-//! trusted proxies) and the other forwarding headers (removed unless a trusted proxy sent
-//! them); `Host` (the client's unless the service asks for its own); `Via`; the framing of a
+//! trusted proxies) and the other forwarding headers, with those older monoliths re-route
+//! on or take as the client's address (removed unless a trusted proxy sent them); `Host` (the client's unless the service asks for its own); `Via`; the framing of a
 //! body (`chunked` when its length is unknown, whatever the method); `TE: trailers` when the
 //! client takes trailers; and HTTP/1.1, or HTTP/2 for services that speak it (`:authority`
 //! and `:scheme` instead of `Host`).
 
 use bytes::Bytes;
 use http::Version;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 
@@ -51,6 +51,7 @@ pub fn rewrite(
         &mut head.headers,
         table.routing.is_trusted(peer.addr.ip()),
         peer,
+        &table.edge.untrusted,
     );
     if upstream.host_upstream || !head.headers.contains_key(header::HOST) {
         head.headers
@@ -166,7 +167,7 @@ fn target(
 
 /// `X-Forwarded-*`: from a trusted proxy, extended (`For`) or kept as sent; from anyone
 /// else, replaced.
-fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
+fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer, untrusted: &[HeaderName]) {
     if trusted {
         let mut prior: Vec<u8> = Vec::new();
         for v in h.get_all(&X_FORWARDED_FOR) {
@@ -199,6 +200,11 @@ fn forwarded(h: &mut HeaderMap, trusted: bool, peer: &Peer) {
             X_FORWARDED_PREFIX,
             header::FORWARDED,
         ] {
+            h.remove(name);
+        }
+        // What re-routes a request in older monoliths, or names the client's address to
+        // them (and what `client.strip_headers` adds).
+        for name in untrusted {
             h.remove(name);
         }
         h.insert(X_FORWARDED_FOR, peer.ip_header.clone());

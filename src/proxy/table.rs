@@ -85,15 +85,42 @@ impl RouteStats {
             });
     }
 
-    /// Takes one retry from the budget, if it holds one.
-    pub fn withdraw(&self) -> bool {
-        self.window
+    /// Takes one retry from the budget, if it holds one; else from its floor of
+    /// `min_per_second` retries a second (up to a second's worth at once), so that a quiet
+    /// route, whose requests have saved up nothing, still retries its first failures (as
+    /// Linkerd's `minRetriesPerSecond`). Under load, the share decides: the floor adds at
+    /// most `min_per_second` retries a second to the fifth of the requests.
+    pub fn withdraw(&self, min_per_second: u32) -> bool {
+        let shared = self
+            .window
             .retry_budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b >= 1000).then_some(b - 1000)
             })
+            .is_ok();
+        shared || (min_per_second > 0 && self.floor(min_per_second))
+    }
+
+    /// One retry of the floor, if its rate allows one now: a generic cell rate (each retry
+    /// moves the next allowed time on by `1 / rate`; up to a second ahead of now is allowed).
+    fn floor(&self, rate: u32) -> bool {
+        let now = clock_micros();
+        let step = 1_000_000 / u64::from(rate);
+        self.window
+            .retry_floor
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                let next = tat.max(now) + step;
+                (next <= now + 1_000_000).then_some(next)
+            })
             .is_ok()
     }
+}
+
+/// Microseconds since the process's first look at the clock.
+fn clock_micros() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The table in force.
@@ -106,6 +133,8 @@ pub struct Table {
     stats: Vec<RouteStats>,
     /// `Via` as the gateway adds it to a message received as HTTP/1.0, HTTP/1.1 and HTTP/2.
     pub via: [HeaderValue; 3],
+    /// What admission holds a request to, and its trailers.
+    pub edge: Arc<super::admit::Rules>,
     /// The percentages in force that the routes file does not say yet (a rollback held in
     /// memory): `config` carries the held percentage, these what the file says.
     pub held: Vec<Applied>,
@@ -164,6 +193,7 @@ impl Table {
         Ok(Table {
             via,
             held,
+            edge: Arc::new(super::admit::Rules::of(&config)),
             config: Arc::new(config),
             routing,
             upstreams,

@@ -17,6 +17,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::admit::Rules;
+use super::headers::strip_trailers;
+
 /// Errors of a request body, for hyper's client.
 pub type UploadError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -190,20 +193,24 @@ pub struct RequestBody {
     tee: Option<Arc<Tee>>,
     /// A replayed body, sent from memory (`inner` is `None`).
     replay: std::collections::VecDeque<Bytes>,
+    /// The rules its trailers are held to (for a request with a body).
+    rules: Option<Arc<Rules>>,
 }
 
 impl RequestBody {
-    /// The body of a request; each wait for more of it is bounded by `timeout`.
-    pub fn new(inner: Incoming, timeout: Duration) -> RequestBody {
-        let upload = (!inner.is_end_stream()).then(|| Arc::new(Upload::default()));
+    /// The body of a request; each wait for more of it is bounded by `timeout`, and its
+    /// trailers are held to `rules` (see [`strip_trailers`]).
+    pub fn new(inner: Incoming, timeout: Duration, rules: &Arc<Rules>) -> RequestBody {
+        let has_body = !inner.is_end_stream();
         RequestBody {
             inner: Some(inner),
-            upload,
+            upload: has_body.then(|| Arc::new(Upload::default())),
             timeout,
             idle: None,
             armed: false,
             tee: None,
             replay: Default::default(),
+            rules: has_body.then(|| rules.clone()),
         }
     }
 
@@ -216,6 +223,7 @@ impl RequestBody {
             armed: false,
             tee: None,
             replay: Default::default(),
+            rules: None,
         }
     }
 
@@ -273,7 +281,18 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(this.replay.pop_front().map(|c| Ok(Frame::data(c))));
         };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut *inner).poll_frame(cx);
+        // The client's trailers reach the upstream only with what its head could carry.
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(t) = frame.trailers_mut()
+        {
+            let rules = this.rules.as_deref();
+            strip_trailers(
+                t,
+                rules.map_or(&[][..], |r| &r.untrusted),
+                rules.is_some_and(|r| r.allow_underscores),
+            );
+        }
         let upload = this.upload.as_deref();
         match &polled {
             Poll::Pending => {

@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use crate::config::PathParameters;
+
 /// Why a path was rejected (always a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
@@ -28,6 +30,8 @@ pub enum CanonError {
     NotAscii,
     #[error("the path holds a dot segment with parameters (`..;` or `.;`)")]
     DotSegmentParams,
+    #[error("the path holds a ;parameter, and client.path_parameters is refuse")]
+    Parameters,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -168,12 +172,74 @@ fn slow(bytes: &[u8]) -> Result<String, CanonError> {
     Ok(result)
 }
 
+/// The path routes are matched on, from the canonical path, by `client.path_parameters`:
+/// each segment without its parameters (`/admin;x/users` is `/admin/users`, as Tomcat, Jetty
+/// and Spring serve it), the path itself, or a refusal of any `;`. Borrows when the path has
+/// no `;` (the common case: one scan).
+pub fn routing_path(canonical: &str, mode: PathParameters) -> Result<Cow<'_, str>, CanonError> {
+    if mode == PathParameters::Literal || !canonical.as_bytes().contains(&b';') {
+        return Ok(Cow::Borrowed(canonical));
+    }
+    if mode == PathParameters::Refuse {
+        return Err(CanonError::Parameters);
+    }
+    let mut out = String::with_capacity(canonical.len());
+    let mut ends_in_dir = canonical.ends_with('/');
+    for seg in canonical.split('/').skip(1) {
+        let bare = seg.split(';').next().unwrap_or("");
+        if bare.is_empty() {
+            // `/a/;x` is `/a/` (an empty segment, merged like `//`).
+            ends_in_dir = true;
+            continue;
+        }
+        out.push('/');
+        out.push_str(bare);
+        ends_in_dir = false;
+    }
+    if canonical.ends_with('/') || out.is_empty() {
+        ends_in_dir = true;
+    }
+    if ends_in_dir {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn c(p: &str) -> Result<String, CanonError> {
         canonicalize(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn routing_paths() {
+        let r = |p: &str| {
+            routing_path(p, PathParameters::MatchWithout)
+                .unwrap()
+                .into_owned()
+        };
+        assert_eq!(r("/admin;x/users"), "/admin/users");
+        assert_eq!(r("/admin;/users"), "/admin/users");
+        assert_eq!(r("/admin/;x/users"), "/admin/users");
+        assert_eq!(r("/admin;jsessionid=A"), "/admin");
+        assert_eq!(r("/admin/;x"), "/admin/");
+        assert_eq!(r("/admin;x/"), "/admin/");
+        assert_eq!(r("/;x"), "/");
+        assert_eq!(r("/a;b;c/d;e"), "/a/d");
+        assert!(matches!(
+            routing_path("/a/b", PathParameters::MatchWithout),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert_eq!(
+            routing_path("/a;x", PathParameters::Refuse),
+            Err(CanonError::Parameters)
+        );
+        assert_eq!(
+            routing_path("/a;x", PathParameters::Literal).unwrap(),
+            "/a;x"
+        );
     }
 
     #[test]

@@ -353,6 +353,7 @@ impl Validator {
             None => Some(AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
                 token_env: None,
+                hosts: Vec::new(),
             }),
         };
         let legacy = self

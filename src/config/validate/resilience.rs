@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Fields, Validator, join};
 use crate::config::resilience::{
     Balance, BreakerConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_MAX_BODY, FailKind,
-    FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, OutlierConfig, RetryConfig,
+    FailKinds, FallbackConfig, HealthConfig, MAX_RETRY_ATTEMPTS, OutlierConfig, RetryConfig, Trip,
 };
 use crate::config::yaml::{Node, Value};
 use crate::routing::check_canonical;
@@ -202,13 +202,75 @@ impl Validator {
     }
 
     fn breaker(&mut self, n: &Node, path: &str) -> Option<BreakerConfig> {
-        let f = self.fields(n, path, &["failures", "window", "cooldown"])?;
+        let f = self.fields(
+            n,
+            path,
+            &[
+                "failures",
+                "failure_rate",
+                "min_requests",
+                "window",
+                "cooldown",
+            ],
+        )?;
         let d = BreakerConfig::DEFAULT;
-        let failures = self.count_or(&f, path, "failures", 1..=10_000, d.failures);
         let window = self.duration_or(&f, path, "window", d.window);
         let cooldown = self.duration_or(&f, path, "cooldown", d.cooldown);
+        let trip = match (f.get("failures"), f.get("failure_rate")) {
+            (Some(_), Some(rate)) => {
+                self.wrong(
+                    rate,
+                    &join(path, "failure_rate"),
+                    "either failures (a count) or failure_rate (a share), not both",
+                );
+                None
+            }
+            (_, Some(rate)) => {
+                let p = join(path, "failure_rate");
+                let bp = match &rate.value {
+                    Value::Str(t) => t
+                        .strip_suffix('%')
+                        .and_then(|x| crate::config::parse_percent(x).ok()),
+                    _ => None,
+                };
+                let min_requests = self.count_or(
+                    &f,
+                    path,
+                    "min_requests",
+                    1..=1_000_000,
+                    BreakerConfig::DEFAULT_MIN_REQUESTS,
+                );
+                match bp {
+                    Some(rate_bp) if rate_bp > 0 => min_requests.map(|min_requests| Trip::Rate {
+                        rate_bp,
+                        min_requests,
+                    }),
+                    _ => {
+                        self.wrong(rate, &p, "a share above 0 and up to 100%, like 50%");
+                        None
+                    }
+                }
+            }
+            (_, None) => {
+                if let Some(m) = f.get("min_requests") {
+                    self.wrong(
+                        m,
+                        &join(path, "min_requests"),
+                        "min_requests only beside failure_rate",
+                    );
+                    None
+                } else {
+                    let default = match d.trip {
+                        Trip::Failures(n) => n,
+                        Trip::Rate { .. } => 5,
+                    };
+                    self.count_or(&f, path, "failures", 1..=10_000, default)
+                        .map(Trip::Failures)
+                }
+            }
+        };
         Some(BreakerConfig {
-            failures: failures?,
+            trip: trip?,
             window: window?,
             cooldown: cooldown?,
         })
@@ -250,7 +312,7 @@ impl Validator {
     }
 
     fn retries(&mut self, n: &Node, path: &str) -> Option<RetryConfig> {
-        let f = self.fields(n, path, &["attempts", "when"])?;
+        let f = self.fields(n, path, &["attempts", "when", "min_per_second"])?;
         let attempts = self.count_or(
             &f,
             path,
@@ -262,9 +324,17 @@ impl Validator {
             None => Some(FailKinds::of(&RetryConfig::ALLOWED)),
             Some(w) => self.kinds(w, &join(path, "when"), &RetryConfig::ALLOWED),
         };
+        let min_per_second = self.count_or(
+            &f,
+            path,
+            "min_per_second",
+            0..=10_000,
+            RetryConfig::DEFAULT_MIN_PER_SECOND,
+        );
         Some(RetryConfig {
             attempts: attempts?,
             when: when?,
+            min_per_second: min_per_second?,
         })
     }
 

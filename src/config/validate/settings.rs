@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use super::{Validator, join};
 use crate::config::tls::{self, Tls};
 use crate::config::yaml::{Node, Value};
-use crate::config::{AdminConfig, ClientConfig, CompareConfig};
+use crate::config::{AdminConfig, ClientConfig, CompareConfig, PathParameters};
 use crate::routing::StickyKey;
 
 impl Validator {
@@ -55,6 +55,9 @@ impl Validator {
                 "body_timeout",
                 "send_timeout",
                 "allow_underscores",
+                "path_parameters",
+                "extra_methods",
+                "strip_headers",
             ],
         )?;
         let mut c = ClientConfig::default();
@@ -80,6 +83,61 @@ impl Validator {
                 }
             }
         }
+        if let Some(v) = f.get("path_parameters") {
+            match v.value {
+                Value::Str(ref s) if s == "match_without" => {
+                    c.path_parameters = PathParameters::MatchWithout;
+                }
+                Value::Str(ref s) if s == "refuse" => c.path_parameters = PathParameters::Refuse,
+                Value::Str(ref s) if s == "literal" => c.path_parameters = PathParameters::Literal,
+                _ => {
+                    self.wrong(
+                        v,
+                        "client.path_parameters",
+                        "match_without (the default: routes match each segment without its ;parameters, as servlet containers read them), refuse or literal",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some(v) = f.get("extra_methods") {
+            match self.list(
+                v,
+                "client.extra_methods",
+                "methods in upper case, like [PURGE]",
+                |v, item, p| {
+                    let s = v.string(item, p, "a method in upper case, like PURGE")?;
+                    let token = !s.is_empty()
+                        && s.bytes().all(|b| {
+                            b.is_ascii_uppercase()
+                                || b.is_ascii_digit()
+                                || b"!#$%&'*+-.^_`|~".contains(&b)
+                        });
+                    match http::Method::from_bytes(s.as_bytes()) {
+                        Ok(m) if token && m != http::Method::CONNECT => Some(m),
+                        _ => {
+                            v.wrong(
+                                item,
+                                p,
+                                "a method token in upper case (letters, digits, - and _), like PURGE; CONNECT is never accepted",
+                            );
+                            None
+                        }
+                    }
+                },
+            ) {
+                Some(m) => c.extra_methods = m,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = f.get("strip_headers") {
+            match self.list(v, "client.strip_headers", "header names", |v, item, p| {
+                v.header_name(item, p)
+            }) {
+                Some(h) => c.strip_headers = h,
+                None => ok = false,
+            }
+        }
         ok.then_some(c)
     }
 
@@ -101,7 +159,7 @@ impl Validator {
     }
 
     pub(super) fn admin(&mut self, n: &Node) -> Option<AdminConfig> {
-        let f = self.fields(n, "admin", &["listen", "token_env"])?;
+        let f = self.fields(n, "admin", &["listen", "token_env", "hosts"])?;
         let listen = match f.get("listen") {
             Some(l) => self.socket_addr(l, "admin.listen")?,
             None => SocketAddr::from(([127, 0, 0, 1], 9901)),
@@ -124,7 +182,36 @@ impl Validator {
             );
             return None;
         }
-        Some(AdminConfig { listen, token_env })
+        let hosts = match f.get("hosts") {
+            Some(h) => self.list(
+                h,
+                "admin.hosts",
+                "host names, like [gateway.internal]",
+                |v, item, p| {
+                    let s = v.string(item, p, "a host name, like gateway.internal")?;
+                    let name = !s.is_empty()
+                        && !s.starts_with('.')
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+                    if name {
+                        Some(s.to_ascii_lowercase())
+                    } else {
+                        v.wrong(
+                            item,
+                            p,
+                            "a host name without port (letters, digits, - and .), like gateway.internal",
+                        );
+                        None
+                    }
+                },
+            )?,
+            None => Vec::new(),
+        };
+        Some(AdminConfig {
+            listen,
+            token_env,
+            hosts,
+        })
     }
 
     pub(super) fn compare(&mut self, n: &Node) -> Option<CompareConfig> {

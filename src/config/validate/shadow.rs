@@ -127,7 +127,7 @@ impl Validator {
     }
 
     /// A list whose items `item` reads; every bad item reported.
-    fn list<T>(
+    pub(super) fn list<T>(
         &mut self,
         n: &Node,
         path: &str,

@@ -67,10 +67,21 @@ pub type AdminService = MapResponse<Router, fn(Response) -> Response>;
 pub fn router(state: Shared) -> AdminService {
     let access = {
         let (gateway, named) = (state.gateway.clone(), state.gateway.clone());
+        let hosts = state.gateway.clone();
         Access {
             token: Arc::new(move || gateway.table.load().config.admin_token()),
             port: state.port,
             identity: Arc::new(move || named.table.load().config.hash.clone()),
+            known_host: Arc::new(move |name| {
+                hosts
+                    .table
+                    .load()
+                    .config
+                    .admin
+                    .hosts
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name))
+            }),
         }
     };
     let changes = Router::new()
@@ -115,6 +126,7 @@ pub fn runner_router(
         }),
         port,
         identity: Arc::new(move || named.env.config_hash()),
+        known_host: Arc::new(|_| false),
     };
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -215,6 +227,8 @@ struct Access {
     token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     port: u16,
     identity: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Whether a host name is one of `admin.hosts`.
+    known_host: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 /// The header of every admin answer naming the config the process runs: a client knows it
@@ -582,21 +596,76 @@ async fn shift(
 /// rebinding) sends its own name as `Host`, and is refused before it can read or change
 /// anything. With a token, the token guards changes wherever the listener is.
 async fn guard_host(State(a): State<Access>, req: Request, next: Next) -> Response {
-    let mut resp = if (a.token)().is_none()
-        && let Some(host) = req.headers().get(header::HOST)
-        && !local_host(host.as_bytes(), a.port)
-    {
-        json(
-            StatusCode::FORBIDDEN,
-            &json!({"error": "forbidden", "message": "without admin.token_env, the admin API answers only requests for localhost or a loopback address"}),
-        )
-    } else {
-        next.run(req).await
+    let mut resp = match host_refusal(&a, &req) {
+        Some(refused) => refused,
+        None => next.run(req).await,
     };
     if let Ok(v) = HeaderValue::from_str(&(a.identity)()) {
         resp.headers_mut().insert(CONFIG_HEADER, v);
     }
     resp
+}
+
+/// Why a request is not answered for its `Host`, if it is not: an HTTP/1.1 request needs
+/// one (RFC 9112 §3.2); and a web page whose name an attacker re-points at the gateway (DNS
+/// rebinding) sends its own name, so only a loopback name or address is answered, and, with
+/// a token, also an IP address (no page can be served from a name that is an address it does
+/// not own), a name of `admin.hosts`, or a request with the token. A token adds protection;
+/// it never removes the `Host` rule. `/healthz` and `/readyz` (which tell nothing) are
+/// answered for any `Host`, for probes that send their own.
+fn host_refusal(a: &Access, req: &Request) -> Option<Response> {
+    let host = req.headers().get(header::HOST);
+    if host.is_none() && req.version() == http::Version::HTTP_11 {
+        return Some(json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad_request", "message": "an HTTP/1.1 request needs a Host header"}),
+        ));
+    }
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return None;
+    }
+    let host = host?.as_bytes();
+    if local_host(host, a.port) {
+        return None;
+    }
+    let Some(token) = (a.token)() else {
+        return Some(json(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "forbidden", "message": "without admin.token_env, the admin API answers only requests for localhost or a loopback address"}),
+        ));
+    };
+    let name = host_name(host);
+    let known = name.is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok() || (a.known_host)(n));
+    if known || bearer(req.headers(), &token) {
+        return None;
+    }
+    Some(json(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "forbidden", "message": "the admin API answers requests for localhost, an IP address or a name of admin.hosts, or with the token (Authorization: Bearer): this Host is none of them"}),
+    ))
+}
+
+/// The name of a `Host` value without its port or brackets (`[::1]:9901` is `::1`).
+fn host_name(host: &[u8]) -> Option<&str> {
+    let host = std::str::from_utf8(host).ok()?;
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next();
+    }
+    Some(host.split(':').next().unwrap_or(host))
+}
+
+/// Whether the headers carry `Authorization: Bearer <token>` (the scheme in any case; the
+/// token compared in constant time).
+fn bearer(h: &HeaderMap, token: &str) -> bool {
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token itself is not.
+    let given = h.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let space = v.iter().position(|&b| b == b' ')?;
+        v[..space]
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| v[space..].trim_ascii_start())
+    });
+    given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes())))
 }
 
 /// Whether a `Host` names this machine's loopback: `localhost`, `127.x.y.z` or `[::1]`, with
@@ -645,15 +714,7 @@ fn refusal(a: &Access, h: &HeaderMap) -> Option<Response> {
     }
     // The token of the config in force (a reload may add or remove `admin.token_env`).
     let token = (a.token)()?;
-    // The scheme is case-insensitive (RFC 9110 §11.1); the token itself is not.
-    let given = h.get(header::AUTHORIZATION).and_then(|v| {
-        let v = v.as_bytes();
-        let space = v.iter().position(|&b| b == b' ')?;
-        v[..space]
-            .eq_ignore_ascii_case(b"bearer")
-            .then(|| v[space..].trim_ascii_start())
-    });
-    if given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes()))) {
+    if bearer(h, &token) {
         return None;
     }
     let mut r = json(
