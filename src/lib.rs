@@ -28,7 +28,8 @@ pub use control::{Running, start};
 pub use observe::{AccessLog, LogFormat, sequential};
 pub use proxy::resolve::set_resolver;
 pub use routing::{
-    CanonError, Decision, Reason, RequestView, RouteTable, Router, Side, canonicalize,
+    CanonError, Decision, PathParameters, Reason, RequestView, RouteTable, Router, Side,
+    canonicalize, routing_path,
 };
 
 /// The per-thread upstream connection pool and the request body it sends, for

@@ -45,6 +45,14 @@ const PATHS: &[(&str, Expect)] = &[
     ("/api/caf%c3%a9", Routed("api", "/api/caf%C3%A9")),
     ("/api/a%20b", Routed("api", "/api/a%20b")),
     ("/api/x;jsessionid=1", Routed("api", "/api/x;jsessionid=1")),
+    // Path parameters: routed as a servlet container reads them (each segment without its
+    // `;parameters`), forwarded as sent.
+    ("/api;x/users", Routed("api", "/api;x/users")),
+    ("/api;/users", Routed("api", "/api;/users")),
+    ("/;x/api/users", Routed("api", "/;x/api/users")),
+    ("/files;v=1/a", Routed("files", "/files;v=1/a")),
+    ("/apix;y/users", Routed("legacy", "/apix;y/users")),
+    ("/api%3Bx/users", Routed("legacy", "/api%3Bx/users")),
     ("/api/x?q=%2F../&a", Routed("api", "/api/x?q=%2F../&a")),
     ("/files/a/b", Routed("files", "/files/a/b")),
     ("/files/", Routed("files", "/files/")),

@@ -808,6 +808,7 @@ async fn a_route_page_shows_every_panel_at_both_sizes() {
         "summary",
         "figures",
         "errors",
+        "latency",
         "traffic",
         "evidence",
         "instances",
@@ -826,7 +827,7 @@ async fn a_route_page_shows_every_panel_at_both_sizes() {
     }
     // Error rate and traffic over time: a line per side; evidence: a line per test and the
     // threshold.
-    for chart in ["errors", "traffic"] {
+    for chart in ["errors", "latency", "traffic"] {
         let sides = b
             .eval(&format!(
                 "[...document.querySelectorAll('svg[data-chart={chart}] [data-side] path:first-child')].map((p) => p.getAttribute('d') !== 'M0 0')"

@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use strangler::{Config, RequestView, canonicalize};
+use strangler::{Config, PathParameters, RequestView, canonicalize, routing_path};
 
 /// Where failing cases are kept, replayed first by every later run.
 const REGRESSIONS: &str = "tests/fuzz.proptest-regressions";
@@ -324,6 +324,25 @@ fn render(rules: &[Rule]) -> String {
     s
 }
 
+/// The path as a servlet container (Tomcat, Jetty) reads it: each segment without its
+/// `;parameters`, empty segments merged away.
+fn servlet_reading(path: &str) -> String {
+    let segs: Vec<&str> = path
+        .split('/')
+        .map(|s| s.split(';').next().unwrap_or(""))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let last_empty = path
+        .rsplit('/')
+        .next()
+        .is_some_and(|s| s.split(';').next() == Some(""));
+    let mut out = format!("/{}", segs.join("/"));
+    if last_empty && out.len() > 1 {
+        out.push('/');
+    }
+    out
+}
+
 /// The reference: every rule that matches, ordered by the precedence rules as the docs
 /// state them, the first whose conditions hold.
 fn reference(rules: &[Rule], path: &str, method: &str, header: bool) -> Option<usize> {
@@ -411,7 +430,9 @@ fn group_key(p: &Pattern) -> String {
 fn request_path() -> impl Strategy<Value = String> {
     (
         prop::collection::vec(
-            prop::sample::select(vec!["a", "b", "api", "x", "y", "7", "42", "z9"]),
+            prop::sample::select(vec![
+                "a", "b", "api", "x", "y", "7", "42", "z9", "a;x", "api;v=1", ";x", "7;s=1", "b;",
+            ]),
             0..5,
         ),
         any::<bool>(),
@@ -448,16 +469,19 @@ proptest! {
                 headers.insert("x-t", HeaderValue::from_static("1"));
             }
             let m = Method::from_bytes(method.as_bytes()).unwrap();
+            // Routes are matched without the segments' parameters, as a servlet container
+            // reads the path.
+            let routed = routing_path(&path, PathParameters::MatchWithout).unwrap();
             let got = table
                 .decide(&RequestView {
-                    path: &path,
+                    path: &routed,
                     method: &m,
                     headers: &headers,
                     query: None,
                     peer: IpAddr::from([127, 0, 0, 1]),
                 })
                 .route;
-            let want = reference(&rules, &path, method, header);
+            let want = reference(&rules, &servlet_reading(&path), method, header);
             prop_assert_eq!(got, want, "{} {} x-t:{}\n{}", method, path, header, text);
         }
     }
@@ -465,6 +489,71 @@ proptest! {
 
 // ------------------------------------------------------------------------------------------
 // Request heads, against a running gateway
+
+/// Request trailers the upstream received that the docs say never reach it, and those it
+/// received at all (so that the check is seen to look at something).
+static TRAILER_VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
+static TRAILERS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a field may be a request trailer upstream, as docs/http.md lists them: not one
+/// that frames, routes, authenticates or modifies a request or describes its content, not a
+/// forwarding or client-address header, not the gateway's own, no `_` in its name.
+fn trailer_allowed(name: &str) -> bool {
+    const NEVER: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "trailer",
+        "te",
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "content-type",
+        "content-encoding",
+        "content-range",
+        "cache-control",
+        "expect",
+        "max-forwards",
+        "pragma",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "forwarded",
+        "x-request-id",
+        "via",
+        "x-original-url",
+        "x-rewrite-url",
+        "true-client-ip",
+        "x-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+    ];
+    !NEVER.contains(&name) && !name.starts_with("x-strangler-") && !name.contains('_')
+}
+
+fn judge_trailers(t: &HeaderMap) {
+    for name in t.keys() {
+        if trailer_allowed(name.as_str()) {
+            TRAILERS_SEEN.fetch_add(1, Ordering::SeqCst);
+        } else {
+            eprintln!("a forbidden trailer reached the upstream: {name}");
+            TRAILER_VIOLATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Panics on the gateway's own threads since the hook was set.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -502,7 +591,11 @@ fn target() -> &'static Target {
                         let svc = hyper::service::service_fn(
                             |req: http::Request<hyper::body::Incoming>| async move {
                                 use http_body_util::BodyExt as _;
-                                let _ = req.into_body().collect().await;
+                                if let Ok(body) = req.into_body().collect().await
+                                    && let Some(t) = body.trailers()
+                                {
+                                    judge_trailers(t);
+                                }
                                 Ok::<_, std::convert::Infallible>(http::Response::new(
                                     http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
                                 ))
@@ -536,7 +629,7 @@ fn target() -> &'static Target {
 fn head_like() -> impl Strategy<Value = Vec<u8>> {
     let method = prop::sample::select(vec![
         "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PURGE", "get",
-        "G ET", "", "\u{e9}",
+        "Get", "pOST", "PROPFIND", "QUERY", "G ET", "", "\u{e9}",
     ]);
     let target = prop_oneof![
         path_like(),
@@ -605,6 +698,7 @@ fn head_like() -> impl Strategy<Value = Vec<u8>> {
             "5\r\nhello\r\n0\r\n\r\n",
             "zz\r\n",
             "0\r\n\r\n",
+            "5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Strangler-Shadow: 1\r\nX-Sum: 1\r\n\r\n",
         ]),
     )
         .prop_map(|(m, t, v, hs, body)| {
@@ -644,6 +738,164 @@ proptest! {
             );
         }
         prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a panic on {:?}", String::from_utf8_lossy(&head));
+    }
+}
+
+/// Sends `request` to the target gateway and reads the answer's status (0 for none).
+fn status_of(request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = target();
+    let answer = t.rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        buf
+    });
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The methods of the IANA registry, as docs/http.md lists them.
+const REGISTERED: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "OPTIONS",
+    "PATCH",
+    "TRACE",
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "COPY",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "ORDERPATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// Method tokens: registered ones in every letter case, and made-up ones.
+fn method_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (
+            prop::sample::select(REGISTERED),
+            prop::collection::vec(any::<bool>(), 20)
+        )
+            .prop_map(|(m, lower)| {
+                m.chars()
+                    .zip(lower.iter().cycle())
+                    .map(|(c, l)| if *l { c.to_ascii_lowercase() } else { c })
+                    .collect()
+            }),
+        "[A-Za-z][A-Za-z-]{0,11}",
+    ]
+}
+
+/// Trailer sections: forwarding, identity, framing and gateway-owned fields, in any case and
+/// with underscores, beside ordinary ones.
+fn trailers_like() -> impl Strategy<Value = Vec<(String, String)>> {
+    let name = prop_oneof![
+        prop::sample::select(vec![
+            "X-Forwarded-For",
+            "x-real-ip",
+            "X-Request-Id",
+            "X-Strangler-Shadow",
+            "X-Strangler-Side",
+            "X_Forwarded_For",
+            "Forwarded",
+            "Via",
+            "X-Forwarded-Host",
+            "Cookie",
+            "Authorization",
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "TE",
+            "Connection",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "X-Original-URL",
+            "Expect",
+            "Content-Type",
+            "X-Checksum",
+            "X-Digest",
+            "grpc-status",
+            "X_Custom",
+        ])
+        .prop_map(str::to_string),
+        "[A-Za-z][A-Za-z0-9-]{0,10}",
+    ];
+    prop::collection::vec((name, "[a-z0-9.]{1,8}"), 0..8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
+        ..ProptestConfig::default()
+    })]
+    /// A method is answered as docs/http.md says: 400 when not in upper case, 501 when in
+    /// upper case but neither registered nor added, served otherwise.
+    #[test]
+    fn methods_are_judged_as_the_docs_say(method in method_like()) {
+        let status = status_of(&format!(
+            "{method} /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        ));
+        let want = if method.bytes().any(|b| b.is_ascii_lowercase()) || method == "CONNECT" {
+            400
+        } else if REGISTERED.contains(&method.as_str()) {
+            200
+        } else {
+            501
+        };
+        prop_assert_eq!(status, want, "{}", method);
+        prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+    }
+
+    /// A request's trailers reach the upstream with none of what its head may not carry.
+    #[test]
+    fn request_trailers_carry_only_what_a_head_may(fields in trailers_like()) {
+        let declared: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).chain(["X-Checksum"]).collect();
+        let section: String = fields
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .chain(["X-Checksum: abc\r\n".to_string()])
+            .collect();
+        let seen = TRAILERS_SEEN.load(Ordering::SeqCst);
+        let status = status_of(&format!(
+            "POST /api/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: {}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n{section}\r\n",
+            declared.join(", ")
+        ));
+        prop_assert_eq!(status, 200);
+        prop_assert_eq!(TRAILER_VIOLATIONS.load(Ordering::SeqCst), 0);
+        // The benign one arrived: the upstream does see trailers.
+        prop_assert!(TRAILERS_SEEN.load(Ordering::SeqCst) > seen);
     }
 }
 

@@ -1014,3 +1014,56 @@ fn a_shadow_window_longer_than_the_retention_is_refused() {
         }
     }
 }
+
+/// The route page's charts have what they need from the API: each slot's p99 beside its
+/// requests and errors; and a plan that ended shows no hold left to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_carry_each_slots_p99_and_an_ended_plan_no_hold() {
+    let (legacy, new) = (Flaky::start().await, Flaky::start().await);
+    let (_dir, routes) = plan_setup(
+        &legacy.url(),
+        &new.url(),
+        "compare: {resolution: 1s, window: 10s, retention: 60s}\n",
+        "percent: 50",
+        "route: orders-read\nsteps:\n  - { percent: 60, hold: 1h }\n  - { percent: 100 }\n",
+    );
+    let gw = GatewayProcess::spawn(&routes, &[]).await;
+    let c = client();
+    for i in 0..40 {
+        c.get(format!("http://{}/api/orders/{i}", gw.public))
+            .send()
+            .await
+            .unwrap();
+    }
+    let v = get_json(format!(
+        "http://{}/admin/compare?series=1&route=orders-read",
+        gw.admin
+    ))
+    .await;
+    for side in ["legacy", "new"] {
+        let points = v["routes"][0][side]["series"].as_array().unwrap().clone();
+        let busy: Vec<&Value> = points
+            .iter()
+            .filter(|p| p[1].as_u64().unwrap() > 0)
+            .collect();
+        assert!(!busy.is_empty(), "{side}: {points:?}");
+        for p in &points {
+            assert_eq!(p.as_array().unwrap().len(), 4, "{p}");
+            assert_eq!(p[1].as_u64().unwrap() > 0, p[3].is_number(), "{p}");
+        }
+    }
+    let admin = format!("http://{}", gw.admin);
+    let (code, _, err) = strangler(&["plan", "start", "orders-rollout", "--admin", &admin], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        status(&gw, "orders-rollout").await["hold_left_seconds"]
+            .as_f64()
+            .unwrap()
+            > 3000.0
+    );
+    let (code, _, err) = strangler(&["plan", "abort", "orders-rollout", "--admin", &admin], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let s = status(&gw, "orders-rollout").await;
+    assert_eq!(s["state"], "aborted");
+    assert_eq!(s["hold_left_seconds"], Value::Null, "{s}");
+}

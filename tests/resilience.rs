@@ -961,18 +961,26 @@ async fn retries_stay_within_a_fifth_of_the_requests_when_everything_fails() {
     );
     let gw = Gateway::start(&yaml).await;
     for (name, path) in [("refusing", "/down/x"), ("resetting", "/broken/x")] {
+        let started = std::time::Instant::now();
         let answers = burst(&gw, path, N, 8).await;
+        let took = started.elapsed().as_secs_f64();
         let t = tally(&answers);
         assert_eq!(t.get("502 ").copied(), Some(N), "{name}: {t:?}");
         let retries = value(&gw, &retries_series(name)).await;
+        // The floor (`min_per_second`, 10 by default) adds at most a second's worth at
+        // once and 10 a second after.
+        let floor = 10.0 * (1.0 + took);
         eprintln!(
-            "{name}: {N} requests, {retries} retries (budget {})",
+            "{name}: {N} requests in {took:.2}s, {retries} retries (a fifth: {}, the floor: at most {floor:.0})",
             0.2 * N as f64
         );
-        // Each request adds 0.2 to the balance, a retry takes 1: never more than a fifth;
-        // and, everything failing, the balance is spent as it comes (the last few
-        // requests' shares may be left).
-        assert!(retries <= 0.2 * N as f64 + 1.0, "{name}: {retries} retries");
+        // Each request adds 0.2 to the balance, a retry takes 1: never more than a fifth
+        // and the floor; and, everything failing, the balance is spent as it comes (the
+        // last few requests' shares may be left).
+        assert!(
+            retries <= 0.2 * N as f64 + floor + 1.0,
+            "{name}: {retries} retries"
+        );
         assert!(retries >= 0.2 * N as f64 - 5.0, "{name}: {retries} retries");
     }
     // Every attempt on the resetting service was a request it read.
@@ -1210,4 +1218,117 @@ async fn health_checks_added_by_a_reload_run() {
     // Its share now goes to legacy.
     let x = send(c.get(format!("http://{}/api/orders/1", gw.public))).await;
     assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"));
+}
+
+// 8. Retries and breakers as Linkerd and Resilience4j have them.
+
+/// A quiet route retries its first failures: the budget's floor (`min_per_second`) allows
+/// retries that no earlier request saved up; with the floor off, it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_route_retries_its_first_reset() {
+    for (floor, retried) in [("", true), (", min_per_second: 0", false)] {
+        let legacy = Upstream::start("legacy").await;
+        let a = FaultServer::start("a").await;
+        let b = FaultServer::start("b").await;
+        a.set(Mode::Reset);
+        let gw = two_instance_gateway(
+            &legacy,
+            &a,
+            &b,
+            &format!("{{attempts: 2, when: [reset]{floor}}}"),
+        )
+        .await;
+        // Two requests on a gateway that just started: round robin sends one of them to a
+        // first.
+        let c = client();
+        let mut statuses = Vec::new();
+        for i in 0..2 {
+            statuses.push(
+                send(c.get(gw.url(&format!("/api/orders/{i}"))))
+                    .await
+                    .status,
+            );
+        }
+        assert!(a.count() >= 1, "a was never tried");
+        let retries = value(&gw, &retries_series("orders-read")).await;
+        if retried {
+            assert_eq!(statuses, [200, 200], "{floor}");
+            assert!(retries >= 1.0, "{retries}");
+        } else {
+            assert!(statuses.contains(&502), "{statuses:?}");
+            assert_eq!(retries, 0.0);
+        }
+    }
+}
+
+/// A rate breaker means the same at any traffic: a 5% error rate on a busy service trips a
+/// count of 5 failures but not a rate of 50%; a quiet service failing every request trips
+/// the rate, never the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_breaker_trips_on_the_share_of_failures_not_their_number() {
+    let legacy = Upstream::start("legacy").await;
+    let busy = Flaky::start().await;
+    busy.fail_permille
+        .store(50, std::sync::atomic::Ordering::Relaxed);
+    let quiet = Flaky::start().await;
+    quiet
+        .fail_permille
+        .store(1000, std::sync::atomic::Ordering::Relaxed);
+    let service = |name: &str, url: &str, breaker: &str| {
+        format!("  {name}:\n    url: {url}\n    breaker: {breaker}\n")
+    };
+    let route = |name: &str| {
+        format!(
+            "  - name: {name}\n    match: {{prefix: /{name}}}\n    service: {name}\n    percent: 100\n"
+        )
+    };
+    let yaml = format!(
+        "{}services:\n{}{}{}{}routes:\n{}{}{}{}",
+        head(&legacy.url()),
+        service(
+            "busy-counted",
+            &busy.url(),
+            "{failures: 5, window: 10s, cooldown: 60s}"
+        ),
+        service(
+            "busy-rated",
+            &busy.url(),
+            "{failure_rate: 50%, min_requests: 20, window: 10s, cooldown: 60s}"
+        ),
+        service(
+            "quiet-counted",
+            &quiet.url(),
+            "{failures: 5, window: 2s, cooldown: 60s}"
+        ),
+        service(
+            "quiet-rated",
+            &quiet.url(),
+            "{failure_rate: 50%, min_requests: 3, window: 2s, cooldown: 60s}"
+        ),
+        route("busy-counted"),
+        route("busy-rated"),
+        route("quiet-counted"),
+        route("quiet-rated"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    // Busy: 400 requests at 5% errors (about 20 failures; fewer than 5 has a chance of
+    // about 1e-5).
+    for name in ["busy-counted", "busy-rated"] {
+        burst(&gw, &format!("/{name}/x"), 400, 8).await;
+    }
+    assert_eq!(value(&gw, &breaker_series("busy-counted")).await, 1.0);
+    assert_eq!(value(&gw, &breaker_series("busy-rated")).await, 0.0);
+    // Quiet: one request every 700 ms, every one failing: at most 3 in a 2 s window.
+    let c = client();
+    for i in 0..4 {
+        for name in ["quiet-counted", "quiet-rated"] {
+            send(c.get(gw.url(&format!("/{name}/{i}")))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(value(&gw, &breaker_series("quiet-counted")).await, 0.0);
+    assert_eq!(value(&gw, &breaker_series("quiet-rated")).await, 1.0);
+    // The rate breaker's share goes to legacy.
+    let x = send(c.get(gw.url("/quiet-rated/after"))).await;
+    assert_eq!((x.status, x.upstream.as_str()), (200, "legacy"), "{x:?}");
 }

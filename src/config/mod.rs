@@ -26,6 +26,7 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 
+pub use crate::routing::PathParameters;
 pub use percent::{format_percent, parse_percent, percent_json, percent_to_bp};
 pub use yaml::{Pos, quote};
 
@@ -236,31 +237,6 @@ pub struct ClientConfig {
     /// Headers removed from requests of peers that are not trusted proxies, beside the
     /// defaults ([`crate::proxy::headers::UNTRUSTED`]).
     pub strip_headers: Vec<http::HeaderName>,
-}
-
-/// How the gateway reads a path segment's parameters (`/admin;x/users`): servlet containers
-/// (Tomcat, Jetty, Spring) serve it as `/admin/users`, most other servers as a segment
-/// `admin;x`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PathParameters {
-    /// Routes match each segment without its parameters, as a servlet container reads it;
-    /// the upstream gets the path as sent, parameters and all.
-    #[default]
-    MatchWithout,
-    /// A path with a `;` is refused (400).
-    Refuse,
-    /// `;` is an ordinary character (for monoliths whose server reads it so).
-    Literal,
-}
-
-impl PathParameters {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathParameters::MatchWithout => "match_without",
-            PathParameters::Refuse => "refuse",
-            PathParameters::Literal => "literal",
-        }
-    }
 }
 
 impl Default for ClientConfig {

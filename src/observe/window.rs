@@ -325,9 +325,11 @@ impl RouteWindow {
         }
     }
 
-    /// Requests and errors per slot over the last `window`, oldest first, one point per slot
-    /// (zeros included): `[seconds from the window's start, requests, errors]`.
-    pub fn series(&self, side: Side, span: &Span) -> Vec<[f64; 3]> {
+    /// Requests, errors and p99 per slot over `span`, oldest first, one point per slot
+    /// (zeros included): seconds from the first slot read (the window's start, or the
+    /// gateway's if later), requests, errors, and the slot's p99 in milliseconds (`None`
+    /// without requests).
+    pub fn series(&self, side: Side, span: &Span) -> Vec<SlotPoint> {
         let reg = &self.registry;
         let (oldest, now) = (span.oldest, span.now);
         let slot_secs = reg.resolution.as_secs_f64();
@@ -335,14 +337,20 @@ impl RouteWindow {
         (oldest..=now)
             .map(|epoch| {
                 let (mut r, mut e) = (0u64, 0u64);
+                let mut hist = [0u64; BUCKETS];
                 if let Some(slots) = slots {
                     let slot = &slots[(epoch % slots.len() as u64) as usize];
                     if slot.epoch.load(Ordering::Acquire) == epoch {
                         r = u64::from(slot.requests.load(Ordering::Relaxed));
                         e = u64::from(slot.errors.load(Ordering::Relaxed));
+                        for (h, b) in hist.iter_mut().zip(&slot.latency) {
+                            *h = u64::from(b.load(Ordering::Relaxed));
+                        }
                     }
                 }
-                [(epoch - oldest) as f64 * slot_secs, r as f64, e as f64]
+                let total = hist.iter().sum();
+                let p99 = percentile(&hist, total, 0.99).map(|us| (us / 10.0).round() / 100.0);
+                SlotPoint((epoch - oldest) as f64 * slot_secs, r, e, p99)
             })
             .collect()
     }
@@ -369,6 +377,11 @@ impl RouteWindow {
         SideFigures::from_counts(requests, errors, &hist)
     }
 }
+
+/// One slot of a side's series, as JSON `[seconds, requests, errors, p99_ms]` (`p99_ms` null
+/// for a slot without requests).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlotPoint(pub f64, pub u64, pub u64, pub Option<f64>);
 
 /// The registry of every route's window, by name.
 pub struct Registry {
@@ -470,7 +483,7 @@ pub struct SideFigures {
     pub p99_ms: Option<f64>,
     /// Per-slot points, when asked for (`series=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub series: Option<Vec<[f64; 3]>>,
+    pub series: Option<Vec<SlotPoint>>,
     /// Requests per latency bucket ([`bucket_of`]): what the latency test reads.
     #[serde(skip)]
     pub latency: Vec<u64>,

@@ -205,7 +205,8 @@ impl Gateway {
         }
         // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
         trail.bytes_in = length.unwrap_or(0);
-        let mut body = upload::RequestBody::new(body, client.body_timeout, &table.edge);
+        let mut body =
+            upload::RequestBody::new(body, client.body_timeout).trailers_held_to(&table.edge);
         if let Some(mut copy) = shadow {
             copy.watch_request(&mut body, &head);
             trail.shadow = Some(Box::new(copy));

@@ -198,9 +198,8 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// The body of a request; each wait for more of it is bounded by `timeout`, and its
-    /// trailers are held to `rules` (see [`strip_trailers`]).
-    pub fn new(inner: Incoming, timeout: Duration, rules: &Arc<Rules>) -> RequestBody {
+    /// The body of a request; each wait for more of it is bounded by `timeout`.
+    pub fn new(inner: Incoming, timeout: Duration) -> RequestBody {
         let has_body = !inner.is_end_stream();
         RequestBody {
             inner: Some(inner),
@@ -210,8 +209,17 @@ impl RequestBody {
             armed: false,
             tee: None,
             replay: Default::default(),
-            rules: has_body.then(|| rules.clone()),
+            rules: None,
         }
+    }
+
+    /// Holds the body's trailers to `rules` (see [`strip_trailers`]); without them, a
+    /// trailer section loses only what never belongs in one.
+    pub fn trailers_held_to(mut self, rules: &Arc<Rules>) -> RequestBody {
+        if self.upload.is_some() {
+            self.rules = Some(rules.clone());
+        }
+        self
     }
 
     pub(crate) fn empty() -> RequestBody {

@@ -7,8 +7,6 @@
 
 use std::borrow::Cow;
 
-use crate::config::PathParameters;
-
 /// Why a path was rejected (always a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
@@ -170,6 +168,31 @@ fn slow(bytes: &[u8]) -> Result<String, CanonError> {
         result.push('/');
     }
     Ok(result)
+}
+
+/// How the gateway reads a path segment's parameters (`/admin;x/users`): servlet containers
+/// (Tomcat, Jetty, Spring) serve it as `/admin/users`, most other servers as a segment
+/// `admin;x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParameters {
+    /// Routes match each segment without its parameters, as a servlet container reads it;
+    /// the upstream gets the path as sent, parameters and all.
+    #[default]
+    MatchWithout,
+    /// A path with a `;` is refused (400).
+    Refuse,
+    /// `;` is an ordinary character (for monoliths whose server reads it so).
+    Literal,
+}
+
+impl PathParameters {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathParameters::MatchWithout => "match_without",
+            PathParameters::Refuse => "refuse",
+            PathParameters::Literal => "literal",
+        }
+    }
 }
 
 /// The path routes are matched on, from the canonical path, by `client.path_parameters`:

@@ -18,7 +18,7 @@ pub mod router;
 pub mod side;
 pub mod table;
 
-pub use canon::{CanonError, canonicalize, routing_path};
+pub use canon::{CanonError, PathParameters, canonicalize, routing_path};
 pub use method::{METHOD_OTHER, METHODS, method_index};
 pub use pattern::{
     HeaderCond, HeaderTest, Match, PathMatch, Template, check_canonical, group_order, regex_source,

@@ -984,7 +984,8 @@ pub fn status(e: &Entry, view: &RouteView, now: f64) -> Value {
         "step_started": started.then_some(p.step_started),
         "step_seconds": started.then(|| round1(now - p.step_started)),
         "hold_seconds": step.hold.map(|h| h.as_secs_f64()),
-        "hold_left_seconds": p.hold_left(c).map(round1),
+        // A plan not under way has no hold running (an ended one none left to serve).
+        "hold_left_seconds": p.hold_left(c).filter(|_| p.state.live()).map(round1),
         "max_wait_seconds": c.max_wait(p.step).map(|w| w.as_secs_f64()),
         "watch": c.after.map(|a| json!({"seconds": a.watch.as_secs_f64(), "on_fail": a.on_fail.as_str()})),
         "waiting_for": waiting,
