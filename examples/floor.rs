@@ -34,6 +34,7 @@ fn main() {
             tls: None,
             idle_timeout: std::time::Duration::from_secs(60),
             addr: None,
+            resolver: Default::default(),
         };
         let (d1, d2) = (dial(&a1), dial(&a2));
         let k1 = PoolKey::of(&d1);

@@ -24,9 +24,9 @@ mod routing;
 pub use cli::main;
 pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
-pub use control::{Running, start};
+pub use control::{Dependencies, Running, start, start_with};
 pub use observe::{AccessLog, LogFormat, sequential};
-pub use proxy::resolve::set_resolver;
+pub use proxy::resolve::Resolver;
 pub use routing::{
     CanonError, Decision, PathParameters, Reason, RequestView, RouteTable, Router, Side,
     canonicalize, routing_path,

@@ -1,6 +1,6 @@
 //! A service's host name is looked up again every `resolve`: when its record moves, the
-//! traffic follows. Alone in its binary because the resolver it installs
-//! (`strangler::set_resolver`) is the whole process's.
+//! traffic follows. The gateway is given a resolver of the test's own
+//! (`strangler::Dependencies`), which plays the record.
 
 mod support;
 
@@ -47,9 +47,9 @@ async fn a_moved_record_moves_the_traffic() {
 
     let record = Arc::new(Mutex::new(a.addr));
     let asked: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
-    {
+    let resolver = {
         let (record, asked) = (record.clone(), asked.clone());
-        strangler::set_resolver(move |host: &str, port: u16| {
+        strangler::Resolver::custom(move |host: &str, port: u16| {
             asked.lock().unwrap().push((host.to_string(), port));
             if host == "orders.test" {
                 Ok(vec![*record.lock().unwrap()])
@@ -59,13 +59,22 @@ async fn a_moved_record_moves_the_traffic() {
                     format!("{host}: no such name"),
                 ))
             }
-        });
-    }
+        })
+    };
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\n  timeout: 10s\nservices:\n  orders:\n    url: http://orders.test:{port}\n    resolve: 200ms\n    timeout: 10s\nroutes:\n  - name: orders-read\n    match: {{prefix: /api/orders}}\n    service: orders\n    percent: 100\n",
         legacy.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let cfg = strangler::Config::parse(&yaml, std::path::Path::new("test.yaml")).unwrap();
+    let deps = strangler::Dependencies { resolver };
+    let running = strangler::start_with(
+        cfg,
+        strangler::AccessLog::new(strangler::LogFormat::Json, false),
+        deps,
+    )
+    .await
+    .unwrap();
+    let gw = Gateway { running };
     let c = client();
     let url = gw.url("/api/orders/1");
     for _ in 0..20 {

@@ -437,3 +437,37 @@ fn access_line(gw: &GatewayProcess, id: &str) -> serde_json::Value {
     }
     panic!("no access-log line for {id}");
 }
+
+/// An upgrade takes the same attempts as any request: to a service of two instances, one of
+/// which refuses connections, with `retries` on connect failures, every upgrade reaches the
+/// live one (an upgrade that went around the attempts failed on each turn of the balance to
+/// the dead instance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_whose_instance_refuses_the_connection_is_retried_on_another() {
+    let (legacy, new) = (ws_server("legacy").await, ws_server("new").await);
+    let dead = dead_addr().await;
+    let yaml = format!(
+        "{}  chat:\n    urls: [http://{dead}, http://{new}]\n    timeout: 10s\nroutes:\n  - name: live\n    match: {{prefix: /ws/}}\n    service: chat\n    percent: 100\n    retries: {{attempts: 1, when: [connect]}}\n",
+        config_head(&format!("http://{legacy}"), &[])
+    );
+    let gw = Gateway::start(&yaml).await;
+    for i in 0..10 {
+        let mut ws = connect(&ws_url(&gw, "/ws/chat"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("upgrade {i} failed: {e}"));
+        assert_eq!(ask(&mut ws, "hi").await, "new:hi", "upgrade {i}");
+    }
+    let m = gw.metrics().await;
+    // Round robin over the two instances: the first pick of at least one upgrade was the
+    // dead one, and each upgrade is retried at most once.
+    let retried = metric(&m, r#"strangler_retries_total{route="live",side="new"}"#).unwrap_or(0.0);
+    assert!((1.0..=10.0).contains(&retried), "{retried} retries\n{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"strangler_requests_total{code="101",method="GET",route="live",side="new"}"#
+        ),
+        Some(10.0),
+        "{m}"
+    );
+}

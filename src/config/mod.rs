@@ -193,7 +193,7 @@ impl Service {
 }
 
 /// The protocol the gateway speaks to a service (`protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// HTTP/1.1 (the default), in clear or over TLS.
     Http1,

@@ -18,4 +18,4 @@ pub mod server;
 pub mod shift;
 pub mod watch;
 
-pub use server::{Running, start};
+pub use server::{Dependencies, Running, start, start_with};

@@ -9,7 +9,6 @@
 //! A reload that finds the file's content hash equal to the config in force changes
 //! nothing.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -78,11 +77,7 @@ impl Reloader {
     pub async fn reload(&self, why: &str) -> Result<Reloaded, ConfigErrors> {
         let _one = self.serial.lock().await;
         let path = self.path.clone();
-        let metrics = self.metrics.clone();
-        let windows = self.windows.clone();
-        let fleet = self.gateway.fleet.clone();
-        let shadows = self.gateway.shadows.clone();
-        let overrides = self.gateway.overrides.clone();
+        let carried = self.gateway.carried.clone();
         let current = self.gateway.table.load().config.clone();
         let admin_listen = self.admin_listen;
         // Every step but the swap takes time in proportion to the routes (reading,
@@ -109,20 +104,10 @@ impl Reloader {
                     ),
                 ));
             }
-            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)
+            let table = Table::compile(config, &carried)
                 .map_err(|e| ConfigErrors::whole_file(&path, e))?;
-            let names: HashSet<&str> = table.routing.routes().iter().map(|r| &*r.name).collect();
-            metrics.retain_routes(&names);
-            windows.retain(&names);
-            let shadowed: HashSet<&str> = table
-                .config
-                .routes
-                .iter()
-                .filter(|r| r.shadow.is_some())
-                .map(|r| r.name.as_str())
-                .collect();
-            shadows.retain(&shadowed);
-            table.publish(&metrics);
+            carried.keep_only(&table.config);
+            table.publish(&carried.metrics);
             Ok(Some((table, changed)))
         })
         .await
@@ -237,15 +222,10 @@ impl Reloader {
     pub async fn rebuild(&self, why: &str) -> Result<(), String> {
         let _one = self.serial.lock().await;
         let config = self.gateway.table.load().file_config();
-        let (metrics, windows) = (self.metrics.clone(), self.windows.clone());
-        let (fleet, shadows, overrides) = (
-            self.gateway.fleet.clone(),
-            self.gateway.shadows.clone(),
-            self.gateway.overrides.clone(),
-        );
+        let carried = self.gateway.carried.clone();
         let table = in_background(move || {
-            let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)?;
-            table.publish(&metrics);
+            let table = Table::compile(config, &carried)?;
+            table.publish(&carried.metrics);
             Ok::<_, String>(table)
         })
         .await??;

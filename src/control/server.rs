@@ -24,10 +24,8 @@ use super::admin::{self, AdminState};
 use super::plan::{self, Plans, gateway::GatewayEnv};
 use super::reload::Reloader;
 use crate::config::Config;
-use crate::observe::shadow::Shadows;
 use crate::observe::{AccessLog, Metrics, Registry};
-use crate::proxy::fleet::{Fleet, FleetMetrics};
-use crate::proxy::overrides::Overrides;
+use crate::proxy::carried::Carried;
 use crate::proxy::{ClientIo, Gateway, Peer, Table};
 
 /// How long an admin client may take to send a request head.
@@ -117,8 +115,24 @@ fn check_admin_token(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a program embedding the gateway may give it in place of the system's.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    /// How services' host names are looked up (the system's resolver by default).
+    pub resolver: crate::proxy::resolve::Resolver,
+}
+
 /// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result<Running> {
+    start_with(config, access_log, Dependencies::default()).await
+}
+
+/// As [`start`], with `deps` in place of the system's.
+pub async fn start_with(
+    config: Config,
+    access_log: Arc<AccessLog>,
+    deps: Dependencies,
+) -> anyhow::Result<Running> {
     check_admin_token(&config)?;
     let config_file = config.file.clone();
     // A reload compares against the addresses as configured (`:0` stays `:0`).
@@ -134,15 +148,11 @@ pub async fn start(config: Config, access_log: Arc<AccessLog>) -> anyhow::Result
     let admin_addr = admin_listener.local_addr()?;
     // The comparison's settings are read at start (its slots are sized from them).
     let windows = Registry::new(config.compare.clone());
-    let fleet = Fleet::new();
-    metrics.register(Box::new(FleetMetrics(fleet.clone())));
-    let shadows = Shadows::new(windows.clone());
-    let overrides = Arc::new(Overrides::default());
-    let table = Table::compile(config, &metrics, &windows, &fleet, &shadows, &overrides)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let carried = Carried::new(metrics.clone(), windows.clone(), deps.resolver);
+    let table = Table::compile(config, &carried).map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);
-    let gateway = Gateway::new(table, access_log, fleet, shadows, overrides);
+    let gateway = Gateway::new(table, access_log, carried);
     let reloader = Reloader::new(
         config_file,
         gateway.clone(),

@@ -7,7 +7,7 @@
 //! copy-on-write cache per route and side, so the registry's hashing and locking are paid once
 //! per distinct (method, code), not per request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -16,7 +16,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routing::{METHODS, Side};
+use crate::routing::{DEFAULT_ROUTE, METHODS, Side};
 
 pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
 pub const PLAN_STEP: &str = "strangler_plan_step";
@@ -504,8 +504,10 @@ impl Metrics {
         }
     }
 
-    /// Drops the percentage series of routes that are no longer in the table (their request
-    /// counters stay: counters never go back).
+    /// Drops every series of the routes that are no longer in the table (removed or renamed
+    /// by a reload): their percentages, and their counters and histograms, so that a gateway
+    /// whose routes come and go keeps only what its routes in force have (a route added back
+    /// starts its counters from zero, which Prometheus reads as a counter reset).
     pub fn retain_routes(&self, routes: &HashSet<&str>) {
         let mut published = self
             .percent_routes
@@ -519,6 +521,17 @@ impl Metrics {
             }
             keep
         });
+        let gone = |route: &str| route != DEFAULT_ROUTE && !routes.contains(route);
+        drop_routes(&self.requests, gone);
+        drop_routes(&self.duration, gone);
+        drop_routes(&self.upstream_errors, gone);
+        drop_routes(&self.client_errors, gone);
+        drop_routes(&self.grpc, gone);
+        drop_routes(&self.fallbacks, gone);
+        drop_routes(&self.retries, gone);
+        drop_routes(&self.shadow, gone);
+        drop_routes(&self.shadow_differences, gone);
+        drop_routes(&self.shadow_duration, gone);
     }
 
     /// Marks `hash` as the config in force (and no other).
@@ -559,6 +572,26 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding into a Vec cannot fail");
         out
+    }
+}
+
+/// Removes the series of `vec` whose `route` label names a route that is `gone`.
+fn drop_routes<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    gone: impl Fn(&str) -> bool,
+) {
+    use prometheus::core::Collector as _;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("route").is_some_and(|r| gone(r)) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

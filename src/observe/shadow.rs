@@ -966,6 +966,11 @@ impl Shadows {
         })
     }
 
+    /// How many routes have a report.
+    pub fn len(&self) -> usize {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// A route's report (made on first use).
     pub fn route(&self, name: &str) -> Arc<RouteShadow> {
         self.routes

@@ -163,12 +163,6 @@ pub struct RouteWindow {
     sides: [SideWindow; 2],
     /// Distinct sticky keys seen, once a plan asks for them ([`RouteWindow::watch_keys`]).
     keys: OnceLock<Keys>,
-    /// The route's retry budget (`proxy::table::RouteStats`), kept here because this
-    /// outlives reloads by name.
-    pub retry_budget: std::sync::atomic::AtomicI64,
-    /// The retry budget's floor (`retries.min_per_second`): the theoretical time of the next
-    /// retry it allows, in microseconds of the process's clock (a generic cell rate).
-    pub retry_floor: std::sync::atomic::AtomicU64,
 }
 
 /// How many bits a key set keeps: one per cohort bucket, so that a key's bucket (computed
@@ -421,11 +415,14 @@ impl Registry {
                         totals: OnceLock::new(),
                     }),
                     keys: OnceLock::new(),
-                    retry_budget: Default::default(),
-                    retry_floor: Default::default(),
                 })
             })
             .clone()
+    }
+
+    /// How many routes have a window.
+    pub fn len(&self) -> usize {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Forgets the routes not in `names` (after a reload removed or renamed them), so their

@@ -57,6 +57,9 @@ pub struct ResponseBody {
     read_timeout: Duration,
     /// Whether an HTTP/2 client keeps taking the body (see [`ResponseBody::watch_client`]).
     taking: Option<Arc<Taking>>,
+    /// The request's shadow copy, which takes this answer (legacy's) as it streams and is
+    /// sent when it ends; dropped with the body otherwise (counted as skipped).
+    tap: Option<Box<super::shadow::Copy>>,
 }
 
 /// How an HTTP/2 client takes a response body, as its watchdog sees it.
@@ -85,6 +88,7 @@ impl ResponseBody {
         trail: Trail,
         conn: Held,
         read_timeout: Duration,
+        tap: Option<Box<super::shadow::Copy>>,
     ) -> ResponseBody {
         let mut b = ResponseBody {
             inner: Inner::Upstream(body),
@@ -93,6 +97,7 @@ impl ResponseBody {
             idle: None,
             read_timeout,
             taking: None,
+            tap,
         };
         // A body with nothing in it (HEAD, 204, 304, `Content-Length: 0`) is never polled:
         // it has ended already.
@@ -111,6 +116,7 @@ impl ResponseBody {
             idle: None,
             read_timeout: Duration::ZERO,
             taking: None,
+            tap: None,
         }
     }
 
@@ -130,6 +136,7 @@ impl ResponseBody {
             idle: None,
             read_timeout: Duration::ZERO,
             taking: None,
+            tap: None,
         }
     }
 
@@ -174,11 +181,15 @@ impl ResponseBody {
         if let Some(held) = self.conn.take() {
             held.release();
         }
-        if let Some(mut trail) = self.trail.take() {
-            if let Some(copy) = trail.shadow.as_mut() {
+        if let Some(trail) = self.trail.take() {
+            let tap = self.tap.take().map(|mut copy| {
                 copy.legacy_ended();
+                copy
+            });
+            let (status, failed) = trail.record();
+            if let Some(copy) = tap {
+                copy.finish(status, failed);
             }
-            trail.record();
         }
     }
 
@@ -191,7 +202,7 @@ impl ResponseBody {
                 .taking
                 .as_ref()
                 .is_some_and(|t| t.stalled.load(Ordering::Relaxed));
-            trail.failure = Some(if stalled {
+            trail.cut(if stalled {
                 // Its connection was closed because the client took nothing more.
                 Failure::Client(crate::observe::ClientErrorKind::SendTimeout)
             } else {
@@ -214,7 +225,7 @@ impl Drop for ResponseBody {
             if t.stalled.load(Ordering::Relaxed)
                 && let Some(mut trail) = self.trail.take()
             {
-                trail.failure = Some(Failure::Client(
+                trail.cut(Failure::Client(
                     crate::observe::ClientErrorKind::SendTimeout,
                 ));
                 trail.record();
@@ -250,14 +261,14 @@ impl Body for ResponseBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(trail)) = (frame.data_ref(), this.trail.as_mut()) {
-                    trail.bytes_out += d.len() as u64;
-                    if let Some(copy) = trail.shadow.as_mut() {
+                    trail.sent(d.len() as u64);
+                    if let Some(copy) = this.tap.as_mut() {
                         copy.keep(d);
                     }
                 } else if let (Some(t), Some(trail)) = (frame.trailers_ref(), this.trail.as_mut())
                     && let Some(code) = super::headers::grpc_status(t)
                 {
-                    trail.grpc = Some(code);
+                    trail.grpc_trailer(code);
                 }
                 // hyper stops polling a body that says it has ended, so the end is seen
                 // here, with its last frame (trailers are always the last).

@@ -87,6 +87,25 @@ pub struct Dial {
     /// The instance's address, when it was looked up (`proxy::fleet`); `None`: the
     /// authority's host is connected to by name.
     pub addr: Option<SocketAddr>,
+    /// How its host name is looked up, when it is connected to by name.
+    pub resolver: super::resolve::Resolver,
+}
+
+impl Dial {
+    /// How to connect to service `s` (its first URL).
+    pub fn of(s: &crate::config::Service, resolver: &super::resolve::Resolver) -> Dial {
+        Dial {
+            authority: s.authority.clone(),
+            protocol: s.protocol,
+            tls: s
+                .tls
+                .as_ref()
+                .map(|tls| (tls.config.clone(), tls.name.clone(), tls.trust)),
+            idle_timeout: s.idle_timeout,
+            addr: None,
+            resolver: resolver.clone(),
+        }
+    }
 }
 
 /// Identifies an upstream (address, protocol, TLS and its trust) in the per-thread pools;
@@ -388,7 +407,7 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Conn> {
             let authority = &dial.authority;
             let port = authority.port_u16().unwrap_or(80);
             let host = crate::config::bare_host(authority);
-            match super::resolve::injected(host, port) {
+            match dial.resolver.custom_answer(host, port) {
                 Some(found) => TcpStream::connect(&*found?).await?,
                 None => TcpStream::connect((host, port)).await?,
             }

@@ -16,10 +16,10 @@ use http::uri::PathAndQuery;
 use super::connection::Peer;
 use super::error::{CLIENT_CLOSED, Failure};
 use super::fleet::InFlight;
-use super::table::{LEGACY, Table};
+use super::table::{Endpoint, LEGACY, Table, Upstream, UpstreamId};
 use crate::config::resilience::FailKind;
 use crate::observe::{AccessLog, ClientErrorKind, Entry, grpc_server_fault};
-use crate::routing::{Decision, METHODS, Side};
+use crate::routing::{Decision, METHODS, Side, method_index};
 
 /// The path the access log shows: the canonical path, kept without a copy when the request's
 /// own target was already canonical.
@@ -37,65 +37,103 @@ impl LoggedPath {
     }
 }
 
-/// What is known of a request until it is recorded.
+/// An attempt whose answer the client did not get (the new side's, before a fallback):
+/// recorded against its side as a failure.
+struct Attempted {
+    side: Side,
+    status: u16,
+    failure: Option<Failure>,
+    latency: std::time::Duration,
+}
+
+/// What is known of a request until it is recorded, changed only by the phases' transitions
+/// below.
 pub struct Trail {
-    pub table: Arc<Table>,
+    table: Arc<Table>,
     log: Arc<AccessLog>,
     /// The client's connection (a stall it caused is known there).
     peer: Arc<Peer>,
-    pub start: Instant,
+    start: Instant,
     /// Index into `METHODS`.
     method: usize,
-    pub request_id: HeaderValue,
-    pub decision: Decision,
-    /// False until `decision` is made (a request refused on arrival has none).
-    pub decided: bool,
-    /// Index into `Table::upstreams` of the side that serves.
-    pub upstream: usize,
-    pub path: LoggedPath,
+    request_id: HeaderValue,
+    /// The route and side chosen (a request refused on arrival has none).
+    decision: Option<Decision>,
+    /// The upstream whose answer the client gets (legacy after a diversion or a fallback).
+    upstream: UpstreamId,
+    path: LoggedPath,
     /// The status sent; 0 until a response head is ready.
-    pub status: u16,
+    status: u16,
     /// The request's declared length (0 for chunked bodies).
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub failure: Option<Failure>,
+    bytes_in: u64,
+    bytes_out: u64,
+    failure: Option<Failure>,
     /// The answer's `grpc-status`, for a gRPC call.
-    pub grpc: Option<u32>,
+    grpc: Option<u32>,
     /// The latency the metrics and the comparison take, when it is not the whole request's
     /// life: a tunnel's is the time to its 101 (how long it lives is up to its users).
-    pub latency: Option<std::time::Duration>,
-    /// Counted among its connection's requests under way until recorded.
-    counted: bool,
-    /// The client speaks HTTP/2.
-    pub client_h2: bool,
-    /// The client speaks HTTP/1.0 (it cannot take a chunked answer).
-    pub client_http10: bool,
-    /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
-    /// errors are answered as gRPC errors.
-    pub grpc_call: bool,
-    /// The new side failed this way and legacy answered (`fallback`).
-    pub fallback: Option<FailKind>,
-    /// The instance that serves, held until the request ends (`least_connections` counts
-    /// it as busy).
-    pub instance: Option<InFlight>,
-    /// Every instance of the serving service failed its health checks.
-    pub all_unhealthy: bool,
+    latency: Option<std::time::Duration>,
     /// Where the latency the figures take starts, when not at `start` (legacy's answer
     /// after a fallback: not the new side's failed wait).
-    pub measured_from: Option<Instant>,
-    /// The shadow copy of this request, while legacy serves it.
-    pub shadow: Option<Box<super::shadow::Copy>>,
+    measured_from: Option<Instant>,
+    /// Counted among its connection's requests under way until recorded.
+    counted: bool,
+    client: Client,
+    /// The attempts whose answers the client did not get.
+    earlier: Vec<Attempted>,
+    /// The new side failed this way and legacy answered (`fallback`).
+    fallback: Option<FailKind>,
+    /// The instance that serves, held until the request ends (`least_connections` counts
+    /// it as busy).
+    instance: Option<InFlight>,
+    /// Every instance of the serving service failed its health checks.
+    all_unhealthy: bool,
     recorded: bool,
 }
 
+/// What the client is.
+#[derive(Clone, Copy, Default)]
+struct Client {
+    /// It speaks HTTP/2.
+    h2: bool,
+    /// It speaks HTTP/1.0 (it cannot take a chunked answer).
+    http10: bool,
+    /// The request is a gRPC call (`content-type: application/grpc...`): the gateway's own
+    /// errors are answered as gRPC errors.
+    grpc: bool,
+}
+
 impl Trail {
-    /// The trail of a request that arrived at `start`.
+    /// The trail of a request (`head`) that arrived at `start`, counted among its
+    /// connection's requests under way.
     pub fn begin(
         table: Arc<Table>,
         log: &Arc<AccessLog>,
         peer: &Arc<Peer>,
         start: Instant,
-        method: usize,
+        head: &http::request::Parts,
+        request_id: HeaderValue,
+    ) -> Trail {
+        let client = Client {
+            h2: head.version == http::Version::HTTP_2,
+            http10: head.version == http::Version::HTTP_10,
+            grpc: super::headers::is_grpc(head.version, &head.headers),
+        };
+        let mut trail = Trail::unread(table, log, peer, start, request_id);
+        trail.method = method_index(&head.method);
+        trail.client = client;
+        peer.request_began(!client.h2);
+        trail.counted = true;
+        trail
+    }
+
+    /// The trail of a request the HTTP parser refused (or left unfinished) before the
+    /// gateway saw its head.
+    pub fn unread(
+        table: Arc<Table>,
+        log: &Arc<AccessLog>,
+        peer: &Arc<Peer>,
+        start: Instant,
         request_id: HeaderValue,
     ) -> Trail {
         Trail {
@@ -103,10 +141,9 @@ impl Trail {
             log: log.clone(),
             peer: peer.clone(),
             start,
-            method,
+            method: crate::routing::METHOD_OTHER,
             request_id,
-            decision: Decision::UNMATCHED,
-            decided: false,
+            decision: None,
             upstream: LEGACY,
             path: LoggedPath::Owned(Box::from("")),
             status: 0,
@@ -114,49 +151,175 @@ impl Trail {
             bytes_out: 0,
             failure: None,
             grpc: None,
-            grpc_call: false,
             latency: None,
+            measured_from: None,
             counted: false,
-            client_h2: false,
-            client_http10: false,
+            client: Client::default(),
+            earlier: Vec::new(),
             fallback: None,
             instance: None,
             all_unhealthy: false,
-            shadow: None,
-            measured_from: None,
             recorded: false,
         }
     }
 
-    /// Counts the request among its connection's requests under way until it is recorded
-    /// (an idle connection has none).
-    pub fn count_on_connection(&mut self, http1: bool) {
-        self.peer.request_began(http1);
-        self.counted = true;
+    // What the phases read.
+
+    #[inline]
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
-    /// Records a failed attempt on `side` that the client will not see (the new side's,
-    /// before a fallback): in the metrics and the compare window, as a failure.
-    pub fn record_attempt(
-        &self,
-        side: Side,
+    #[inline]
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    #[inline]
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The route and side chosen, once decided.
+    #[inline]
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// The upstream whose answer the client gets.
+    #[inline]
+    pub fn upstream(&self) -> &Upstream {
+        self.table.upstream(self.upstream)
+    }
+
+    #[inline]
+    pub fn client_h2(&self) -> bool {
+        self.client.h2
+    }
+
+    #[inline]
+    pub fn client_http10(&self) -> bool {
+        self.client.http10
+    }
+
+    #[inline]
+    pub fn grpc_call(&self) -> bool {
+        self.client.grpc
+    }
+
+    #[inline]
+    pub fn all_unhealthy(&self) -> bool {
+        self.all_unhealthy
+    }
+
+    // The transitions, in the order of the phases.
+
+    /// Admission refused the request; `path`: its canonical path, when it had one.
+    pub fn refused(&mut self, path: Option<Box<str>>) {
+        if let Some(p) = path {
+            self.path = LoggedPath::Owned(p);
+        }
+    }
+
+    /// The decision: the route and side, and the upstream that serves them.
+    #[inline]
+    pub fn decided(&mut self, decision: Decision, upstream: UpstreamId) {
+        self.decision = Some(decision);
+        self.upstream = upstream;
+    }
+
+    /// The path the access log shows, as the rewrite phase makes it.
+    #[inline]
+    pub fn logged_path(&mut self) -> &mut LoggedPath {
+        &mut self.path
+    }
+
+    /// The request body's declared length (0 for chunked bodies).
+    #[inline]
+    pub fn declared(&mut self, bytes: u64) {
+        self.bytes_in = bytes;
+    }
+
+    /// The last attempt went to `endpoint`.
+    #[inline]
+    pub fn served_by(&mut self, endpoint: Endpoint) {
+        self.instance = endpoint.instance;
+        self.all_unhealthy = endpoint.all_unhealthy;
+    }
+
+    /// The new side failed (`status`, `failure`, after `latency`) in a way the route falls
+    /// back on (`kind`): legacy is asked from `began`, and its answer is the one measured.
+    pub fn fell_back(
+        &mut self,
+        kind: FailKind,
         status: u16,
         failure: Option<Failure>,
         latency: std::time::Duration,
+        began: Instant,
     ) {
-        let stats = self.table.stats(self.decision.route);
-        let metrics = &stats.metrics[side.index()];
-        metrics.record(self.method, status, latency.as_secs_f64());
-        if let Some(kind) = failure.and_then(Failure::upstream_kind) {
-            metrics.upstream_error(kind);
+        self.earlier.push(Attempted {
+            side: Side::New,
+            status,
+            failure,
+            latency,
+        });
+        self.fallback = Some(kind);
+        self.upstream = LEGACY;
+        self.measured_from = Some(began);
+        self.instance = None;
+    }
+
+    /// The response head is ready: `status`, and a gRPC answer's status from its head.
+    #[inline]
+    pub fn answered(&mut self, status: u16, grpc: Option<u32>) {
+        self.status = status;
+        self.grpc = grpc;
+    }
+
+    /// The request failed: the gateway answers `status` itself (`grpc`: as a gRPC error).
+    pub fn failed(&mut self, status: u16, failure: Failure, grpc: Option<u32>) {
+        self.status = status;
+        self.failure = Some(failure);
+        if grpc.is_some() {
+            self.grpc = grpc;
         }
-        stats.window.record(side, self.start, latency, true);
+    }
+
+    /// The response's body failed after its head went out.
+    #[inline]
+    pub fn cut(&mut self, failure: Failure) {
+        self.failure = Some(failure);
+    }
+
+    /// The upgrade was switched (101) now: the figures take the time to here.
+    pub fn switched(&mut self) {
+        self.status = http::StatusCode::SWITCHING_PROTOCOLS.as_u16();
+        self.latency = Some(self.start.elapsed());
+    }
+
+    /// Bytes of the answer body sent.
+    #[inline]
+    pub fn sent(&mut self, bytes: u64) {
+        self.bytes_out += bytes;
+    }
+
+    /// The answer's trailers carried this `grpc-status`.
+    #[inline]
+    pub fn grpc_trailer(&mut self, code: u32) {
+        self.grpc = Some(code);
+    }
+
+    /// A tunnel ended, having carried `up` bytes to the upstream and `down` back.
+    pub fn tunnelled(&mut self, up: u64, down: u64) {
+        self.bytes_in = up;
+        self.bytes_out = down;
     }
 
     /// Records the request: metrics, compare window, access log. Called once, when the
-    /// response has ended.
-    pub fn record(mut self) {
+    /// response has ended. Gives the status as recorded, and whether the request failed.
+    pub fn record(mut self) -> (u16, bool) {
         self.write();
+        (self.status, self.failure.is_some())
     }
 
     fn write(&mut self) {
@@ -179,11 +342,17 @@ impl Trail {
             // The answer was cut off because the client stopped taking it.
             self.failure = Some(Failure::Client(ClientErrorKind::SendTimeout));
         }
-        if let Some(copy) = self.shadow.take() {
-            copy.finish(self.status, self.failure.is_some());
-        }
-        let d = self.decision;
+        let d = self.decision.unwrap_or(Decision::UNMATCHED);
         let stats = self.table.stats(d.route);
+        // The attempts the client did not get the answer of count against their side.
+        for a in &self.earlier {
+            let metrics = &stats.metrics[a.side.index()];
+            metrics.record(self.method, a.status, a.latency.as_secs_f64());
+            if let Some(kind) = a.failure.and_then(Failure::upstream_kind) {
+                metrics.upstream_error(kind);
+            }
+            stats.window.record(a.side, self.start, a.latency, true);
+        }
         // After a fallback, legacy answered: its figures take the answer.
         let served = if self.fallback.is_some() {
             Side::Legacy
@@ -230,7 +399,7 @@ impl Trail {
             bytes_out: self.bytes_out,
             upstream: match &self.instance {
                 Some(i) => &i.instance().label,
-                None => self.table.upstreams[self.upstream].dial.authority.as_str(),
+                None => self.table.upstream(self.upstream).dial.authority.as_str(),
             },
             fallback: self.fallback.map(FailKind::as_str),
             error: self.failure.map(Failure::log_name),

@@ -22,16 +22,19 @@ use super::headers::{
 };
 use super::record::Trail;
 use super::send::Exchange;
+use super::shadow::Copy;
 use super::tunnel::{self, Tunnels};
 use crate::observe::UpstreamErrorKind;
 
 /// The upstream's answer, on its way to the client. `upgrade` is the protocol the client
 /// asked to switch to and its connection: a 101 to that protocol joins it to the
 /// upstream's in a tunnel (a 101 to another is refused, as any unasked-for 101).
+/// `tap`: the shadow copy of the request, which takes legacy's answer as it streams.
 pub fn upstream(
     mut exchange: Exchange,
     mut trail: Trail,
     upgrade: Option<(HeaderValue, OnUpgrade)>,
+    tap: Option<Box<Copy>>,
     tunnels: &Arc<Tunnels>,
 ) -> Response<ResponseBody> {
     if let Some((asked, client)) = upgrade
@@ -47,7 +50,7 @@ pub fn upstream(
     }
     let (mut parts, body) = exchange.response.into_parts();
     if let Err(why) = relayable(&mut parts) {
-        let up = &trail.table.upstreams[trail.upstream];
+        let up = trail.upstream();
         tracing::debug!(upstream = %up.dial.authority, why, "refusing the upstream's answer");
         // The connection is dropped with `exchange.conn`: it is not reused.
         let failure = Failure::Upstream {
@@ -57,36 +60,37 @@ pub fn upstream(
         return self::failure(trail, failure);
     }
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(copy) = trail.shadow.as_mut() {
+    let tap = tap.map(|mut copy| {
         copy.legacy_headers = Some(parts.headers.clone());
-    }
-    parts.headers.insert(X_REQUEST_ID, trail.request_id.clone());
+        copy
+    });
     parts
         .headers
-        .append(header::VIA, trail.table.via(parts.version).clone());
+        .insert(X_REQUEST_ID, trail.request_id().clone());
+    parts
+        .headers
+        .append(header::VIA, trail.table().via(parts.version).clone());
     // An HTTP/1.0 client cannot take a chunked answer: one of unknown length ends at the
     // close of its connection, which the client must be told (not `keep-alive`).
-    if trail.client_http10 && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if trail.client_http10() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    trail.status = parts.status.as_u16();
     // A gRPC answer without a body carries its status in its head ("Trailers-Only").
-    trail.grpc = grpc_status(&parts.headers);
-    let upstream = &trail.table.upstreams[trail.upstream];
-    let (key, read_timeout) = (exchange.key, upstream.timeout);
+    trail.answered(parts.status.as_u16(), grpc_status(&parts.headers));
+    let (key, read_timeout) = (exchange.key, trail.upstream().timeout);
     let conn = Held {
         key,
         conn: exchange.conn,
-        since: trail.start,
+        since: trail.start(),
         uploaded: exchange.uploaded,
     };
     // An HTTP/2 client's stream is watched for stalls (see `ResponseBody::watch_client`).
     let send_timeout = trail
-        .client_h2
-        .then(|| trail.table.config.client.send_timeout);
-    let mut body = ResponseBody::upstream(body, trail, conn, read_timeout);
+        .client_h2()
+        .then(|| trail.table().config.client.send_timeout);
+    let mut body = ResponseBody::upstream(body, trail, conn, read_timeout, tap);
     if let Some(t) = send_timeout {
         body.watch_client(t);
     }
@@ -108,13 +112,14 @@ fn switched(
     if let Some(proto) = proto {
         ask_upgrade(&mut parts.headers, proto);
     }
-    parts.headers.insert(X_REQUEST_ID, trail.request_id.clone());
     parts
         .headers
-        .append(header::VIA, trail.table.via(parts.version).clone());
-    trail.status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
-    trail.latency = Some(trail.start.elapsed());
-    let idle = trail.table.upstreams[trail.upstream].dial.idle_timeout;
+        .insert(X_REQUEST_ID, trail.request_id().clone());
+    parts
+        .headers
+        .append(header::VIA, trail.table().via(parts.version).clone());
+    trail.switched();
+    let idle = trail.upstream().dial.idle_timeout;
     // The connection is the tunnel's now; its pool handle is of no more use.
     drop(exchange.conn);
     tunnel::spawn(client, upstream, trail, idle, tunnels);
@@ -181,34 +186,29 @@ fn relayable(parts: &mut http::response::Parts) -> Result<(), &'static str> {
 /// The gateway's own answer to a failed request: JSON naming the route and side (null when
 /// the request was refused before a route was chosen), with the request id.
 pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
-    if trail.grpc_call {
+    if trail.grpc_call() {
         return grpc_failure(trail, failure);
     }
-    let (route, side) = if trail.decided {
-        (
-            Some(trail.table.route_name(trail.decision.route)),
-            Some(trail.decision.side),
-        )
-    } else {
-        (None, None)
+    let (route, side) = match trail.decision() {
+        Some(d) => (Some(trail.table().route_name(d.route)), Some(d.side)),
+        None => (None, None),
     };
-    let detail = (trail.all_unhealthy && failure.upstream_kind().is_some()).then(|| {
+    let detail = (trail.all_unhealthy() && failure.upstream_kind().is_some()).then(|| {
         format!(
             "every instance of {} fails its health checks",
-            trail.table.upstreams[trail.upstream].name
+            trail.upstream().name
         )
     });
     let body = error_body(
         failure,
         route,
         side,
-        trail.request_id.to_str().unwrap_or("-"),
+        trail.request_id().to_str().unwrap_or("-"),
         detail.as_deref(),
     );
     let status = failure.status();
-    trail.status = status.as_u16();
-    trail.failure = Some(failure);
-    let request_id = trail.request_id.clone();
+    let request_id = trail.request_id().clone();
+    trail.failed(status.as_u16(), failure, None);
     let mut resp = Response::new(ResponseBody::made(body, trail));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -228,24 +228,18 @@ pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
 /// call's status; a JSON body would be a protocol error to them.
 fn grpc_failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {
     let code = failure.grpc_status();
-    let (route, side) = if trail.decided {
-        (
-            trail.table.route_name(trail.decision.route),
-            trail.decision.side.as_str(),
-        )
-    } else {
-        ("none", "none")
+    let (route, side) = match trail.decision() {
+        Some(d) => (trail.table().route_name(d.route), d.side.as_str()),
+        None => ("none", "none"),
     };
     // Only characters gRPC sends as they are (no percent-encoding needed).
     let message = format!(
         "strangler: {} (route {route}, side {side}, request id {})",
         failure.code(),
-        trail.request_id.to_str().unwrap_or("-")
+        trail.request_id().to_str().unwrap_or("-")
     );
-    trail.status = StatusCode::OK.as_u16();
-    trail.grpc = Some(code);
-    trail.failure = Some(failure);
-    let request_id = trail.request_id.clone();
+    let request_id = trail.request_id().clone();
+    trail.failed(StatusCode::OK.as_u16(), failure, Some(code));
     // No body at all, so the head ends the stream (a "Trailers-Only" answer): an empty
     // DATA frame after it would be a protocol error to grpc-go and grpc-java.
     let mut resp = Response::new(ResponseBody::nothing(trail));

@@ -45,19 +45,8 @@ pub struct Target<'a> {
 /// A failed attempt, with the request when it was never sent (it may go elsewhere).
 pub type Failed = (Failure, Option<Request<RequestBody>>);
 
-/// Sends the request to `target` and waits for its response head.
-pub async fn send(
-    target: &Target<'_>,
-    head: Parts,
-    body: RequestBody,
-    start: Instant,
-) -> Result<Exchange, Failure> {
-    attempt(target, Request::from_parts(head, body), start)
-        .await
-        .map_err(|(failure, _)| failure)
-}
-
-/// As [`send`], giving back the request when it was never sent.
+/// Sends the request to `target` and waits for its response head; gives the request back
+/// when it was never sent (it may go elsewhere).
 pub async fn attempt(
     target: &Target<'_>,
     req: Request<RequestBody>,

@@ -21,10 +21,14 @@ use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::admit::CanonicalPath;
+use super::connection::Peer;
 use super::headers::strip_hop_by_hop;
 use super::pool;
+use super::record::LoggedPath;
+use super::rewrite::{self, Facts};
 use super::send;
-use super::table::{Table, Upstream};
+use super::table::{LEGACY, Table, Upstream};
 use super::upload::{Kept, RequestBody, Tee};
 use crate::observe::shadow::{Answer, Compared, Copied, Kind, Outcome, RouteShadow};
 
@@ -106,6 +110,67 @@ impl Drop for Room {
     }
 }
 
+/// A shadow copy of a request of route `r` (its head rewritten for the new side), if the
+/// new service can take it and `budget` has room; otherwise what became of it is counted.
+#[allow(clippy::too_many_arguments)]
+pub fn copy(
+    budget: &Arc<Budget>,
+    table: &Arc<Table>,
+    r: usize,
+    head: &Parts,
+    path: &CanonicalPath,
+    facts: Facts,
+    peer: &Peer,
+    declared: Option<u64>,
+) -> Option<Copy> {
+    let cfg = table.policy(Some(r)).shadow.as_ref()?;
+    let new = table.upstream(table.new_upstream(r));
+    // A new service that cannot take traffic (no healthy instance, breaker open) is not
+    // sent copies either.
+    let down = new.fleet.as_ref().is_some_and(|f| {
+        !f.available()
+            || f.breaker
+                .as_ref()
+                .is_some_and(|b| b.is_open(Instant::now()))
+    });
+    if down {
+        count(table, r, Outcome::Skipped);
+        return None;
+    }
+    if declared.is_some_and(|n| n > cfg.max_body) {
+        count(table, r, Outcome::TooLarge);
+        return None;
+    }
+    // Room for the request body as declared (a chunked one: up to `max_body`).
+    let Some(room) = budget.room(declared.unwrap_or(cfg.max_body).min(cfg.max_body)) else {
+        count(table, r, Outcome::Skipped);
+        return None;
+    };
+    let mut new_head = send::copy_head(head);
+    let mut logged = LoggedPath::Owned(Box::from(""));
+    if rewrite::rewrite(
+        &mut new_head,
+        path.clone(),
+        new,
+        table,
+        peer,
+        facts,
+        &mut logged,
+    )
+    .is_err()
+    {
+        count(table, r, Outcome::Skipped);
+        return None;
+    }
+    Some(Copy::new(
+        table.clone(),
+        r,
+        room,
+        new_head,
+        path.as_str(&head.uri),
+    ))
+}
+
 /// Counts a copy of route `r` that ends as `outcome` (without a comparison).
 pub fn count(table: &Table, r: usize, outcome: Outcome) {
     let stats = table.stats(Some(r));
@@ -170,7 +235,8 @@ impl Copy {
             .shadow
             .clone()
             .expect("copies only of routes with shadow");
-        let max_body = table.config.routes[route]
+        let max_body = table
+            .policy(Some(route))
             .shadow
             .as_ref()
             .map_or(0, |s| s.max_body);
@@ -204,7 +270,7 @@ impl Copy {
     /// legacy got (for the noise sample of a safe method: a second copy of a write would
     /// run it twice on legacy).
     pub fn watch_request(&mut self, body: &mut RequestBody, legacy_head: &Parts) {
-        let Some(cfg) = self.table.config.routes[self.route].shadow.as_ref() else {
+        let Some(cfg) = self.table.policy(Some(self.route)).shadow.as_ref() else {
             return;
         };
         self.method = legacy_head.method.to_string();
@@ -292,7 +358,7 @@ impl Copy {
     /// without one (counted in the report).
     async fn run(&mut self, status: u16) -> Result<Compared, Outcome> {
         let table = self.table.clone();
-        let Some(cfg) = table.config.routes[self.route].shadow.as_ref() else {
+        let Some(cfg) = table.policy(Some(self.route)).shadow.as_ref() else {
             self.report.count(Outcome::Skipped);
             return Err(Outcome::Skipped);
         };
@@ -330,7 +396,7 @@ impl Copy {
         let service = table.new_upstream(self.route);
         let sent = Instant::now();
         let new = match fetch(
-            &table.upstreams[service],
+            table.upstream(service),
             send::copy_head(&self.new_head),
             &body,
             cfg.max_body,
@@ -356,7 +422,7 @@ impl Copy {
         // Legacy against itself, for the sample: what differs there is noise.
         let again = match &self.legacy_head {
             Some(head) => fetch(
-                &table.upstreams[0],
+                table.upstream(LEGACY),
                 send::copy_head(head),
                 &body,
                 cfg.max_body,
@@ -444,16 +510,8 @@ async fn fetch(
     max_body: u64,
     room: &mut Room,
 ) -> Result<Answer, Fetch> {
-    let picked = upstream.fleet.as_ref().and_then(|f| f.pick(None));
-    let target = match &picked {
-        Some(p) => {
-            p.guard.instance().aim(&mut head, upstream.host_upstream);
-            p.guard
-                .instance()
-                .target(upstream.timeout, upstream.connect_timeout)
-        }
-        None => upstream.target(),
-    };
+    let endpoint = upstream.endpoint(&mut head, None);
+    let target = upstream.target(&endpoint, upstream.timeouts());
     let req = Request::from_parts(head, RequestBody::replayed(body.to_vec()));
     let start = Instant::now();
     let exchange = send::attempt(&target, req, start)

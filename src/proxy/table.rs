@@ -6,22 +6,43 @@
 //! request midway.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::fleet::{Fleet, ServiceState};
-use super::overrides::{Applied, Overrides};
+use http::request::Parts;
+
+use super::carried::{Carried, RetryBudget};
+use super::fleet::{InFlight, Instance, ServiceState};
+use super::overrides::Applied;
 use super::pool::{Dial, PoolKey};
-use crate::config::resilience::RETRY_BUDGET;
+use super::send::Target;
+use crate::config::resilience::{FallbackConfig, RetryConfig};
+use crate::config::shadow::ShadowConfig;
 use crate::config::{Config, RouteConfig};
 use crate::observe::shadow::{RouteShadow, Shadows};
-use crate::observe::{Metrics, Registry, RouteWindow, SideMetrics};
+use crate::observe::{Metrics, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
 
-/// Index of the legacy upstream in `Table::upstreams`.
-pub const LEGACY: usize = 0;
+/// An upstream of a table: legacy, or one of the services in file order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamId(u16);
+
+/// The legacy upstream.
+pub const LEGACY: UpstreamId = UpstreamId(0);
+
+impl UpstreamId {
+    /// The upstream of service `i` (in file order).
+    #[inline]
+    pub fn service(i: usize) -> UpstreamId {
+        UpstreamId(u16::try_from(1 + i).expect("a routes file has fewer than 65535 services"))
+    }
+
+    #[inline]
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
 
 /// An upstream as the forwarder needs it.
 pub struct Upstream {
@@ -45,15 +66,105 @@ pub struct Upstream {
     pub fleet: Option<Arc<ServiceState>>,
 }
 
+/// Where one attempt goes: the instance picked for it (held until the request ends), or the
+/// service's one address.
+pub struct Endpoint {
+    pub instance: Option<InFlight>,
+    /// Every instance failed its health checks: this one was taken anyway.
+    pub all_unhealthy: bool,
+}
+
 impl Upstream {
-    /// Where a request to its one address goes.
+    /// Picks where the next attempt goes (an instance other than `avoid`, when there is
+    /// another) and aims `head` at it (its authority as `Host` with `host_header:
+    /// upstream`). Requests, their retries and shadow copies all go through here.
     #[inline]
-    pub fn target(&self) -> super::send::Target<'_> {
-        super::send::Target {
-            key: self.pool_key,
-            dial: &self.dial,
-            timeout: self.timeout,
-            connect_timeout: self.connect_timeout,
+    pub fn endpoint(&self, head: &mut Parts, avoid: Option<&Instance>) -> Endpoint {
+        let Some(picked) = self.fleet.as_ref().and_then(|f| f.pick(avoid)) else {
+            return Endpoint {
+                instance: None,
+                all_unhealthy: false,
+            };
+        };
+        picked.guard.instance().aim(head, self.host_upstream);
+        Endpoint {
+            instance: Some(picked.guard),
+            all_unhealthy: picked.all_unhealthy,
+        }
+    }
+
+    /// Where an attempt at `endpoint` goes, waiting at most `timeouts` (the head's, the
+    /// connection's).
+    #[inline]
+    pub fn target<'a>(&'a self, endpoint: &'a Endpoint, timeouts: Timeouts) -> Target<'a> {
+        let (key, dial) = match &endpoint.instance {
+            Some(i) => (i.instance().pool_key, &i.instance().dial),
+            None => (self.pool_key, &self.dial),
+        };
+        Target {
+            key,
+            dial,
+            timeout: timeouts.head,
+            connect_timeout: timeouts.connect,
+        }
+    }
+
+    /// The service's own timeouts.
+    #[inline]
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            head: self.timeout,
+            connect: self.connect_timeout,
+        }
+    }
+
+    /// The service's timeouts, tightened by a route's.
+    pub fn timeouts_for(&self, policy: &RoutePolicy) -> Timeouts {
+        let head = policy.timeout.map_or(self.timeout, |t| t.min(self.timeout));
+        let connect = policy
+            .connect_timeout
+            .map_or(self.connect_timeout, |t| t.min(self.connect_timeout))
+            .min(head);
+        Timeouts { head, connect }
+    }
+}
+
+/// How long an attempt waits for its response head, and for a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub connect: Duration,
+}
+
+/// What a route asks of the request path, compiled once per table so that a request only
+/// reads it: retries, fallback, timeouts, shadow and upgrades (`default` has none of them
+/// but upgrades).
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    pub retries: Option<RetryConfig>,
+    pub fallback: Option<FallbackConfig>,
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub shadow: Option<Arc<ShadowConfig>>,
+    /// Upgrades (WebSocket) are tunnelled.
+    pub upgrades: bool,
+}
+
+impl RoutePolicy {
+    fn of(route: Option<&RouteConfig>) -> RoutePolicy {
+        match route {
+            None => RoutePolicy {
+                upgrades: true,
+                ..RoutePolicy::default()
+            },
+            Some(r) => RoutePolicy {
+                retries: r.retries,
+                fallback: r.fallback,
+                timeout: r.timeout,
+                connect_timeout: r.connect_timeout,
+                shadow: r.shadow.clone().map(Arc::new),
+                upgrades: r.upgrades,
+            },
         }
     }
 }
@@ -67,68 +178,18 @@ pub struct RouteStats {
     /// The route's shadow comparison, for a route with `shadow` (kept across reloads by
     /// name).
     pub shadow: Option<Arc<RouteShadow>>,
-}
-
-/// The retry budget is in thousandths of a retry: each request of a route with `retries`
-/// adds `RETRY_BUDGET`, each retry takes one whole; the most a quiet route saves up is ten.
-const BUDGET_CAP: i64 = 10_000;
-
-impl RouteStats {
-    /// Adds a request's share to the retry budget.
-    pub fn deposit(&self) {
-        let share = (RETRY_BUDGET * 1000.0) as i64;
-        let _ = self
-            .window
-            .retry_budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b < BUDGET_CAP).then(|| (b + share).min(BUDGET_CAP))
-            });
-    }
-
-    /// Takes one retry from the budget, if it holds one; else from its floor of
-    /// `min_per_second` retries a second (up to a second's worth at once), so that a quiet
-    /// route, whose requests have saved up nothing, still retries its first failures (as
-    /// Linkerd's `minRetriesPerSecond`). Under load, the share decides: the floor adds at
-    /// most `min_per_second` retries a second to the fifth of the requests.
-    pub fn withdraw(&self, min_per_second: u32) -> bool {
-        let shared = self
-            .window
-            .retry_budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b >= 1000).then_some(b - 1000)
-            })
-            .is_ok();
-        shared || (min_per_second > 0 && self.floor(min_per_second))
-    }
-
-    /// One retry of the floor, if its rate allows one now: a generic cell rate (each retry
-    /// moves the next allowed time on by `1 / rate`; up to a second ahead of now is allowed).
-    fn floor(&self, rate: u32) -> bool {
-        let now = clock_micros();
-        let step = 1_000_000 / u64::from(rate);
-        self.window
-            .retry_floor
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                let next = tat.max(now) + step;
-                (next <= now + 1_000_000).then_some(next)
-            })
-            .is_ok()
-    }
-}
-
-/// Microseconds since the process's first look at the clock.
-fn clock_micros() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    /// What the route asks of the request path.
+    pub policy: RoutePolicy,
+    /// Its retry budget (kept across reloads by name).
+    pub budget: Arc<RetryBudget>,
 }
 
 /// The table in force.
 pub struct Table {
     pub config: Arc<Config>,
     pub routing: RouteTable,
-    /// 0 is legacy, then the services in file order.
-    pub upstreams: Vec<Upstream>,
+    /// Legacy, then the services in file order (see [`UpstreamId`]).
+    upstreams: Vec<Upstream>,
     /// One per route, in table order, then one for `default`.
     stats: Vec<RouteStats>,
     /// `Via` as the gateway adds it to a message received as HTTP/1.0, HTTP/1.1 and HTTP/2.
@@ -143,20 +204,21 @@ pub struct Table {
 impl Table {
     /// Builds the table, with the percentages `overrides` holds in place of the file's.
     /// Fails only where the router cannot be built (regex size limits).
-    pub fn compile(
-        mut config: Config,
-        metrics: &Arc<Metrics>,
-        windows: &Arc<Registry>,
-        fleet: &Fleet,
-        shadows: &Shadows,
-        overrides: &Overrides,
-    ) -> Result<Table, String> {
+    pub fn compile(mut config: Config, carried: &Carried) -> Result<Table, String> {
+        let Carried {
+            metrics,
+            windows,
+            fleet,
+            shadows,
+            overrides,
+            ..
+        } = carried;
         let held = overrides.apply(&mut config);
         let routing = config.compile()?;
         let upstreams = std::iter::once(&config.legacy)
             .chain(config.services.iter())
             .map(|s| {
-                let dial = dial(s);
+                let dial = Dial::of(s, &carried.resolver);
                 Upstream {
                     name: s.name.as_str().into(),
                     base_path: s.base_path.as_str().into(),
@@ -180,10 +242,12 @@ impl Table {
             .map(|(i, name)| RouteStats {
                 metrics: Side::BOTH.map(|side| metrics.side(name, side)),
                 window: windows.route(name),
-                shadow: config.routes.get(i).and_then(|r| {
-                    let s = shadows_of(&config, r, shadows)?;
-                    Some(s)
-                }),
+                shadow: config
+                    .routes
+                    .get(i)
+                    .and_then(|r| shadows_of(&config, r, shadows)),
+                policy: RoutePolicy::of(config.routes.get(i)),
+                budget: carried.budget(name),
             })
             .collect();
         let via = ["1.0", "1.1", "2"].map(|v| {
@@ -242,17 +306,21 @@ impl Table {
         &self.stats[route.unwrap_or(self.stats.len() - 1)]
     }
 
-    /// The settings of a decision's route (`None` for `default`).
+    /// What a decision's route asks of the request path.
     #[inline]
-    pub fn route_config(&self, route: Option<usize>) -> Option<&RouteConfig> {
-        route.map(|i| &self.config.routes[i])
+    pub fn policy(&self, route: Option<usize>) -> &RoutePolicy {
+        &self.stats(route).policy
     }
 
-    /// Whether a decision's route tunnels upgrades (`upgrades`, true by default and for
-    /// requests no route takes).
+    /// Every upstream: legacy, then the services in file order.
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// An upstream of this table.
     #[inline]
-    pub fn upgrades(&self, route: Option<usize>) -> bool {
-        route.is_none_or(|i| self.config.routes[i].upgrades)
+    pub fn upstream(&self, id: UpstreamId) -> &Upstream {
+        &self.upstreams[id.index()]
     }
 
     /// The `Via` element for a message received in `version`.
@@ -266,19 +334,19 @@ impl Table {
         &self.via[i]
     }
 
-    /// Index into `upstreams` of the upstream that serves a decision.
+    /// The upstream that serves a decision.
     #[inline]
-    pub fn upstream_of(&self, d: &Decision) -> usize {
+    pub fn upstream_of(&self, d: &Decision) -> UpstreamId {
         match (d.side, d.route) {
             (Side::New, Some(i)) => self.new_upstream(i),
             _ => LEGACY,
         }
     }
 
-    /// Index into `upstreams` of route `i`'s new side.
+    /// Route `i`'s new side.
     #[inline]
-    pub fn new_upstream(&self, i: usize) -> usize {
-        1 + self.routing.routes()[i].service
+    pub fn new_upstream(&self, i: usize) -> UpstreamId {
+        UpstreamId::service(self.routing.routes()[i].service)
     }
 }
 
@@ -300,18 +368,4 @@ fn shadows_of(config: &Config, r: &RouteConfig, shadows: &Shadows) -> Option<Arc
     }
     s.route_is(h.digest());
     Some(s)
-}
-
-/// How to connect to a service.
-pub(super) fn dial(s: &crate::config::Service) -> Dial {
-    Dial {
-        authority: s.authority.clone(),
-        protocol: s.protocol,
-        tls: s
-            .tls
-            .as_ref()
-            .map(|tls| (tls.config.clone(), tls.name.clone(), tls.trust)),
-        idle_timeout: s.idle_timeout,
-        addr: None,
-    }
 }

@@ -109,7 +109,7 @@ pub fn spawn(
                 );
                 // Nothing was tunnelled: the client's side if its connection is gone (it
                 // left before the 101 reached it), else the upstream's.
-                trail.failure = Some(if c_failed {
+                trail.cut(if c_failed {
                     Failure::Client(ClientErrorKind::Closed)
                 } else {
                     Failure::Upstream {
@@ -137,8 +137,7 @@ pub fn spawn(
             _ = cut.wait_for(|c| *c) => "cut",
         };
         tracing::debug!(ended, "tunnel over");
-        trail.bytes_in = up.load(Ordering::Relaxed);
-        trail.bytes_out = down.load(Ordering::Relaxed);
+        trail.tunnelled(up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
         trail.record();
     });
 }

@@ -399,7 +399,7 @@ fn shadow_summary(s: &AdminState, route: &str, configured: bool, span: &Span) ->
     if !configured {
         return Value::Null;
     }
-    let figures = s.gateway.shadows.route(route).figures(span);
+    let figures = s.gateway.carried.shadows.route(route).figures(span);
     serde_json::to_value(figures).unwrap_or_default()
 }
 
@@ -420,7 +420,7 @@ fn no_such_route(table: &crate::proxy::Table, route: &str) -> Response {
 async fn services(State(s): State<Shared>) -> Response {
     let table = s.gateway.table.load();
     let list: Vec<Value> = table
-        .upstreams
+        .upstreams()
         .iter()
         .enumerate()
         .map(|(i, u)| {
@@ -476,10 +476,11 @@ async fn shadow(
     let span = s.windows.span(window);
     let mut v = s
         .gateway
+        .carried
         .shadows
         .report(&rc.name, rc.shadow.as_ref(), &span);
     v["window_seconds"] = json!(window.as_secs_f64());
-    v["noise_yaml"] = match s.gateway.shadows.get(&rc.name) {
+    v["noise_yaml"] = match s.gateway.carried.shadows.get(&rc.name) {
         Some(r) => json!(r.noise_pointers(rc.shadow.as_ref())),
         None => json!([]),
     };
@@ -493,7 +494,7 @@ async fn shadow_reset(State(s): State<Shared>, AdminPath(route): AdminPath<Strin
     let Some(rc) = table.config.routes.iter().find(|r| r.name == route) else {
         return no_such_route(&table, &route);
     };
-    s.gateway.shadows.route(&rc.name).reset();
+    s.gateway.carried.shadows.route(&rc.name).reset();
     tracing::info!(route = %rc.name, "the route's shadow comparison was reset");
     json(
         StatusCode::OK,
@@ -549,7 +550,7 @@ async fn shift(
     // the CLI's). The edit and its reload run as a task of their own, so a client that
     // goes away mid-way cannot leave the file changed and the reload not done.
     let reloader = s.reloader.clone();
-    let overrides = s.gateway.overrides.clone();
+    let overrides = s.gateway.carried.overrides.clone();
     let task = tokio::spawn(async move {
         let path = reloader.path().to_path_buf();
         let name = route.clone();

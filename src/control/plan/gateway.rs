@@ -54,7 +54,7 @@ impl GatewayEnv {
     fn blocked(&self, route: &str) -> Option<String> {
         let table = self.gateway.table.load();
         let i = table.config.routes.iter().position(|r| r.name == route)?;
-        let upstream = &table.upstreams[table.new_upstream(i)];
+        let upstream = table.upstream(table.new_upstream(i));
         let fleet = upstream.fleet.as_ref()?;
         if !fleet.available() {
             return Some(format!(
@@ -136,7 +136,7 @@ impl Environment for GatewayEnv {
         route: &str,
         window: std::time::Duration,
     ) -> Option<(Option<f64>, u64, String)> {
-        self.gateway.shadows.get(route).map(|r| {
+        self.gateway.carried.shadows.get(route).map(|r| {
             let (f, covered) = r.recent(window);
             (
                 f.match_rate,
@@ -169,7 +169,7 @@ impl Environment for GatewayEnv {
             .map_err(|e| e.to_string())?;
         // The plan's own write ends any percentage held for the route (the file now says
         // what the plan wants, even when that is what it said before the hold).
-        let released = self.gateway.overrides.release(route).is_some();
+        let released = self.gateway.carried.overrides.release(route).is_some();
         let reloaded = self
             .reloader
             .reload("plan")
@@ -188,7 +188,7 @@ impl Environment for GatewayEnv {
             .held_of(&plan.route)
             .map_or(route.percent_bp, |a| a.held.file_bp);
         drop(table);
-        self.gateway.overrides.hold(
+        self.gateway.carried.overrides.hold(
             &plan.route,
             Override {
                 bp,

@@ -1,36 +1,32 @@
-//! The `send` phase for routes and services with resilience settings (docs/resilience.md):
-//! instances picked by the service's balance and health, retries within the route's budget,
-//! the breaker told of every attempt on its service, and a fallback to legacy when the new
-//! side fails in one of the ways the route names.
+//! The `attempt` phase, for every request: the attempts it makes on the side the decision
+//! chose, up to a response head (docs/resilience.md).
 //!
-//! In the order they apply: the breaker and the health of a new service may send its share
-//! to legacy before anything is sent ([`divert`]); each attempt goes to an instance
-//! ([`ServiceState::pick`]); a connect failure or a reset may be retried on another instance
-//! (`retries`); when the new side has failed for good, the request is replayed to legacy
-//! (`fallback`), and the new side's failure is still counted against it.
+//! Each attempt asks its upstream for an [`Endpoint`] again (an instance by the service's
+//! balance and health, or its one address); a connect failure or a reset may be retried on
+//! another instance (`retries`, within the route's budget); the breaker and outlier
+//! detection are told of every attempt; when the new side has failed for good in a way the
+//! route names, the request is replayed to legacy (`fallback`), the new side's attempt kept
+//! in the trail as data for the record. A route and service with none of these settings
+//! make one attempt at the service's one address, through the same loop.
 //!
-//! Requests of routes and services without these settings never come here: they take
-//! [`send::send`] straight to the service's one address.
+//! An upgrade is one attempt with no body kept (a tunnel cannot be replayed); its connect
+//! failures, which sent nothing, may still be retried.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 
 use super::admit::CanonicalPath;
-use super::body::ResponseBody;
 use super::connection::Peer;
 use super::error::Failure;
-use super::fleet::{Admit, InFlight, ServiceState};
+use super::fleet::{Admit, Instance, ServiceState};
 use super::record::Trail;
-use super::respond;
 use super::rewrite::{self, Facts};
-use super::send::{self, Exchange, Target};
-use super::table::{LEGACY, RouteStats, Table, Upstream};
-use super::tunnel::Tunnels;
+use super::send::{self, Exchange};
+use super::table::{Endpoint, LEGACY, RouteStats, Table, Timeouts, UpstreamId};
 use super::upload::{RequestBody, Tee};
-use crate::config::RouteConfig;
 use crate::config::resilience::{DEFAULT_RETRY_MAX_BODY, FailKind, FallbackConfig, RetryConfig};
 use crate::observe::UpstreamErrorKind;
 use crate::routing::{Reason, Side};
@@ -57,18 +53,6 @@ pub fn divert(service: &ServiceState, now: Instant, reported: bool) -> Divert {
     }
 }
 
-/// Whether a request must take [`forward`] rather than the plain [`send::send`].
-#[inline]
-pub fn needed(upstream: &Upstream, route: Option<&RouteConfig>) -> bool {
-    upstream.fleet.is_some()
-        || route.is_some_and(|r| {
-            r.retries.is_some()
-                || r.fallback.is_some()
-                || r.timeout.is_some()
-                || r.connect_timeout.is_some()
-        })
-}
-
 /// The request as it was before its rewrite for the new side, kept to be rewritten for
 /// legacy should it fall back.
 pub struct Original {
@@ -77,50 +61,136 @@ pub struct Original {
     pub facts: Facts,
 }
 
-/// The request through its attempts, to the response sent to the client.
-pub async fn forward(
-    mut trail: Trail,
+/// What the attempts of a request go by, from its decision.
+pub struct Plan {
+    /// The upstream the decision chose.
+    pub upstream: UpstreamId,
+    pub side: Side,
+    /// The first attempt is the breaker's probe (its number).
+    pub probe: Option<u64>,
+    /// The request before its rewrite, for a fallback (only when one may happen).
+    pub original: Option<Original>,
+    /// The request is an upgrade: its body is never kept for another attempt.
+    pub upgrade: bool,
+}
+
+/// The request through its attempts, up to the response head the client gets (or the
+/// failure that answers it). The attempts the client does not see are in `trail`.
+pub async fn run(
+    trail: &mut Trail,
+    plan: Plan,
     head: Parts,
-    original: Option<Original>,
     mut body: RequestBody,
-    probe: Option<u64>,
     peer: &Peer,
-    tunnels: &Arc<Tunnels>,
-) -> Response<ResponseBody> {
-    let table = trail.table.clone();
-    let route = table.route_config(trail.decision.route);
-    let stats = table.stats(trail.decision.route);
-    // The original is kept only for a request the decision sent to the new side of a
-    // route with `fallback`.
-    let fallback = route
-        .and_then(|r| r.fallback)
-        .filter(|_| original.is_some());
-    let retries = route.and_then(|r| r.retries);
+) -> Result<Exchange, Failure> {
+    let table = trail.table().clone();
+    let route = trail.decision().and_then(|d| d.route);
+    let stats = table.stats(route);
+    let policy = &stats.policy;
+    let retries = policy.retries;
     if retries.is_some() {
-        stats.deposit();
+        stats.budget.deposit();
     }
+    let fallback = policy.fallback.filter(|_| plan.original.is_some());
     let had_body = body.has_body();
     let idempotent = head.method.is_idempotent();
-    let keep = keep_limit(fallback, retries, idempotent);
-    let declared = http_body::Body::size_hint(&body).exact();
-    let tee = (had_body && keep > 0 && declared.is_none_or(|n| n <= keep)).then(|| body.tee(keep));
-    let plan = Attempts {
+    let keep = if plan.upgrade {
+        0
+    } else {
+        keep_limit(fallback, retries, idempotent)
+    };
+    let tee = (had_body && keep > 0)
+        .then(|| http_body::Body::size_hint(&body).exact())
+        .filter(|declared| declared.is_none_or(|n| n <= keep))
+        .map(|_| body.tee(keep));
+    let first = Attempts {
         table: &table,
-        upstream: trail.upstream,
-        route,
+        upstream: plan.upstream,
         stats,
-        side: trail.decision.side,
+        side: plan.side,
         retries,
+        timeouts: table.upstream(plan.upstream).timeouts_for(policy),
         tee: tee.as_deref(),
         had_body,
-        probe,
+        probe: plan.probe,
+        upgrade: plan.upgrade,
     };
-    let run = plan.run(Request::from_parts(head, body), trail.start).await;
-    let Some(fallback) = fallback else {
-        return finish(trail, run, tunnels);
-    };
+    let run = first
+        .run(Request::from_parts(head, body), trail.start())
+        .await;
     // Did the new side fail in a way the route falls back on, with a body to replay?
-    let kind = match &run.result {
+    let fell = fallback.and_then(|f| Some((f, fallback_kind(&run.result, f, idempotent)?)));
+    let Some((fallback, kind)) = fell else {
+        trail.served_by(run.endpoint);
+        return run.result;
+    };
+    let replay = match run.unsent {
+        Some(unsent) => Some(unsent.into_body()),
+        None if !had_body => Some(RequestBody::empty()),
+        // Kept whole, and within the fallback's own `max_body` (retries may keep more).
+        None => tee
+            .as_deref()
+            .filter(|t| t.size() <= fallback.max_body)
+            .and_then(Tee::replay)
+            .map(RequestBody::replayed),
+    };
+    let Some(replay) = replay else {
+        trail.served_by(run.endpoint);
+        return run.result;
+    };
+    // The new side's failure counts against it, though the client never sees it.
+    let (status, failure) = match &run.result {
+        Ok(ex) => (ex.response.status().as_u16(), None),
+        Err(f) => (f.status().as_u16(), Some(*f)),
+    };
+    let reason = if kind == FailKind::Reset {
+        FailKind::Status5xx
+    } else {
+        kind
+    };
+    stats.metrics[Side::New.index()].fell_back(reason.as_str());
+    let latency = run.began.elapsed();
+    // The new side's connection and instance are let go before legacy is asked.
+    drop(run.result);
+    drop(run.endpoint);
+    // Legacy's figures take legacy's own time, not the new side's failed wait.
+    let began = Instant::now();
+    trail.fell_back(reason, status, failure, latency, began);
+    let Original {
+        mut head,
+        path,
+        facts,
+    } = plan.original.expect("a fallback only with the original");
+    rewrite::rewrite(
+        &mut head,
+        path,
+        table.upstream(LEGACY),
+        &table,
+        peer,
+        facts,
+        trail.logged_path(),
+    )?;
+    let legacy = Attempts {
+        upstream: LEGACY,
+        side: Side::Legacy,
+        timeouts: table.upstream(LEGACY).timeouts_for(policy),
+        tee: None,
+        had_body: replay.has_body(),
+        probe: None,
+        ..first
+    };
+    let run = legacy.run(Request::from_parts(head, replay), began).await;
+    trail.served_by(run.endpoint);
+    run.result
+}
+
+/// The way the new side failed, if the route falls back on it (`None`: its answer stands).
+fn fallback_kind(
+    result: &Result<Exchange, Failure>,
+    fallback: FallbackConfig,
+    idempotent: bool,
+) -> Option<FailKind> {
+    match result {
         Ok(ex) => status_kind(ex.response.status().as_u16()),
         Err(f) => failure_kind(*f),
     }
@@ -137,71 +207,7 @@ pub async fn forward(
                 k,
                 FailKind::Connect | FailKind::Status404 | FailKind::Status501
             )
-    });
-    let replay = match (&kind, run.unsent) {
-        (None, _) => None,
-        (Some(_), Some(unsent)) => Some(unsent.into_body()),
-        (Some(_), None) if !had_body => Some(RequestBody::empty()),
-        // Kept whole, and within the fallback's own `max_body` (retries may keep more).
-        (Some(_), None) => tee
-            .as_deref()
-            .filter(|t| t.size() <= fallback.max_body)
-            .and_then(Tee::replay)
-            .map(RequestBody::replayed),
-    };
-    let (Some(kind), Some(replay)) = (kind, replay) else {
-        let run = Run {
-            unsent: None,
-            ..run
-        };
-        return finish(trail, run, tunnels);
-    };
-    // The new side's failure counts against it, though the client never sees it.
-    let (status, failure) = match &run.result {
-        Ok(ex) => (ex.response.status().as_u16(), None),
-        Err(f) => (f.status().as_u16(), Some(*f)),
-    };
-    trail.record_attempt(Side::New, status, failure, run.began.elapsed());
-    let reason = if kind == FailKind::Reset {
-        FailKind::Status5xx
-    } else {
-        kind
-    };
-    stats.metrics[Side::New.index()].fell_back(reason.as_str());
-    trail.fallback = Some(reason);
-    // The new side's connection and instance are let go before legacy is asked.
-    drop(run.result);
-    drop(run.instance);
-    let Original {
-        mut head,
-        path,
-        facts,
-    } = original.expect("a fallback only with the original");
-    trail.upstream = LEGACY;
-    if let Err(f) = rewrite::rewrite(
-        &mut head,
-        path,
-        &table.upstreams[LEGACY],
-        &table,
-        peer,
-        facts,
-        &mut trail.path,
-    ) {
-        return respond::failure(trail, f);
-    }
-    let legacy = Attempts {
-        upstream: LEGACY,
-        side: Side::Legacy,
-        tee: None,
-        had_body: replay.has_body(),
-        probe: None,
-        ..plan
-    };
-    // Legacy's figures take legacy's own time, not the new side's failed wait.
-    let began = Instant::now();
-    trail.measured_from = Some(began);
-    let run = legacy.run(Request::from_parts(head, replay), began).await;
-    finish(trail, run, tunnels)
+    })
 }
 
 /// The body kept for a replay: for a fallback, up to its `max_body` (a request that is
@@ -223,16 +229,6 @@ fn keep_limit(
         })
         .map_or(0, |f| f.max_body);
     for_fallback.max(for_retry)
-}
-
-/// The response for the outcome of the last attempt.
-fn finish(mut trail: Trail, run: Run, tunnels: &Arc<Tunnels>) -> Response<ResponseBody> {
-    trail.all_unhealthy = run.all_unhealthy;
-    trail.instance = run.instance;
-    match run.result {
-        Ok(exchange) => respond::upstream(exchange, trail, None, tunnels),
-        Err(failure) => respond::failure(trail, failure),
-    }
 }
 
 /// The failure kind of an answer's status, if it is one `fallback.when` can name.
@@ -258,15 +254,17 @@ fn failure_kind(f: Failure) -> Option<FailKind> {
 #[derive(Clone, Copy)]
 struct Attempts<'a> {
     table: &'a Table,
-    upstream: usize,
-    route: Option<&'a RouteConfig>,
+    upstream: UpstreamId,
     stats: &'a RouteStats,
     side: Side,
     retries: Option<RetryConfig>,
+    timeouts: Timeouts,
     tee: Option<&'a Tee>,
     had_body: bool,
     /// The first attempt is the breaker's probe (its number).
     probe: Option<u64>,
+    /// An upgrade: only what was never sent is sent again.
+    upgrade: bool,
 }
 
 /// The last attempt's outcome.
@@ -274,16 +272,14 @@ struct Run {
     result: Result<Exchange, Failure>,
     /// The request, when the last attempt never sent it.
     unsent: Option<Request<RequestBody>>,
-    instance: Option<InFlight>,
-    all_unhealthy: bool,
+    endpoint: Endpoint,
     /// When the last attempt began.
     began: Instant,
 }
 
 impl Attempts<'_> {
     async fn run(&self, mut req: Request<RequestBody>, start: Instant) -> Run {
-        let upstream = &self.table.upstreams[self.upstream];
-        let (timeout, connect_timeout) = self.timeouts(upstream);
+        let upstream = self.table.upstream(self.upstream);
         let retry = self.retries.map_or(0, |r| r.attempts);
         let idempotent = req.method().is_idempotent();
         // A head to send again after a reset (a connect failure gives the request back).
@@ -291,30 +287,14 @@ impl Attempts<'_> {
             .retries
             .filter(|r| idempotent && r.when.contains(FailKind::Reset))
             .map(|_| send::head_of(&req));
-        let mut avoid: Option<Arc<super::fleet::Instance>> = None;
+        let mut avoid: Option<Arc<Instance>> = None;
         let mut began = start;
         let mut tries = 0;
         loop {
-            let picked = upstream
-                .fleet
-                .as_ref()
-                .and_then(|f| f.pick(avoid.as_deref()));
-            let all_unhealthy = picked.as_ref().is_some_and(|p| p.all_unhealthy);
-            let instance = picked.map(|p| p.guard);
-            if let Some(g) = &instance {
-                let (mut head, body) = req.into_parts();
-                g.instance().aim(&mut head, upstream.host_upstream);
-                req = Request::from_parts(head, body);
-            }
-            let target = match &instance {
-                Some(g) => g.instance().target(timeout, connect_timeout),
-                None => Target {
-                    timeout,
-                    connect_timeout,
-                    ..upstream.target()
-                },
-            };
-            let outcome = send::attempt(&target, req, began).await;
+            let (mut head, body) = req.into_parts();
+            let endpoint = upstream.endpoint(&mut head, avoid.as_deref());
+            let target = upstream.target(&endpoint, self.timeouts);
+            let outcome = send::attempt(&target, Request::from_parts(head, body), began).await;
             let (result, unsent) = match outcome {
                 Ok(ex) => (Ok(ex), None),
                 Err((f, unsent)) => (Err(f), unsent),
@@ -331,7 +311,7 @@ impl Attempts<'_> {
                     Err(_) => None,
                 };
                 fleet.report(
-                    instance.as_ref().map(|g| &**g.instance()),
+                    endpoint.instance.as_ref().map(|g| &**g.instance()),
                     ok,
                     self.probe.filter(|_| tries == 0),
                     began,
@@ -347,7 +327,8 @@ impl Attempts<'_> {
                         unsent.is_some()
                     }
                     Some(FailKind::Reset)
-                        if r.when.contains(FailKind::Reset)
+                        if !self.upgrade
+                            && r.when.contains(FailKind::Reset)
                             && f.upstream_kind() == Some(UpstreamErrorKind::Reset) =>
                     {
                         idempotent && (!self.had_body || self.tee.is_some_and(Tee::whole))
@@ -359,11 +340,12 @@ impl Attempts<'_> {
             if again
                 && self
                     .stats
+                    .budget
                     .withdraw(self.retries.map_or(0, |r| r.min_per_second))
             {
                 tries += 1;
                 self.stats.metrics[self.side.index()].retried();
-                avoid = instance.as_ref().map(|g| g.instance().clone());
+                avoid = endpoint.instance.as_ref().map(|g| g.instance().clone());
                 req = match unsent {
                     Some(r) => r,
                     None => {
@@ -381,32 +363,15 @@ impl Attempts<'_> {
                     }
                 };
                 began = Instant::now();
-                drop(instance);
+                drop(endpoint);
                 continue;
             }
             return Run {
                 result,
                 unsent,
-                instance,
-                all_unhealthy,
+                endpoint,
                 began,
             };
         }
-    }
-
-    /// The service's timeouts, tightened by the route's.
-    fn timeouts(&self, upstream: &Upstream) -> (Duration, Duration) {
-        let timeout = self
-            .route
-            .and_then(|r| r.timeout)
-            .map_or(upstream.timeout, |t| t.min(upstream.timeout));
-        let connect = self
-            .route
-            .and_then(|r| r.connect_timeout)
-            .map_or(upstream.connect_timeout, |t| {
-                t.min(upstream.connect_timeout)
-            })
-            .min(timeout);
-        (timeout, connect)
     }
 }
