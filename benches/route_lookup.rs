@@ -1,6 +1,6 @@
 //! Route lookup cost with 10, 1,000 and 10,000 rules of mixed kinds (exact paths,
 //! templates, prefixes, regexes, some with method and header conditions). The lookup must
-//! cost about the same whatever the number of rules (README, "Which route wins").
+//! cost about the same whatever the number of rules (docs/routing.md, "Which route wins").
 
 use std::fmt::Write as _;
 use std::hint::black_box;

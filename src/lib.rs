@@ -12,7 +12,7 @@
 //! - [`control`]: listeners, the admin API (axum), reload, shift, drain;
 //! - [`cli`]: the command line and the demo.
 //!
-//! The README's "Layout" section says why the layers are in this order.
+//! ARCHITECTURE.md ("Layout") says why the layers are in this order.
 
 mod cli;
 mod config;

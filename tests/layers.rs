@@ -1,6 +1,6 @@
 //! The architecture, checked: the layers of `src/` import only downwards, and no modules of
 //! one folder import each other, directly or around a circle. The layers, lowest first:
-//! routing, config, observe, proxy, control, cli (README, "Layout").
+//! routing, config, observe, proxy, control, cli (ARCHITECTURE.md, "Layout").
 //!
 //! Every `crate::...` and `super::...` path in the code (comments aside) is resolved to the
 //! module it names; `src/lib.rs` and `src/main.rs`, which map and start the whole, are left

@@ -1,4 +1,4 @@
-//! The routes file, read in three steps (README "The routes file"; docs/routes-file.md):
+//! The routes file, read in three steps (docs/routes-file.md):
 //!
 //! 1. **raw**: [`yaml`] parses the text into a tree of nodes that keep their line and column
 //!    (duplicate keys kept, so each can be reported);

@@ -1,4 +1,4 @@
-//! Migration plans (README "Migration plans"; docs/plans.md): one file per plan in the
+//! Migration plans (docs/plans.md): one file per plan in the
 //! folder the routes file names with `plans:`, each moving one route from 0 to 100 percent
 //! in steps while a guard holds. Validated with the routes file; executed by the control
 //! plane (`control::plan`).

@@ -1,4 +1,4 @@
-//! The resilience settings of services and routes (README "Resilience"; docs/resilience.md):
+//! The resilience settings of services and routes (docs/resilience.md):
 //! instances and their balancing, health checks, the circuit breaker, fallback to legacy and
 //! retries. Only settings live here; the request path acts on them in `proxy::fleet` and
 //! `proxy::forward`.

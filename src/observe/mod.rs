@@ -1,5 +1,5 @@
-//! Observation: what the gateway measures and reports (docs/metrics.md; README "Legacy vs
-//! new").
+//! Observation: what the gateway measures and reports (docs/metrics.md, and the
+//! guard's test in docs/plans.md).
 //!
 //! - [`metrics`]: the Prometheus registry, metric names and per-route handles;
 //! - [`stdout`]: the process's one stdout writer, which nothing ever waits on;

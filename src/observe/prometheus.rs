@@ -1,5 +1,5 @@
 //! The legacy-vs-new comparison computed from Prometheus, across every replica it scrapes
-//! (README "Several gateways"): the same figures and verdicts as one gateway's
+//! (docs/operations.md, "Several gateways"): the same figures and verdicts as one gateway's
 //! `/admin/compare`, from the counters and histograms each gateway exports.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The verdict on legacy vs new (README "Legacy vs new"): from both sides' figures, whether
+//! The verdict on legacy vs new (docs/plans.md, "The guard's test"): from both sides' figures, whether
 //! the new side is worse, and why.
 //!
 //! The verdict comes from the anytime-valid sequential tests of [`super::sequential`]: one

@@ -1,4 +1,4 @@
-//! The rolling legacy-vs-new figures (README "Legacy vs new"): per route and side, over a
+//! The rolling legacy-vs-new figures (docs/metrics.md): per route and side, over a
 //! sliding window.
 //!
 //! Each route and side keeps a ring of time slots (`compare.resolution` wide, covering

@@ -1,5 +1,5 @@
-//! Routing: which route takes a request, and which side serves it (README "Which route
-//! wins" and "Which side serves"; docs/routing.md).
+//! Routing: which route takes a request, and which side serves it (docs/routing.md,
+//! "Which route wins" and "Which side serves").
 //!
 //! The lowest layer, and pure: no I/O, no YAML, no metrics. The routes file is read into its
 //! types (`config`), and [`RouteTable::decide`] is the one function that picks a route and a

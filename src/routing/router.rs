@@ -1,4 +1,4 @@
-//! Route matching (README "Which route wins"): from a canonical path, a method and headers
+//! Route matching (docs/routing.md, "Which route wins"): from a canonical path, a method and headers
 //! to the winning rule.
 //!
 //! Rules are grouped by path pattern; a lookup visits groups in precedence order (exact,

@@ -1,4 +1,4 @@
-//! Side choice (README "Which side serves"): legacy or new, for a request that a route took.
+//! Side choice (docs/routing.md, "Which side serves"): legacy or new, for a request that a route took.
 //!
 //! A pure function of the route's percentage, the request's cohort key and, only when there
 //! is no key, a random draw. Sticky decisions hash `cohort + "\0" + key` with xxh3, which is

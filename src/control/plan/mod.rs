@@ -1,4 +1,4 @@
-//! Migration plans at work (README "Migration plans"; docs/plans.md): the state machine
+//! Migration plans at work (docs/plans.md): the state machine
 //! ([`engine`]), its progress kept on disk, and the driver that looks at every plan once a
 //! tick, inside a gateway (figures from its own counts) or as `strangler plan run`
 //! (figures from Prometheus, across replicas).

@@ -1,5 +1,5 @@
 //! `strangler plan run NAME --config FILE --prometheus URL`: one plan run in a process of
-//! its own, for several replicas serving one routes file (README "Several gateways"). The
+//! its own, for several replicas serving one routes file (docs/operations.md, "Several gateways"). The
 //! guard judges every replica's traffic since the step began, from Prometheus (the queries
 //! of `compare --prometheus`); a change of percentage is written into the routes file the
 //! replicas watch, then `--after-change` runs (to publish the file where the replicas read
