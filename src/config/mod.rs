@@ -120,6 +120,8 @@ pub struct Config {
     pub via: String,
     /// Settings of the legacy-vs-new comparison (`compare`).
     pub compare: CompareConfig,
+    /// Settings of the carve-out map (`inventory`).
+    pub inventory: InventoryConfig,
     /// TLS on the public listener (`tls`), its files loaded and checked.
     pub tls: Option<tls::Tls>,
     /// The files the routes file names (certificate, key, CAs), as they were read: the
@@ -283,6 +285,33 @@ pub struct RouteConfig {
     pub retries: Option<resilience::RetryConfig>,
     /// Copies of legacy-served requests to the new side, answers compared.
     pub shadow: Option<shadow::ShadowConfig>,
+}
+
+/// Settings of the carve-out map (the routes file's `inventory` section): which share of the
+/// requests it learns from, and at most how many endpoint templates it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryConfig {
+    /// The share of requests sampled, in basis points (0: the map is off).
+    pub sample_bp: u32,
+    /// The most templates kept; beyond them, requests count in `other`.
+    pub max_templates: usize,
+}
+
+impl InventoryConfig {
+    /// Every 10th request on average.
+    pub const DEFAULT_SAMPLE_BP: u32 = 1_000;
+    pub const DEFAULT_MAX_TEMPLATES: usize = 2_000;
+    /// The most `max_templates` may be.
+    pub const MAX_TEMPLATES: usize = 100_000;
+}
+
+impl Default for InventoryConfig {
+    fn default() -> InventoryConfig {
+        InventoryConfig {
+            sample_bp: Self::DEFAULT_SAMPLE_BP,
+            max_templates: Self::DEFAULT_MAX_TEMPLATES,
+        }
+    }
 }
 
 /// Settings of the legacy-vs-new comparison (the routes file's `compare` section).

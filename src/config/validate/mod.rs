@@ -20,7 +20,7 @@ use http::HeaderName;
 use super::yaml::{Key, Node, Pos, QUOTE_CHARS, Value, quote};
 use super::{
     AdminConfig, ClientConfig, CompareConfig, Config, DEFAULT_TIMEOUT, DEFAULT_VIA, Diagnostic,
-    NamedFile, Service,
+    InventoryConfig, NamedFile, Service,
 };
 
 pub(super) use services::valid_name;
@@ -67,6 +67,7 @@ const TOP_KEYS: &[&str] = &[
     "client",
     "via",
     "compare",
+    "inventory",
     "tls",
     "routes",
     "plans",
@@ -424,6 +425,10 @@ impl Validator {
             None => Some(CompareConfig::default()),
             Some(n) => self.compare(n),
         };
+        let inventory = match f.get("inventory") {
+            None => Some(InventoryConfig::default()),
+            Some(n) => self.inventory(n),
+        };
         let drain_timeout = match f.get("drain_timeout") {
             None => Some(DEFAULT_TIMEOUT),
             Some(n) => self.duration(n, "drain_timeout"),
@@ -512,6 +517,7 @@ impl Validator {
             client: client?,
             via: via?,
             compare: compare?,
+            inventory: inventory?,
             tls: tls?,
             files: std::mem::take(&mut self.files),
             routes,

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use super::{Validator, join};
 use crate::config::tls::{self, Tls};
 use crate::config::yaml::{Node, Value};
-use crate::config::{AdminConfig, ClientConfig, CompareConfig, PathParameters};
+use crate::config::{AdminConfig, ClientConfig, CompareConfig, InventoryConfig, PathParameters};
 use crate::routing::StickyKey;
 
 impl Validator {
@@ -212,6 +212,37 @@ impl Validator {
             token_env,
             hosts,
         })
+    }
+
+    pub(super) fn inventory(&mut self, n: &Node) -> Option<InventoryConfig> {
+        let f = self.fields(n, "inventory", &["sample", "max_templates"])?;
+        let mut c = InventoryConfig::default();
+        let mut ok = true;
+        if let Some(v) = f.get("sample") {
+            match self.percent(v, "inventory.sample") {
+                Some(bp) => c.sample_bp = bp,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = f.get("max_templates") {
+            match v.value {
+                Value::Int(i) if (1..=InventoryConfig::MAX_TEMPLATES as i64).contains(&i) => {
+                    c.max_templates = i as usize
+                }
+                _ => {
+                    self.wrong(
+                        v,
+                        "inventory.max_templates",
+                        &format!(
+                            "a whole number from 1 to {}",
+                            InventoryConfig::MAX_TEMPLATES
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(c)
     }
 
     pub(super) fn compare(&mut self, n: &Node) -> Option<CompareConfig> {
