@@ -1,4 +1,4 @@
-//! Upstreams that fail on cue, for the resilience tests (`tests/resilience.rs`,
+//! Upstreams that fail on cue, for the resilience tests (`tests/e2e/resilience.rs`,
 //! `tests/resilience_dns.rs`).
 //!
 //! A [`FaultServer`] is a small HTTP/1.1 server of its own (not hyper), so that it can do
@@ -543,7 +543,7 @@ pub fn requests_series(route: &str, side: &str, method: &str, code: u16) -> Stri
     )
 }
 
-// A scripted upstream, for the shadow tests (`tests/shadow.rs`).
+// A scripted upstream, for the shadow tests (`tests/e2e/shadow.rs`).
 
 /// A request a [`Scripted`] upstream read in full.
 #[derive(Debug, Clone)]
