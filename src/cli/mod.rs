@@ -239,6 +239,18 @@ fn base_url(given: &str) -> Result<String, String> {
     Ok(full.trim_end_matches('/').to_string())
 }
 
+/// Reads a command line as the binary does, without running it; `args` starts with the
+/// program's name. For the tests, which hold the command lines of the README and of the
+/// deployment manifests to the parser itself.
+#[doc(hidden)]
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // `strangler help --help` (or `-h`): the help, as `strangler --help` prints it.
