@@ -143,6 +143,11 @@ pub enum Command {
         /// Also print the access log.
         #[arg(long)]
         access_log: bool,
+        /// Move the demo to other ports, all on 127.0.0.1: the gateway on PORT, the
+        /// monolith on PORT+1, the orders and billing services on PORT+2 and PORT+3, the
+        /// admin API on PORT+4 (default: the example file's 8080, 9001-9003 and 9901).
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65531))]
+        port_base: Option<u16>,
     },
 }
 
@@ -337,10 +342,13 @@ pub fn main() -> ExitCode {
             ))
         }
         Command::Plan { action } => plan(action, cli.log_format),
-        Command::Demo { access_log } => {
+        Command::Demo {
+            access_log,
+            port_base,
+        } => {
             let log_format = cli.log_format.unwrap_or(LogFormat::Text);
             init_tracing(log_format);
-            run(demo::run(log_format, access_log))
+            run(demo::run(log_format, access_log, port_base))
         }
     }
 }

@@ -829,17 +829,61 @@ fn serve_that_fails_to_start_still_writes_its_warnings() {
 // demo
 // ---------------------------------------------------------------------------------------
 
-/// The README's first command: `strangler demo` prints where everything is, serves the
-/// example routes with its demo upstreams and traffic, reports that traffic, and stops
-/// cleanly on SIGTERM. (It listens on the fixed ports the README names.)
-#[test]
-fn the_demo_runs_serves_and_stops() {
-    use std::io::{BufRead as _, Read as _, Write as _};
+/// A base for the demo's five ports (`--port-base`): five ports in a row that are free
+/// now, below the kernel's range for ports given out to `127.0.0.1:0` (32768 and up by
+/// default), where every other test listens. Closed again on return: something else may
+/// still take one before the demo does, and the demo then says so (see `start_demo`).
+fn free_port_base() -> u16 {
+    loop {
+        let base = fastrand::u16(20_000..32_000);
+        let held: Result<Vec<_>, _> = (0..5)
+            .map(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)))
+            .collect();
+        if held.is_ok() {
+            return base;
+        }
+    }
+}
+
+/// A running `strangler demo --port-base BASE`, its stdout line by line.
+struct Demo {
+    child: std::process::Child,
+    base: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    /// The next line holding `needle` (30 s at most).
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the demo never printed {needle:?}"),
+            }
+        }
+    }
+}
+
+/// `strangler demo --port-base BASE`, spawned.
+// Killed and reaped by `Demo`'s `Drop`, or waited for by the caller.
+#[allow(clippy::zombie_processes)]
+fn spawn_demo(base: u16) -> Demo {
+    use std::io::BufRead as _;
     let mut child = Command::new(BIN)
-        .arg("demo")
+        .args(["demo", "--port-base", &base.to_string()])
         .current_dir(MANIFEST_DIR)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -849,39 +893,175 @@ fn the_demo_runs_serves_and_stops() {
             let _ = tx.send(line);
         }
     });
-    let wait_for = |needle: &str| -> String {
+    Demo {
+        child,
+        base,
+        lines: rx,
+    }
+}
+
+/// A demo on free ports, running: one whose port another process took between
+/// `free_port_base` and its start says so and exits, and is tried again elsewhere.
+fn start_demo() -> Demo {
+    use std::io::Read as _;
+    for _ in 0..5 {
+        let mut demo = spawn_demo(free_port_base());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("the demo never printed {needle:?}"),
+            match demo
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(100))
+            {
+                Ok(line) if line.contains("strangler demo is running") => return demo,
+                Ok(_) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the demo did not start"
+                    );
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
             }
+            // Its stdout ended before it said it runs: it exited, saying why on stderr.
+            let status = demo.child.wait().unwrap();
+            let mut err = String::new();
+            demo.child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(
+                !status.success() && err.contains("cannot listen on 127.0.0.1:"),
+                "the demo stopped: {status:?}\n{err}"
+            );
+            break;
         }
-    };
-    wait_for("strangler demo is running");
-    wait_for("gateway:      http://127.0.0.1:8080/api/orders/42");
-    let mut s = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
-    s.write_all(b"GET /api/orders/42 HTTP/1.1\r\nHost: localhost\r\nx-user-id: alice\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    }
+    panic!("no free ports for the demo in 5 tries");
+}
+
+/// A raw GET through the demo's gateway: status, lower-cased head, and the body as JSON.
+fn demo_get(port: u16, path: &str, headers: &str) -> (u16, String, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
-    // The demo's services fail now and then, by design (the comparison has something to
-    // find): an answer either way, from an upstream, through the gateway.
-    assert!(
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 500"),
-        "{answer}"
-    );
-    assert!(
-        answer.to_ascii_lowercase().contains("x-request-id"),
-        "{answer}"
-    );
-    let tally = wait_for("demo traffic so far:");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, head.to_ascii_lowercase(), json)
+}
+
+/// The README's first command: `strangler demo` prints where everything is, serves the
+/// example routes with its demo upstreams and traffic, reports that traffic, and stops
+/// cleanly on SIGTERM. On free ports (`--port-base`), so that it runs beside another demo.
+#[test]
+fn the_demo_runs_serves_and_stops() {
+    let mut demo = start_demo();
+    let (gateway, admin) = (demo.base, demo.base + 4);
+    demo.wait_for(&format!(
+        "gateway:      http://127.0.0.1:{gateway}/api/orders/42"
+    ));
+    demo.wait_for(&format!("dashboard:    http://127.0.0.1:{admin}/"));
+    demo.wait_for(&format!(
+        "(or: target/release/strangler compare --admin 127.0.0.1:{admin})"
+    ));
+
+    // The admin API, on its port.
+    for path in ["/healthz", "/readyz"] {
+        let (status, head, _) = demo_get(admin, path, "");
+        assert_eq!(status, 200, "{path}: {head}");
+    }
+    let (status, _, routes) = demo_get(admin, "/admin/routes", "");
+    assert_eq!(status, 200, "{routes}");
+    assert!(routes.to_string().contains("orders-read"), "{routes}");
+
+    // Through the gateway, forced to each side (the example file's override header), so
+    // that which upstream answers is known whatever the plans have done to the percent:
+    // the monolith (port + 1) for legacy, the orders service (port + 2) for new. Each demo
+    // upstream fails a share of its requests by design (0.5%; the orders service 10% once
+    // its plan reaches 25%), and says so in its body: the status is exactly the one its
+    // answer gives, 500 for a failure and 200 otherwise.
+    let mut served = 0;
+    for (side, upstream) in [("legacy", "monolith"), ("new", "orders")] {
+        for _ in 0..3 {
+            let (status, head, body) = demo_get(
+                gateway,
+                "/api/orders/42",
+                &format!("x-user-id: alice\r\nx-strangler-side: {side}\r\n"),
+            );
+            assert_eq!(body["served_by"], upstream, "{side}: {head}{body}");
+            assert!(
+                head.contains(&format!("x-served-by: {upstream}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("x-request-id: "), "{head}");
+            let want = if body["ok"] == true { 200 } else { 500 };
+            assert_eq!(status, want, "{side}: {head}{body}");
+            served += usize::from(status == 200);
+        }
+    }
+    // All six failing: at most 0.005^3 * 0.1^3, about 1e-10.
+    assert!(served > 0, "every request through the demo failed");
+
+    let tally = demo.wait_for("demo traffic so far:");
     assert!(tally.contains("orders-read:"), "{tally}");
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &demo.child.id().to_string()])
         .status();
-    wait_for("demo stopped");
-    assert!(child.wait().unwrap().success());
+    demo.wait_for("demo stopped");
+    assert!(demo.child.wait().unwrap().success());
+}
+
+/// A demo that cannot take one of its ports says which, and what for, and exits 1 at once.
+#[test]
+fn the_demo_names_the_port_it_cannot_take() {
+    use std::io::Read as _;
+    for (k, what) in [
+        (0, "(listen)"),
+        (1, "for the demo monolith"),
+        (2, "for the demo orders"),
+        (3, "for the demo billing"),
+        (4, "(admin.listen)"),
+    ] {
+        let base = free_port_base();
+        let taken = base + k;
+        let _held = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        let mut demo = spawn_demo(base);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = demo.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the demo runs with port {taken} taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        demo.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{err}");
+        let named = format!("cannot listen on 127.0.0.1:{taken} {what}");
+        assert!(err.contains(&named), "port {taken} taken: {err}");
+        assert!(err.contains("--port-base"), "{err}");
+    }
 }

@@ -55,8 +55,11 @@ async fn requests_arrive_as_sent_direct_vs_gateway() {
     let direct = Upstream::start("direct").await;
     let c = client();
     let sizes = [0usize, 1024, 64 << 20];
+    // Each upstream gets one request per (size, framing), and nothing else.
+    let mut sent = 0;
     for &size in &sizes {
         for chunked in [false, true] {
+            sent += 1;
             for (base, up) in [(direct.url(), &direct), (gw.url(""), &legacy)] {
                 let body = if chunked {
                     chunked_body(size)
@@ -76,17 +79,41 @@ async fn requests_arrive_as_sent_direct_vs_gateway() {
                     .await
                     .unwrap();
                 assert_eq!(resp.status(), 200);
-                let _ = resp.bytes().await.unwrap();
-                assert!(up.count() > 0);
+                assert_eq!(resp.bytes().await.unwrap(), up.name);
+                assert_eq!(
+                    up.count(),
+                    sent,
+                    "{}: size {size} chunked {chunked}",
+                    up.name
+                );
             }
             let d = direct.last();
             let g = legacy.last();
+            assert_eq!(g.method, "PUT");
             assert_eq!(g.method, d.method);
-            assert_eq!(g.target, d.target, "path and query unchanged");
+            assert_eq!(
+                g.target, "/api/items/42?b=2&a=1&a=3",
+                "path and query unchanged"
+            );
+            assert_eq!(g.target, d.target);
             assert_eq!(g.body_len, size as u64, "size {size} chunked {chunked}");
+            assert_eq!(d.body_len, size as u64, "size {size} chunked {chunked}");
             assert_eq!(g.body_hash, d.body_hash);
+            if size <= 64 * 1024 {
+                assert_eq!(g.body.as_deref(), Some(&vec![7u8; size][..]));
+            }
             let (gh, dh) = (end_to_end(&g.headers), end_to_end(&d.headers));
             assert_eq!(gh, dh, "size {size} chunked {chunked}");
+            for (name, value) in [
+                ("host", "shop.example"),
+                ("x-custom", "Value With Spaces"),
+                ("x-multi", "one"),
+                ("accept", "application/json"),
+                ("authorization", "Bearer abc"),
+                ("cookie", "session=xyz"),
+            ] {
+                assert_eq!(g.headers[name], value, "{name}");
+            }
         }
     }
 }
