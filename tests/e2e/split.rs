@@ -1,6 +1,9 @@
-//! Side choice end to end (docs/routing.md) and the metrics that count it (docs/metrics.md): random splits,
-//! fixed percentages, sticky cohorts by header, cookie, query parameter and client IP, the
-//! override header, and exact per-route/side/method/code counters after known traffic.
+//! Side choice (docs/routing.md) and the metrics that count it (docs/metrics.md): random
+//! splits, fixed percentages, sticky cohorts by header, cookie, query parameter and client
+//! IP, the override header, as tables of the decision (`RouteTable::decide`, which the
+//! gateway calls for every request, on requests read as the gateway reads them:
+//! `support::table`); then, end to end, that a gateway serves each request from the side
+//! the table decides, and exact per-route/side/method/code counters after known traffic.
 //!
 //! Sticky keys are random per run (no fixed seeds); every assertion that depends on them is
 //! sized so that a false failure is far below one in a million, and failure messages name the
@@ -13,12 +16,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use support::table::{LOOPBACK, Table};
 use support::*;
 
 /// Requests in flight at once when firing many requests.
 const CONCURRENCY: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Side {
     Legacy,
     New,
@@ -137,6 +141,29 @@ fn route(name: &str, path: &str, service: &str, percent: &str, more: &str) -> St
     )
 }
 
+/// The table of a routes file as `routes_file` writes it, with nothing behind its URLs.
+fn table(services: &[&str], extra: &str, routes: &str) -> Table {
+    let nowhere = "http://127.0.0.1:9";
+    let pairs: Vec<(&str, &str)> = services.iter().map(|n| (*n, nowhere)).collect();
+    Table::new(&format!(
+        "{}{extra}routes:\n{routes}",
+        config_head(nowhere, &pairs)
+    ))
+}
+
+/// The side the table decides for a GET of `target` with `headers` from `peer`.
+fn side_from(t: &Table, target: &str, headers: &[(&str, &str)], peer: IpAddr) -> Side {
+    match t.decide("GET", target, headers, peer).side {
+        strangler::Side::New => Side::New,
+        strangler::Side::Legacy => Side::Legacy,
+    }
+}
+
+/// As `side_from`, from 127.0.0.1.
+fn side(t: &Table, target: &str, headers: &[(&str, &str)]) -> Side {
+    side_from(t, target, headers, LOOPBACK)
+}
+
 fn requests_series(route: &str, side: &str, method: &str, code: u16) -> String {
     format!(
         r#"strangler_requests_total{{code="{code}",method="{method}",route="{route}",side="{side}"}}"#
@@ -185,195 +212,116 @@ fn assert_both_sides(sides: &[Side], what: &str) {
 // Random split
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn split_25_percent_without_key_is_binomial_and_metrics_agree() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+#[test]
+fn split_25_percent_without_key_is_binomial() {
     // A file-wide sticky header the requests do not carry: the random draw (the last step).
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route("orders-read", "/api/orders", "orders", "25", ""),
     );
-    let gw = Gateway::start(&yaml).await;
-
     const N: usize = 20_000;
-    let client = client();
-    let url = gw.url("/api/orders");
-    let sides = send_all(N, move |_| client.get(&url)).await;
-
-    let new = orders.count();
-    let old = legacy.count();
-    assert_eq!(new + old, N, "every request reached exactly one upstream");
-    let answered_new = sides.iter().filter(|s| **s == Side::New).count();
-    assert_eq!(answered_new, new, "answers and upstream records agree");
-
+    let mut new = 0;
+    for _ in 0..N {
+        let d = t.decide("GET", "/api/orders", &[], LOOPBACK);
+        assert_eq!(d.reason, strangler::Reason::Random, "{d:?}");
+        new += usize::from(d.side == strangler::Side::New);
+    }
     let (lo, hi) = binomial_range(N, 0.25);
     assert!(
         (lo..=hi).contains(&(new as f64)),
         "{new} of {N} on new at 25%: outside [{lo:.0}, {hi:.0}] (5 sigma)"
     );
-
-    let m = gw.metrics().await;
-    assert_eq!(count(&m, "orders-read", "new"), new as f64, "{m}");
-    assert_eq!(count(&m, "orders-read", "legacy"), old as f64, "{m}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn percent_0_and_100_are_exact() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+#[test]
+fn percent_0_and_100_are_exact() {
     let routes =
         route("none", "/none", "orders", "0", "") + &route("all", "/all", "orders", "100", "");
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
-        "sticky: {header: x-user-id}\n",
-        &routes,
-    );
-    let gw = Gateway::start(&yaml).await;
-
+    let t = table(&["orders"], "sticky: {header: x-user-id}\n", &routes);
     // Half the requests carry a sticky key: it must not matter at 0 or 100.
     const N: usize = 2_000;
     let keys = random_keys("user", 50);
-    let client = client();
-    let (none, all) = (gw.url("/none"), gw.url("/all"));
-    let sides = send_all(2 * N, move |i| {
-        let r = client.get(if i % 2 == 0 { &none } else { &all });
-        if i % 4 < 2 {
-            r.header("x-user-id", &keys[i % keys.len()])
+    for i in 0..2 * N {
+        let (path, want) = if i % 2 == 0 {
+            ("/none", Side::Legacy)
         } else {
-            r
-        }
-    })
-    .await;
-
-    for (i, s) in sides.iter().enumerate() {
-        let want = if i % 2 == 0 { Side::Legacy } else { Side::New };
-        assert_eq!(*s, want, "request {i}");
+            ("/all", Side::New)
+        };
+        let key = [("x-user-id", keys[i % keys.len()].as_str())];
+        let headers: &[(&str, &str)] = if i % 4 < 2 { &key } else { &[] };
+        assert_eq!(
+            side(&t, path, headers),
+            want,
+            "request {i}: {path} {headers:?}"
+        );
     }
-    let seen = |u: &Upstream, path: &str| {
-        u.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.target == path)
-            .count()
-    };
-    assert_eq!(seen(&orders, "/none"), 0, "percent 0 sent requests to new");
-    assert_eq!(seen(&legacy, "/none"), N);
-    assert_eq!(seen(&orders, "/all"), N);
-    assert_eq!(
-        seen(&legacy, "/all"),
-        0,
-        "percent 100 sent requests to legacy"
-    );
-
-    let m = gw.metrics().await;
-    assert_eq!(count(&m, "none", "new"), 0.0, "{m}");
-    assert_eq!(count(&m, "none", "legacy"), N as f64, "{m}");
-    assert_eq!(count(&m, "all", "new"), N as f64, "{m}");
-    assert_eq!(count(&m, "all", "legacy"), 0.0, "{m}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fractional_percent_splits_within_tolerance() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+#[test]
+fn fractional_percent_splits_within_tolerance() {
+    let t = table(
+        &["orders"],
         "",
         &route("eighth", "/eighth", "orders", "12.5", ""),
     );
-    let gw = Gateway::start(&yaml).await;
-
     // n p = 1000, sigma = sqrt(8000 * 0.125 * 0.875) ~= 29.6: the 5-sigma band is +-148,
     // which excludes 12 or 13 percent (960 / 1040 are inside, 10% = 800 and 15% = 1200 not).
     const N: usize = 8_000;
-    let client = client();
-    let url = gw.url("/eighth");
-    let sides = send_all(N, move |_| client.get(&url)).await;
-    let new = orders.count();
-    assert_eq!(new + legacy.count(), N);
-    assert_eq!(sides.iter().filter(|s| **s == Side::New).count(), new);
+    let new = (0..N)
+        .filter(|_| side(&t, "/eighth", &[]) == Side::New)
+        .count();
     let (lo, hi) = binomial_range(N, 0.125);
     assert!(
         (lo..=hi).contains(&(new as f64)),
         "{new} of {N} on new at 12.5%: outside [{lo:.0}, {hi:.0}] (5 sigma)"
     );
-    let m = gw.metrics().await;
-    assert_eq!(count(&m, "eighth", "new"), new as f64, "{m}");
-    assert_eq!(count(&m, "eighth", "legacy"), (N - new) as f64, "{m}");
 }
 
 // ---------------------------------------------------------------------------------------
 // Sticky cohorts
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sticky_header_key_always_gets_one_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+#[test]
+fn sticky_header_key_always_gets_one_side() {
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route("orders-read", "/api/orders", "orders", "50", ""),
     );
-    let gw = Gateway::start(&yaml).await;
-
-    // 40 keys x 50 requests, interleaved so each key's requests spread over connections.
+    // 40 keys x 50 requests, interleaved.
     let keys = random_keys("user", 40);
-    let client = client();
-    let url = gw.url("/api/orders");
-    let ks = keys.clone();
-    let sides = send_all(40 * 50, move |i| {
-        client.get(&url).header("x-user-id", &ks[i % ks.len()])
-    })
-    .await;
+    let sides: Vec<Side> = (0..40 * 50)
+        .map(|i| side(&t, "/api/orders", &[("x-user-id", &keys[i % keys.len()])]))
+        .collect();
     let per_key = one_side_per_key(&keys, &sides, "header key");
     // Both sides occur unless all 40 random keys fell on one side: 2 * 0.5^40 ~= 2e-12.
     assert_both_sides(&per_key, "header key at 50%");
     assert_formula("orders", 50.0, &keys, &per_key, "header key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn raising_the_percent_only_moves_keys_to_new() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+#[test]
+fn raising_the_percent_only_moves_keys_to_new() {
     let file = |percent: &str| {
-        routes_file(
-            &legacy,
-            &[&orders],
+        table(
+            &["orders"],
             "sticky: {header: x-user-id}\n",
             &route("orders-read", "/api/orders", "orders", percent, ""),
         )
     };
-    // Two gateways on the same text (two replicas, or one before and after a restart) and a
+    // Two tables of the same text (two replicas, or one before and after a restart) and a
     // third whose text differs only in the percent.
-    let at10 = Gateway::start(&file("10")).await;
-    let at10_again = Gateway::start(&file("10")).await;
-    let at30 = Gateway::start(&file("30")).await;
-
+    let (at10, at10_again, at30) = (file("10"), file("10"), file("30"));
     let keys = random_keys("user", 300);
-    let mut results = Vec::new();
-    for gw in [&at10, &at10_again, &at30] {
-        let client = client();
-        let url = gw.url("/api/orders");
-        let ks = keys.clone();
-        // Two requests per key: each key also has to be stable within one gateway.
-        let sides = send_all(2 * keys.len(), move |i| {
-            client.get(&url).header("x-user-id", &ks[i % ks.len()])
-        })
-        .await;
-        results.push(one_side_per_key(&keys, &sides, "header key"));
-    }
-    let (s10, s10_again, s30) = (&results[0], &results[1], &results[2]);
+    let sides = |t: &Table| -> Vec<Side> {
+        keys.iter()
+            .map(|k| side(t, "/api/orders", &[("x-user-id", k)]))
+            .collect()
+    };
+    let (s10, s10_again, s30) = (sides(&at10), sides(&at10_again), sides(&at30));
 
-    assert_eq!(s10, s10_again, "two gateways on the same file disagree");
-    for (k, (a, b)) in keys.iter().zip(s10.iter().zip(s30)) {
+    assert_eq!(s10, s10_again, "two tables of the same file disagree");
+    for (k, (a, b)) in keys.iter().zip(s10.iter().zip(&s30)) {
         assert!(
             !(*a == Side::New && *b == Side::Legacy),
             "key {k:?} is on new at 10% but back on legacy at 30%"
@@ -388,15 +336,12 @@ async fn raising_the_percent_only_moves_keys_to_new() {
         new30 > new10,
         "raising 10% -> 30% moved no key ({new10} vs {new30})"
     );
-    assert_formula("orders", 10.0, &keys, s10, "at 10%");
-    assert_formula("orders", 30.0, &keys, s30, "at 30%");
+    assert_formula("orders", 10.0, &keys, &s10, "at 10%");
+    assert_formula("orders", 30.0, &keys, &s30, "at 30%");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn routes_of_one_cohort_agree_and_other_cohorts_differ() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    let billing = Upstream::start("billing").await;
+#[test]
+fn routes_of_one_cohort_agree_and_other_cohorts_differ() {
     let routes = [
         // Explicit cohort, different services.
         route("a", "/a", "orders", "50", "    cohort: shared\n"),
@@ -409,26 +354,22 @@ async fn routes_of_one_cohort_agree_and_other_cohorts_differ() {
         route("e", "/e", "billing", "50", "    cohort: orders\n"),
     ]
     .concat();
-    let yaml = routes_file(
-        &legacy,
-        &[&orders, &billing],
+    let t = table(
+        &["orders", "billing"],
         "sticky: {header: x-user-id}\n",
         &routes,
     );
-    let gw = Gateway::start(&yaml).await;
-
     let keys = random_keys("user", 200);
-    let mut by_route = BTreeMap::new();
-    for path in ["/a", "/b", "/c", "/d", "/e"] {
-        let client = client();
-        let url = gw.url(path);
-        let ks = keys.clone();
-        let sides = send_all(keys.len(), move |i| {
-            client.get(&url).header("x-user-id", &ks[i])
+    let by_route: BTreeMap<&str, Vec<Side>> = ["/a", "/b", "/c", "/d", "/e"]
+        .into_iter()
+        .map(|path| {
+            let sides = keys
+                .iter()
+                .map(|k| side(&t, path, &[("x-user-id", k)]))
+                .collect();
+            (path, sides)
         })
-        .await;
-        by_route.insert(path, sides);
-    }
+        .collect();
     let (a, b, c, d, e) = (
         &by_route["/a"],
         &by_route["/b"],
@@ -459,13 +400,10 @@ async fn routes_of_one_cohort_agree_and_other_cohorts_differ() {
     assert_formula("orders", 50.0, &keys, d, "route d (default cohort)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bucket_formula_decides_the_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+#[test]
+fn bucket_formula_decides_the_side() {
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route(
             "checkout",
@@ -475,8 +413,6 @@ async fn bucket_formula_decides_the_side() {
             "    cohort: checkout-v2\n",
         ),
     );
-    let gw = Gateway::start(&yaml).await;
-
     let mut keys = random_keys("user", 400);
     // A few keys of other shapes: plain digits, an e-mail, a UUID-like key.
     keys.extend(
@@ -487,25 +423,24 @@ async fn bucket_formula_decides_the_side() {
         ]
         .map(String::from),
     );
-    let client = client();
-    let url = gw.url("/checkout");
-    let ks = keys.clone();
-    let sides = send_all(keys.len(), move |i| {
-        client.get(&url).header("x-user-id", &ks[i])
-    })
-    .await;
+    let mut sides = Vec::new();
+    for k in &keys {
+        let d = t.decide("GET", "/checkout", &[("x-user-id", k)], LOOPBACK);
+        // The decision names the bucket the docs' formula gives.
+        let bucket = xxhash_rust::xxh3::xxh3_64(format!("checkout-v2\0{k}").as_bytes()) % 10_000;
+        assert_eq!(d.reason, strangler::Reason::Sticky, "{k:?}: {d:?}");
+        assert_eq!(d.bucket, Some(bucket as u32), "{k:?}: {d:?}");
+        sides.push(side(&t, "/checkout", &[("x-user-id", k)]));
+    }
     assert_formula("checkout-v2", 37.25, &keys, &sides, "header key");
     assert_both_sides(&sides, "at 37.25%");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sticky_cookie_key_gets_a_stable_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+#[test]
+fn sticky_cookie_key_gets_a_stable_side() {
     // The route's cookie overrides the file-wide header, which varies on every request.
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route(
             "cart",
@@ -515,34 +450,23 @@ async fn sticky_cookie_key_gets_a_stable_side() {
             "    sticky: {cookie: session}\n",
         ),
     );
-    let gw = Gateway::start(&yaml).await;
-
     let keys = random_keys("sess", 40);
-    let client = client();
-    let url = gw.url("/cart");
-    let ks = keys.clone();
-    let sides = send_all(keys.len() * 10, move |i| {
-        client
-            .get(&url)
-            .header(
-                "cookie",
-                format!("theme=dark; session={}; lang=en", ks[i % ks.len()]),
-            )
-            .header("x-user-id", format!("noise-{i}"))
-    })
-    .await;
+    let sides: Vec<Side> = (0..keys.len() * 10)
+        .map(|i| {
+            let cookie = format!("theme=dark; session={}; lang=en", keys[i % keys.len()]);
+            let noise = format!("noise-{i}");
+            side(&t, "/cart", &[("cookie", &cookie), ("x-user-id", &noise)])
+        })
+        .collect();
     let per_key = one_side_per_key(&keys, &sides, "cookie key");
     assert_both_sides(&per_key, "cookie key at 50%");
     assert_formula("orders", 50.0, &keys, &per_key, "cookie key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sticky_query_key_gets_a_stable_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+#[test]
+fn sticky_query_key_gets_a_stable_side() {
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route(
             "search",
@@ -552,31 +476,40 @@ async fn sticky_query_key_gets_a_stable_side() {
             "    sticky: {query: uid}\n",
         ),
     );
-    let gw = Gateway::start(&yaml).await;
-
     let keys = random_keys("uid", 40);
-    let client = client();
-    let url = gw.url("/search");
-    let ks = keys.clone();
-    let sides = send_all(keys.len() * 10, move |i| {
-        client
-            .get(format!("{url}?q=shoes&uid={}&page={i}", ks[i % ks.len()]))
-            .header("x-user-id", format!("noise-{i}"))
-    })
-    .await;
+    let sides: Vec<Side> = (0..keys.len() * 10)
+        .map(|i| {
+            let target = format!("/search?q=shoes&uid={}&page={i}", keys[i % keys.len()]);
+            side(&t, &target, &[("x-user-id", &format!("noise-{i}"))])
+        })
+        .collect();
     let per_key = one_side_per_key(&keys, &sides, "query key");
     assert_both_sides(&per_key, "query key at 50%");
     assert_formula("orders", 50.0, &keys, &per_key, "query key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sticky_client_ip_of_the_peer_gets_a_stable_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+/// `n` distinct random loopback addresses (all of 127.0.0.0/8 is local on Linux).
+fn random_loopbacks(n: usize) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    while ips.len() < n {
+        let ip = IpAddr::from([
+            127,
+            fastrand::u8(..),
+            fastrand::u8(..),
+            fastrand::u8(1..255),
+        ]);
+        if !ips.contains(&ip) && ip != LOOPBACK {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+#[test]
+fn sticky_client_ip_of_the_peer_gets_a_stable_side() {
     // No trusted proxies: the key is the TCP peer; X-Forwarded-For from clients is ignored.
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\n",
         &route(
             "home",
@@ -586,55 +519,31 @@ async fn sticky_client_ip_of_the_peer_gets_a_stable_side() {
             "    sticky: {client_ip: true}\n",
         ),
     );
-    let gw = Gateway::start(&yaml).await;
-
-    // Distinct loopback source addresses (all of 127.0.0.0/8 is local on Linux).
-    let mut ips: Vec<IpAddr> = Vec::new();
-    while ips.len() < 24 {
-        let ip = IpAddr::from([
-            127,
-            fastrand::u8(..),
-            fastrand::u8(..),
-            fastrand::u8(1..255),
-        ]);
-        if !ips.contains(&ip) {
-            ips.push(ip);
-        }
-    }
+    let ips = random_loopbacks(24);
     let keys: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let clients: Vec<reqwest::Client> = ips
-        .iter()
-        .map(|ip| {
-            reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .local_address(*ip)
-                .build()
-                .unwrap()
+    let sides: Vec<Side> = (0..ips.len() * 10)
+        .map(|i| {
+            let xff = format!("198.51.100.{}", i % 250);
+            let noise = format!("noise-{i}");
+            side_from(
+                &t,
+                "/home",
+                &[("x-forwarded-for", &xff), ("x-user-id", &noise)],
+                ips[i % ips.len()],
+            )
         })
         .collect();
-    let url = gw.url("/home");
-    let sides = send_all(ips.len() * 10, move |i| {
-        clients[i % clients.len()]
-            .get(&url)
-            .header("x-forwarded-for", format!("198.51.100.{}", i % 250))
-            .header("x-user-id", format!("noise-{i}"))
-    })
-    .await;
     let per_key = one_side_per_key(&keys, &sides, "client ip");
     // 2 * 0.5^24 ~= 1.2e-7.
     assert_both_sides(&per_key, "client ip at 50%");
     assert_formula("orders", 50.0, &keys, &per_key, "client ip");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sticky_client_ip_behind_a_trusted_proxy_gets_a_stable_side() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
-    // The test client is a trusted proxy: the key is the address it forwards for.
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+#[test]
+fn sticky_client_ip_behind_a_trusted_proxy_gets_a_stable_side() {
+    // The peer is a trusted proxy: the key is the address it forwards for.
+    let t = table(
+        &["orders"],
         "trusted_proxies: [127.0.0.0/8]\n",
         &route(
             "home",
@@ -644,8 +553,6 @@ async fn sticky_client_ip_behind_a_trusted_proxy_gets_a_stable_side() {
             "    sticky: {client_ip: true}\n",
         ),
     );
-    let gw = Gateway::start(&yaml).await;
-
     let mut keys: Vec<String> = Vec::new();
     while keys.len() < 40 {
         let ip = format!("203.0.{}.{}", fastrand::u8(..), fastrand::u8(1..255));
@@ -653,15 +560,9 @@ async fn sticky_client_ip_behind_a_trusted_proxy_gets_a_stable_side() {
             keys.push(ip);
         }
     }
-    let client = client();
-    let url = gw.url("/home");
-    let ks = keys.clone();
-    let sides = send_all(keys.len() * 10, move |i| {
-        client
-            .get(&url)
-            .header("x-forwarded-for", &ks[i % ks.len()])
-    })
-    .await;
+    let sides: Vec<Side> = (0..keys.len() * 10)
+        .map(|i| side(&t, "/home", &[("x-forwarded-for", &keys[i % keys.len()])]))
+        .collect();
     let per_key = one_side_per_key(&keys, &sides, "forwarded client ip");
     assert_both_sides(&per_key, "forwarded client ip at 50%");
     assert_formula("orders", 50.0, &keys, &per_key, "forwarded client ip");
@@ -671,21 +572,16 @@ async fn sticky_client_ip_behind_a_trusted_proxy_gets_a_stable_side() {
 // Override header
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn override_header_forces_a_side_and_other_values_are_ignored() {
-    let legacy = Upstream::start("legacy").await;
-    let orders = Upstream::start("orders").await;
+#[test]
+fn override_header_forces_a_side_and_other_values_are_ignored() {
     let routes = route("none", "/none", "orders", "0", "")
         + &route("all", "/all", "orders", "100", "")
         + &route("half", "/half", "orders", "50", "");
-    let yaml = routes_file(
-        &legacy,
-        &[&orders],
+    let t = table(
+        &["orders"],
         "sticky: {header: x-user-id}\noverride: {header: x-strangler-side}\n",
         &routes,
     );
-    let gw = Gateway::start(&yaml).await;
-
     // A key the bucket puts on legacy at 50%, and one it puts on new.
     let mut on_legacy = None;
     let mut on_new = None;
@@ -697,19 +593,15 @@ async fn override_header_forces_a_side_and_other_values_are_ignored() {
         }
     }
     let (on_legacy, on_new) = (on_legacy.unwrap(), on_new.unwrap());
-
-    let c = client();
     let get = |path: &str, key: &str, forced: Option<&str>| {
-        let mut r = c.get(gw.url(path)).header("x-user-id", key);
+        let mut headers = vec![("x-user-id", key)];
         if let Some(v) = forced {
-            r = r.header("x-strangler-side", v);
+            headers.push(("x-strangler-side", v));
         }
-        let what = format!("{path} key {key:?} override {forced:?}");
-        async move {
-            let resp = r.send().await.unwrap();
-            assert_eq!(resp.status(), 200, "{what}");
-            (side_of(&resp), what)
-        }
+        (
+            side(&t, path, &headers),
+            format!("{path} key {key:?} override {forced:?}"),
+        )
     };
 
     // (path, key, side without override)
@@ -722,19 +614,173 @@ async fn override_header_forces_a_side_and_other_values_are_ignored() {
         ("/half", on_new.as_str(), Side::New),
     ];
     for (path, key, natural) in cases {
-        let (s, what) = get(path, key, None).await;
+        let (s, what) = get(path, key, None);
         assert_eq!(s, natural, "{what}");
-        let (s, what) = get(path, key, Some("new")).await;
-        assert_eq!(s, Side::New, "{what}");
-        let (s, what) = get(path, key, Some("legacy")).await;
-        assert_eq!(s, Side::Legacy, "{what}");
+        for (forced, want) in [
+            ("new", Side::New),
+            ("legacy", Side::Legacy),
+            ("NEW", Side::New),
+            ("Legacy", Side::Legacy),
+        ] {
+            let (s, what) = get(path, key, Some(forced));
+            assert_eq!(s, want, "{what}");
+        }
         for ignored in ["", "both", "newer", "old", "legacy-v1", "0", "1", "true"] {
-            let (s, what) = get(path, key, Some(ignored)).await;
+            let (s, what) = get(path, key, Some(ignored));
             assert_eq!(
                 s, natural,
                 "{what}: an unknown override value must be ignored"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway decides as the table does
+// ---------------------------------------------------------------------------------------
+
+/// A request of `the_gateway_serves_the_side_the_table_decides`: target, headers, peer.
+type Case = (String, Vec<(String, String)>, IpAddr);
+
+/// One gateway with a route of each kind of side choice: every request is served by the
+/// side the table of the same file decides for it (from the same peer), and the random
+/// split, the only one a table cannot replay request by request, is binomial at the
+/// gateway and counted exactly as the upstreams saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_serves_the_side_the_table_decides() {
+    let legacy = Upstream::start("legacy").await;
+    let orders = Upstream::start("orders").await;
+    let routes = [
+        route("random", "/random", "orders", "50", ""),
+        route("by-header", "/header", "orders", "50", ""),
+        route(
+            "by-cookie",
+            "/cookie",
+            "orders",
+            "50",
+            "    sticky: {cookie: session}\n",
+        ),
+        route(
+            "by-query",
+            "/query",
+            "orders",
+            "50",
+            "    sticky: {query: uid}\n",
+        ),
+        route(
+            "by-ip",
+            "/ip",
+            "orders",
+            "50",
+            "    sticky: {client_ip: true}\n",
+        ),
+    ]
+    .concat();
+    // 127.0.0.1 is a trusted proxy: from it, the client is the X-Forwarded-For address;
+    // from any other loopback address, the peer itself.
+    let extra = "sticky: {header: x-user-id}\noverride: {header: x-strangler-side}\ntrusted_proxies: [127.0.0.1/32]\n";
+    let yaml = routes_file(&legacy, &[&orders], extra, &routes);
+    let gw = Gateway::start(&yaml).await;
+    let t = Table::new(&yaml);
+
+    // (target, headers, peer), each sent twice: a key keeps its side within a gateway.
+    let mut cases: Vec<Case> = Vec::new();
+    for k in random_keys("user", 40) {
+        cases.push(("/header".into(), vec![("x-user-id".into(), k)], LOOPBACK));
+    }
+    for k in random_keys("sess", 40) {
+        let cookie = format!("theme=dark; session={k}");
+        cases.push(("/cookie".into(), vec![("cookie".into(), cookie)], LOOPBACK));
+    }
+    for k in random_keys("uid", 40) {
+        cases.push((format!("/query?q=1&uid={k}"), vec![], LOOPBACK));
+    }
+    for ip in random_loopbacks(24) {
+        let xff = vec![("x-forwarded-for".to_string(), "198.51.100.7".to_string())];
+        cases.push(("/ip".into(), xff, ip));
+    }
+    for i in 0..40 {
+        let xff = vec![("x-forwarded-for".to_string(), format!("203.0.113.{i}"))];
+        cases.push(("/ip".into(), xff, LOOPBACK));
+    }
+    for forced in ["new", "legacy"] {
+        let forced = vec![("x-strangler-side".to_string(), forced.to_string())];
+        cases.push(("/header".into(), forced.clone(), LOOPBACK));
+        cases.push(("/random".into(), forced, LOOPBACK));
+    }
+    let mut clients: BTreeMap<IpAddr, reqwest::Client> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, Side), usize> = BTreeMap::new();
+    for (target, headers, peer) in &cases {
+        let c = clients.entry(*peer).or_insert_with(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(*peer)
+                .build()
+                .unwrap()
+        });
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let want = side_from(&t, target, &pairs, *peer);
+        for _ in 0..2 {
+            let mut r = c.get(gw.url(target));
+            for (n, v) in &pairs {
+                r = r.header(*n, *v);
+            }
+            let resp = r.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{target} {pairs:?} from {peer}");
+            let got = side_of(&resp);
+            assert_eq!(
+                got, want,
+                "{target} {pairs:?} from {peer}: the table says {want:?}"
+            );
+        }
+        let route = target.split(['?', '/']).nth(1).unwrap().to_string();
+        *seen.entry((route, want)).or_default() += 1;
+    }
+    // Not vacuous: every sticky route had keys on both sides (at 50%, each of these fails
+    // with probability 2 * 0.5^n for its n keys: at most 1.2e-7 for the 24 peers).
+    for route in ["header", "cookie", "query", "ip"] {
+        for s in [Side::Legacy, Side::New] {
+            assert!(
+                seen.contains_key(&(route.to_string(), s)),
+                "{route}: no key on {s:?}: {seen:?}"
+            );
+        }
+    }
+
+    // The random split. N = 1000 at 50%: the count on new is Binomial(1000, 0.5), mean 500,
+    // sigma = sqrt(1000 * 0.5 * 0.5) ~= 15.8; the 5-sigma band [421, 579] holds it but in
+    // 5.7e-7 of runs (`binomial_range`), and holds no count a percentage of 40 or 60 gives.
+    orders.clear();
+    legacy.clear();
+    const N: usize = 1_000;
+    let client = client();
+    let url = gw.url("/random");
+    let sides = send_all(N, move |_| client.get(&url)).await;
+    let (new, old) = (orders.count(), legacy.count());
+    assert_eq!(new + old, N, "every request reached exactly one upstream");
+    assert_eq!(sides.iter().filter(|s| **s == Side::New).count(), new);
+    let (lo, hi) = binomial_range(N, 0.5);
+    assert!(
+        (lo..=hi).contains(&(new as f64)),
+        "{new} of {N} on new at 50%: outside [{lo:.0}, {hi:.0}] (5 sigma)"
+    );
+    // Counted as the upstreams saw it, with the two forced each way before; a request is
+    // counted when its answer ends, which may be a moment after the client read it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = gw.metrics().await;
+        let got = (count(&m, "random", "new"), count(&m, "random", "legacy"));
+        if got == ((new + 2) as f64, (old + 2) as f64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{got:?} counted, {new} + 2 and {old} + 2 served\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod faults;
 pub mod plans;
 pub mod prometheus;
+pub mod table;
 pub mod tls;
 
 use std::convert::Infallible;
