@@ -277,7 +277,8 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     let mut gw = GatewayProcess::spawn(&file, &[]).await;
     start_download(&gw).await;
     gw.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first is taken (the drain has begun) before the second is sent.
+    gw.wait_draining().await;
     let second = Instant::now();
     gw.signal("-TERM");
     let status = gw.exit_status().await;
@@ -296,13 +297,29 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cut_before_its_answer_is_no_error_of_either_side() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An upstream that takes requests and never answers.
+    // An upstream that reads requests and never answers; it says when it has read one.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = l.local_addr().unwrap();
+    let (read_one, mut requests) = tokio::sync::mpsc::unbounded_channel::<()>();
     tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
+        while let Ok((mut s, _)) = l.accept().await {
+            let read_one = read_one.clone();
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = read_one.send(());
+                // Held open, unanswered, until the gateway closes it.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
         }
     });
     let (_dir, file) = routes_file(&format!(
@@ -313,8 +330,9 @@ async fn a_request_cut_before_its_answer_is_no_error_of_either_side() {
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
         .unwrap();
-    // A moment for the request to reach the upstream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(10), requests.recv())
+        .await
+        .expect("the request reached the upstream");
     gw.signal("-TERM");
     let status = gw.exit_status().await;
     assert!(status.success(), "{status:?}");

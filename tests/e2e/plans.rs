@@ -175,8 +175,18 @@ async fn too_little_traffic_holds_the_plan_and_says_how_much_more_it_needs() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = status(&gw, "orders-rollout").await;
+    // Until the hold has passed and the guard has counted the trickle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = status(&gw, "orders-rollout").await;
+        let counted = s["check"]["legacy_requests"].as_u64().unwrap_or(0)
+            + s["check"]["new_requests"].as_u64().unwrap_or(0);
+        if s["hold_left_seconds"] == 0.0 && counted == 20 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the hold never passed: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(s["state"], "running");
     assert_eq!(s["step"], 1, "the hold passed, the data did not come: {s}");
     assert_eq!(s["hold_left_seconds"], 0.0);
@@ -220,15 +230,24 @@ async fn a_gateway_restarted_mid_hold_resumes_the_same_step_with_the_hold_that_r
         assert!(Instant::now() < deadline, "never reached step 2");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = status(&gw, "orders-rollout").await;
-    let left_before = before["hold_left_seconds"].as_f64().unwrap();
+    // Until three seconds of the 30 s hold are held (and saved: every second at most).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (before, left_before) = loop {
+        let s = status(&gw, "orders-rollout").await;
+        let left = s["hold_left_seconds"].as_f64().unwrap();
+        if left < 27.0 {
+            break (s, left);
+        }
+        assert!(Instant::now() < deadline, "the hold does not pass: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(left_before < 27.0, "{before}");
     drop(traffic);
     // Killed outright: no chance to save anything more.
     gw.signal("-KILL");
     gw.exit_status().await;
     assert!(dir.path().join("plans/.orders-rollout.state.json").exists());
+    // Down for two seconds: time passing is what is tested, it must not count as held.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let gw = GatewayProcess::spawn(&routes, &[]).await;
     let after = status(&gw, "orders-rollout").await;
@@ -280,6 +299,7 @@ async fn a_person_pauses_resumes_and_aborts_through_the_cli_and_a_manual_shift_p
     let (ok, out, _) = plan("abort");
     assert!(ok);
     assert!(out.contains("state aborted"), "{out}");
+    // Time passing is what is tested: nothing writes the file after the abort.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(percent_in(&routes).contains("percent: 30"));
     let (ok, _, err) = plan("resume");
@@ -426,7 +446,7 @@ async fn a_plan_rolls_back_a_new_side_failing_30_percent_though_fallback_hid_it_
     let s = wait_state(&gw, "orders-rollout", "rolled_back", 90).await;
     let took = started.elapsed();
     // A little more traffic, all of it on legacy now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic.more(50, 10).await;
     let (answered, bad) = traffic.finish().await;
     eprintln!("rolled back {took:?} after the start; {answered} answers of 200");
     assert!(

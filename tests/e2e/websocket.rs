@@ -402,7 +402,7 @@ async fn tunnels_are_logged_when_they_end_and_a_drain_cuts_them_at_its_timeout()
         .await
         .unwrap();
     gw.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.wait_draining().await;
     assert_eq!(ask(&mut ws, "during").await, "legacy:during");
     let exit = gw.exit_status().await;
     assert!(exit.success(), "{exit:?}");

@@ -400,6 +400,38 @@ pub async fn forced_traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail
 }
 
 impl GatewayProcess {
+    /// Waits (up to `secs`) for a line the process prints holding `needle`; the line.
+    pub fn wait_line(&self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {secs}s"),
+            }
+        }
+    }
+
+    /// Waits (10 s at most) until `/readyz` answers 503: the process is draining.
+    pub async fn wait_draining(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client()
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 503) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never turned 503"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a signal (`-TERM`, `-HUP`) with `kill`.
     pub fn signal(&self, signal: &str) {
         let sent = std::process::Command::new("kill")
@@ -433,6 +465,29 @@ pub fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Counts the opens of `file` from now on (inotify, as the gateway's own watch sees them).
+pub fn count_opens(
+    file: &Path,
+) -> (
+    notify::RecommendedWatcher,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = opens.clone();
+    let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        use notify::event::{AccessKind, EventKind};
+        if let Ok(e) = e
+            && matches!(e.kind, EventKind::Access(AccessKind::Open(_)))
+        {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    use notify::Watcher as _;
+    w.watch(file, notify::RecursiveMode::NonRecursive).unwrap();
+    (w, opens)
 }
 
 /// Writes a routes file into a new temporary directory; keep the directory alive.
