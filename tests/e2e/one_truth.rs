@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::faults::*;
 use support::plans::{percent_in, status};
 use support::prometheus::Prometheus;
 use support::*;
@@ -35,7 +34,7 @@ fn strangler(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, Strin
 }
 
 /// The monolith of the team's carve-out: orders as JSON, served by `X-Served-By: monolith`.
-fn monolith(a: &Asked) -> Reply {
+fn monolith(a: &Recorded) -> Reply {
     let id = a.id().unwrap_or(0);
     Reply::json(&json!({"id": id, "items": [{"sku": "a", "qty": 1}], "total": 10}))
         .header("x-served-by", "monolith")
@@ -43,7 +42,7 @@ fn monolith(a: &Asked) -> Reply {
 
 /// The reimplemented orders service: another `X-Served-By`, 20 ms slower, and a total
 /// that differs for one order in five.
-fn reimplemented(a: &Asked) -> Reply {
+fn reimplemented(a: &Recorded) -> Reply {
     let id = a.id().unwrap_or(0);
     let total = if id.is_multiple_of(5) { 11 } else { 10 };
     Reply::json(&json!({"id": id, "items": [{"sku": "a", "qty": 1}], "total": total}))
@@ -96,8 +95,8 @@ async fn wait_compared(admin: std::net::SocketAddr, n: u64) -> Value {
 /// and both sides' times for the same requests show the new side 20 ms slower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_difference_never_hides_a_body_regression() {
-    let legacy = Scripted::start(monolith).await;
-    let new = Scripted::start(reimplemented).await;
+    let legacy = Upstream::scripted(monolith).await;
+    let new = Upstream::scripted(reimplemented).await;
     let (_dir, file) = routes_file(&shadowed_routes(&legacy.url(), &new.url(), "{}"));
     let gw = GatewayProcess::spawn(&file, &[]).await;
     send_orders(gw.public, 0..50).await;
@@ -149,10 +148,10 @@ async fn a_header_difference_never_hides_a_body_regression() {
 /// a 500 against a 200 is one finding, not every body field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignored_fields_are_marked_and_a_status_mismatch_is_one_finding() {
-    let legacy = Scripted::start(monolith).await;
+    let legacy = Upstream::scripted(monolith).await;
     let failing = Arc::new(AtomicU64::new(0));
     let f = failing.clone();
-    let new = Scripted::start(move |a| {
+    let new = Upstream::scripted(move |a| {
         if f.load(Ordering::Relaxed) == 1 {
             Reply::json(&json!({"error": "boom"})).status(500)
         } else {
@@ -226,8 +225,8 @@ async fn ignored_fields_are_marked_and_a_status_mismatch_is_one_finding() {
 /// starts it afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_view_gives_one_match_rate_for_a_route() {
-    let legacy = Scripted::start(monolith).await;
-    let new = Scripted::start(reimplemented).await;
+    let legacy = Upstream::scripted(monolith).await;
+    let new = Upstream::scripted(reimplemented).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.yaml");
     std::fs::create_dir(dir.path().join("plans")).unwrap();
@@ -341,7 +340,7 @@ async fn strangler_shadow_prints_the_report_and_noise_as_yaml_to_paste() {
     let seq = Arc::new(AtomicU64::new(0));
     let s = seq.clone();
     // Legacy stamps each answer: a field that differs between two of its answers is noise.
-    let legacy = Scripted::start(move |a| {
+    let legacy = Upstream::scripted(move |a| {
         let n = s.fetch_add(1, Ordering::Relaxed);
         let mut r = monolith(a);
         r.body = json!({"id": a.id(), "total": 10, "generated_at": n})
@@ -350,7 +349,7 @@ async fn strangler_shadow_prints_the_report_and_noise_as_yaml_to_paste() {
         r
     })
     .await;
-    let new = Scripted::start(|a| {
+    let new = Upstream::scripted(|a| {
         Reply::json(&json!({"id": a.id(), "total": if a.id().unwrap_or(0) % 5 == 0 { 11 } else { 10 }, "generated_at": 0}))
             .header("x-served-by", "monolith")
     })
@@ -485,7 +484,7 @@ async fn a_command_names_the_gateway_that_answered_and_an_operation_needs_one_na
 /// nulls; an operation that did not happen exits 1; `help --help` is help.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_is_not_a_gateways_fails_and_help_help_is_help() {
-    let impostor = Scripted::start(|_| Reply::json(&json!({"hello": "world"}))).await;
+    let impostor = Upstream::scripted(|_| Reply::json(&json!({"hello": "world"}))).await;
     for args in [
         vec!["compare", "--admin", impostor.url().as_str()],
         vec!["plan", "status", "--admin", impostor.url().as_str()],

@@ -856,11 +856,11 @@ async fn a_step_whose_new_share_is_diverted_fails_its_guard() {
 /// that went bad is not let in, however long it matched before; once fixed, it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shadow_gate_judges_recent_copies() {
-    use support::faults::{Reply, Scripted};
-    let legacy = Scripted::start(|_| Reply::json(&serde_json::json!({"total": 10}))).await;
+    use support::{Reply, Upstream};
+    let legacy = Upstream::scripted(|_| Reply::json(&serde_json::json!({"total": 10}))).await;
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = broken.clone();
-    let new = Scripted::start(move |a| {
+    let new = Upstream::scripted(move |a| {
         // When broken, one copy in ten differs.
         let bad = flag.load(Ordering::Relaxed) && a.id().unwrap_or(0) % 10 == 0;
         Reply::json(&serde_json::json!({"total": if bad { 11 } else { 10 }}))

@@ -690,7 +690,7 @@ async fn a_plan_with_min_shadow_match_starts_only_once_the_shadow_matches() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(new.count(), 30);
-    assert!(new.seen.lock().unwrap().iter().all(|r| {
+    assert!(new.seen().iter().all(|r| {
         r.headers
             .get("x-strangler-shadow")
             .is_some_and(|v| v == "1")

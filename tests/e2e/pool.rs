@@ -21,7 +21,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
-    let peers: HashSet<_> = legacy.seen.lock().unwrap().iter().map(|r| r.peer).collect();
+    let peers: HashSet<_> = legacy.seen().iter().map(|r| r.peer).collect();
     assert_eq!(
         peers.len(),
         1,

@@ -3,7 +3,7 @@
 //! the gateway-wide budget for copies, and the figures in `/metrics`,
 //! `GET /admin/shadow/{route}` and `/admin/compare`.
 //!
-//! Upstreams are `support::faults::Scripted` servers, whose every answer a closure decides.
+//! Upstreams are `support::Upstream::scripted` servers, whose every answer a closure decides.
 //! A copy completes after the client's answer, so every wait for its result is a poll with
 //! a deadline; the few fixed sleeps give a copy that must not happen the time to show up,
 //! and let the gateway's memory settle before it is read.
@@ -38,7 +38,7 @@ const RESULTS: [&str; 7] = [
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A routes file: listeners on `:0`, legacy and `services` (10 s timeouts), then `routes`.
-fn routes_yaml(legacy: &Scripted, services: &[(&str, &Scripted)], routes: &str) -> String {
+fn routes_yaml(legacy: &Upstream, services: &[(&str, &Upstream)], routes: &str) -> String {
     let services: Vec<(&str, String)> = services.iter().map(|(n, s)| (*n, s.url())).collect();
     let services: Vec<(&str, &str)> = services.iter().map(|(n, u)| (*n, u.as_str())).collect();
     format!("{}routes:\n{routes}", config_head(&legacy.url(), &services))
@@ -62,10 +62,10 @@ async fn report_at(admin: &str, route: &str) -> Value {
 
 /// A gateway in front of a legacy and an `orders` service that answer alike (JSON echoing
 /// the path), with `routes`.
-async fn echo_gateway(routes: &str) -> (Scripted, Scripted, Gateway) {
-    let echo = |a: &Asked| Reply::json(&json!({"ok": true, "path": a.path()}));
-    let legacy = Scripted::start(echo).await;
-    let new = Scripted::start(echo).await;
+async fn echo_gateway(routes: &str) -> (Upstream, Upstream, Gateway) {
+    let echo = |a: &Recorded| Reply::json(&json!({"ok": true, "path": a.path()}));
+    let legacy = Upstream::scripted(echo).await;
+    let new = Upstream::scripted(echo).await;
     let gw = Gateway::start(&routes_yaml(&legacy, &[("orders", &new)], routes)).await;
     (legacy, new, gw)
 }
@@ -155,7 +155,7 @@ fn field<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_answers_match_and_the_client_gets_legacys_answer() {
-    let item = |a: &Asked, side: &str| {
+    let item = |a: &Recorded, side: &str| {
         let mut r = Reply::json(&json!({"id": a.id(), "name": "lamp", "tags": ["a", "b"]}))
             .header("cache-control", "max-age=60")
             .header("x-upstream", side);
@@ -164,8 +164,8 @@ async fn identical_answers_match_and_the_client_gets_legacys_answer() {
         }
         r
     };
-    let legacy = Scripted::start(move |a| item(a, "legacy")).await;
-    let new = Scripted::start(move |a| item(a, "new")).await;
+    let legacy = Upstream::scripted(move |a| item(a, "legacy")).await;
+    let new = Upstream::scripted(move |a| item(a, "new")).await;
     let yaml = routes_yaml(
         &legacy,
         &[("items", &new)],
@@ -232,7 +232,7 @@ async fn identical_answers_match_and_the_client_gets_legacys_answer() {
     assert_eq!(legacy.shadow_count(), 0);
 
     // The slow one's copy reached the new side after legacy had answered.
-    let at = |s: &Scripted| {
+    let at = |s: &Upstream| {
         s.seen()
             .into_iter()
             .find(|a| a.path() == "/api/items/slow")
@@ -252,7 +252,7 @@ async fn identical_answers_match_and_the_client_gets_legacys_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
     let n = Arc::new(AtomicU64::new(0));
-    let catalog = move |a: &Asked, legacy: bool| -> Reply {
+    let catalog = move |a: &Recorded, legacy: bool| -> Reply {
         let k = n.fetch_add(1, Ordering::SeqCst);
         let ok = json!({"ok": true});
         match a.path() {
@@ -286,8 +286,8 @@ async fn differences_are_counted_by_kind_and_field_and_ignored_ones_are_not() {
         }
     };
     let c1 = catalog.clone();
-    let legacy = Scripted::start(move |a| c1(a, true)).await;
-    let new = Scripted::start(move |a| catalog(a, false)).await;
+    let legacy = Upstream::scripted(move |a| c1(a, true)).await;
+    let new = Upstream::scripted(move |a| catalog(a, false)).await;
     let yaml = routes_yaml(
         &legacy,
         &[("catalog", &new)],
@@ -401,15 +401,15 @@ fn gzip(body: &Value, level: u32) -> Vec<u8> {
 async fn gzipped_answers_compare_as_the_json_they_hold() {
     // The same JSON, gzipped at different levels (different bytes); the new side's total
     // differs for id 2.
-    let answer = |a: &Asked, new: bool| {
+    let answer = |a: &Recorded, new: bool| {
         let id = a.path().rsplit('/').next().unwrap_or("").to_string();
         let total = if new && id == "2" { 13 } else { 12 };
         let body = json!({"id": id, "items": [{"sku": "a", "qty": 1}], "note": "x".repeat(200), "total": total});
         Reply::bytes("application/json", gzip(&body, if new { 9 } else { 1 }))
             .header("content-encoding", "gzip")
     };
-    let legacy = Scripted::start(move |a| answer(a, false)).await;
-    let new = Scripted::start(move |a| answer(a, true)).await;
+    let legacy = Upstream::scripted(move |a| answer(a, false)).await;
+    let new = Upstream::scripted(move |a| answer(a, true)).await;
     let yaml = routes_yaml(
         &legacy,
         &[("orders", &new)],
@@ -437,11 +437,11 @@ async fn a_field_that_differs_between_two_legacy_answers_is_noise() {
     // Legacy stamps every answer with a counter in `/ts`; the new side has its own `/ts`
     // and a different `/price` for ids divisible by 4.
     let ts = Arc::new(AtomicU64::new(1));
-    let legacy = Scripted::start(move |a| {
+    let legacy = Upstream::scripted(move |a| {
         Reply::json(&json!({"id": a.id(), "price": 10, "ts": ts.fetch_add(1, Ordering::SeqCst)}))
     })
     .await;
-    let new = Scripted::start(|a| {
+    let new = Upstream::scripted(|a| {
         let price = if a.id().unwrap_or(1) % 4 == 0 { 11 } else { 10 };
         Reply::json(&json!({"id": a.id(), "price": price, "ts": 0}))
     })
@@ -521,9 +521,9 @@ async fn a_field_that_differs_between_two_legacy_answers_is_noise() {
 async fn a_stalling_new_side_does_not_slow_the_client() {
     let _serial = SERIAL.lock().await;
     const STALL: Duration = Duration::from_secs(5);
-    let body = |a: &Asked| json!({"id": a.id(), "name": "lamp"});
-    let legacy = Scripted::start(move |a| Reply::json(&body(a))).await;
-    let slow = Scripted::start(move |a| Reply::json(&body(a)).after(STALL)).await;
+    let body = |a: &Recorded| json!({"id": a.id(), "name": "lamp"});
+    let legacy = Upstream::scripted(move |a| Reply::json(&body(a))).await;
+    let slow = Upstream::scripted(move |a| Reply::json(&body(a)).after(STALL)).await;
     let yaml = routes_yaml(
         &legacy,
         &[("slow", &slow)],
@@ -637,7 +637,7 @@ async fn a_post_is_copied_only_when_its_method_is_listed() {
         .find(|a| a.path() == "/api/writes/1")
         .expect("the POST was copied");
     assert_eq!(copy.method, "POST");
-    assert_eq!(copy.body, Bytes::from(order));
+    assert_eq!(copy.body, Some(Bytes::from(order)));
     assert_eq!(copy.header("content-type"), Some("application/json"));
     assert_eq!(copy.header("x-strangler-shadow"), Some("1"));
     let original = legacy
@@ -675,12 +675,12 @@ async fn answers_over_max_body_count_too_large() {
     let large = json!({"data": "x".repeat(4000)});
     let small = json!({"data": "x"});
     let (l1, l2) = (large.clone(), small.clone());
-    let legacy = Scripted::start(move |a| match a.path() {
+    let legacy = Upstream::scripted(move |a| match a.path() {
         "/api/big/large" => Reply::json(&l1),
         _ => Reply::json(&l2),
     })
     .await;
-    let new = Scripted::start(move |a| match a.path() {
+    let new = Upstream::scripted(move |a| match a.path() {
         "/api/big/small" => Reply::json(&small),
         // Legacy's answer is large, or only the new side's is.
         _ => Reply::json(&large),
@@ -781,7 +781,7 @@ async fn copies_beyond_the_budget_are_skipped_and_memory_stays_bounded() {
     const BYTES_HELD: usize = (64 * MIB / BIG) as usize;
     const COPIES_HELD: usize = 64;
     let (big, small) = (blob(BIG), blob(SMALL));
-    let sized = move |a: &Asked| {
+    let sized = move |a: &Recorded| {
         let body = if a.path().starts_with("/small") {
             small.clone()
         } else {
@@ -789,11 +789,11 @@ async fn copies_beyond_the_budget_are_skipped_and_memory_stays_bounded() {
         };
         Reply::bytes("application/octet-stream", body)
     };
-    let legacy = Scripted::start(sized.clone()).await;
+    let legacy = Upstream::scripted(sized.clone()).await;
     // Two new services, each holding every copy until released.
     let s2 = sized.clone();
-    let blobs = Scripted::start(move |a| sized(a).held()).await;
-    let smalls = Scripted::start(move |a| s2(a).held()).await;
+    let blobs = Upstream::scripted(move |a| sized(a).held()).await;
+    let smalls = Upstream::scripted(move |a| s2(a).held()).await;
     let (_dir, file) = routes_file(&format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlegacy:\n  url: {}\n  timeout: 60s\nservices:\n  blobs:\n    url: {}\n    timeout: 120s\n  smalls:\n    url: {}\n    timeout: 120s\nroutes:\n  - name: blobs\n    match: {{prefix: /blobs}}\n    service: blobs\n    percent: 0\n    shadow: {{max_body: 4MiB}}\n  - name: small\n    match: {{prefix: /small}}\n    service: smalls\n    percent: 0\n    shadow: {{}}\n  - name: plain\n    match: {{prefix: /plain}}\n    service: blobs\n    percent: 0\n",
         legacy.url(),
@@ -947,7 +947,7 @@ async fn copies_beyond_the_budget_are_skipped_and_memory_stays_bounded() {
 }
 
 /// Waits until `n` requests' copies are accounted for: counted, or held by `new`.
-async fn wait_accounted(admin: &str, route: &str, new: &Scripted, n: usize) {
+async fn wait_accounted(admin: &str, route: &str, new: &Upstream, n: usize) {
     eventually(
         &format!("{n} copies of {route} counted or held"),
         WAIT,
@@ -960,9 +960,9 @@ async fn wait_accounted(admin: &str, route: &str, new: &Scripted, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_shows_the_shadow_match_rate_and_an_unknown_route_is_404() {
-    let echo = |a: &Asked| Reply::json(&json!({"path": a.path()}));
-    let legacy = Scripted::start(echo).await;
-    let new = Scripted::start(echo).await;
+    let echo = |a: &Recorded| Reply::json(&json!({"path": a.path()}));
+    let legacy = Upstream::scripted(echo).await;
+    let new = Upstream::scripted(echo).await;
     let yaml = routes_yaml(
         &legacy,
         &[("orders", &new)],
@@ -1047,7 +1047,7 @@ async fn a_write_is_never_sent_twice_to_legacy_and_a_clients_shadow_mark_is_remo
     // second time marked as a copy.
     let posts = legacy.seen().iter().filter(|a| a.method == "POST").count();
     assert_eq!(posts, 5);
-    let gets: Vec<Asked> = legacy
+    let gets: Vec<Recorded> = legacy
         .seen()
         .into_iter()
         .filter(|a| a.method == "GET")
