@@ -22,10 +22,16 @@ mod proxy;
 mod routing;
 
 pub use cli::main;
+#[doc(hidden)]
+pub use cli::parse;
 pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
 pub use control::{Dependencies, Running, start, start_with};
-pub use observe::{AccessLog, LogFormat, sequential};
+/// The sequential tests and their seeded simulations, for tests/sequential.rs and
+/// benches/sequential.rs: only with the `simulate` feature, which they turn on.
+#[cfg(feature = "simulate")]
+pub use observe::sequential;
+pub use observe::{AccessLog, LogFormat};
 pub use proxy::resolve::Resolver;
 pub use routing::{
     CanonError, Decision, PathParameters, Reason, RequestView, RouteTable, Router, Side,

@@ -1,7 +1,8 @@
 //! `strangler demo`: the whole product in one process, on the embedded example routes file.
 //!
 //! Starts a demo monolith and two demo services on the loopback ports that
-//! `routes/example.yaml` names, the gateway on that file, and steady traffic from several
+//! `routes/example.yaml` names (or on `--port-base` and the four ports after it), the
+//! gateway on that file, and steady traffic from several
 //! users, and starts the two example migration plans of `migrations-plan/`: billing's
 //! service is sound, so its plan walks to 100%; the orders service starts as sound as the
 //! monolith and fails a tenth of its requests once its plan reaches 25% (a bad deploy), so
@@ -59,7 +60,8 @@ struct Behaviour {
 async fn demo_upstream(addr: SocketAddr, b: Behaviour) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!(
-            "cannot listen on {addr} for the demo {}: is something else using it?",
+            "cannot listen on {addr} for the demo {}: is something else using it? \
+             (--port-base moves the demo to other ports)",
             b.name
         )
     })?;
@@ -142,6 +144,34 @@ fn history(customer: u64, by: &str) -> serde_json::Value {
     })
 }
 
+/// The ports of the example routes file, in the order `--port-base` gives them out: the
+/// gateway, the monolith, the orders and billing services, the admin API.
+const EXAMPLE_PORTS: [u16; 5] = [8080, 9001, 9002, 9003, 9901];
+
+/// The example routes file with its five loopback addresses moved to `base`, `base + 1`,
+/// ... in the order of [`EXAMPLE_PORTS`], all at once (a new port may be an old one).
+fn on_ports(text: &str, base: u16) -> anyhow::Result<String> {
+    let mut moves = Vec::new();
+    for (k, port) in EXAMPLE_PORTS.into_iter().enumerate() {
+        let from = format!("127.0.0.1:{port}");
+        let mut found = text.match_indices(&from);
+        let (Some((at, _)), None) = (found.next(), found.next()) else {
+            anyhow::bail!("the example routes file names {from} other than once");
+        };
+        let to = base
+            .checked_add(k as u16)
+            .context("--port-base leaves no room for the demo's five ports")?;
+        moves.push((at, from.len(), format!("127.0.0.1:{to}")));
+    }
+    // From the last to the first, so that each leaves the others' positions as they were.
+    moves.sort_by_key(|m| std::cmp::Reverse(m.0));
+    let mut out = text.to_string();
+    for (at, len, to) in moves {
+        out.replace_range(at..at + len, &to);
+    }
+    Ok(out)
+}
+
 fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.trim_start_matches("http://");
     let hostport = rest.split('/').next().unwrap_or(rest);
@@ -150,8 +180,16 @@ fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("the demo needs IP:port upstream URLs, found {url}"))
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C; on the example file's ports, or from `port_base` on.
+pub async fn run(
+    format: LogFormat,
+    access_log: bool,
+    port_base: Option<u16>,
+) -> anyhow::Result<()> {
+    let routes = match port_base {
+        Some(base) => on_ports(EXAMPLE_ROUTES, base)?,
+        None => EXAMPLE_ROUTES.to_string(),
+    };
     // The gateway runs on a copy of the embedded file in a directory of its own, watched
     // like any routes file: shifts and reloads from the demo act on the copy, never on a
     // checkout's routes/example.yaml.
@@ -163,13 +201,12 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.path().join("routes"))?;
     std::fs::create_dir_all(dir.path().join("migrations-plan"))?;
     let file = dir.path().join("routes/example.yaml");
-    std::fs::write(&file, EXAMPLE_ROUTES)
-        .with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&file, &routes).with_context(|| format!("cannot write {}", file.display()))?;
     for (name, text) in EXAMPLE_PLANS {
         let plan = dir.path().join("migrations-plan").join(name);
         std::fs::write(&plan, text).with_context(|| format!("cannot write {}", plan.display()))?;
     }
-    let mut config = Config::parse(EXAMPLE_ROUTES, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = Config::parse(&routes, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The demo's admin API is on loopback: it needs no token.
     config.admin.token_env = None;
     demo_upstream(
@@ -202,25 +239,32 @@ pub async fn run(format: LogFormat, access_log: bool) -> anyhow::Result<()> {
         demo_upstream(addr_of(&s.url)?, b).await?;
     }
     let log = AccessLog::new(format, access_log);
-    let running = crate::control::start(config, log.clone()).await?;
+    let running = crate::control::start(config, log.clone())
+        .await
+        .context("the demo's gateway cannot start (--port-base moves the demo to other ports)")?;
     let _watch = running.watch()?;
     let public = running.public_addr;
     let admin = running.admin_addr;
     // Through the stdout writer, as every line of the process: in order with the log, and
     // never waited on.
     let file = file.display();
+    // The commands below ask 127.0.0.1:9901 unless told otherwise.
+    let at = match port_base {
+        Some(_) => format!(" --admin {admin}"),
+        None => String::new(),
+    };
     stdout().print(&format!(
         "
 strangler demo is running (Ctrl-C to stop)
   routes file:  {file}   (a copy of routes/example.yaml; edit or shift it, it is watched)
   gateway:      http://{public}/api/orders/42   (try -H 'x-user-id: alice')
   dashboard:    http://{admin}/   (legacy vs new, side by side)
-  compare:      http://{admin}/admin/compare   (or: target/release/strangler compare)
+  compare:      http://{admin}/admin/compare   (or: target/release/strangler compare{at})
   metrics:      http://{admin}/metrics
   route table:  http://{admin}/admin/routes
   health:       http://{admin}/healthz  http://{admin}/readyz
   explain:      target/release/strangler explain {file} GET /api/orders/42 -H 'x-user-id: alice'
-  plans:        http://{admin}/admin/plans   (or: target/release/strangler plan status)
+  plans:        http://{admin}/admin/plans   (or: target/release/strangler plan status{at})
 
 Two migration plans start now (migrations-plan/): billing walks to 100% in about a
 minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
@@ -378,5 +422,37 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
         e[0] += 1;
         e[1] += u64::from(new);
         e[2] += u64::from(status.is_server_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_base_moves_all_five_addresses() {
+        // 9001 is the monolith's port in the file: the moves must not collide.
+        let text = on_ports(EXAMPLE_ROUTES, 9001).unwrap();
+        // Beside the repository's copy, whose plans folder is where the file says.
+        let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/example.yaml");
+        let config = Config::parse(&text, &beside).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.legacy.url, "http://127.0.0.1:9002");
+        let services: Vec<(&str, &str)> = config
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.url.as_str()))
+            .collect();
+        assert_eq!(
+            services,
+            [
+                ("orders", "http://127.0.0.1:9003"),
+                ("billing", "http://127.0.0.1:9004")
+            ]
+        );
+        assert_eq!(config.admin.listen, "127.0.0.1:9005".parse().unwrap());
+        // The comments and everything else are as they were.
+        assert_eq!(text.lines().count(), EXAMPLE_ROUTES.lines().count());
+        assert!(on_ports(EXAMPLE_ROUTES, 65535).is_err());
     }
 }

@@ -143,6 +143,11 @@ pub enum Command {
         /// Also print the access log.
         #[arg(long)]
         access_log: bool,
+        /// Move the demo to other ports, all on 127.0.0.1: the gateway on PORT, the
+        /// monolith on PORT+1, the orders and billing services on PORT+2 and PORT+3, the
+        /// admin API on PORT+4 (default: the example file's 8080, 9001-9003 and 9901).
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65531))]
+        port_base: Option<u16>,
     },
 }
 
@@ -239,6 +244,18 @@ fn base_url(given: &str) -> Result<String, String> {
     Ok(full.trim_end_matches('/').to_string())
 }
 
+/// Reads a command line as the binary does, without running it; `args` starts with the
+/// program's name. For the tests, which hold the command lines of the README and of the
+/// deployment manifests to the parser itself.
+#[doc(hidden)]
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // `strangler help --help` (or `-h`): the help, as `strangler --help` prints it.
@@ -325,10 +342,13 @@ pub fn main() -> ExitCode {
             ))
         }
         Command::Plan { action } => plan(action, cli.log_format),
-        Command::Demo { access_log } => {
+        Command::Demo {
+            access_log,
+            port_base,
+        } => {
             let log_format = cli.log_format.unwrap_or(LogFormat::Text);
             init_tracing(log_format);
-            run(demo::run(log_format, access_log))
+            run(demo::run(log_format, access_log, port_base))
         }
     }
 }

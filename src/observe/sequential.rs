@@ -26,8 +26,10 @@
 //! good as legacy to show it in most runs.
 //!
 //! Pure functions on counts and histograms: no clock, no I/O. The simulations' helpers
-//! ([`simulate`], [`simulate_latency`], [`LatencyModel`], [`simulate_step`],
-//! [`simulate_latency_step`]) are seeded.
+//! (`simulate`, `simulate_latency`, `LatencyModel`, `simulate_step`,
+//! `simulate_latency_step` and what they draw with) are seeded, and built only with the
+//! `simulate` feature, which the crate's tests and benches turn on: the gateway never runs
+//! them, and `statrs` is theirs alone.
 //!
 //! The comparison's verdict (`verdict.rs`) judges with both tests, and both boundaries.
 
@@ -189,6 +191,7 @@ pub fn requests_to_decide(c: &Counts, s: &Settings) -> Option<u64> {
 /// between the sides at `share` to new, errors at `legacy_rate` and `new_rate`, the test
 /// applied after every `every` requests up to `max_requests`. Returns the request count at
 /// which `worse` was first called, if it was.
+#[cfg(feature = "simulate")]
 pub fn simulate(
     rng: &mut fastrand::Rng,
     share: f64,
@@ -216,6 +219,7 @@ pub fn simulate(
 }
 
 /// A binomial draw (n, p) by inversion: expected O(n p) steps, exact.
+#[cfg(feature = "simulate")]
 pub fn binomial(rng: &mut fastrand::Rng, n: u64, p: f64) -> u64 {
     if n == 0 || p <= 0.0 {
         return 0;
@@ -254,6 +258,7 @@ pub fn binomial(rng: &mut fastrand::Rng, n: u64, p: f64) -> u64 {
 /// The requests per side a fixed-sample one-sided two-proportion z-test at level `alpha`
 /// needs to detect `legacy_rate` → `new_rate` with the given power, at `share` to new: the
 /// total request count.
+#[cfg(feature = "simulate")]
 pub fn fixed_sample_requests(
     legacy_rate: f64,
     new_rate: f64,
@@ -506,6 +511,7 @@ pub fn latency_requests_to_decide(
 
 /// A latency distribution for simulations: a mixture of log-normals, held as the
 /// probabilities of the window's latency buckets.
+#[cfg(feature = "simulate")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyModel {
     /// (weight, median µs, sigma of the log) of each log-normal.
@@ -517,6 +523,7 @@ pub struct LatencyModel {
     chain: Vec<(usize, f64)>,
 }
 
+#[cfg(feature = "simulate")]
 impl LatencyModel {
     /// Log-normal latencies: the given median (ms) and standard deviation of the log.
     pub fn log_normal(median_ms: f64, sigma: f64) -> LatencyModel {
@@ -659,12 +666,14 @@ impl LatencyModel {
 /// The share of `new`'s requests slower than `max_p99_ratio` times `legacy`'s p99, exactly
 /// (from the distributions, not their buckets): the slow share the test estimates, 1% on
 /// the null's boundary.
+#[cfg(feature = "simulate")]
 pub fn slow_share(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f64) -> f64 {
     new.sf(legacy.quantile_ms(1.0 - TAIL) * 1000.0 * max_p99_ratio)
 }
 
 /// `shape` scaled so that `max_p99_ratio` × `legacy`'s p99 leaves `slow` of its requests
 /// above it ([`slow_share`]): a new side with that slow share, of `shape`'s spread.
+#[cfg(feature = "simulate")]
 pub fn with_slow_share(
     legacy: &LatencyModel,
     shape: &LatencyModel,
@@ -687,6 +696,7 @@ pub fn with_slow_share(
 /// legacy's tail share, at legacy's p99 (the ratio of new's density at `max_p99_ratio` ×
 /// legacy's p99 to legacy's at its p99, times `max_p99_ratio`); 1 when new is legacy scaled
 /// by `max_p99_ratio`.
+#[cfg(feature = "simulate")]
 pub fn density_ratio(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f64) -> f64 {
     let q = legacy.quantile_ms(1.0 - TAIL) * 1000.0;
     max_p99_ratio * new.density(q * max_p99_ratio) / legacy.density(q)
@@ -699,6 +709,7 @@ pub fn density_ratio(legacy: &LatencyModel, new: &LatencyModel, max_p99_ratio: f
 /// Without it, the test does not keep its level for a new side of another shape than
 /// legacy's; with it, it is the fixed-sample counterpart of the sequential test (which
 /// further loses up to a bucket to its slow threshold's rounding).
+#[cfg(feature = "simulate")]
 pub fn latency_fixed_sample_requests(
     legacy: &LatencyModel,
     new: &LatencyModel,
@@ -727,6 +738,7 @@ pub fn latency_fixed_sample_requests(
 /// running histograms from `legacy`'s and `new`'s distributions, the test applied after
 /// every batch up to `max_requests`. Returns the request count at which `worse` was first
 /// called, if it was.
+#[cfg(feature = "simulate")]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate_latency(
     rng: &mut fastrand::Rng,
@@ -1049,6 +1061,7 @@ pub fn latency_advance_evidence(
 /// One step of a plan, on error counts, for [`simulate_step`]: the request stream split at
 /// `share` to new, errors at `legacy_rate` and `new_rate`, the guard looked at after every
 /// `every` requests, up to `max_requests` (then the step is undecided).
+#[cfg(feature = "simulate")]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepModel {
     pub share: f64,
@@ -1063,6 +1076,7 @@ pub struct StepModel {
 }
 
 /// How a simulated step ended, and at how many requests (both sides).
+#[cfg(feature = "simulate")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
     Advanced(u64),
@@ -1072,6 +1086,7 @@ pub enum StepOutcome {
 
 /// Draws batches of `every` requests into `state` until `decide` ends the step or
 /// `max_requests` have been drawn.
+#[cfg(feature = "simulate")]
 fn run_step<S>(
     rng: &mut fastrand::Rng,
     every: u64,
@@ -1093,6 +1108,7 @@ fn run_step<S>(
 }
 
 /// Adds `n` requests, split at `share`, with errors at the given rates.
+#[cfg(feature = "simulate")]
 fn draw_counts(
     rng: &mut fastrand::Rng,
     c: &mut Counts,
@@ -1114,6 +1130,7 @@ fn draw_counts(
 /// harm test ([`evidence`]) calls `worse` with both sides at `min_requests` (as the verdict
 /// does); advanced at the first look with the hold served (`hold_requests`), both sides at
 /// `min_requests` and advancing shown ([`advance_evidence`]).
+#[cfg(feature = "simulate")]
 pub fn simulate_step(
     rng: &mut fastrand::Rng,
     m: &StepModel,
@@ -1146,6 +1163,7 @@ pub fn simulate_step(
 /// as [`simulate_step`] does; advanced at the first look with the hold served, both sides at
 /// `min_requests`, and new's observed error rate less legacy's at most the margin
 /// (`s.margin`).
+#[cfg(feature = "simulate")]
 pub fn simulate_step_before(rng: &mut fastrand::Rng, m: &StepModel, s: &Settings) -> StepOutcome {
     let mut c = Counts::default();
     run_step(
@@ -1171,6 +1189,7 @@ pub fn simulate_step_before(rng: &mut fastrand::Rng, m: &StepModel, s: &Settings
 }
 
 /// New's observed error rate less legacy's, rounded as the verdict reports it.
+#[cfg(feature = "simulate")]
 fn observed_delta(c: &Counts) -> f64 {
     let rate = |e: u64, n: u64| if n == 0 { 0.0 } else { e as f64 / n as f64 };
     ((rate(c.new_errors, c.new_requests) - rate(c.legacy_errors, c.legacy_requests)) * 1e6).round()
@@ -1179,6 +1198,7 @@ fn observed_delta(c: &Counts) -> f64 {
 
 /// One step of a plan, on latencies and error counts, for [`simulate_latency_step`]: as
 /// [`StepModel`], each side's latencies drawn from its distribution.
+#[cfg(feature = "simulate")]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatencyStepModel<'a> {
     pub share: f64,
@@ -1194,12 +1214,14 @@ pub struct LatencyStepModel<'a> {
 }
 
 /// A latency step's running figures.
+#[cfg(feature = "simulate")]
 struct LatencyState {
     counts: Counts,
     legacy: Vec<u64>,
     new: Vec<u64>,
 }
 
+#[cfg(feature = "simulate")]
 impl LatencyState {
     fn new() -> LatencyState {
         LatencyState {
@@ -1210,6 +1232,7 @@ impl LatencyState {
     }
 }
 
+#[cfg(feature = "simulate")]
 fn draw_latency_step(rng: &mut fastrand::Rng, st: &mut LatencyState, n: u64, m: &LatencyStepModel) {
     let (to_legacy, to_new) =
         draw_counts(rng, &mut st.counts, n, m.share, m.legacy_rate, m.new_rate);
@@ -1221,6 +1244,7 @@ fn draw_latency_step(rng: &mut fastrand::Rng, st: &mut LatencyState, n: u64, m: 
 /// soon as either harm test calls `worse` with both sides at `min_requests`; advanced at the
 /// first look with the hold served, both sides at `min_requests` and advancing shown by both
 /// ([`advance_evidence`] and [`latency_advance_evidence`]).
+#[cfg(feature = "simulate")]
 pub fn simulate_latency_step(
     rng: &mut fastrand::Rng,
     m: &LatencyStepModel,
@@ -1257,6 +1281,7 @@ pub fn simulate_latency_step(
 /// served, both sides at `min_requests`, new's observed error rate less legacy's at most
 /// the margin and new's observed p99 over legacy's (rounded to hundredths, as the verdict
 /// reports it) at most `max_p99_ratio`.
+#[cfg(feature = "simulate")]
 pub fn simulate_latency_step_before(
     rng: &mut fastrand::Rng,
     m: &LatencyStepModel,

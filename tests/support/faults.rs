@@ -1,4 +1,4 @@
-//! Upstreams that fail on cue, for the resilience tests (`tests/resilience.rs`,
+//! Upstreams that fail on cue, for the resilience tests (`tests/e2e/resilience.rs`,
 //! `tests/resilience_dns.rs`).
 //!
 //! A [`FaultServer`] is a small HTTP/1.1 server of its own (not hyper), so that it can do
@@ -8,7 +8,8 @@
 //! switched at run time; `/healthz` follows the same mode unless [`FaultServer::set_health`]
 //! overrides it, and is counted apart from the traffic. Per-request cues, as for
 //! `support::Upstream`: `x-test-delay-ms` (wait before answering) and `x-test-status`
-//! (answer this status, in modes that answer 200).
+//! (answer this status, in modes that answer 200). It records what it reads as
+//! `support::Upstream` does ([`Recorded`]).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use super::upstream::{BodyTally, Recorded};
 
 /// What a [`FaultServer`] does with the requests it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,27 +43,6 @@ pub enum Mode {
     PartialHead,
 }
 
-/// A request a [`FaultServer`] read in full (`/healthz` aside).
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    /// Path and query as on the request line.
-    pub target: String,
-    /// Lower-cased names, in the order received.
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    pub at: Instant,
-}
-
-impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 struct Shared {
     name: &'static str,
     mode: Mutex<Mode>,
@@ -70,7 +52,7 @@ struct Shared {
     health_checks: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
-    seen: Mutex<Vec<Seen>>,
+    seen: Mutex<Vec<Recorded>>,
     /// Bumped by `release`: held requests answer.
     release: watch::Sender<u64>,
     /// Bumped by `refuse` (and on drop): every open connection is reset.
@@ -161,7 +143,7 @@ impl FaultServer {
     }
 
     /// The requests read in full so far, `/healthz` aside.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub fn seen(&self) -> Vec<Recorded> {
         self.shared.seen.lock().unwrap().clone()
     }
 
@@ -224,7 +206,7 @@ async fn bind(addr: SocketAddr) -> TcpListener {
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
@@ -238,7 +220,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
                     return;
                 };
                 tokio::select! {
-                    _ = serve(stream, &shared) => {}
+                    _ = serve(stream, peer, &shared) => {}
                     _ = kill.changed() => {
                         let _ = socket2::SockRef::from(&guard).set_linger(Some(Duration::ZERO));
                     }
@@ -268,6 +250,32 @@ impl Request {
 
     fn number(&self, name: &str) -> Option<u64> {
         self.header(name)?.trim().parse().ok()
+    }
+
+    /// What the tests see of it.
+    fn record(&self, peer: SocketAddr) -> Recorded {
+        let mut tally = BodyTally::default();
+        tally.add(&self.body);
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        let version = match self.version.as_str() {
+            "HTTP/1.0" => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        };
+        tally.record(
+            self.method.clone(),
+            self.target.clone(),
+            version,
+            headers,
+            peer,
+        )
     }
 
     /// Whether the connection ends after this exchange.
@@ -426,7 +434,7 @@ impl Drop for Busy<'_> {
     }
 }
 
-async fn serve(stream: TcpStream, shared: &Shared) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
@@ -458,13 +466,7 @@ async fn serve(stream: TcpStream, shared: &Shared) {
         // way and then releases it cannot be missed.
         let mut released = shared.release.subscribe();
         let _busy = Busy::new(shared);
-        shared.seen.lock().unwrap().push(Seen {
-            method: req.method.clone(),
-            target: req.target.clone(),
-            headers: req.headers.clone(),
-            body: Bytes::from(req.body.clone()),
-            at: Instant::now(),
-        });
+        shared.seen.lock().unwrap().push(req.record(peer));
         shared.requests.fetch_add(1, Ordering::SeqCst);
         if let Some(ms) = req.number("x-test-delay-ms") {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -541,242 +543,6 @@ pub fn requests_series(route: &str, side: &str, method: &str, code: u16) -> Stri
     format!(
         "strangler_requests_total{{code=\"{code}\",method=\"{method}\",route=\"{route}\",side=\"{side}\"}}"
     )
-}
-
-// A scripted upstream, for the shadow tests (`tests/shadow.rs`).
-
-/// A request a [`Scripted`] upstream read in full.
-#[derive(Debug, Clone)]
-pub struct Asked {
-    pub method: String,
-    /// Path and query as received.
-    pub target: String,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-    /// When it was read in full (before any delay of the answer).
-    pub at: Instant,
-}
-
-impl Asked {
-    /// The path, without the query.
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-
-    /// The last path segment parsed as a number (`/api/items/7` → 7).
-    pub fn id(&self) -> Option<u64> {
-        self.path().rsplit('/').next()?.parse().ok()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Whether it carries `X-Strangler-Shadow: 1` (a gateway's shadow copy).
-    pub fn shadow(&self) -> bool {
-        self.header("x-strangler-shadow") == Some("1")
-    }
-}
-
-/// What a [`Scripted`] upstream answers to one request.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    /// Waited before answering.
-    pub delay: Duration,
-    /// Whether the answer waits for [`Scripted::release`] (120 s at most).
-    pub held: bool,
-}
-
-impl Reply {
-    /// 200 with `value` as an `application/json` body.
-    pub fn json(value: &serde_json::Value) -> Reply {
-        Reply::bytes("application/json", Bytes::from(value.to_string()))
-    }
-
-    /// 200 with `body` of type `content_type`.
-    pub fn bytes(content_type: &str, body: impl Into<Bytes>) -> Reply {
-        Reply {
-            status: 200,
-            headers: vec![("content-type".into(), content_type.into())],
-            body: body.into(),
-            delay: Duration::ZERO,
-            held: false,
-        }
-    }
-
-    pub fn status(mut self, status: u16) -> Reply {
-        self.status = status;
-        self
-    }
-
-    pub fn header(mut self, name: &str, value: &str) -> Reply {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Answers after `delay`.
-    pub fn after(mut self, delay: Duration) -> Reply {
-        self.delay = delay;
-        self
-    }
-
-    /// Answers only once [`Scripted::release`] is called.
-    pub fn held(mut self) -> Reply {
-        self.held = true;
-        self
-    }
-}
-
-type Script = dyn Fn(&Asked) -> Reply + Send + Sync;
-
-struct ScriptedShared {
-    script: Box<Script>,
-    seen: Mutex<Vec<Asked>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    released: watch::Sender<bool>,
-}
-
-/// An HTTP/1.1 upstream (hyper) on `127.0.0.1:0` whose every answer a closure decides from
-/// the request; it records what it reads (method, target, headers, body, arrival time).
-pub struct Scripted {
-    pub addr: SocketAddr,
-    shared: Arc<ScriptedShared>,
-    acceptor: JoinHandle<()>,
-}
-
-impl Scripted {
-    pub async fn start(script: impl Fn(&Asked) -> Reply + Send + Sync + 'static) -> Scripted {
-        use http_body_util::BodyExt as _;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(ScriptedShared {
-            script: Box::new(script),
-            seen: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-            released: watch::channel(false).0,
-        });
-        let s = shared.clone();
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let s = s.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|c| c.to_bytes())
-                                    .unwrap_or_default();
-                                let asked = Asked {
-                                    method: parts.method.to_string(),
-                                    target: parts
-                                        .uri
-                                        .path_and_query()
-                                        .map(|p| p.to_string())
-                                        .unwrap_or_default(),
-                                    headers: parts.headers,
-                                    body,
-                                    at: Instant::now(),
-                                };
-                                let reply = (s.script)(&asked);
-                                let mut released = s.released.subscribe();
-                                s.seen.lock().unwrap().push(asked);
-                                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                                if !reply.delay.is_zero() {
-                                    tokio::time::sleep(reply.delay).await;
-                                }
-                                if reply.held {
-                                    let _ = tokio::time::timeout(
-                                        Duration::from_secs(120),
-                                        released.wait_for(|r| *r),
-                                    )
-                                    .await;
-                                }
-                                s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                                let mut resp = http::Response::builder().status(reply.status);
-                                for (k, v) in &reply.headers {
-                                    resp = resp.header(k.as_str(), v.as_str());
-                                }
-                                Ok::<_, std::convert::Infallible>(
-                                    resp.body(http_body_util::Full::new(reply.body)).unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Scripted {
-            addr,
-            shared,
-            acceptor,
-        }
-    }
-
-    /// `http://ip:port`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Requests read in full so far.
-    pub fn count(&self) -> usize {
-        self.shared.seen.lock().unwrap().len()
-    }
-
-    /// Requests read in full so far that carried `X-Strangler-Shadow: 1`.
-    pub fn shadow_count(&self) -> usize {
-        self.shared
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.shadow())
-            .count()
-    }
-
-    /// The requests read in full so far, in order of arrival.
-    pub fn seen(&self) -> Vec<Asked> {
-        self.shared.seen.lock().unwrap().clone()
-    }
-
-    /// Requests read and not answered yet.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// The most requests it held at once.
-    pub fn max_in_flight(&self) -> usize {
-        self.shared.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Lets every held answer go, and every later one go at once.
-    pub fn release(&self) {
-        self.shared.released.send_replace(true);
-    }
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-        self.release();
-    }
 }
 
 /// What a client got from the gateway.

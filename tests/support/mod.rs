@@ -1,173 +1,31 @@
-//! Test support: a real gateway (in-process) in front of real upstream servers on
-//! `127.0.0.1:0` that record what they receive and misbehave on cue.
-//!
-//! Cues are request headers the upstream reads (they pass through the gateway unchanged):
-//! `x-test-delay-ms` (wait before answering), `x-test-status` (answer this status),
-//! `x-test-body-bytes` (answer a body of that many bytes, streamed in 64 KiB chunks).
+//! Test support: a real gateway (in-process, or a `strangler serve` process) in front of
+//! real upstream servers on `127.0.0.1:0` that record what they receive and misbehave on
+//! cue: [`upstream`], an HTTP server whose answers a script decides (by default, from cues
+//! in the request's headers), and [`faults`], a server of raw TCP that can also reset, half
+//! answer or stop listening. Both record a request as a [`Recorded`].
 #![allow(dead_code)]
 
 pub mod faults;
 pub mod plans;
 pub mod prometheus;
+pub mod table;
 pub mod tls;
+pub mod upstream;
 
-use std::convert::Infallible;
+#[allow(unused_imports)]
+pub use upstream::{Flaky, Recorded, Reply, Upstream};
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use strangler::Config;
 use strangler::Running;
 use strangler::{AccessLog, LogFormat};
-
-/// What an upstream received.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    /// Path and query exactly as received on the request line.
-    pub target: String,
-    pub version: http::Version,
-    pub headers: HeaderMap,
-    pub body_len: u64,
-    pub body_hash: u64,
-    /// The body itself when at most 64 KiB.
-    pub body: Option<Bytes>,
-    /// The address the request came from: one per upstream connection.
-    pub peer: SocketAddr,
-}
-
-/// A recording upstream server.
-pub struct Upstream {
-    pub name: &'static str,
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl Upstream {
-    pub async fn start(name: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let rec = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(answer(name, req, rec, peer).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .max_headers(512)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Upstream { name, addr, seen }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    pub fn last(&self) -> Recorded {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the upstream received a request")
-    }
-
-    pub fn clear(&self) {
-        self.seen.lock().unwrap().clear();
-    }
-}
-
-type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
-    h.get(name)?.to_str().ok()?.parse().ok()
-}
-
-async fn answer(
-    name: &'static str,
-    req: Request<Incoming>,
-    rec: Arc<Mutex<Vec<Recorded>>>,
-    peer: SocketAddr,
-) -> Response<TestBody> {
-    let (parts, mut body) = req.into_parts();
-    let mut len = 0u64;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut kept: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
-        if let Some(d) = frame.data_ref() {
-            len += d.len() as u64;
-            hasher.update(d);
-            if kept.len() + d.len() <= 64 * 1024 {
-                kept.extend_from_slice(d);
-            }
-        }
-    }
-    rec.lock().unwrap().push(Recorded {
-        method: parts.method.to_string(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body_len: len,
-        body_hash: hasher.digest(),
-        body: (len <= 64 * 1024).then(|| Bytes::from(kept)),
-        peer,
-    });
-    if let Some(ms) = header_num(&parts.headers, "x-test-delay-ms") {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let status = header_num(&parts.headers, "x-test-status")
-        .and_then(|s| StatusCode::from_u16(s as u16).ok())
-        .unwrap_or(StatusCode::OK);
-    let mut resp = if let Some(n) = header_num(&parts.headers, "x-test-body-bytes") {
-        // A deterministic streamed body of n bytes, without Content-Length (chunked).
-        let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
-            if sent >= n {
-                return None;
-            }
-            let k = (n - sent).min(64 * 1024) as usize;
-            let chunk = Bytes::from(vec![(sent % 251) as u8; k]);
-            Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + k as u64))
-        });
-        Response::new(StreamBody::new(chunks).boxed())
-    } else {
-        Response::new(Full::new(Bytes::from(name)).boxed())
-    };
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("x-upstream", http::HeaderValue::from_static(name));
-    resp
-}
 
 /// An address where nothing listens (connections are refused).
 pub async fn dead_addr() -> SocketAddr {
@@ -399,6 +257,38 @@ pub async fn forced_traffic(gw: &Gateway, path: &str, side: &str, n: usize, fail
 }
 
 impl GatewayProcess {
+    /// Waits (up to `secs`) for a line the process prints holding `needle`; the line.
+    pub fn wait_line(&self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {secs}s"),
+            }
+        }
+    }
+
+    /// Waits (10 s at most) until `/readyz` answers 503: the process is draining.
+    pub async fn wait_draining(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client()
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 503) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never turned 503"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a signal (`-TERM`, `-HUP`) with `kill`.
     pub fn signal(&self, signal: &str) {
         let sent = std::process::Command::new("kill")
@@ -434,61 +324,35 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Counts the opens of `file` from now on (inotify, as the gateway's own watch sees them).
+pub fn count_opens(
+    file: &Path,
+) -> (
+    notify::RecommendedWatcher,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = opens.clone();
+    let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        use notify::event::{AccessKind, EventKind};
+        if let Ok(e) = e
+            && matches!(e.kind, EventKind::Access(AccessKind::Open(_)))
+        {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    use notify::Watcher as _;
+    w.watch(file, notify::RecursiveMode::NonRecursive).unwrap();
+    (w, opens)
+}
+
 /// Writes a routes file into a new temporary directory; keep the directory alive.
 pub fn routes_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.yaml");
     std::fs::write(&file, text).unwrap();
     (dir, file)
-}
-
-/// An upstream answering 200, or 500 for `fail_permille` of its requests.
-pub struct Flaky {
-    pub addr: SocketAddr,
-    pub fail_permille: Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl Flaky {
-    pub async fn start() -> Flaky {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let fail_permille = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let fail = fail_permille.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let fail = fail.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let failing = fastrand::u32(0..1000)
-                            < fail.load(std::sync::atomic::Ordering::Relaxed);
-                        async move {
-                            let status = if failing { 500 } else { 200 };
-                            Ok::<_, Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from_static(b"ok")))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Flaky {
-            addr,
-            fail_permille,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
 }
 
 /// A routes file with one route, `orders-read` (prefix `/api/orders`, service `orders`),

@@ -147,6 +147,26 @@ impl CountedTraffic {
         }
     }
 
+    /// Answers the clients got so far, of any kind.
+    pub fn answered(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.bad.lock().unwrap().len() as u64
+    }
+
+    /// Waits (up to `secs`) until the clients got `n` more answers than they had; a sample
+    /// of traffic sized by its count rather than by a time.
+    pub async fn more(&self, n: u64, secs: u64) {
+        let want = self.answered() + n;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.answered() < want {
+            assert!(
+                Instant::now() < deadline,
+                "{} answers, {want} awaited",
+                self.answered()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the clients and waits for their last requests; (200s, everything else).
     pub async fn finish(mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
