@@ -148,7 +148,12 @@ pub async fn start_with(
     let admin_addr = admin_listener.local_addr()?;
     // The comparison's settings are read at start (its slots are sized from them).
     let windows = Registry::new(config.compare.clone());
-    let carried = Carried::new(metrics.clone(), windows.clone(), deps.resolver);
+    let carried = Carried::new(
+        metrics.clone(),
+        windows.clone(),
+        deps.resolver,
+        &config.inventory,
+    );
     let table = Table::compile(config, &carried).map_err(|e| anyhow::anyhow!(e))?;
     table.publish(&metrics);
     metrics.count_reload(true);

@@ -534,6 +534,21 @@ impl Metrics {
         drop_routes(&self.shadow_duration, gone);
     }
 
+    /// Every request counted so far in `strangler_requests_total`, by the side that served
+    /// it: `[legacy, new]` (routes a reload removed no longer count).
+    pub fn requests_by_side(&self) -> [u64; 2] {
+        use prometheus::core::Collector as _;
+        let mut sums = [0u64; 2];
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let side = m.get_label().iter().find(|l| l.name() == "side");
+                let i = usize::from(side.is_some_and(|l| l.value() == "new"));
+                sums[i] += m.get_counter().get_value() as u64;
+            }
+        }
+        sums
+    }
+
     /// Marks `hash` as the config in force (and no other).
     pub fn set_config_hash(&self, hash: &str) {
         self.config_info.reset();

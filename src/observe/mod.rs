@@ -12,6 +12,7 @@
 //! Above `routing` and `config`; never imports the proxy or the control plane.
 
 pub mod access_log;
+pub mod learner;
 pub mod metrics;
 pub mod prometheus;
 pub mod sequential;

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use super::fleet::{Fleet, FleetMetrics};
 use super::overrides::Overrides;
 use super::resolve::Resolver;
-use crate::config::Config;
+use crate::config::{Config, InventoryConfig};
+use crate::observe::inventory::Limits;
+use crate::observe::learner::{Learner, MapMetrics};
 use crate::config::resilience::RETRY_BUDGET;
 use crate::observe::shadow::Shadows;
 use crate::observe::{Metrics, Registry};
@@ -32,14 +34,26 @@ pub struct Carried {
     pub overrides: Arc<Overrides>,
     /// How services' host names are looked up.
     pub resolver: Resolver,
+    /// The carve-out map's learner (its limits are read at start).
+    pub learner: Arc<Learner>,
     budgets: Mutex<HashMap<Box<str>, Arc<RetryBudget>>>,
 }
 
 impl Carried {
     /// Empty, with the fleet's gauges registered in `metrics`.
-    pub fn new(metrics: Arc<Metrics>, windows: Arc<Registry>, resolver: Resolver) -> Arc<Carried> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        windows: Arc<Registry>,
+        resolver: Resolver,
+        map: &InventoryConfig,
+    ) -> Arc<Carried> {
         let fleet = Fleet::new();
         metrics.register(Box::new(FleetMetrics(fleet.clone())));
+        let learner = Learner::new(Limits {
+            max_templates: map.max_templates,
+            ..Limits::default()
+        });
+        metrics.register(Box::new(MapMetrics::new(learner.clone(), metrics.clone())));
         Arc::new(Carried {
             shadows: Shadows::new(windows.clone()),
             metrics,
@@ -47,6 +61,7 @@ impl Carried {
             fleet,
             overrides: Arc::new(Overrides::default()),
             resolver,
+            learner,
             budgets: Mutex::new(HashMap::new()),
         })
     }

@@ -18,6 +18,7 @@ use super::error::{CLIENT_CLOSED, Failure};
 use super::fleet::InFlight;
 use super::table::{Endpoint, LEGACY, Table, Upstream, UpstreamId};
 use crate::config::resilience::FailKind;
+use crate::observe::learner::Seen;
 use crate::observe::{AccessLog, ClientErrorKind, Entry, grpc_server_fault};
 use crate::routing::{Decision, METHODS, Side, method_index};
 
@@ -384,6 +385,22 @@ impl Trail {
         stats.window.record(served, self.start, latency, error);
         if let Some(bucket) = d.bucket {
             stats.window.key_seen(served, bucket);
+        }
+        // The carve-out map learns from a sample of the requests a route (or `default`) took.
+        if self.decision.is_some()
+            && let Some(learner) = self.table.draw_sample()
+        {
+            learner.offer(Seen {
+                method: METHODS[self.method],
+                path: self.path.as_str().into(),
+                status: self.status,
+                latency,
+                route: self.table.route_name(d.route).into(),
+                new_side: served == Side::New,
+                at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |t| t.as_millis() as u64),
+            });
         }
         self.log.log(&Entry {
             start: self.start,

@@ -21,6 +21,7 @@ use crate::config::resilience::{FallbackConfig, RetryConfig};
 use crate::config::shadow::ShadowConfig;
 use crate::config::{Config, RouteConfig};
 use crate::observe::shadow::{RouteShadow, Shadows};
+use crate::observe::learner::Learner;
 use crate::observe::{Metrics, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
 
@@ -199,6 +200,9 @@ pub struct Table {
     /// The percentages in force that the routes file does not say yet (a rollback held in
     /// memory): `config` carries the held percentage, these what the file says.
     pub held: Vec<Applied>,
+    /// The carve-out map's learner, and the share of requests it is offered (basis points).
+    learner: Arc<Learner>,
+    sample_bp: u32,
 }
 
 impl Table {
@@ -257,6 +261,8 @@ impl Table {
         Ok(Table {
             via,
             held,
+            learner: carried.learner.clone(),
+            sample_bp: config.inventory.sample_bp,
             edge: Arc::new(super::admit::Rules::of(&config)),
             config: Arc::new(config),
             routing,
@@ -315,6 +321,13 @@ impl Table {
     /// Every upstream: legacy, then the services in file order.
     pub fn upstreams(&self) -> &[Upstream] {
         &self.upstreams
+    }
+
+    /// The carve-out map's learner, when this request is among those it is offered (the
+    /// routes file's `inventory.sample`).
+    #[inline]
+    pub fn draw_sample(&self) -> Option<&Learner> {
+        (self.sample_bp > 0 && fastrand::u32(..10_000) < self.sample_bp).then_some(&*self.learner)
     }
 
     /// An upstream of this table.

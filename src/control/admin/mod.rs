@@ -98,6 +98,7 @@ pub fn router(state: Shared) -> AdminService {
         .route("/admin/compare", get(compare))
         .route("/admin/shadow/{route}", get(shadow))
         .route("/admin/services", get(services))
+        .route("/admin/inventory", get(inventory))
         .merge(changes)
         .merge(plan_routes(state.plans.clone(), &access))
         .fallback(not_found)
@@ -451,6 +452,76 @@ async fn services(State(s): State<Shared>) -> Response {
     json(
         StatusCode::OK,
         &json!({"config_hash": table.config.hash, "services": list}),
+    )
+}
+
+#[derive(Deserialize)]
+struct InventoryParams {
+    route: Option<String>,
+    min_requests: Option<u64>,
+    sort: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/inventory[?route=&min_requests=&sort=requests|errors|p99|new&limit=]`: the
+/// carve-out map (docs/inventory.md): the endpoint templates learned from the sampled
+/// requests, the progress and its history, and the templates a route almost takes.
+async fn inventory(
+    State(s): State<Shared>,
+    AdminQuery(q): AdminQuery<InventoryParams>,
+) -> Response {
+    use crate::observe::inventory::near_misses_for;
+    let table = s.gateway.table.load();
+    if let Some(name) = q.route.as_deref()
+        && name != crate::routing::DEFAULT_ROUTE
+        && !table.routing.routes().iter().any(|r| &*r.name == name)
+    {
+        return no_such_route(&table, name);
+    }
+    let learner = &s.gateway.carried.learner;
+    let map = learner.map();
+    let progress = map.progress();
+    let near = near_misses_for(&map, &table.config, &table.routing);
+    let mut templates: Vec<_> = map
+        .templates
+        .iter()
+        .filter(|t| q.min_requests.is_none_or(|n| t.requests >= n))
+        .filter(|t| {
+            q.route
+                .as_deref()
+                .is_none_or(|r| t.routes.iter().any(|x| x.route == r))
+        })
+        .collect();
+    let new_share = |t: &&crate::observe::inventory::TemplateView| {
+        t.new_requests as f64 / t.requests.max(1) as f64
+    };
+    match q.sort.as_deref() {
+        None | Some("requests") => {}
+        Some("errors") => templates.sort_by(|a, b| b.errors.cmp(&a.errors)),
+        Some("p99") => templates.sort_by(|a, b| b.p99_ms.unwrap_or(0.0).total_cmp(&a.p99_ms.unwrap_or(0.0))),
+        Some("new") => templates.sort_by(|a, b| new_share(a).total_cmp(&new_share(b))),
+        Some(other) => {
+            return bad_request(format!(
+                "sort: one of requests, errors, p99, new (found {other:?})"
+            ));
+        }
+    }
+    templates.truncate(q.limit.unwrap_or(usize::MAX));
+    let (offered, dropped) = learner.counts();
+    json(
+        StatusCode::OK,
+        &json!({
+            "config_hash": table.config.hash,
+            "sample_percent": crate::config::percent_json(table.config.inventory.sample_bp),
+            "max_templates": learner.limits().max_templates,
+            "samples": {"offered": offered, "dropped": dropped},
+            "totals": map.totals,
+            "progress": progress,
+            "history": learner.history(),
+            "templates": templates,
+            "other": map.other,
+            "near_misses": near,
+        }),
     )
 }
 
