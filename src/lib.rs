@@ -25,7 +25,7 @@ pub use cli::main;
 pub use config::{Config, ConfigErrors, Diagnostic, RouteConfig};
 pub use control::watch::Watch;
 pub use control::{Dependencies, Running, start, start_with};
-pub use observe::{AccessLog, LogFormat, sequential};
+pub use observe::{AccessLog, LogFormat, inventory, sequential};
 pub use proxy::resolve::Resolver;
 pub use routing::{
     CanonError, Decision, PathParameters, Reason, RequestView, RouteTable, Router, Side,
