@@ -31,7 +31,7 @@ pub use control::{Dependencies, Running, start, start_with};
 /// benches/sequential.rs: only with the `simulate` feature, which they turn on.
 #[cfg(feature = "simulate")]
 pub use observe::sequential;
-pub use observe::{AccessLog, LogFormat};
+pub use observe::{AccessLog, LogFormat, inventory};
 pub use proxy::resolve::Resolver;
 pub use routing::{
     CanonError, Decision, PathParameters, Reason, RequestView, RouteTable, Router, Side,

@@ -405,7 +405,10 @@ async fn traffic(gateway: SocketAddr, worker: u32, tally: Arc<Mutex<BTreeMap<Str
                         fastrand::u16(..0xfff),
                         fastrand::u64(..1 << 48)
                     ),
-                    4 => format!("/api/search/{}", ["shoes", "hats", "socks"][fastrand::usize(..3)]),
+                    4 => format!(
+                        "/api/search/{}",
+                        ["shoes", "hats", "socks"][fastrand::usize(..3)]
+                    ),
                     _ => format!("/API/orders/{}", fastrand::u32(1..500)),
                 };
                 ("GET", path, "default")

@@ -2,11 +2,12 @@
 //!
 //! Each command calls into the library: `serve` runs [`control::serve`](crate::control::serve),
 //! `explain` narrates the gateway's own decision, `compare` prints what the admin API or
-//! Prometheus answers. No gateway logic lives here.
+//! Prometheus answers, `inventory` prints the carve-out map the library learns. No gateway logic lives here.
 
 mod compare;
 pub mod demo;
 mod explain;
+mod inventory;
 mod shadow;
 mod target;
 
@@ -131,6 +132,12 @@ pub enum Command {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The carve-out map: endpoint templates learned from access logs, with their traffic,
+    /// errors, latency and route; near misses and suggested routes with --config.
+    Inventory {
+        #[command(flatten)]
+        args: inventory::InventoryArgs,
     },
     /// Migration plans: their status, and a person's operations, on a running gateway; or
     /// one plan run on its own across replicas (`plan run`).
@@ -341,6 +348,7 @@ pub fn main() -> ExitCode {
                 },
             ))
         }
+        Command::Inventory { args } => inventory::inventory(args),
         Command::Plan { action } => plan(action, cli.log_format),
         Command::Demo {
             access_log,

@@ -224,8 +224,11 @@ impl Collector for MapMetrics {
         let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
         let [legacy, new] = self.metrics.requests_by_side();
         let all = legacy + new;
-        self.share
-            .set(if all == 0 { 0.0 } else { new as f64 / all as f64 });
+        self.share.set(if all == 0 {
+            0.0
+        } else {
+            new as f64 / all as f64
+        });
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         for (i, (side, n)) in [("legacy", legacy), ("new", new)].into_iter().enumerate() {
             // What was counted since the last scrape is added: the sum of the routes' counters

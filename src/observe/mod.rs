@@ -7,11 +7,13 @@
 //! - [`window`]: rolling per-route, per-side figures over a sliding window;
 //! - [`verdict`]: whether the new side is worse than legacy, from those figures;
 //! - [`prometheus`]: the same comparison computed from Prometheus, across replicas;
-//! - [`shadow`]: legacy's answers against the new side's to copies of the same requests.
+//! - [`shadow`]: legacy's answers against the new side's to copies of the same requests;
+//! - [`inventory`]: the carve-out map, endpoint templates learned from traffic or access logs.
 //!
 //! Above `routing` and `config`; never imports the proxy or the control plane.
 
 pub mod access_log;
+pub mod inventory;
 pub mod learner;
 pub mod metrics;
 pub mod prometheus;

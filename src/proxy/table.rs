@@ -20,8 +20,8 @@ use super::send::Target;
 use crate::config::resilience::{FallbackConfig, RetryConfig};
 use crate::config::shadow::ShadowConfig;
 use crate::config::{Config, RouteConfig};
-use crate::observe::shadow::{RouteShadow, Shadows};
 use crate::observe::learner::Learner;
+use crate::observe::shadow::{RouteShadow, Shadows};
 use crate::observe::{Metrics, RouteWindow, SideMetrics};
 use crate::routing::{DEFAULT_ROUTE, Decision, RouteTable, Side};
 

@@ -32,6 +32,8 @@ mod forwarding;
 mod grpc;
 mod hardening;
 mod http2;
+mod inventory;
+mod inventory_gateway;
 mod one_truth;
 mod plan_safety;
 mod plans;

@@ -497,8 +497,10 @@ async fn inventory(
     };
     match q.sort.as_deref() {
         None | Some("requests") => {}
-        Some("errors") => templates.sort_by(|a, b| b.errors.cmp(&a.errors)),
-        Some("p99") => templates.sort_by(|a, b| b.p99_ms.unwrap_or(0.0).total_cmp(&a.p99_ms.unwrap_or(0.0))),
+        Some("errors") => templates.sort_by_key(|t| std::cmp::Reverse(t.errors)),
+        Some("p99") => {
+            templates.sort_by(|a, b| b.p99_ms.unwrap_or(0.0).total_cmp(&a.p99_ms.unwrap_or(0.0)))
+        }
         Some("new") => templates.sort_by(|a, b| new_share(a).total_cmp(&new_share(b))),
         Some(other) => {
             return bad_request(format!(
