@@ -1488,3 +1488,46 @@ async fn a_percentage_held_in_memory_is_marked_on_the_card_and_page() {
     b.assert_no_exceptions();
     chmod(dir.path(), 0o755);
 }
+
+/// The carve-out map's page: the share on new, the endpoints with their route and share,
+/// the near miss, at a wide window and a phone's width, without overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_carve_out_map_page_shows_endpoints_progress_and_near_misses() {
+    use crate::inventory_gateway::{gateway, learned, traffic};
+    let (legacy, new) = (Upstream::start("legacy").await, Upstream::start("new").await);
+    let gw = gateway(&legacy, &new).await;
+    traffic(&gw).await;
+    learned(&gw, 100).await;
+    let mut b = Browser::launch().await;
+    b.open(&gw.admin_url("/#/map")).await;
+    let share = b.text("[data-field=share-new]").await;
+    assert_eq!(share, "40.00% of requests served by new services");
+    let rows = b
+        .eval("[...document.querySelectorAll('[data-template]')].map((r) => [r.dataset.template, r.querySelector('[data-field=new-share]').textContent])")
+        .await;
+    assert_eq!(
+        rows,
+        json!([
+            ["GET /api/orders/{order_id}", "100.00%"],
+            ["GET /api/products/{product_id}", "0.00%"],
+            ["GET /API/orders/{order_id}", "0.00%"],
+            ["GET /api/users/{user_id}/profile", "0.00%"]
+        ])
+    );
+    // The carved endpoint links to its route's page.
+    assert_eq!(
+        b.eval("document.querySelector('[data-template=\"GET /api/orders/{order_id}\"] a').getAttribute('href')")
+            .await,
+        "#/route/orders-read"
+    );
+    let near = b.text("[data-near=case]").await;
+    assert!(
+        near.contains("GET /API/orders/{order_id}") && near.contains("orders-read"),
+        "{near}"
+    );
+    assert_eq!(b.text("[data-field=carved]").await, "1 endpoint, 40.00% of traffic");
+    check_screens(&mut b, "map-1400", "[data-panel^=map]", "data-panel").await;
+    b.viewport(390, 844, true).await;
+    check_screens(&mut b, "map-390", "[data-panel^=map]", "data-panel").await;
+    b.assert_no_exceptions();
+}

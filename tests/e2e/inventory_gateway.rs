@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// A gateway with one carved route (`orders-read`, all on new) whose map learns from every
 /// request.
-async fn gateway(legacy: &Upstream, new: &Upstream) -> Gateway {
+pub(crate) async fn gateway(legacy: &Upstream, new: &Upstream) -> Gateway {
     let yaml = format!(
         "{}inventory: {{sample: 100}}\nroutes:\n  - name: orders-read\n    match: {{path: '/api/orders/{{id}}', methods: [GET]}}\n    service: orders\n    percent: 100\n",
         config_head(&legacy.url(), &[("orders", &new.url())])
@@ -20,7 +20,7 @@ async fn gateway(legacy: &Upstream, new: &Upstream) -> Gateway {
 
 /// Traffic: 40 orders (new), 30 products, 20 orders spelled in capitals (a near miss of
 /// orders-read), 10 user profiles by UUID (all three on legacy).
-async fn traffic(gw: &Gateway) {
+pub(crate) async fn traffic(gw: &Gateway) {
     let c = client();
     for i in 0..100u32 {
         let path = match i % 10 {
@@ -40,7 +40,7 @@ async fn traffic(gw: &Gateway) {
 }
 
 /// The map, once it has learned `n` requests (the learner takes them on a thread of its own).
-async fn learned(gw: &Gateway, n: u64) -> Value {
+pub(crate) async fn learned(gw: &Gateway, n: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = get_json(gw.admin_url("/admin/inventory")).await;
