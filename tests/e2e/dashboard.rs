@@ -1494,7 +1494,10 @@ async fn a_percentage_held_in_memory_is_marked_on_the_card_and_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_carve_out_map_page_shows_endpoints_progress_and_near_misses() {
     use crate::inventory_gateway::{gateway, learned, traffic};
-    let (legacy, new) = (Upstream::start("legacy").await, Upstream::start("new").await);
+    let (legacy, new) = (
+        Upstream::start("legacy").await,
+        Upstream::start("new").await,
+    );
     let gw = gateway(&legacy, &new).await;
     traffic(&gw).await;
     learned(&gw, 100).await;
@@ -1525,7 +1528,10 @@ async fn the_carve_out_map_page_shows_endpoints_progress_and_near_misses() {
         near.contains("GET /API/orders/{order_id}") && near.contains("orders-read"),
         "{near}"
     );
-    assert_eq!(b.text("[data-field=carved]").await, "1 endpoint, 40.00% of traffic");
+    assert_eq!(
+        b.text("[data-field=carved]").await,
+        "1 endpoint, 40.00% of traffic"
+    );
     check_screens(&mut b, "map-1400", "[data-panel^=map]", "data-panel").await;
     b.viewport(390, 844, true).await;
     check_screens(&mut b, "map-390", "[data-panel^=map]", "data-panel").await;

@@ -124,6 +124,20 @@ async fn every_grafana_query_parses_and_returns_the_expected_series() {
                     "{labels:?}"
                 );
             }
+            if expr.contains("strangler_served_requests_total") {
+                // Both routes send part of their requests to new: a share strictly
+                // between 0 and 1.
+                let share = value(&result[0]);
+                assert!(share > 0.0 && share < 1.0, "{result:?}");
+            }
+            if expr.contains("strangler_inventory_templates") {
+                let mut states: Vec<&str> = labels
+                    .iter()
+                    .map(|l| l["state"].as_str().unwrap())
+                    .collect();
+                states.sort();
+                assert_eq!(states, ["carved", "legacy_only", "partly"]);
+            }
             if expr.contains("strangler_config_info") {
                 assert_eq!(result.len(), 1);
                 assert_eq!(value(&result[0]), 1.0);
