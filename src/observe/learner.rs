@@ -1,13 +1,13 @@
 //! The carve-out map at work in the gateway (docs/inventory.md): the record phase offers a
-//! sample of the requests it records ([`Learner::offer`], a bounded queue that never waits:
-//! a full queue drops the sample and counts it), and a thread of its own learns them into
-//! the [`Inventory`]. The admin API reads snapshots ([`Learner::map`]) and the progress
-//! over time ([`Learner::history`]: requests and the new side's share, per hour).
+//! sample of the requests it records ([`Learner::offer`]: a push onto a bounded buffer, no
+//! system call, no wake-up; a full buffer drops the sample and counts it), and a thread of
+//! its own takes the buffer every [`EVERY`] and learns it into the [`Inventory`]. The admin
+//! API reads snapshots ([`Learner::map`]) and the progress over time ([`Learner::history`]:
+//! requests and the new side's share, per hour).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
@@ -19,9 +19,9 @@ use super::Metrics;
 use super::inventory::{Inventory, Limits, Map, Sample};
 
 /// Samples waiting to be learned, at most.
-const QUEUE: usize = 4096;
-/// Samples learned under one lock, at most.
-const BATCH: usize = 256;
+const BUFFER: usize = 8192;
+/// How often the learner takes the samples waiting.
+pub const EVERY: Duration = Duration::from_millis(100);
 /// The progress points kept: an hour each, thirty days.
 const HOURS_KEPT: usize = 30 * 24;
 const HOUR_MS: u64 = 3_600_000;
@@ -53,10 +53,15 @@ struct State {
     history: VecDeque<Point>,
 }
 
-/// The map's learner: its queue, its thread and what it learned.
+struct Shared {
+    /// The samples waiting for the learner's next turn.
+    waiting: Mutex<Vec<Seen>>,
+    state: Mutex<State>,
+}
+
+/// The map's learner: its buffer, its thread and what it learned.
 pub struct Learner {
-    queue: SyncSender<Seen>,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     offered: AtomicU64,
     dropped: AtomicU64,
     limits: Limits,
@@ -65,48 +70,55 @@ pub struct Learner {
 impl Learner {
     /// A learner within `limits`, its thread started (it ends with the learner).
     pub fn new(limits: Limits) -> Arc<Learner> {
-        let (queue, samples) = std::sync::mpsc::sync_channel(QUEUE);
-        let state = Arc::new(Mutex::new(State {
-            inventory: Inventory::new(limits),
-            history: VecDeque::new(),
-        }));
-        let learning = state.clone();
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(Vec::new()),
+            state: Mutex::new(State {
+                inventory: Inventory::new(limits),
+                history: VecDeque::new(),
+            }),
+        });
+        let weak = Arc::downgrade(&shared);
         let started = std::thread::Builder::new()
             .name("strangler-inventory".into())
-            .spawn(move || learn(samples, learning));
+            .spawn(move || learn(weak));
         if let Err(e) = started {
             tracing::warn!(error = %e, "cannot start the carve-out map's thread: the map stays empty");
         }
         Arc::new(Learner {
-            queue,
-            state,
+            shared,
             offered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             limits,
         })
     }
 
-    /// Hands a sample over; never waits (a full queue drops it, counted).
+    /// Hands a sample over; never waits on the learner (a full buffer drops it, counted).
     pub fn offer(&self, seen: Seen) {
         self.offered.fetch_add(1, Ordering::Relaxed);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(seen)
-        {
+        let mut waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if waiting.len() < BUFFER {
+            waiting.push(seen);
+        } else {
+            drop(waiting);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// What was learned so far.
     pub fn map(&self) -> Map {
-        self.lock().inventory.map()
+        self.state().inventory.map()
     }
 
     /// Requests and the new side's share, an hour a point, oldest first.
     pub fn history(&self) -> Vec<Point> {
-        self.lock().history.iter().copied().collect()
+        self.state().history.iter().copied().collect()
     }
 
-    /// Samples offered since start, and those dropped because the queue was full.
+    /// Samples offered since start, and those dropped because the buffer was full.
     pub fn counts(&self) -> (u64, u64) {
         (
             self.offered.load(Ordering::Relaxed),
@@ -118,23 +130,28 @@ impl Learner {
         self.limits
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The learner's thread: samples, a batch under one lock at a time, until the learner goes.
-fn learn(samples: Receiver<Seen>, state: Arc<Mutex<State>>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Ok(first) = samples.recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match samples.try_recv() {
-                Ok(s) => batch.push(s),
-                Err(_) => break,
-            }
+/// The learner's thread: every [`EVERY`], the samples waiting, learned under one lock,
+/// until the learner is gone.
+fn learn(shared: Weak<Shared>) {
+    let mut batch = Vec::new();
+    loop {
+        std::thread::sleep(EVERY);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        std::mem::swap(
+            &mut batch,
+            &mut *shared.waiting.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        if batch.is_empty() {
+            continue;
         }
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         for s in batch.drain(..) {
             state.inventory.observe(&Sample {
                 method: s.method,
