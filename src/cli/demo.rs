@@ -265,6 +265,8 @@ strangler demo is running (Ctrl-C to stop)
   health:       http://{admin}/healthz  http://{admin}/readyz
   explain:      target/release/strangler explain {file} GET /api/orders/42 -H 'x-user-id: alice'
   plans:        http://{admin}/admin/plans   (or: target/release/strangler plan status{at})
+  map:          http://{admin}/#/map   (the endpoints learned from the traffic, what is carved and
+                what no route takes yet; or: target/release/strangler inventory{at})
 
 Two migration plans start now (migrations-plan/): billing walks to 100% in about a
 minute; the orders service breaks once its plan reaches 25%, and the plan rolls it back.
