@@ -18,83 +18,42 @@ use std::time::Instant;
 use http::request::Parts;
 use http::{Request, StatusCode};
 
-use super::admit::CanonicalPath;
 use super::connection::Peer;
+use super::decide::Decided;
 use super::error::Failure;
-use super::fleet::{Admit, Instance, ServiceState};
+use super::fleet::Instance;
 use super::record::Trail;
-use super::rewrite::{self, Facts};
+use super::rewrite::{self, Original};
 use super::send::{self, Exchange};
 use super::table::{Endpoint, LEGACY, RouteStats, Table, Timeouts, UpstreamId};
 use super::upload::{RequestBody, Tee};
 use crate::config::resilience::{DEFAULT_RETRY_MAX_BODY, FailKind, FallbackConfig, RetryConfig};
 use crate::observe::UpstreamErrorKind;
-use crate::routing::{Reason, Side};
-
-/// What the breaker and the health checks make of a request the decision sent to a new
-/// service.
-pub enum Divert {
-    /// It goes to the service (as the breaker's probe, with its number).
-    No { probe: Option<u64> },
-    /// It goes to legacy, for this reason.
-    ToLegacy(Reason),
-}
-
-/// Whether a new service can take a request now; `reported`: the request's outcome will
-/// be told to the breaker (an upgrade's is not, so it never takes the probe).
-pub fn divert(service: &ServiceState, now: Instant, reported: bool) -> Divert {
-    if !service.available() {
-        return Divert::ToLegacy(Reason::Unhealthy);
-    }
-    match service.breaker.as_ref().map(|b| b.admit(now, reported)) {
-        Some(Admit::Refuse) => Divert::ToLegacy(Reason::BreakerOpen),
-        Some(Admit::Probe(n)) => Divert::No { probe: Some(n) },
-        _ => Divert::No { probe: None },
-    }
-}
-
-/// The request as it was before its rewrite for the new side, kept to be rewritten for
-/// legacy should it fall back.
-pub struct Original {
-    pub head: Parts,
-    pub path: CanonicalPath,
-    pub facts: Facts,
-}
-
-/// What the attempts of a request go by, from its decision.
-pub struct Plan {
-    /// The upstream the decision chose.
-    pub upstream: UpstreamId,
-    pub side: Side,
-    /// The first attempt is the breaker's probe (its number).
-    pub probe: Option<u64>,
-    /// The request before its rewrite, for a fallback (only when one may happen).
-    pub original: Option<Original>,
-    /// The request is an upgrade: its body is never kept for another attempt.
-    pub upgrade: bool,
-}
+use crate::routing::Side;
 
 /// The request through its attempts, up to the response head the client gets (or the
 /// failure that answers it). The attempts the client does not see are in `trail`.
+/// `original`: the request before its rewrite, for a fallback (only when one may happen).
 pub async fn run(
     trail: &mut Trail,
-    plan: Plan,
+    table: &Table,
+    decided: &Decided,
+    original: Option<Original>,
     head: Parts,
     mut body: RequestBody,
     peer: &Peer,
 ) -> Result<Exchange, Failure> {
-    let table = trail.table().clone();
-    let route = trail.decision().and_then(|d| d.route);
-    let stats = table.stats(route);
+    let upgrade = decided.upgrade;
+    let stats = table.stats(decided.route);
     let policy = &stats.policy;
     let retries = policy.retries;
     if retries.is_some() {
         stats.budget.deposit();
     }
-    let fallback = policy.fallback.filter(|_| plan.original.is_some());
+    let fallback = policy.fallback.filter(|_| original.is_some());
     let had_body = body.has_body();
     let idempotent = head.method.is_idempotent();
-    let keep = if plan.upgrade {
+    let keep = if upgrade {
         0
     } else {
         keep_limit(fallback, retries, idempotent)
@@ -104,16 +63,16 @@ pub async fn run(
         .filter(|declared| declared.is_none_or(|n| n <= keep))
         .map(|_| body.tee(keep));
     let first = Attempts {
-        table: &table,
-        upstream: plan.upstream,
+        table,
+        upstream: decided.upstream,
         stats,
-        side: plan.side,
+        side: decided.side,
         retries,
-        timeouts: table.upstream(plan.upstream).timeouts_for(policy),
+        timeouts: table.upstream(decided.upstream).timeouts_for(policy),
         tee: tee.as_deref(),
         had_body,
-        probe: plan.probe,
-        upgrade: plan.upgrade,
+        probe: decided.probe,
+        upgrade,
     };
     let run = first
         .run(Request::from_parts(head, body), trail.start())
@@ -160,12 +119,12 @@ pub async fn run(
         mut head,
         path,
         facts,
-    } = plan.original.expect("a fallback only with the original");
+    } = original.expect("a fallback only with the original");
     rewrite::rewrite(
         &mut head,
         path,
         table.upstream(LEGACY),
-        &table,
+        table,
         peer,
         facts,
         trail.logged_path(),

@@ -9,15 +9,19 @@ use std::time::Instant;
 use http::request::Parts;
 
 use super::admit::Admitted;
-use super::attempt::{self, Divert};
 use super::connection::Peer;
 use super::error::{Failure, Refusal};
+use super::fleet::{Admit, ServiceState};
 use super::record::Trail;
-use super::table::{LEGACY, UpstreamId};
-use crate::routing::{RequestView, Side};
+use super::table::{LEGACY, Table, UpstreamId};
+use crate::routing::{Reason, RequestView, Side};
 
 /// What the decision leaves to the phases after it.
 pub struct Decided {
+    /// The route (`None`: `default`).
+    pub route: Option<usize>,
+    /// The request is an upgrade (WebSocket).
+    pub upgrade: bool,
     /// The upstream that serves (legacy after a diversion).
     pub upstream: UpstreamId,
     pub side: Side,
@@ -34,13 +38,13 @@ pub struct Decided {
 /// upgrade where `upgrades: false`) is refused.
 pub fn decide(
     trail: &mut Trail,
+    table: &Table,
     head: &Parts,
     admitted: &Admitted,
     peer: &Peer,
     upgrade: bool,
     now: Instant,
 ) -> Result<Decided, Failure> {
-    let table = trail.table().clone();
     let mut decision = table.routing.decide(&RequestView {
         path: admitted.route_path(&head.uri),
         method: &head.method,
@@ -55,7 +59,7 @@ pub fn decide(
     if let (Side::New, Some(service)) = (decision.side, &chosen.fleet)
         && table.upstream(LEGACY).dial.protocol.is_http2() == chosen.dial.protocol.is_http2()
     {
-        match attempt::divert(service, now, !upgrade) {
+        match divert(service, now, !upgrade) {
             Divert::No { probe: p } => probe = p,
             Divert::ToLegacy(reason) => {
                 decision.side = Side::Legacy;
@@ -83,10 +87,34 @@ pub fn decide(
         _ => None,
     };
     Ok(Decided {
+        route: decision.route,
+        upgrade,
         upstream,
         side: decision.side,
         probe,
         shadow,
         keep_original: !upgrade && decision.side == Side::New && policy.fallback.is_some(),
     })
+}
+
+/// What the breaker and the health checks make of a request the decision sent to a new
+/// service.
+enum Divert {
+    /// It goes to the service (as the breaker's probe, with its number).
+    No { probe: Option<u64> },
+    /// It goes to legacy, for this reason.
+    ToLegacy(Reason),
+}
+
+/// Whether a new service can take a request now; `reported`: the request's outcome will
+/// be told to the breaker (an upgrade's is not, so it never takes the probe).
+fn divert(service: &ServiceState, now: Instant, reported: bool) -> Divert {
+    if !service.available() {
+        return Divert::ToLegacy(Reason::Unhealthy);
+    }
+    match service.breaker.as_ref().map(|b| b.admit(now, reported)) {
+        Some(Admit::Refuse) => Divert::ToLegacy(Reason::BreakerOpen),
+        Some(Admit::Probe(n)) => Divert::No { probe: Some(n) },
+        _ => Divert::No { probe: None },
+    }
 }

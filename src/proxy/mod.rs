@@ -45,7 +45,6 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::ResponseBody;
@@ -113,84 +112,51 @@ impl Gateway {
         );
         let admitted = match admission.verdict {
             Ok(admitted) => admitted,
-            Err(refused) => {
-                trail.refused(refused.path);
-                return Ok(respond::failure(trail, Failure::Refused(refused.refusal)));
-            }
+            Err(refused) => return Ok(respond::refused(trail, refused)),
         };
 
-        let decided =
-            match decide::decide(&mut trail, &head, &admitted, peer, upgrade.is_some(), start) {
-                Ok(decided) => decided,
+        let decided = match decide::decide(
+            &mut trail,
+            &table,
+            &head,
+            &admitted,
+            peer,
+            upgrade.is_some(),
+            start,
+        ) {
+            Ok(decided) => decided,
+            Err(failure) => return Ok(respond::failure(trail, failure)),
+        };
+
+        let pending = rewrite::Pending::new(head, &body, admitted.path, admission.trailers);
+        let copy = decided
+            .shadow
+            .and_then(|r| shadow::copy(&self.shadow_budget, &table, r, &pending, peer));
+        let mut out =
+            match rewrite::outbound(&mut trail, &table, &decided, pending, body, upgrade, peer) {
+                Ok(out) => out,
                 Err(failure) => return Ok(respond::failure(trail, failure)),
             };
+        let tap = copy.map(|copy| copy.watching(&mut out.body, &out.head));
 
-        let length = body.size_hint().exact();
-        let facts = rewrite::Facts {
-            chunked_body: length.is_none() && !body.is_end_stream(),
-            trailers: admission.trailers,
-        };
-        let path = admitted.path;
-        let original = decided.keep_original.then(|| attempt::Original {
-            head: send::copy_head(&head),
-            path: path.clone(),
-            facts,
-        });
-        let copy = decided.shadow.and_then(|r| {
-            shadow::copy(
-                &self.shadow_budget,
-                &table,
-                r,
-                &head,
-                &path,
-                facts,
-                peer,
-                length,
-            )
-        });
-        let upstream = table.upstream(decided.upstream);
-        if let Err(failure) = rewrite::rewrite(
-            &mut head,
-            path,
-            upstream,
+        let sent = attempt::run(
+            &mut trail,
             &table,
+            &decided,
+            out.original,
+            out.head,
+            out.body,
             peer,
-            facts,
-            trail.logged_path(),
-        ) {
-            return Ok(respond::failure(trail, failure));
-        }
-        // An HTTP/2 service is asked for no upgrade (HTTP/2 has none): the request goes as
-        // the ordinary request it also is.
-        let upgrade =
-            upgrade
-                .filter(|_| !upstream.dial.protocol.is_http2())
-                .map(|(proto, client)| {
-                    headers::ask_upgrade(&mut head.headers, proto.clone());
-                    (proto, client)
-                });
-        // The declared length (hyper has parsed Content-Length); 0 for chunked bodies.
-        trail.declared(length.unwrap_or(0));
-        let mut body = upload::RequestBody::new(body, table.config.client.body_timeout)
-            .trailers_held_to(&table.edge);
-        let tap = copy.map(|mut copy| {
-            copy.watch_request(&mut body, &head);
-            Box::new(copy)
-        });
+        )
+        .await;
 
-        let plan = attempt::Plan {
-            upstream: decided.upstream,
-            side: decided.side,
-            probe: decided.probe,
-            original,
-            upgrade: upgrade.is_some(),
-        };
-        let sent = attempt::run(&mut trail, plan, head, body, peer).await;
-
-        Ok(match sent {
-            Ok(exchange) => respond::upstream(exchange, trail, upgrade, tap, &self.tunnels),
-            Err(failure) => respond::failure(trail, failure),
-        })
+        Ok(respond::answer(
+            trail,
+            sent,
+            out.upgrade,
+            tap,
+            &self.tunnels,
+        ))
     }
 
     /// Records a request the HTTP parser refused before the gateway saw it, or a head the

@@ -183,6 +183,27 @@ fn relayable(parts: &mut http::response::Parts) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The response to the attempts' outcome: the upstream's answer, or the gateway's own to
+/// its failure.
+pub fn answer(
+    trail: Trail,
+    sent: Result<Exchange, Failure>,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    tap: Option<Box<Copy>>,
+    tunnels: &Arc<Tunnels>,
+) -> Response<ResponseBody> {
+    match sent {
+        Ok(exchange) => upstream(exchange, trail, upgrade, tap, tunnels),
+        Err(f) => failure(trail, f),
+    }
+}
+
+/// The gateway's answer to a request admission refused.
+pub fn refused(mut trail: Trail, refused: super::admit::Refused) -> Response<ResponseBody> {
+    trail.refused(refused.path);
+    failure(trail, Failure::Refused(refused.refusal))
+}
+
 /// The gateway's own answer to a failed request: JSON naming the route and side (null when
 /// the request was refused before a route was chosen), with the request id.
 pub fn failure(mut trail: Trail, failure: Failure) -> Response<ResponseBody> {

@@ -17,13 +17,16 @@ use http::uri::{PathAndQuery, Uri};
 
 use super::admit::CanonicalPath;
 use super::connection::Peer;
+use super::decide::Decided;
 use super::error::{Failure, Refusal};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
-    X_REAL_IP,
+    X_REAL_IP, ask_upgrade,
 };
-use super::record::LoggedPath;
+use super::record::{LoggedPath, Trail};
 use super::table::{Table, Upstream};
+use super::upload::RequestBody;
+use hyper::upgrade::OnUpgrade;
 
 /// What the rewrite needs to know of the request beyond its head.
 #[derive(Clone, Copy)]
@@ -32,6 +35,104 @@ pub struct Facts {
     pub chunked_body: bool,
     /// The client takes trailers (`TE: trailers`).
     pub trailers: bool,
+}
+
+/// The request as it was before its rewrite for the new side, kept to be rewritten for
+/// legacy should it fall back (or for the new side, as a shadow copy).
+pub struct Original {
+    pub head: Parts,
+    pub path: CanonicalPath,
+    pub facts: Facts,
+}
+
+/// A request as admitted and decided, before its rewrite.
+pub struct Pending {
+    pub head: Parts,
+    pub path: CanonicalPath,
+    pub facts: Facts,
+    /// The body's declared length (hyper has parsed Content-Length).
+    pub length: Option<u64>,
+}
+
+impl Pending {
+    pub fn new(
+        head: Parts,
+        body: &hyper::body::Incoming,
+        path: CanonicalPath,
+        trailers: bool,
+    ) -> Pending {
+        use http_body::Body as _;
+        let length = body.size_hint().exact();
+        Pending {
+            head,
+            path,
+            facts: Facts {
+                chunked_body: length.is_none() && !body.is_end_stream(),
+                trailers,
+            },
+            length,
+        }
+    }
+}
+
+/// The request on its way to the upstream the decision chose.
+pub struct Outbound {
+    pub head: Parts,
+    pub body: RequestBody,
+    /// The request before its rewrite, when the new side's failure may send it to legacy.
+    pub original: Option<Original>,
+    /// The upgrade asked, when the upstream is asked for it (an HTTP/2 service is not: the
+    /// request goes as the ordinary request it also is).
+    pub upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+/// The rewrite phase: `request` rewritten for the decided upstream (kept as it was when a
+/// fallback may need it), its body wrapped for sending, the upgrade asked of the upstream.
+pub fn outbound(
+    trail: &mut Trail,
+    table: &Table,
+    decided: &Decided,
+    request: Pending,
+    body: hyper::body::Incoming,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    peer: &Peer,
+) -> Result<Outbound, Failure> {
+    let Pending {
+        mut head,
+        path,
+        facts,
+        length,
+    } = request;
+    let original = decided.keep_original.then(|| Original {
+        head: super::send::copy_head(&head),
+        path: path.clone(),
+        facts,
+    });
+    let upstream = table.upstream(decided.upstream);
+    rewrite(
+        &mut head,
+        path,
+        upstream,
+        table,
+        peer,
+        facts,
+        trail.logged_path(),
+    )?;
+    let upgrade = upgrade
+        .filter(|_| !upstream.dial.protocol.is_http2())
+        .map(|(proto, client)| {
+            ask_upgrade(&mut head.headers, proto.clone());
+            (proto, client)
+        });
+    trail.declared(length.unwrap_or(0));
+    let body =
+        RequestBody::new(body, table.config.client.body_timeout).trailers_held_to(&table.edge);
+    Ok(Outbound {
+        head,
+        body,
+        original,
+        upgrade,
+    })
 }
 
 /// Rewrites `head` for `upstream`; `logged` gets the canonical path for the access log.

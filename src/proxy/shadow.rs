@@ -21,12 +21,11 @@ use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::admit::CanonicalPath;
 use super::connection::Peer;
 use super::headers::strip_hop_by_hop;
 use super::pool;
 use super::record::LoggedPath;
-use super::rewrite::{self, Facts};
+use super::rewrite::{self, Pending};
 use super::send;
 use super::table::{LEGACY, Table, Upstream};
 use super::upload::{Kept, RequestBody, Tee};
@@ -112,17 +111,19 @@ impl Drop for Room {
 
 /// A shadow copy of a request of route `r` (its head rewritten for the new side), if the
 /// new service can take it and `budget` has room; otherwise what became of it is counted.
-#[allow(clippy::too_many_arguments)]
 pub fn copy(
     budget: &Arc<Budget>,
     table: &Arc<Table>,
     r: usize,
-    head: &Parts,
-    path: &CanonicalPath,
-    facts: Facts,
+    request: &Pending,
     peer: &Peer,
-    declared: Option<u64>,
 ) -> Option<Copy> {
+    let Pending {
+        head,
+        path,
+        facts,
+        length: declared,
+    } = request;
     let cfg = table.policy(Some(r)).shadow.as_ref()?;
     let new = table.upstream(table.new_upstream(r));
     // A new service that cannot take traffic (no healthy instance, breaker open) is not
@@ -154,7 +155,7 @@ pub fn copy(
         new,
         table,
         peer,
-        facts,
+        *facts,
         &mut logged,
     )
     .is_err()
@@ -264,6 +265,12 @@ impl Copy {
             started: Instant::now(),
             legacy_time: None,
         }
+    }
+
+    /// The copy, watching the request as it goes to legacy (see [`Copy::watch_request`]).
+    pub fn watching(mut self, body: &mut RequestBody, legacy_head: &Parts) -> Box<Copy> {
+        self.watch_request(body, legacy_head);
+        Box::new(self)
     }
 
     /// The request body, kept as it streams to legacy (up to `max_body`), and the head
