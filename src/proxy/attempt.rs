@@ -138,7 +138,9 @@ pub async fn run(
         probe: None,
         ..first
     };
-    let run = legacy.run(Request::from_parts(head, replay), began).await;
+    // Boxed: a fallback is rare, and its attempts' future would otherwise be a second one
+    // inside every request's future.
+    let run = Box::pin(legacy.run(Request::from_parts(head, replay), began)).await;
     trail.served_by(run.endpoint);
     run.result
 }

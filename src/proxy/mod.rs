@@ -192,3 +192,33 @@ impl Gateway {
         trail.record();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<'a, F: std::future::Future>(
+        _handle: impl Fn(&'a Gateway, Request<Incoming>, &'a Arc<Peer>) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A request's future is set up and moved with every request, and every connection
+    /// serving one holds it: what only a few requests need (a new connection and its TLS
+    /// handshake, a fallback's attempts) is boxed when it happens, not carried by all.
+    #[test]
+    fn a_requests_future_carries_only_what_every_request_needs() {
+        let size = future_size(Gateway::handle);
+        assert!(size <= 9 * 1024, "Gateway::handle's future is {size} bytes");
+        fn checkout_size<'a, F: std::future::Future>(
+            _checkout: impl Fn(pool::PoolKey, &'a pool::Dial, Instant, pool::Limit) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let checkout = checkout_size(pool::checkout);
+        assert!(
+            checkout <= 1024,
+            "pool::checkout's future is {checkout} bytes"
+        );
+    }
+}

@@ -387,8 +387,18 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
     });
 }
 
-/// A new connection, within `limit`.
-async fn connect(dial: &Dial, limit: Limit) -> std::io::Result<Conn> {
+/// A new connection, within `limit`. Boxed: connecting (and a TLS handshake) takes a
+/// future of several KiB that most requests, served on a pooled connection, never need,
+/// and that would otherwise be part of every request's own future (moved and set up with
+/// each request).
+fn connect(
+    dial: &Dial,
+    limit: Limit,
+) -> std::pin::Pin<Box<impl Future<Output = std::io::Result<Conn>> + Send + '_>> {
+    Box::pin(connect_within(dial, limit))
+}
+
+async fn connect_within(dial: &Dial, limit: Limit) -> std::io::Result<Conn> {
     let until = (Instant::now() + limit.connect).min(limit.by);
     tokio::time::timeout_at(until.into(), connect_now(dial))
         .await

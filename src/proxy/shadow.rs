@@ -220,7 +220,7 @@ pub struct Copy {
     ended: bool,
     /// Counted (in the report and the metric).
     counted: bool,
-    method: String,
+    method: http::Method,
     path: String,
     /// When legacy was asked, and how long its whole answer took.
     started: Instant,
@@ -260,7 +260,7 @@ impl Copy {
             settled: None,
             ended: false,
             counted: false,
-            method: String::new(),
+            method: http::Method::GET,
             path: path.to_string(),
             started: Instant::now(),
             legacy_time: None,
@@ -280,7 +280,7 @@ impl Copy {
         let Some(cfg) = self.table.policy(Some(self.route)).shadow.as_ref() else {
             return;
         };
-        self.method = legacy_head.method.to_string();
+        self.method = legacy_head.method.clone();
         if body.has_body() {
             self.upload = Some(body.tee(cfg.max_body));
         }
@@ -402,15 +402,9 @@ impl Copy {
         };
         let service = table.new_upstream(self.route);
         let sent = Instant::now();
-        let new = match fetch(
-            table.upstream(service),
-            send::copy_head(&self.new_head),
-            &body,
-            cfg.max_body,
-            room,
-        )
-        .await
-        {
+        // The heads are sent as they are: a copy runs once.
+        let new_head = std::mem::replace(&mut self.new_head, Request::new(()).into_parts().0);
+        let new = match fetch(table.upstream(service), new_head, &body, cfg.max_body, room).await {
             Ok(a) if a.body.is_some() => a,
             Ok(_) => {
                 self.report.count(Outcome::TooLarge);
@@ -427,22 +421,19 @@ impl Copy {
         };
         let times = (self.legacy_time.unwrap_or_default(), sent.elapsed());
         // Legacy against itself, for the sample: what differs there is noise.
-        let again = match &self.legacy_head {
-            Some(head) => fetch(
-                table.upstream(LEGACY),
-                send::copy_head(head),
-                &body,
-                cfg.max_body,
-                room,
-            )
-            .await
-            .ok()
-            .filter(|a| a.body.is_some()),
+        let again = match self.legacy_head.take() {
+            Some(head) => fetch(table.upstream(LEGACY), head, &body, cfg.max_body, room)
+                .await
+                .ok()
+                .filter(|a| a.body.is_some()),
             None => None,
         };
         let report = self.report.clone();
         let cfg = cfg.clone();
-        let (method, path) = (std::mem::take(&mut self.method), self.path.clone());
+        let (method, path) = (
+            std::mem::take(&mut self.method),
+            std::mem::take(&mut self.path),
+        );
         // A compressed body may decode to up to `max_body`: not work for these threads.
         let encoded = [&legacy, &new]
             .iter()
@@ -458,7 +449,7 @@ impl Copy {
                 .map_or(0, |d| d.as_millis());
             report.compare(
                 &Copied {
-                    method: &method,
+                    method: method.as_str(),
                     path: &path,
                 },
                 &legacy,
