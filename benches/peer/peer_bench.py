@@ -31,7 +31,7 @@ Examples, from the repository root:
 A gateway command must listen on --gateway-port (18092: both routes files do) and split /
 between http://127.0.0.1:18081 and http://127.0.0.1:18082 (or :18083). Gateways run with
 TOKIO_WORKER_THREADS=1. RUNDIR in a command is the run's directory, which holds
-production.yaml and strangler.yaml (with `tls` for the TLS protocols) and the
+production.yaml, shadow.yaml and strangler.yaml (with `tls` for the TLS protocols) and the
 certificate every TLS listener uses (cert.pem, key.pem: ECDSA P-256, made by openssl).
 
 --protocol says what clients speak to the proxies: h1 (wrk, the default), h2c, h2 (over
@@ -90,7 +90,7 @@ def render(name, rundir, protocol="h1"):
         bind = ("proto h2" if protocol == "h2c"
                 else f"ssl crt {rundir}/combined.pem alpn " + ("h2" if protocol == "h2" else "http/1.1"))
         text = text.replace("bind 127.0.0.1:18091", f"bind 127.0.0.1:18091 {bind}")
-    if name in ("strangler.yaml", "production.yaml") and tls:
+    if name in ("strangler.yaml", "production.yaml", "shadow.yaml") and tls:
         text += f"tls:\n  cert: {rundir}/cert.pem\n  key: {rundir}/key.pem\n"
     out = os.path.join(rundir, name)
     with open(out, "w") as f:
@@ -230,6 +230,7 @@ def main():
                 f.write(g.read())
     render("strangler.yaml", rundir, args.protocol)
     render("production.yaml", rundir, args.protocol)
+    render("shadow.yaml", rundir, args.protocol)
     gateways = {name: cmd.replace("RUNDIR", rundir) for name, cmd in gateways.items()}
 
     def start(cmd, cpu, env=None):
