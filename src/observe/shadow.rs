@@ -137,6 +137,10 @@ pub fn differences(
         if ignored(name) {
             continue;
         }
+        // Compared as bytes; made text only for a difference to show.
+        if a.headers.get_all(name).iter().eq(b.headers.get_all(name)) {
+            continue;
+        }
         let values = |h: &HeaderMap| -> Vec<String> {
             h.get_all(name)
                 .iter()

@@ -7,6 +7,9 @@ use std::time::Instant;
 use super::*;
 use crate::config::resilience::Balance;
 
+/// The instances a pick chooses among.
+type Instances<'a> = smallvec::SmallVec<[&'a Arc<Instance>; 8]>;
+
 impl ServiceState {
     /// An instance for the next attempt, other than `avoid` when there is another; `None`
     /// only when the service has no instance at all.
@@ -15,17 +18,18 @@ impl ServiceState {
         let now_ms = self.outlier.map(|_| self.ms(Instant::now()));
         // Serving: healthy and not ejected (one look at each: the checker may change it).
         let serving = |i: &&Arc<Instance>| i.healthy() && now_ms.is_none_or(|m| !i.ejected(m));
-        let usable: Vec<&Arc<Instance>> = list
+        // On the stack for up to 8 instances: a pick allocates nothing.
+        let usable: Instances<'_> = list
             .iter()
             .filter(serving)
             .filter(|i| avoid.is_none_or(|a| !std::ptr::eq(a, &***i)))
             .collect();
-        let (pool, all_unhealthy): (Vec<&Arc<Instance>>, bool) = if !usable.is_empty() {
+        let (pool, all_unhealthy): (Instances<'_>, bool) = if !usable.is_empty() {
             (usable, false)
         } else {
             // Only the instance to avoid serves: it again; else an ejected healthy one;
             // else, nothing healthy: any instance, in turn.
-            let fewer = |keep: &dyn Fn(&&Arc<Instance>) -> bool| -> Vec<&Arc<Instance>> {
+            let fewer = |keep: &dyn Fn(&&Arc<Instance>) -> bool| -> Instances<'_> {
                 list.iter().filter(|i| keep(i)).collect()
             };
             let serving = fewer(&serving);
