@@ -339,14 +339,21 @@ pub fn main() -> ExitCode {
             for w in &config.warnings {
                 tracing::warn!(warning = %w, "routes file");
             }
-            run(serve(
-                config,
-                ServeOptions {
-                    log_format,
-                    access_log: !no_access_log,
-                    watch: !no_watch,
-                },
-            ))
+            // A thread per core serves the public listener, each on a runtime of its own;
+            // the admin API, plans and health checks run on the main thread's.
+            let public_threads = worker_threads();
+            run_on(
+                Runtime::Single,
+                serve(
+                    config,
+                    ServeOptions {
+                        log_format,
+                        access_log: !no_access_log,
+                        watch: !no_watch,
+                        public_threads,
+                    },
+                ),
+            )
         }
         Command::Inventory { args } => inventory::inventory(args),
         Command::Plan { action } => plan(action, cli.log_format),
@@ -361,10 +368,40 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The threads the gateway serves requests on: `TOKIO_WORKER_THREADS` when set, else one
+/// per core.
+fn worker_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The runtime a command runs on.
+enum Runtime {
+    /// One thread: no cross-thread handoffs at all.
+    Single,
+    /// One thread when `TOKIO_WORKER_THREADS=1`, else tokio's multi-thread scheduler.
+    FromEnvironment,
+}
+
 /// Builds the runtime: one thread when `TOKIO_WORKER_THREADS=1` (no cross-thread handoffs at
 /// all), else tokio's multi-thread scheduler.
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    run_on(Runtime::FromEnvironment, fut)
+}
+
+fn run_on(
+    runtime: Runtime,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let single = match runtime {
+        Runtime::Single => true,
+        Runtime::FromEnvironment => {
+            std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1")
+        }
+    };
     let rt = if single {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -14,6 +14,9 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// Watch the routes file (off for file systems without change notifications).
     pub watch: bool,
+    /// Threads serving the public listener, each with a runtime of its own (1: the
+    /// public listener is served on the calling runtime).
+    pub public_threads: usize,
 }
 
 /// Runs the gateway on `config` until SIGTERM or Ctrl-C, then drains and returns.
@@ -24,7 +27,11 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let log = AccessLog::new(opts.log_format, opts.access_log);
-    let running = super::server::start(config, log.clone()).await?;
+    let deps = super::server::Dependencies {
+        public_threads: opts.public_threads,
+        ..Default::default()
+    };
+    let running = super::server::start_with(config, log.clone(), deps).await?;
     let watch = match opts.watch.then(|| running.watch()) {
         None => None,
         Some(Ok(w)) => {

@@ -48,8 +48,9 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     /// Tells the public listener to stop accepting and its connections to finish.
     draining: watch::Sender<bool>,
-    /// Tells the public listener to close the connections still open (the drain is over).
-    cut: Arc<Notify>,
+    /// Tells the public listener (each of its threads) to close the connections still open
+    /// (the drain is over).
+    cut: Vec<Arc<Notify>>,
     /// True once every public connection has closed after a drain began.
     drained: watch::Receiver<bool>,
     /// Tells the admin listener to stop (at exit).
@@ -75,7 +76,9 @@ impl Running {
     pub async fn cut(&self) {
         self.ready.store(false, Ordering::Release);
         let _ = self.draining.send(true);
-        self.cut.notify_one();
+        for cut in &self.cut {
+            cut.notify_one();
+        }
         let mut drained = self.drained.clone();
         let _ = tokio::time::timeout(Duration::from_secs(3), drained.wait_for(|d| *d)).await;
     }
@@ -115,11 +118,18 @@ fn check_admin_token(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a program embedding the gateway may give it in place of the system's.
+/// What a program embedding the gateway may give it in place of the system's, and how its
+/// public listener runs.
 #[derive(Debug, Clone, Default)]
 pub struct Dependencies {
     /// How services' host names are looked up (the system's resolver by default).
     pub resolver: crate::proxy::resolve::Resolver,
+    /// Threads serving the public listener, each with a single-threaded runtime and a
+    /// listening socket of its own on the same address (`SO_REUSEPORT`: the kernel spreads
+    /// the connections), as nginx runs a process per core: a connection and everything its
+    /// requests do stay on one thread. 0 or 1: the public listener is served on the
+    /// runtime `start_with` runs in.
+    pub public_threads: usize,
 }
 
 /// Binds the listeners of `config` and starts serving. Must run inside a tokio runtime.
@@ -138,13 +148,13 @@ pub async fn start_with(
     // A reload compares against the addresses as configured (`:0` stays `:0`).
     let (configured_listen, configured_admin) = (config.listen, config.admin.listen);
     let metrics = Metrics::new();
-    let public = TcpListener::bind(config.listen)
-        .await
+    let threads = deps.public_threads.max(1);
+    let mut publics = bind_public(config.listen, threads)
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    let public_addr = public.local_addr()?;
+    let public_addr = publics[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     // The comparison's settings are read at start (its slots are sized from them).
     let windows = Registry::new(config.compare.clone());
@@ -184,16 +194,63 @@ pub async fn start_with(
     let (draining, drain_rx) = watch::channel(false);
     let (closing, close_rx) = watch::channel(false);
     let (drained_tx, drained_rx) = watch::channel(false);
-    let cut = Arc::new(Notify::new());
+    let cut: Vec<Arc<Notify>> = (0..threads).map(|_| Arc::new(Notify::new())).collect();
 
-    tokio::spawn(serve_public(
-        public,
-        gateway.clone(),
-        metrics.clone(),
-        drain_rx,
-        cut.clone(),
-        drained_tx,
-    ));
+    if threads == 1 {
+        let listener = TcpListener::from_std(publics.remove(0))?;
+        tokio::spawn(serve_public(
+            listener,
+            gateway.clone(),
+            metrics.clone(),
+            drain_rx,
+            cut[0].clone(),
+            drained_tx,
+        ));
+    } else {
+        let mut each_drained = Vec::with_capacity(threads);
+        for (i, (listener, cut)) in publics.into_iter().zip(&cut).enumerate() {
+            let (tx, rx) = watch::channel(false);
+            each_drained.push(rx);
+            let (gateway, metrics, drain, cut) = (
+                gateway.clone(),
+                metrics.clone(),
+                drain_rx.clone(),
+                cut.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("strangler-public-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a public listener's runtime");
+                            let _ = tx.send(true);
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => serve_public(l, gateway, metrics, drain, cut, tx).await,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot serve a public listener");
+                                let _ = tx.send(true);
+                            }
+                        }
+                    });
+                })
+                .context("cannot start a public listener's thread")?;
+        }
+        // Drained once every thread's connections are.
+        tokio::spawn(async move {
+            for mut rx in each_drained {
+                let _ = rx.wait_for(|d| *d).await;
+            }
+            let _ = drained_tx.send(true);
+        });
+    }
     tokio::spawn(async move {
         let mut tasks = JoinSet::new();
         accept_loop(
@@ -372,6 +429,27 @@ fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioEx
         .max_header_list_size(MAX_BUF as u32)
         .auto_date_header(false);
     builder
+}
+
+/// `threads` listening sockets on `addr` (`SO_REUSEPORT` on each when more than one: the
+/// kernel spreads new connections among them), non-blocking, for tokio. The first fixes the
+/// port when `addr` asks for any (`:0`).
+fn bind_public(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let at = out.first().map_or(Ok(addr), |l| l.local_addr())?;
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if threads > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        out.push(socket.into());
+    }
+    Ok(out)
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was
