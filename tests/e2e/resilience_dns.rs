@@ -64,7 +64,10 @@ async fn a_moved_record_moves_the_traffic() {
         legacy.url()
     );
     let cfg = strangler::Config::parse(&yaml, std::path::Path::new("test.yaml")).unwrap();
-    let deps = strangler::Dependencies { resolver };
+    let deps = strangler::Dependencies {
+        resolver,
+        ..Default::default()
+    };
     let running = strangler::start_with(
         cfg,
         strangler::AccessLog::new(strangler::LogFormat::Json, false),
