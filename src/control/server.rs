@@ -124,11 +124,10 @@ fn check_admin_token(config: &Config) -> anyhow::Result<()> {
 pub struct Dependencies {
     /// How services' host names are looked up (the system's resolver by default).
     pub resolver: crate::proxy::resolve::Resolver,
-    /// Threads serving the public listener, each with a single-threaded runtime and a
-    /// listening socket of its own on the same address (`SO_REUSEPORT`: the kernel spreads
-    /// the connections), as nginx runs a process per core: a connection and everything its
-    /// requests do stay on one thread. 0 or 1: the public listener is served on the
-    /// runtime `start_with` runs in.
+    /// Threads serving the public listener, each with a single-threaded runtime, as nginx
+    /// runs a process per core: the listener's connections are handed to them in turn, and
+    /// a connection and everything its requests do stay on its thread. 0 or 1: the public
+    /// listener is served on the runtime `start_with` runs in.
     pub public_threads: usize,
 }
 
@@ -149,12 +148,13 @@ pub async fn start_with(
     let (configured_listen, configured_admin) = (config.listen, config.admin.listen);
     let metrics = Metrics::new();
     let threads = deps.public_threads.max(1);
-    let mut publics = bind_public(config.listen, threads)
+    let public = TcpListener::bind(config.listen)
+        .await
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    let public_addr = publics[0].local_addr()?;
+    let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     // The comparison's settings are read at start (its slots are sized from them).
     let windows = Registry::new(config.compare.clone());
@@ -197,9 +197,8 @@ pub async fn start_with(
     let cut: Vec<Arc<Notify>> = (0..threads).map(|_| Arc::new(Notify::new())).collect();
 
     if threads == 1 {
-        let listener = TcpListener::from_std(publics.remove(0))?;
         tokio::spawn(serve_public(
-            listener,
+            Incoming::Socket(public),
             gateway.clone(),
             metrics.clone(),
             drain_rx,
@@ -208,9 +207,12 @@ pub async fn start_with(
         ));
     } else {
         let mut each_drained = Vec::with_capacity(threads);
-        for (i, (listener, cut)) in publics.into_iter().zip(&cut).enumerate() {
+        let mut hands = Vec::with_capacity(threads);
+        for (i, cut) in cut.iter().enumerate() {
             let (tx, rx) = watch::channel(false);
             each_drained.push(rx);
+            let (hand, handed) = tokio::sync::mpsc::unbounded_channel();
+            hands.push(hand);
             let (gateway, metrics, drain, cut) = (
                 gateway.clone(),
                 metrics.clone(),
@@ -220,29 +222,27 @@ pub async fn start_with(
             std::thread::Builder::new()
                 .name(format!("strangler-public-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
+                    match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt,
+                        Ok(rt) => rt.block_on(serve_public(
+                            Incoming::Handed(handed),
+                            gateway,
+                            metrics,
+                            drain,
+                            cut,
+                            tx,
+                        )),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot start a public listener's runtime");
                             let _ = tx.send(true);
-                            return;
                         }
-                    };
-                    rt.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => serve_public(l, gateway, metrics, drain, cut, tx).await,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot serve a public listener");
-                                let _ = tx.send(true);
-                            }
-                        }
-                    });
+                    }
                 })
                 .context("cannot start a public listener's thread")?;
         }
+        tokio::spawn(hand_round(public, hands, drain_rx));
         // Drained once every thread's connections are.
         tokio::spawn(async move {
             for mut rx in each_drained {
@@ -254,7 +254,7 @@ pub async fn start_with(
     tokio::spawn(async move {
         let mut tasks = JoinSet::new();
         accept_loop(
-            admin_listener,
+            Incoming::Socket(admin_listener),
             close_rx,
             GracefulShutdown::new(),
             &mut tasks,
@@ -295,7 +295,7 @@ pub async fn start_with(
 /// (`client.*`) and TLS certificate are those of the table in force when it was accepted
 /// (a reload that changes them changes new connections only).
 async fn serve_public(
-    listener: TcpListener,
+    listener: Incoming,
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     drain: watch::Receiver<bool>,
@@ -431,25 +431,53 @@ fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioEx
     builder
 }
 
-/// `threads` listening sockets on `addr` (`SO_REUSEPORT` on each when more than one: the
-/// kernel spreads new connections among them), non-blocking, for tokio. The first fixes the
-/// port when `addr` asks for any (`:0`).
-fn bind_public(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let at = out.first().map_or(Ok(addr), |l| l.local_addr())?;
-        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if threads > 1 {
-            socket.set_reuse_port(true)?;
+/// Where a listener's connections come from: its own socket, or the thread that accepts
+/// the public listener's connections and hands them round ([`hand_round`]).
+enum Incoming {
+    Socket(TcpListener),
+    Handed(tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>),
+}
+
+impl Incoming {
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        match self {
+            Incoming::Socket(listener) => listener.accept().await,
+            Incoming::Handed(handed) => match handed.recv().await {
+                Some((stream, addr)) => Ok((TcpStream::from_std(stream)?, addr)),
+                // Nothing more comes (a drain began): the drain ends the loop.
+                None => std::future::pending().await,
+            },
         }
-        socket.set_nonblocking(true)?;
-        socket.bind(&at.into())?;
-        socket.listen(1024)?;
-        out.push(socket.into());
     }
-    Ok(out)
+}
+
+/// Accepts the public listener's connections until a drain and hands them in turn to the
+/// threads that serve them, each on a runtime of its own: a connection and everything its
+/// requests do stay on one thread (one hand-off per connection, none per request). One
+/// socket rather than one per thread (`SO_REUSEPORT`): a second gateway started on the same
+/// address by mistake fails to start instead of silently taking a share of the connections.
+async fn hand_round(
+    listener: TcpListener,
+    hands: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted.and_then(|(s, a)| Ok((s.into_std()?, a))) {
+                Ok(conn) => {
+                    let _ = hands[next % hands.len()].send(conn);
+                    next += 1;
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = wait_true(&mut stop) => return,
+        }
+    }
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone (the gateway was
@@ -462,7 +490,7 @@ async fn wait_true(flag: &mut watch::Receiver<bool>) {
 /// watches its connection with the watcher of `graceful` it is given), spawned into
 /// `tasks`; returns `graceful`.
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    mut listener: Incoming,
     mut stop: watch::Receiver<bool>,
     graceful: GracefulShutdown,
     tasks: &mut JoinSet<()>,
