@@ -45,6 +45,7 @@ mod reload;
 mod reload_memory;
 mod resilience;
 mod resilience_dns;
+mod serve_threads;
 mod shadow;
 mod shift;
 mod split;
