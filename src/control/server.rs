@@ -195,6 +195,10 @@ pub async fn start_with(
     let (closing, close_rx) = watch::channel(false);
     let (drained_tx, drained_rx) = watch::channel(false);
     let cut: Vec<Arc<Notify>> = (0..threads).map(|_| Arc::new(Notify::new())).collect();
+    // Seen by every connection's requests, on every thread: set, they were cut by the end
+    // of a drain (one flag: a thread that cuts the tunnels, which are the gateway's, cuts
+    // those of the others' connections too).
+    let cutting = Arc::new(AtomicBool::new(false));
 
     if threads == 1 {
         tokio::spawn(serve_public(
@@ -202,7 +206,7 @@ pub async fn start_with(
             gateway.clone(),
             metrics.clone(),
             drain_rx,
-            cut[0].clone(),
+            (cut[0].clone(), cutting),
             drained_tx,
         ));
     } else {
@@ -217,7 +221,7 @@ pub async fn start_with(
                 gateway.clone(),
                 metrics.clone(),
                 drain_rx.clone(),
-                cut.clone(),
+                (cut.clone(), cutting.clone()),
             );
             std::thread::Builder::new()
                 .name(format!("strangler-public-{i}"))
@@ -299,13 +303,11 @@ async fn serve_public(
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     drain: watch::Receiver<bool>,
-    cut: Arc<Notify>,
+    (cut, cutting): (Arc<Notify>, Arc<AtomicBool>),
     drained: watch::Sender<bool>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
-    // Seen by every connection's requests: set, they were cut by the end of a drain.
-    let cutting = Arc::new(AtomicBool::new(false));
     let flag = cutting.clone();
     let tunnels = gateway.tunnels.clone();
     let accepted = accept_loop(
