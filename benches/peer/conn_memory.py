@@ -31,22 +31,15 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from peer_bench import PEER_PORTS, render, wait_port  # noqa: E402
+from peer_bench import PEER_PORTS, process_and_children, render, wait_port  # noqa: E402
 
 DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config RUNDIR/production.yaml"
 
 
 def rss_kib(pid):
     """VmRSS of `pid` and its children, in KiB."""
-    pids = [pid]
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                pids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
     total = 0
-    for p in pids:
+    for p in process_and_children(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:

@@ -103,8 +103,8 @@ def render(name, rundir, protocol="h1", workers=1):
     return out
 
 
-def cpu_ticks(pid):
-    """utime + stime of a process and its waited-for children, in clock ticks."""
+def process_and_children(pid):
+    """`pid` and the processes its threads started (nginx's workers)."""
     pids = [pid]
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -112,8 +112,13 @@ def cpu_ticks(pid):
                 pids += [int(c) for c in f.read().split()]
     except OSError:
         pass
+    return pids
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process and its waited-for children, in clock ticks."""
     total = 0
-    for p in pids:
+    for p in process_and_children(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

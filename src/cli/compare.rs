@@ -129,9 +129,6 @@ pub fn table(body: &Value) -> String {
             r["verdict"].as_str().unwrap_or("?").to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     // The time the figures cover, beside the window asked for: a gateway (or Prometheus)
     // up for less than the window covers less.
     let secs = |v: &Value| {
@@ -148,15 +145,7 @@ pub fn table(body: &Value) -> String {
         secs(&body["window_seconds"]),
         secs(&body["covered_seconds"])
     );
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    super::push_table(&mut out, &rows);
     for r in body["routes"].as_array().into_iter().flatten() {
         if !matches!(r["verdict"].as_str(), Some("worse" | "undecided")) {
             continue;

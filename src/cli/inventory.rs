@@ -428,18 +428,7 @@ fn render_table(
             when(t.last_seen_ms),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    super::push_table(&mut out, &rows);
     if rows_shown.len() < map.templates.len() {
         let _ = writeln!(
             out,

@@ -450,6 +450,29 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Appends `rows` as a table: each column as wide as its widest cell, two spaces apart.
+pub(crate) fn push_table<R: AsRef<[String]>>(out: &mut String, rows: &[R]) {
+    let columns = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+}
+
 /// Prints which gateway answered: on stdout before text, on stderr beside JSON.
 pub(crate) fn say_who(t: &target::Target, json: bool) {
     if json {

@@ -403,16 +403,21 @@ fn maybe_collapse(node: &mut Node, is_root: bool, budget: &mut Budget) {
     }
     node.collapsed = true;
     for (_, child) in merged {
-        match node.param.as_deref_mut() {
-            Some(p) => {
-                p.kinds |= NAME;
-                merge(p, child, budget);
-            }
-            None => {
-                let mut child = child;
-                child.kinds |= NAME;
-                node.param = Some(Box::new(child));
-            }
+        into_param(node, child, budget);
+    }
+}
+
+/// Folds `child`, a literal the parameter now stands for, into `node`'s parameter (which it
+/// becomes when there is none yet): its segment was a name.
+fn into_param(node: &mut Node, mut child: Node, budget: &mut Budget) {
+    match node.param.as_deref_mut() {
+        Some(p) => {
+            p.kinds |= NAME;
+            merge(p, child, budget);
+        }
+        None => {
+            child.kinds |= NAME;
+            node.param = Some(Box::new(child));
         }
     }
 }
@@ -432,17 +437,7 @@ fn merge(into: &mut Node, from: Node, budget: &mut Budget) {
     }
     for (k, child) in from.literals {
         if into.collapsed && !into.literals.contains_key(&k) {
-            match into.param.as_deref_mut() {
-                Some(p) => {
-                    p.kinds |= NAME;
-                    merge(p, child, budget);
-                }
-                None => {
-                    let mut child = child;
-                    child.kinds |= NAME;
-                    into.param = Some(Box::new(child));
-                }
-            }
+            into_param(into, child, budget);
             continue;
         }
         match into.literals.get_mut(&k) {
