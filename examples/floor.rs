@@ -64,7 +64,10 @@ fn main() {
                             .sender
                             .send(http::Request::from_parts(
                                 parts,
-                                pool::RequestBody::new(body, std::time::Duration::from_secs(60)),
+                                pool::RequestBody::new(
+                                    Some(body),
+                                    std::time::Duration::from_secs(60),
+                                ),
                             ))
                             .await
                             .map_err(|e| e.into_error())

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod http1;
 pub mod plan;
 pub mod reload;
 pub mod serve;

@@ -310,6 +310,7 @@ async fn serve_public(
     let mut tasks = JoinSet::new();
     let flag = cutting.clone();
     let tunnels = gateway.tunnels.clone();
+    let draining = drain.clone();
     let accepted = accept_loop(
         listener,
         drain,
@@ -329,25 +330,13 @@ async fn serve_public(
                 limits.head_timeout,
             );
             let (gw, metrics) = (gateway.clone(), metrics.clone());
+            let watcher = (watcher, draining.clone());
             async move {
-                let Some(tls) = tls else {
-                    return serve_client(io, &limits, watcher, gw, peer).await;
-                };
-                // The handshake is bounded like a request head.
-                let accepted = tokio::time::timeout(
-                    limits.head_timeout,
-                    tokio_rustls::TlsAcceptor::from(tls).accept(io),
-                )
-                .await;
-                match accepted {
-                    Ok(Ok(stream)) => serve_client(stream, &limits, watcher, gw, peer).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                        metrics.tls_handshake_failed();
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %addr, "TLS handshake timed out");
-                        metrics.tls_handshake_failed();
+                match tls {
+                    None => serve_client(io, &limits, watcher, gw, peer).await,
+                    // Boxed: a connection in clear holds no room for a TLS handshake.
+                    Some(tls) => {
+                        Box::pin(serve_tls(io, tls, limits, watcher, gw, peer, metrics)).await
                     }
                 }
             }
@@ -380,8 +369,59 @@ async fn serve_public(
     let _ = drained.send(true);
 }
 
-/// Serves one client connection (plain or TLS) until it closes or the drain ends it.
+/// Serves a TLS client connection: its handshake, bounded like a request head, then its
+/// requests.
+async fn serve_tls(
+    io: ClientIo<TcpStream>,
+    tls: Arc<rustls::ServerConfig>,
+    limits: crate::config::ClientConfig,
+    watcher: (Watcher, watch::Receiver<bool>),
+    gateway: Arc<Gateway>,
+    peer: Arc<Peer>,
+    metrics: Arc<Metrics>,
+) {
+    let accepted = tokio::time::timeout(
+        limits.head_timeout,
+        tokio_rustls::TlsAcceptor::from(tls).accept(io),
+    )
+    .await;
+    match accepted {
+        Ok(Ok(stream)) => serve_client(stream, &limits, watcher, gateway, peer).await,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed");
+            metrics.tls_handshake_failed();
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer.addr, "TLS handshake timed out");
+            metrics.tls_handshake_failed();
+        }
+    }
+}
+
+/// Serves one client connection (plain or TLS) until it closes or the drain ends it: with
+/// the gateway's own HTTP/1.1 server while its requests are ones it serves ([`http1`]),
+/// then with hyper (HTTP/1.x, HTTP/2) from the first request that is not. Each part is
+/// boxed when it runs: a connection waiting for its next request holds only what the part
+/// serving it needs.
 async fn serve_client<I>(
+    io: I,
+    limits: &crate::config::ClientConfig,
+    (watcher, drain): (Watcher, watch::Receiver<bool>),
+    gateway: Arc<Gateway>,
+    peer: Arc<Peer>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The drain waits for `watcher` while the connection is served here.
+    let Some(handoff) = Box::pin(super::http1::serve(io, &gateway, &peer, drain)).await else {
+        return;
+    };
+    let io = Replay::new(handoff.read, handoff.io);
+    Box::pin(serve_hyper(io, limits, watcher, gateway, peer)).await;
+}
+
+/// Serves a client connection with hyper until it closes or the drain ends it.
+async fn serve_hyper<I>(
     io: I,
     limits: &crate::config::ClientConfig,
     watcher: Watcher,
@@ -394,10 +434,10 @@ async fn serve_client<I>(
     // Each request's future is boxed on its own and freed with its response: the
     // connection keeps a pointer, not room for the largest request future, while it waits
     // for its next request (docs/performance.md, "Memory per connection").
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let peer = p.clone();
-        Box::pin(async move { gw.handle(req, &peer).await })
+        Box::pin(async move { gw.handle(req.map(Some), &peer).await })
     });
     let builder = public_builder(limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -406,6 +446,77 @@ async fn serve_client<I>(
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             gateway.record_unread(&peer, e);
         }
+    }
+}
+
+/// A stream whose first bytes are ones read from it already (by the gateway's own HTTP/1.1
+/// server, before it handed the connection to hyper).
+struct Replay<I> {
+    read: Vec<u8>,
+    at: usize,
+    io: I,
+}
+
+impl<I> Replay<I> {
+    fn new(read: Vec<u8>, io: I) -> Replay<I> {
+        Replay { read, at: 0, io }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replay<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.at);
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -120,6 +120,14 @@ impl ResponseBody {
         }
     }
 
+    /// A complete body with nothing to record (for tests of what writes answers).
+    #[cfg(test)]
+    pub(crate) fn full(body: Bytes) -> ResponseBody {
+        let mut b = ResponseBody::empty();
+        b.inner = Inner::Full(Some(body));
+        b
+    }
+
     /// No body, recorded as `trail` once the head is sent (hyper never polls a body that
     /// has ended: it is recorded now, as the answer goes out).
     pub(crate) fn nothing(trail: Trail) -> ResponseBody {

@@ -39,6 +39,9 @@ pub struct Peer {
     /// The connection carried an HTTP/1 request: from then on, hyper's own head timeout
     /// bounds its idle time.
     http1: AtomicBool,
+    /// The gateway's own HTTP/1.1 server serves the connection (not hyper): the idle
+    /// timeout here bounds its idle time whatever it carried.
+    own_http1: AtomicBool,
 }
 
 impl Peer {
@@ -56,6 +59,7 @@ impl Peer {
             active: AtomicUsize::new(0),
             idle_timed_out: AtomicBool::new(false),
             http1: AtomicBool::new(false),
+            own_http1: AtomicBool::new(false),
         }
     }
 
@@ -73,9 +77,17 @@ impl Peer {
     }
 
     /// No request is under way on the connection, and no other timer bounds its idle time
-    /// (hyper's head timeout does on an HTTP/1 connection once it has carried a request).
+    /// (hyper's head timeout does on an HTTP/1 connection hyper serves once it has carried
+    /// a request).
     fn idle(&self) -> bool {
-        self.active.load(Ordering::Relaxed) == 0 && !self.http1.load(Ordering::Relaxed)
+        self.active.load(Ordering::Relaxed) == 0
+            && (self.own_http1.load(Ordering::Relaxed) || !self.http1.load(Ordering::Relaxed))
+    }
+
+    /// Whether the gateway's own HTTP/1.1 server serves the connection (`true`), or hyper
+    /// does from now on (`false`).
+    pub fn served_by_own_http1(&self, own: bool) {
+        self.own_http1.store(own, Ordering::Relaxed);
     }
 
     /// Whether the connection was closed for staying idle (or with a request head, or

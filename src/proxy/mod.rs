@@ -57,6 +57,11 @@ pub use upload::RequestBody;
 use crate::observe::AccessLog;
 use record::Trail;
 
+/// A client's request body as the request path takes it: hyper's (HTTP/2, and HTTP/1.x
+/// requests hyper parsed), or `None` for a request without one (the gateway's own HTTP/1.1
+/// server reads only those).
+pub type ClientBody = Option<Incoming>;
+
 /// The shared state of the request path.
 pub struct Gateway {
     /// The table in force, swapped whole by a reload.
@@ -90,7 +95,7 @@ impl Gateway {
     /// record follows when the response ends).
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         peer: &Arc<Peer>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
@@ -198,7 +203,7 @@ mod tests {
     use super::*;
 
     fn future_size<'a, F: std::future::Future>(
-        _handle: impl Fn(&'a Gateway, Request<Incoming>, &'a Arc<Peer>) -> F,
+        _handle: impl Fn(&'a Gateway, Request<ClientBody>, &'a Arc<Peer>) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }

@@ -57,17 +57,17 @@ pub struct Pending {
 impl Pending {
     pub fn new(
         head: Parts,
-        body: &hyper::body::Incoming,
+        body: &super::ClientBody,
         path: CanonicalPath,
         trailers: bool,
     ) -> Pending {
         use http_body::Body as _;
-        let length = body.size_hint().exact();
+        let length = body.as_ref().map_or(Some(0), |b| b.size_hint().exact());
         Pending {
             head,
             path,
             facts: Facts {
-                chunked_body: length.is_none() && !body.is_end_stream(),
+                chunked_body: length.is_none() && body.as_ref().is_some_and(|b| !b.is_end_stream()),
                 trailers,
             },
             length,
@@ -93,7 +93,7 @@ pub fn outbound(
     table: &Table,
     decided: &Decided,
     request: Pending,
-    body: hyper::body::Incoming,
+    body: super::ClientBody,
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     peer: &Peer,
 ) -> Result<Outbound, Failure> {

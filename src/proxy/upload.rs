@@ -198,11 +198,12 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// The body of a request; each wait for more of it is bounded by `timeout`.
-    pub fn new(inner: Incoming, timeout: Duration) -> RequestBody {
-        let has_body = !inner.is_end_stream();
+    /// The body of a request (`None`: it has none); each wait for more of it is bounded by
+    /// `timeout`.
+    pub fn new(inner: Option<Incoming>, timeout: Duration) -> RequestBody {
+        let has_body = inner.as_ref().is_some_and(|b| !b.is_end_stream());
         RequestBody {
-            inner: Some(inner),
+            inner,
             upload: has_body.then(|| Arc::new(Upload::default())),
             timeout,
             idle: None,

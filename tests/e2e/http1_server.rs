@@ -1,0 +1,218 @@
+//! The public listener's HTTP/1.1 server as a client sees it on the wire: pipelined
+//! requests answered in order, a request with a body (served by hyper) in the middle of a
+//! kept-alive connection, a head sent in pieces, `HEAD`, chunked answers, `Connection:
+//! close`.
+
+use crate::support;
+
+use std::time::Duration;
+
+use support::upstream::{Reply, Upstream};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One answer read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads the answers in `buf`, in order; `head_of` says which were to `HEAD` requests
+/// (no body).
+fn answers(mut buf: &[u8], head_of: &[bool]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for &head_request in head_of {
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("answer {} has no head", out.len()))
+            + 4;
+        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+        buf = &buf[end..];
+        let mut a = Answer {
+            status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+            head,
+            body: Vec::new(),
+        };
+        if !head_request {
+            if a.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let size =
+                        usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16)
+                            .unwrap();
+                    buf = &buf[line_end + 2..];
+                    if size == 0 {
+                        assert_eq!(&buf[..2], b"\r\n", "no trailers");
+                        buf = &buf[2..];
+                        break;
+                    }
+                    a.body.extend_from_slice(&buf[..size]);
+                    assert_eq!(&buf[size..size + 2], b"\r\n");
+                    buf = &buf[size + 2..];
+                }
+            } else {
+                let n: usize = a.header("content-length").unwrap().parse().unwrap();
+                a.body = buf[..n].to_vec();
+                buf = &buf[n..];
+            }
+        }
+        out.push(a);
+    }
+    assert!(buf.is_empty(), "{} bytes after the last answer", buf.len());
+    out
+}
+
+async fn gateway(up: &Upstream) -> Gateway {
+    Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: {}}}\nroutes: []\n",
+        up.url()
+    ))
+    .await
+}
+
+/// Five requests in one write: bodiless ones, a `HEAD`, and a `POST` with a body in the
+/// middle (which hyper serves from there on). Each is answered, in order, the body reaches
+/// the upstream whole, and the last request's `Connection: close` closes the connection.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_requests_are_answered_in_order_with_a_body_in_the_middle() {
+    let up = Upstream::scripted(|r| {
+        Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)).header("x-seen", "1")
+    })
+    .await;
+    let gw = gateway(&up).await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n\
+          POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          GET /d HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /e HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closes the connection after `Connection: close`")
+        .unwrap();
+    let got = answers(&buf, &[false, true, false, false, false]);
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|a| String::from_utf8(a.body.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["GET /a 0", "", "POST /c 5", "GET /d 0", "GET /e 0"]
+    );
+    assert!(got.iter().all(|a| a.status == 200), "{got:?}");
+    assert_eq!(
+        got[1].header("content-length"),
+        Some("9"),
+        "{}",
+        got[1].head
+    );
+    assert_eq!(
+        got[4].header("connection"),
+        Some("close"),
+        "{}",
+        got[4].head
+    );
+    assert!(got[..4].iter().all(|a| a.header("connection").is_none()));
+    let seen: Vec<_> = up.seen().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(seen, ["/a", "/b", "/c", "/d", "/e"]);
+}
+
+/// A head that arrives a few bytes at a time is served, and the connection is kept for
+/// the next request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_sent_in_pieces_is_served_and_the_connection_kept() {
+    let up = Upstream::start("legacy").await;
+    let gw = gateway(&up).await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let head = b"GET /pieces?x=1 HTTP/1.1\r\nHost: h\r\nX-Long: abcdefghijklmnop\r\n\r\n";
+    for piece in head.chunks(3) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.ends_with(b"legacy") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let a = &answers(&got, &[false])[0];
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"legacy"[..]));
+    assert_eq!(up.last().target, "/pieces?x=1");
+    assert_eq!(up.last().header("x-long"), Some("abcdefghijklmnop"));
+    // The same connection serves the next request.
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answers(&rest, &[false])[0].status, 200);
+    assert_eq!(up.last().target, "/next");
+}
+
+/// An upstream answer of unknown length goes to the client chunked, whole; a 204 and a
+/// 304 go without a body or a length.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_of_unknown_length_go_chunked_and_bodiless_ones_without_a_length() {
+    let up = Upstream::scripted(|r| match r.path() {
+        "/stream" => Reply {
+            streamed: Some(200_000),
+            ..Reply::plain("")
+        },
+        "/none" => Reply::plain("").status(204),
+        _ => Reply::plain("").status(304),
+    })
+    .await;
+    let gw = gateway(&up).await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    s.write_all(
+        b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /none HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /same HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = answers(&buf, &[false, true, true]);
+    assert_eq!(got[0].header("transfer-encoding"), Some("chunked"));
+    assert_eq!(got[0].body.len(), 200_000);
+    let expected: Vec<u8> = (0..200_000u64)
+        .map(|i| (i / 65536 * 65536 % 251) as u8)
+        .collect();
+    assert!(got[0].body == expected, "the streamed body arrives as sent");
+    assert_eq!(got[1].status, 204);
+    assert_eq!(got[2].status, 304);
+    for a in &got[1..] {
+        assert!(a.header("content-length").is_none(), "{}", a.head);
+        assert!(a.header("transfer-encoding").is_none(), "{}", a.head);
+    }
+}
