@@ -52,6 +52,11 @@ pub struct Handoff<I> {
     pub io: I,
     /// What was read of the connection and not yet served.
     pub read: Vec<u8>,
+    /// This server answered requests of the connection before: it is HTTP/1.1 (a client
+    /// cannot switch it to HTTP/2 now).
+    pub served: bool,
+    /// The listener's drain, as [`serve`] was given it.
+    pub drain: watch::Receiver<bool>,
 }
 
 /// Serves the connection's requests until it ends (`None`), or until a request that hyper
@@ -70,6 +75,7 @@ where
     // Bytes read and not yet served: a head that came in pieces, or the next requests a
     // client sent without waiting (pipelining). Empty (and unallocated) between requests.
     let mut read = Vec::new();
+    let mut served = false;
     loop {
         let head = match next_head(&mut io, &mut read, &mut drain).await {
             Next::Head(head) => head,
@@ -77,11 +83,22 @@ where
                 let _ = io.shutdown().await;
                 return None;
             }
+            Next::TimedOut => {
+                // As hyper does: closed without an answer, recorded.
+                gateway.record_head_timeout(peer);
+                return None;
+            }
             Next::Hyper => {
                 peer.served_by_own_http1(false);
-                return Some(Handoff { io, read });
+                return Some(Handoff {
+                    io,
+                    read,
+                    served,
+                    drain,
+                });
             }
         };
+        served = true;
         let served = exchange(&mut io, &mut read, gateway, peer, head, &drain).await;
         match served {
             Ok(true) => {}
@@ -111,6 +128,8 @@ enum Next {
     Head(Head),
     /// The connection ended (or the drain closed it) between requests.
     Closed,
+    /// The client left a head unfinished for longer than `client.head_timeout`.
+    TimedOut,
     /// The next request is for hyper.
     Hyper,
 }
@@ -154,6 +173,7 @@ where
             // Nothing of a request read: the client closed an idle connection, or it went
             // idle for longer than `client.head_timeout`.
             Ok(Got::End) | Err(_) if read.is_empty() => return Next::Closed,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Next::TimedOut,
             // Midway through a head: hyper reads what came and meets the same end, which it
             // answers and records as it does on any connection.
             Ok(Got::End) | Err(_) => return Next::Hyper,
@@ -433,6 +453,10 @@ fn encode_head(
         let mut values = parts.headers.get_all(name).iter();
         match *name {
             header::CONTENT_LENGTH => {
+                if encoding == Encoding::Chunked {
+                    // hyper refuses an answer with both.
+                    return None;
+                }
                 let first = values.next().expect("a key has a value");
                 match length {
                     Some(Some(n)) => encoding = Encoding::Length(n),
@@ -454,6 +478,10 @@ fn encode_head(
             header::TRANSFER_ENCODING => {
                 if !can_chunk {
                     continue;
+                }
+                if wrote_len {
+                    // hyper refuses an answer with both.
+                    return None;
                 }
                 dst.extend_from_slice(b"transfer-encoding: ");
                 let mut last_chunked = false;
@@ -478,6 +506,12 @@ fn encode_head(
             header::CONNECTION => {
                 closes |= parts.headers.get_all(name).iter().any(has_close);
                 joined(dst, b"connection", parts.headers.get_all(name).iter());
+                if !keep_alive && !closes {
+                    // As hyper, which adds `close` to the answer's own `Connection`.
+                    dst.truncate(dst.len() - 2);
+                    dst.extend_from_slice(b", close\r\n");
+                    closes = true;
+                }
             }
             header::TRAILER => {
                 if can_chunk {
@@ -621,12 +655,14 @@ where
         let h = head.take().unwrap_or_default();
         match encoding {
             Encoding::Length(_) => {
-                let n = data.len() as u64;
-                if n > left {
-                    return Err(io::Error::other("an answer's body longer than its length"));
-                }
+                // Beyond its length, the body is cut there (as hyper does).
+                let n = (data.len() as u64).min(left);
+                let data = data.slice(..n as usize);
                 left -= n;
                 write_all(io, &mut [IoSlice::new(&h), IoSlice::new(&data)]).await?;
+                if left == 0 {
+                    return Ok(true);
+                }
             }
             Encoding::Chunked => {
                 let mut size = [0u8; 18];
@@ -781,6 +817,18 @@ mod tests {
         assert_eq!(enc, Encoding::Length(0));
         let (h, _, keep) = head_of(204, &[], ResponseBody::empty(), false, false);
         assert_eq!(h, "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        assert!(!keep);
+        let (h, _, keep) = head_of(
+            200,
+            &[("connection", "x-a")],
+            ResponseBody::empty(),
+            false,
+            false,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nconnection: x-a, close\r\ncontent-length: 0\r\n\r\n"
+        );
         assert!(!keep);
         let (h, _, keep) = head_of(
             200,

@@ -417,13 +417,16 @@ async fn serve_client<I>(
         return;
     };
     let io = Replay::new(handoff.read, handoff.io);
-    Box::pin(serve_hyper(io, limits, watcher, gateway, peer)).await;
+    let http1_only = handoff.served.then_some(handoff.drain);
+    Box::pin(serve_hyper(io, limits, http1_only, watcher, gateway, peer)).await;
 }
 
-/// Serves a client connection with hyper until it closes or the drain ends it.
+/// Serves a client connection with hyper until it closes or the drain ends it; HTTP/1.x
+/// only once it has carried HTTP/1.1 requests (`http1_only`: the listener's drain).
 async fn serve_hyper<I>(
     io: I,
     limits: &crate::config::ClientConfig,
+    http1_only: Option<watch::Receiver<bool>>,
     watcher: Watcher,
     gateway: Arc<Gateway>,
     peer: Arc<Peer>,
@@ -439,6 +442,27 @@ async fn serve_hyper<I>(
         let peer = p.clone();
         Box::pin(async move { gw.handle(req.map(Some), &peer).await })
     });
+    if let Some(mut drain) = http1_only {
+        // Without hyper-util's look for HTTP/2's preface, which waits on no timer; drained
+        // as `watcher` would (which the drain waits for until it is dropped).
+        let conn = public_http1(limits)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = wait_true(&mut drain) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        drop(watcher);
+        if let Err(e) = ended {
+            tracing::debug!(peer = %peer.addr, error = %e, "client connection ended with an error");
+            gateway.record_unread(&peer, &e);
+        }
+        return;
+    }
     let builder = public_builder(limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
@@ -540,6 +564,19 @@ fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioEx
         .timer(TokioTimer::new())
         // As for HTTP/1.1: above the gateway's own limit (431 as JSON) on the headers' size.
         .max_header_list_size(MAX_BUF as u32)
+        .auto_date_header(false);
+    builder
+}
+
+/// The public listener's HTTP/1.x server for a connection known to be HTTP/1.1: the
+/// settings of [`public_builder`]'s.
+fn public_http1(limits: &crate::config::ClientConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(MAX_BUF)
+        .max_headers(MAX_HEADER_COUNT)
         .auto_date_header(false);
     builder
 }

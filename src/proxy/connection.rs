@@ -35,6 +35,9 @@ pub struct Peer {
     /// Requests of this connection not yet recorded (HTTP/2 carries several at once; a
     /// tunnel is one until it closes).
     active: AtomicUsize,
+    /// Requests begun on the connection: an idle wait that began before the last of them
+    /// is over, even if no read waited while it was under way.
+    began: AtomicUsize,
     idle_timed_out: AtomicBool,
     /// The connection carried an HTTP/1 request: from then on, hyper's own head timeout
     /// bounds its idle time.
@@ -57,6 +60,7 @@ impl Peer {
             read_since_write: AtomicBool::new(false),
             cut,
             active: AtomicUsize::new(0),
+            began: AtomicUsize::new(0),
             idle_timed_out: AtomicBool::new(false),
             http1: AtomicBool::new(false),
             own_http1: AtomicBool::new(false),
@@ -66,6 +70,7 @@ impl Peer {
     /// A request of this connection began (`http1`: it is HTTP/1.x).
     pub fn request_began(&self, http1: bool) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.began.fetch_add(1, Ordering::Relaxed);
         if http1 && !self.http1.load(Ordering::Relaxed) {
             self.http1.store(true, Ordering::Relaxed);
         }
@@ -126,6 +131,8 @@ pub struct ClientIo<S> {
     /// Runs while a read waits on an idle connection; made on the first such wait.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_armed: bool,
+    /// The peer's count of requests begun when `idle` was armed.
+    idle_since: usize,
 }
 
 impl<S> ClientIo<S> {
@@ -150,6 +157,7 @@ impl<S> ClientIo<S> {
             idle_timeout,
             idle: None,
             idle_armed: false,
+            idle_since: 0,
         }
     }
 
@@ -160,7 +168,11 @@ impl<S> ClientIo<S> {
             self.idle_armed = false;
             return Poll::Pending;
         }
-        if !self.idle_armed {
+        // A request began since the wait was armed (one answered without a read waiting
+        // while it ran): the idle time counts from now.
+        let began = self.peer.began.load(Ordering::Relaxed);
+        if !self.idle_armed || self.idle_since != began {
+            self.idle_since = began;
             let deadline = tokio::time::Instant::now() + self.idle_timeout;
             match &mut self.idle {
                 Some(s) => s.as_mut().reset(deadline),

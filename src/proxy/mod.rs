@@ -186,6 +186,17 @@ impl Gateway {
         } else {
             return;
         };
+        self.record_unfinished(peer, failure);
+    }
+
+    /// Records a request head the client left unfinished past `client.head_timeout` (the
+    /// gateway's own HTTP/1.1 server closes the connection on it).
+    pub fn record_head_timeout(&self, peer: &Arc<Peer>) {
+        let failure = Failure::Client(crate::observe::ClientErrorKind::HeadTimeout);
+        self.record_unfinished(peer, failure);
+    }
+
+    fn record_unfinished(&self, peer: &Arc<Peer>, failure: Failure) {
         let mut trail = Trail::unread(
             self.table.load_full(),
             &self.access_log,

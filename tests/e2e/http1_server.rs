@@ -216,3 +216,110 @@ async fn answers_of_unknown_length_go_chunked_and_bodiless_ones_without_a_length
         assert!(a.header("transfer-encoding").is_none(), "{}", a.head);
     }
 }
+
+/// A gateway in front of `up` whose `client.head_timeout` is `head_timeout`.
+async fn gateway_timing_heads(up: &Upstream, head_timeout: &str) -> Gateway {
+    Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: {}}}\nclient: {{head_timeout: {head_timeout}}}\nroutes: []\n",
+        up.url()
+    ))
+    .await
+}
+
+/// Reads until the gateway closes the connection, for at most `limit`: what it sent, or
+/// `None` if it did not close in that time.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut buf))
+        .await
+        .ok()
+        .map(|_| buf)
+}
+
+/// Reads one answer with a `Content-Length` body.
+async fn read_answer(s: &mut TcpStream) -> Answer {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end + 4]).to_string();
+            let n: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + n {
+                return answers(&got, &[false]).pop().unwrap();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The idle time between requests counts from each request, also when the gateway answers
+/// at once (a refusal, here 501 to an unknown method): ten requests 300 ms apart keep a
+/// connection whose `head_timeout` is 1 s.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_given_at_once_renew_the_idle_time() {
+    let up = Upstream::start("legacy").await;
+    let gw = gateway_timing_heads(&up, "1s").await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    for i in 0..10 {
+        s.write_all(format!("FOO /{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut s).await.status, 501, "request {i}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection stays HTTP/1.1: HTTP/2's preface after a request is a
+/// bad request line (400, closed), not a switch to HTTP/2 that no timer bounds.
+#[tokio::test(flavor = "current_thread")]
+async fn a_kept_alive_connection_cannot_be_switched_to_http2() {
+    let up = Upstream::start("legacy").await;
+    let gw = gateway_timing_heads(&up, "1s").await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s).await.status, 200);
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
+
+/// A head left unfinished after a request is cut after one `head_timeout` (2 s here), not
+/// two, and counted once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_left_unfinished_after_a_request_is_cut_after_one_head_timeout() {
+    let up = Upstream::start("legacy").await;
+    let gw = gateway_timing_heads(&up, "2s").await;
+    let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s).await.status, 200);
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /b HTTP/1.1\r\nHost").await.unwrap();
+    read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the gateway closes the connection");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3300),
+        "closed after {took:?}, for a head_timeout of 2 s"
+    );
+    let errors = metric(
+        &gw.metrics().await,
+        r#"strangler_client_errors_total{kind="head_timeout",route="default",side="legacy"}"#,
+    );
+    assert_eq!(errors, Some(1.0));
+}
