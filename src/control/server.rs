@@ -544,21 +544,28 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
     }
 }
 
+/// The public listener's HTTP/1.x settings, on hyper's builder or hyper-util's (two types
+/// with the same methods).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.head_timeout)
+            .max_buf_size(MAX_BUF)
+            // Above the default 100, so that the gateway's own limit on the total size of
+            // the headers (431, as JSON) is the one clients meet.
+            .max_headers(MAX_HEADER_COUNT)
+            // The gateway adds nothing to an upstream's answer, not even `Date`.
+            .auto_date_header(false)
+    };
+}
+
 /// The public listener's HTTP server: HTTP/1.1, and HTTP/2 with prior knowledge (h2c) or
 /// by ALPN, on one port; upgrades (WebSocket) enabled. `limits` are the `client` settings in
 /// force when the connection was accepted.
 fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout)
-        .max_buf_size(MAX_BUF)
-        // Above the default 100, so that the gateway's own limit on the total size of the
-        // headers (431, as JSON) is the one clients meet.
-        .max_headers(MAX_HEADER_COUNT)
-        // The gateway adds nothing to an upstream's answer, not even `Date`.
-        .auto_date_header(false);
+    http1_settings!(builder.http1(), limits);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -572,12 +579,7 @@ fn public_builder(limits: &crate::config::ClientConfig) -> auto::Builder<TokioEx
 /// settings of [`public_builder`]'s.
 fn public_http1(limits: &crate::config::ClientConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout)
-        .max_buf_size(MAX_BUF)
-        .max_headers(MAX_HEADER_COUNT)
-        .auto_date_header(false);
+    http1_settings!(builder, limits);
     builder
 }
 
