@@ -1,5 +1,6 @@
 //! The public listener's own HTTP/1.1 server, for the common request: an HTTP/1.1 request
-//! without a body (no `Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`),
+//! without a body (no `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`, and no
+//! `Content-Length` but one `Content-Length: 0`),
 //! in origin form, with at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes.
 //! Everything else (a body, an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not
 //! parse, a read that fails midway through a head) hands the connection to hyper, with the
@@ -277,9 +278,13 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     let uri = Uri::from_maybe_shared(shared(target.as_bytes())).ok()?;
     let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
+    let mut length_zero = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         match name {
+            // An empty body said so (as many clients say it of a bodiless `POST`): once, as
+            // `0` exactly; any other length is a body, for hyper.
+            header::CONTENT_LENGTH if h.value == b"0" && !length_zero => length_zero = true,
             header::CONTENT_LENGTH
             | header::TRANSFER_ENCODING
             | header::EXPECT
@@ -752,12 +757,19 @@ mod tests {
         assert!(!head.close);
         let (head, _) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n").unwrap();
         assert!(head.close);
+        let (head, _) =
+            parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(head.parts.headers["content-length"], "0");
     }
 
     #[test]
     fn what_hyper_must_serve_is_not_taken() {
         for raw in [
             &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",

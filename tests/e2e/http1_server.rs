@@ -83,9 +83,10 @@ async fn gateway(up: &Upstream) -> Gateway {
     .await
 }
 
-/// Five requests in one write: bodiless ones, a `HEAD`, and a `POST` with a body in the
-/// middle (which hyper serves from there on). Each is answered, in order, the body reaches
-/// the upstream whole, and the last request's `Connection: close` closes the connection.
+/// Six requests in one write: bodiless ones (one saying `Content-Length: 0`), a `HEAD`,
+/// and a `POST` with a body in the middle (which hyper serves from there on). Each is
+/// answered, in order, the body reaches the upstream whole, and the last request's
+/// `Connection: close` closes the connection.
 #[tokio::test(flavor = "current_thread")]
 async fn pipelined_requests_are_answered_in_order_with_a_body_in_the_middle() {
     let up = Upstream::scripted(|r| {
@@ -96,6 +97,7 @@ async fn pipelined_requests_are_answered_in_order_with_a_body_in_the_middle() {
     let mut s = TcpStream::connect(gw.running.public_addr).await.unwrap();
     s.write_all(
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+          DELETE /z HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n\
           HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n\
           POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
           GET /d HTTP/1.1\r\nHost: h\r\n\r\n\
@@ -108,31 +110,38 @@ async fn pipelined_requests_are_answered_in_order_with_a_body_in_the_middle() {
         .await
         .expect("the gateway closes the connection after `Connection: close`")
         .unwrap();
-    let got = answers(&buf, &[false, true, false, false, false]);
+    let got = answers(&buf, &[false, false, true, false, false, false]);
     let bodies: Vec<String> = got
         .iter()
         .map(|a| String::from_utf8(a.body.clone()).unwrap())
         .collect();
     assert_eq!(
         bodies,
-        ["GET /a 0", "", "POST /c 5", "GET /d 0", "GET /e 0"]
+        [
+            "GET /a 0",
+            "DELETE /z 0",
+            "",
+            "POST /c 5",
+            "GET /d 0",
+            "GET /e 0"
+        ]
     );
     assert!(got.iter().all(|a| a.status == 200), "{got:?}");
     assert_eq!(
-        got[1].header("content-length"),
+        got[2].header("content-length"),
         Some("9"),
         "{}",
-        got[1].head
+        got[2].head
     );
     assert_eq!(
-        got[4].header("connection"),
+        got[5].header("connection"),
         Some("close"),
         "{}",
-        got[4].head
+        got[5].head
     );
-    assert!(got[..4].iter().all(|a| a.header("connection").is_none()));
+    assert!(got[..5].iter().all(|a| a.header("connection").is_none()));
     let seen: Vec<_> = up.seen().iter().map(|r| r.target.clone()).collect();
-    assert_eq!(seen, ["/a", "/b", "/c", "/d", "/e"]);
+    assert_eq!(seen, ["/a", "/z", "/b", "/c", "/d", "/e"]);
 }
 
 /// A head that arrives a few bytes at a time is served, and the connection is kept for
