@@ -8,10 +8,13 @@ benches/peer/production.yaml), after a warm-up:
      before its first request;
   2. sends one `GET /` on each of them, one after another, each answered before the next,
      and keeps them all open: the growth (from the same start) per connection is the cost
-     of a kept-alive idle connection after a request, in the steady state.
+     of a kept-alive idle connection after a request, in the steady state;
+  3. then one `POST /` with a small body (a JSON object) on each, the same way: what a
+     connection that carried a request with a body holds (the gateway's own HTTP/1.1
+     server takes bodiless requests only: such a connection is hyper's from then on).
 Resident memory is VmRSS of the proxy's process and its children (nginx's worker), read
 from /proc after a pause of a second. Prints KiB per connection; with --max-kib, exits 1
-when the gateway's figure passes it.
+when the gateway's figure before or after its first request passes it.
 
 Usage, from the repository root, after `cargo build --release` and
 `apt-get install -y nginx-light haproxy`:
@@ -73,8 +76,12 @@ def answer(sock):
         raise ConnectionError(f"not a 200: {head[:40]!r}")
 
 
-def request(sock):
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nx-user-id: u1\r\n\r\n")
+def request(sock, body=None):
+    if body is None:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nx-user-id: u1\r\n\r\n")
+    else:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: bench\r\nx-user-id: u1\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     answer(sock)
 
 
@@ -97,8 +104,12 @@ def measure(pid, port, conns):
     time.sleep(1.0)
     after = rss_kib(pid)
     for s in socks:
+        request(s, b'{"a":1}')
+    time.sleep(1.0)
+    after_body = rss_kib(pid)
+    for s in socks:
         s.close()
-    return (idle - base) / conns, (after - base) / conns
+    return (idle - base) / conns, (after - base) / conns, (after_body - base) / conns
 
 
 def main():
@@ -146,7 +157,7 @@ def main():
 
     print(f"KiB of resident memory per kept-alive client connection ({args.conns} connections, "
           "made one after another)")
-    print(f"{'target':<12} {'before a request':>17} {'after one':>10}")
+    print(f"{'target':<12} {'before a request':>17} {'after one':>10} {'after a POST too':>17}")
     failed = False
     try:
         start([nginx, "-c", render("upstreams.nginx.conf", rundir), "-e", os.path.join(rundir, "up.err")])
@@ -171,8 +182,8 @@ def main():
             if not wait_port(port):
                 sys.exit(f"{t} did not listen on {port}; see {rundir}/stderr.log")
             time.sleep(0.5)
-            before, after = measure(p.pid, port, args.conns)
-            print(f"{t:<12} {before:>17.1f} {after:>10.1f}", flush=True)
+            before, after, after_body = measure(p.pid, port, args.conns)
+            print(f"{t:<12} {before:>17.1f} {after:>10.1f} {after_body:>17.1f}", flush=True)
             if t in gateways and args.max_kib is not None and max(before, after) > args.max_kib:
                 failed = True
             stop(p)
