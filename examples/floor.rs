@@ -65,7 +65,7 @@ fn main() {
                             .send(http::Request::from_parts(
                                 parts,
                                 pool::RequestBody::new(
-                                    pool::ClientBody::Hyper(body),
+                                    Some(body),
                                     std::time::Duration::from_secs(60),
                                 ),
                             ))

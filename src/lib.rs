@@ -43,6 +43,6 @@ pub use routing::{
 /// features.
 pub mod floor {
     pub use crate::config::Protocol;
+    pub use crate::proxy::RequestBody;
     pub use crate::proxy::pool::{Dial, Limit, PoolKey, checkin, checkout};
-    pub use crate::proxy::{ClientBody, RequestBody};
 }

@@ -1,17 +1,12 @@
 //! The public listener's own HTTP/1.1 server, for the common request: an HTTP/1.1 request
-//! without a body or with one of declared length (one `Content-Length`; no
-//! `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`), in origin form, with at most
-//! [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes. Everything else (a chunked body,
-//! `Expect: 100-continue`, an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not
-//! parse, a client that closes midway through a head) hands the connection to hyper, with
-//! the bytes read so far, at the start of that request: hyper then serves the connection to
+//! without a body (no `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`, and no
+//! `Content-Length` but one `Content-Length: 0`),
+//! in origin form, with at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes.
+//! Everything else (a body, an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not
+//! parse, a read that fails midway through a head) hands the connection to hyper, with the
+//! bytes read so far, at the start of that request: hyper then serves the connection to
 //! its end, with every limit and answer it has (docs/performance.md, "The HTTP/1.1
 //! server").
-//!
-//! A body is handed to the request path part by part as it takes them, one part ahead at
-//! most (the client is read no faster than the upstream takes its body); a body the request
-//! path answered without, or that the client cut short, closes the connection after the
-//! answer.
 //!
 //! What it buys: a kept-alive connection holds no buffer between its requests (a head is
 //! read into the thread's own buffer and copied out once, into the `Bytes` its header
@@ -39,7 +34,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
-use crate::proxy::{ClientBody, FedBody, Gateway, Peer, ResponseBody};
+use crate::proxy::{Gateway, Peer, ResponseBody};
 
 /// The largest request head this server reads; a larger one goes to hyper (which takes
 /// heads up to its own limit, and answers beyond it).
@@ -125,8 +120,6 @@ struct Head {
     parts: http::request::Parts,
     /// The client asked to close the connection after this request.
     close: bool,
-    /// Its body's length (`Content-Length`; 0: none).
-    length: u64,
 }
 
 // Returned and matched at once, never stored: boxing the head would cost an allocation per
@@ -147,10 +140,6 @@ async fn next_head<I>(io: &mut I, read: &mut Vec<u8>, drain: &mut watch::Receive
 where
     I: AsyncRead + Unpin,
 {
-    if read.is_empty() && read.capacity() > 0 {
-        // What a body left: the connection holds nothing while it waits.
-        *read = Vec::new();
-    }
     loop {
         if !read.is_empty() {
             match parse(read) {
@@ -289,12 +278,13 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     let uri = Uri::from_maybe_shared(shared(target.as_bytes())).ok()?;
     let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
-    let mut length = None;
+    let mut length_zero = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         match name {
-            // Once, as decimal digits; repeated, or anything else, it goes to hyper.
-            header::CONTENT_LENGTH if length.is_none() => length = Some(digits(h.value)?),
+            // An empty body said so (as many clients say it of a bodiless `POST`): once, as
+            // `0` exactly; any other length is a body, for hyper.
+            header::CONTENT_LENGTH if h.value == b"0" && !length_zero => length_zero = true,
             header::CONTENT_LENGTH
             | header::TRANSFER_ENCODING
             | header::EXPECT
@@ -321,19 +311,7 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = map;
-    Some(Head {
-        parts,
-        close,
-        length: length.unwrap_or(0),
-    })
-}
-
-/// A `Content-Length` value: decimal digits, within `u64`.
-fn digits(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    Some(Head { parts, close })
 }
 
 /// Serves one request: the gateway's answer, written. `Ok(true)`: the connection stays
@@ -349,63 +327,14 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Head {
-        parts,
-        close,
-        length,
-    } = head;
+    let Head { parts, close } = head;
     let head_request = parts.method == Method::HEAD;
-    let (body, mut feed) = if length == 0 {
-        (ClientBody::Empty, None)
-    } else {
-        let (body, parts) = FedBody::new(length);
-        (ClientBody::Fed(body), Some((parts, length, None::<Bytes>)))
-    };
-    let request = Request::from_parts(parts, body);
-    // The client's connection ended midway through its body.
-    let mut cut = false;
+    let request = Request::from_parts(parts, None);
     let response = {
         // The request's future is boxed on its own and freed with its answer: the
         // connection keeps a pointer, not room for it, between requests.
         let mut handling = Box::pin(gateway.handle(request, peer));
         loop {
-            // The body, part by part, as the request path takes it.
-            if let Some((parts, left, part)) = feed.as_mut() {
-                if *left == 0 && part.is_none() {
-                    feed = None;
-                    continue;
-                }
-                if part.is_none() && !read.is_empty() {
-                    let n = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *part = Some(Bytes::copy_from_slice(&read[..n]));
-                    read.drain(..n);
-                    *left -= n as u64;
-                }
-                if let Some(p) = part.take() {
-                    let sent = tokio::select! {
-                        biased;
-                        response = &mut handling => break response,
-                        room = parts.reserve() => room.map(|room| room.send(p)),
-                    };
-                    if sent.is_err() {
-                        // The request path let the body go (it answered without it).
-                        feed = None;
-                    }
-                    continue;
-                }
-                let got = tokio::select! {
-                    biased;
-                    response = &mut handling => break response,
-                    got = poll_fn(|cx| poll_read_more(io, cx, read)) => got,
-                };
-                if !matches!(got, Ok(true)) {
-                    // The body is cut short: the request path sees it end early.
-                    feed = None;
-                    cut = true;
-                    break handling.await;
-                }
-                continue;
-            }
             if !read.is_empty() {
                 // A next request is waiting already: nothing more is read until this one is
                 // answered.
@@ -427,15 +356,8 @@ where
             }
         }
     };
-    // A body not read to its end (answered without it, or cut): the connection cannot be
-    // read further.
-    let body_read = !cut
-        && feed
-            .as_ref()
-            .is_none_or(|(_, left, part)| *left == 0 && part.is_none());
-    drop(feed);
     let Ok(response) = response;
-    let keep_alive = !close && body_read && !*drain.borrow();
+    let keep_alive = !close && !*drain.borrow();
     // Boxed as the request's future is: the connection holds neither between requests.
     let complete = Box::pin(answer(io, response, head_request, keep_alive)).await?;
     Ok(complete && !*drain.borrow())
@@ -825,7 +747,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_of_declared_length_is_served_here_and_its_values_share_the_head() {
+    fn a_bodiless_request_is_served_here_and_its_values_share_the_head() {
         let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\nConnection: keep-alive\r\n\r\nGET /next";
         let (head, len) = parsed(raw).expect("served here");
         assert_eq!(&raw[len..], b"GET /next");
@@ -837,20 +759,14 @@ mod tests {
         assert!(head.close);
         let (head, _) =
             parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
-        assert_eq!(
-            (head.parts.headers["content-length"].as_bytes(), head.length),
-            (&b"0"[..], 0)
-        );
-        let (head, len) =
-            parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").unwrap();
-        assert_eq!((head.length, len), (5, 48));
+        assert_eq!(head.parts.headers["content-length"], "0");
     }
 
     #[test]
     fn what_hyper_must_serve_is_not_taken() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na"[..],
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",

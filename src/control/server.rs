@@ -26,7 +26,7 @@ use super::reload::Reloader;
 use crate::config::Config;
 use crate::observe::{AccessLog, Metrics, Registry};
 use crate::proxy::carried::Carried;
-use crate::proxy::{ClientBody, ClientIo, Gateway, Peer, Table};
+use crate::proxy::{ClientIo, Gateway, Peer, Table};
 
 /// How long an admin client may take to send a request head.
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -440,7 +440,7 @@ async fn serve_hyper<I>(
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let peer = p.clone();
-        Box::pin(async move { gw.handle(req.map(ClientBody::Hyper), &peer).await })
+        Box::pin(async move { gw.handle(req.map(Some), &peer).await })
     });
     if let Some(mut drain) = http1_only {
         // Without hyper-util's look for HTTP/2's preface, which waits on no timer; drained

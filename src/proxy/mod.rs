@@ -45,16 +45,22 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
+use hyper::body::Incoming;
 
 pub use body::ResponseBody;
 pub use connection::{ClientIo, Peer};
 pub use error::Failure;
 pub use table::Table;
 pub use tunnel::Tunnels;
-pub use upload::{ClientBody, FedBody, RequestBody};
+pub use upload::RequestBody;
 
 use crate::observe::AccessLog;
 use record::Trail;
+
+/// A client's request body as the request path takes it: hyper's (HTTP/2, and HTTP/1.x
+/// requests hyper parsed), or `None` for a request without one (the gateway's own HTTP/1.1
+/// server reads only those).
+pub type ClientBody = Option<Incoming>;
 
 /// The shared state of the request path.
 pub struct Gateway {

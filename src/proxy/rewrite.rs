@@ -62,12 +62,12 @@ impl Pending {
         trailers: bool,
     ) -> Pending {
         use http_body::Body as _;
-        let length = body.size_hint().exact();
+        let length = body.as_ref().map_or(Some(0), |b| b.size_hint().exact());
         Pending {
             head,
             path,
             facts: Facts {
-                chunked_body: length.is_none() && !body.is_end_stream(),
+                chunked_body: length.is_none() && body.as_ref().is_some_and(|b| !b.is_end_stream()),
                 trailers,
             },
             length,

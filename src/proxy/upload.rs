@@ -177,110 +177,10 @@ impl Drop for Tee {
     }
 }
 
-/// A client's request body as the request path takes it.
-pub enum ClientBody {
-    /// None: a request without a body.
-    Empty,
-    /// hyper's (HTTP/2, and HTTP/1.x requests hyper parsed).
-    Hyper(Incoming),
-    /// Fed from the connection by the gateway's own HTTP/1.1 server.
-    Fed(FedBody),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = UploadError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
-        match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ClientBody::Fed(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Empty => true,
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::Fed(b) => b.left == 0,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::Fed(b) => SizeHint::with_exact(b.left),
-        }
-    }
-}
-
-/// A request body of a declared length, which the connection's reader hands over part by
-/// part as the request path takes them (one part waits at most: the client is read no
-/// faster than the upstream takes its body).
-pub struct FedBody {
-    parts: tokio::sync::mpsc::Receiver<Bytes>,
-    /// Bytes still to come.
-    left: u64,
-}
-
-impl FedBody {
-    /// A body of `length` bytes, and where its parts are handed in.
-    pub fn new(length: u64) -> (FedBody, tokio::sync::mpsc::Sender<Bytes>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        (
-            FedBody {
-                parts: rx,
-                left: length,
-            },
-            tx,
-        )
-    }
-}
-
-impl Body for FedBody {
-    type Data = Bytes;
-    type Error = UploadError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        match self.parts.poll_recv(cx) {
-            Poll::Ready(Some(part)) => {
-                self.left = self.left.saturating_sub(part.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(part))))
-            }
-            // The reader let go before the end: the client's connection ended.
-            Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the client's connection ended before its request body did",
-            )
-            .into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
-    }
-}
-
 /// The client's request body on its way upstream.
 pub struct RequestBody {
     /// `None`: an empty body (a replayed bodiless request).
-    inner: Option<ClientBody>,
+    inner: Option<Incoming>,
     /// `None` for a request without a body (nothing to wait for).
     upload: Option<Arc<Upload>>,
     /// Each wait for more of the client's body.
@@ -300,12 +200,8 @@ pub struct RequestBody {
 impl RequestBody {
     /// The body of a request (`None`: it has none); each wait for more of it is bounded by
     /// `timeout`.
-    pub fn new(inner: ClientBody, timeout: Duration) -> RequestBody {
-        let has_body = !inner.is_end_stream();
-        let inner = match inner {
-            ClientBody::Empty => None,
-            body => Some(body),
-        };
+    pub fn new(inner: Option<Incoming>, timeout: Duration) -> RequestBody {
+        let has_body = inner.as_ref().is_some_and(|b| !b.is_end_stream());
         RequestBody {
             inner,
             upload: has_body.then(|| Arc::new(Upload::default())),
@@ -451,7 +347,7 @@ impl Body for RequestBody {
         if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             this.mark_done();
         }
-        polled
+        polled.map(|p| p.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
