@@ -3,7 +3,8 @@
 
 Starts a streaming upstream (in this script), `target/release/strangler serve` on a routes
 file that sends everything to it, then:
-  1. uploads 1 GiB (chunked, streamed by curl from /dev/zero) through the gateway;
+  1. uploads 1 GiB (chunked, streamed by curl from /dev/zero) through the gateway, then
+     1 GiB of declared length (`Content-Length`, from a sparse file, without `Expect`);
   2. downloads 1 GiB (streamed by the upstream) through the gateway;
 and samples the gateway's VmRSS every 20 ms. Prints the baseline, the peak and the growth;
 exits 1 when the growth passes the bound (64 MiB by default).
@@ -148,6 +149,16 @@ def main():
         out = subprocess.run(["sh", "-c", up_cmd], capture_output=True, text=True, check=True).stdout
         if out.strip() != str(size):
             sys.exit(f"upload: the upstream received {out!r} bytes, expected {size}")
+        with tempfile.NamedTemporaryFile() as f:
+            f.truncate(size)
+            f.flush()
+            out = subprocess.run(
+                ["curl", "-sS", "-X", "POST", "-T", f.name, "-H", "Expect:",
+                 "-H", "Content-Type: application/octet-stream", f"http://127.0.0.1:{gw_port}/upload"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        if out.strip() != str(size):
+            sys.exit(f"upload of declared length: the upstream received {out!r} bytes, expected {size}")
         t1 = time.time()
         dl = subprocess.run(
             ["sh", "-c", f"curl -sS http://127.0.0.1:{gw_port}/download | wc -c"],
@@ -160,7 +171,7 @@ def main():
         t.join()
         end = rss_kib(gw.pid)
         growth = (peak[0] - base) / 1024
-        print(f"upload   {size / (1 << 20):.0f} MiB in {t1 - t0:.1f} s")
+        print(f"upload   {size / (1 << 20):.0f} MiB chunked, then the same of declared length, in {t1 - t0:.1f} s")
         print(f"download {size / (1 << 20):.0f} MiB in {t2 - t1:.1f} s")
         print(f"gateway RSS: baseline {base / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB, "
               f"after {end / 1024:.1f} MiB; peak growth {growth:.1f} MiB (bound {args.bound_mib:.0f} MiB)")
