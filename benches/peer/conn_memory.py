@@ -25,7 +25,6 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from peer_bench import PEER_PORTS, process_and_children, render, wait_port  # noqa: E402
+from peer_bench import PEER_PORTS, process_and_children, render, stop, wait_port  # noqa: E402
 
 DEFAULT_GATEWAY = "strangler=target/release/strangler serve --config RUNDIR/production.yaml"
 
@@ -144,16 +143,6 @@ def main():
                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
         procs.append(p)
         return p
-
-    def stop(p):
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=10)
-        except Exception:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except Exception:
-                pass
 
     print(f"KiB of resident memory per kept-alive client connection ({args.conns} connections, "
           "made one after another)")

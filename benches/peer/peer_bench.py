@@ -75,6 +75,18 @@ def wait_port(port, timeout=15.0):
     return False
 
 
+def stop(p):
+    """Stops process `p` and its process group: TERM, then KILL after 10 s."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=10)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
 def render(name, rundir, protocol="h1", workers=1):
     """A config file of this folder with RUNDIR replaced, its listener set up for
     `protocol` and its proxy's workers set to `workers`, written into the run directory."""
@@ -256,16 +268,6 @@ def main():
                              env=env, start_new_session=True)
         procs.append(p)
         return p
-
-    def stop(p):
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=10)
-        except Exception:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except Exception:
-                pass
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
 

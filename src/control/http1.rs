@@ -455,7 +455,8 @@ fn encode_head(
     let mut wrote_len = false;
     let mut closes = false;
     for name in parts.headers.keys() {
-        let mut values = parts.headers.get_all(name).iter();
+        let all = parts.headers.get_all(name);
+        let mut values = all.iter();
         match *name {
             header::CONTENT_LENGTH => {
                 if encoding == Encoding::Chunked {
@@ -488,43 +489,36 @@ fn encode_head(
                     // hyper refuses an answer with both.
                     return None;
                 }
-                dst.extend_from_slice(b"transfer-encoding: ");
-                let mut last_chunked = false;
-                for (i, v) in parts.headers.get_all(name).iter().enumerate() {
-                    if i > 0 {
-                        dst.extend_from_slice(b", ");
-                    }
-                    dst.extend_from_slice(v.as_bytes());
-                    last_chunked = v
-                        .as_bytes()
+                joined(dst, b"transfer-encoding", all.iter());
+                let last_chunked = all.iter().next_back().is_some_and(|v| {
+                    v.as_bytes()
                         .rsplit(|&b| b == b',')
                         .next()
-                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                }
+                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                });
                 if !last_chunked {
-                    dst.extend_from_slice(b", chunked");
+                    // As hyper, which makes `chunked` the last coding.
+                    add_to_line(dst, b"chunked");
                 }
-                dst.extend_from_slice(b"\r\n");
                 encoding = Encoding::Chunked;
                 wrote_len = true;
             }
             header::CONNECTION => {
-                closes |= parts.headers.get_all(name).iter().any(has_close);
-                joined(dst, b"connection", parts.headers.get_all(name).iter());
+                closes |= all.iter().any(has_close);
+                joined(dst, b"connection", all.iter());
                 if !keep_alive && !closes {
                     // As hyper, which adds `close` to the answer's own `Connection`.
-                    dst.truncate(dst.len() - 2);
-                    dst.extend_from_slice(b", close\r\n");
+                    add_to_line(dst, b"close");
                     closes = true;
                 }
             }
             header::TRAILER => {
                 if can_chunk {
-                    joined(dst, b"trailer", parts.headers.get_all(name).iter());
+                    joined(dst, b"trailer", all.iter());
                 }
             }
             _ => {
-                for v in parts.headers.get_all(name) {
+                for v in all {
                     line(dst, name.as_str().as_bytes(), v.as_bytes());
                 }
             }
@@ -588,6 +582,14 @@ fn joined<'a>(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = &'a H
         }
         dst.extend_from_slice(v.as_bytes());
     }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Adds `item` to the list on the header line just written.
+fn add_to_line(dst: &mut Vec<u8>, item: &[u8]) {
+    dst.truncate(dst.len() - 2);
+    dst.extend_from_slice(b", ");
+    dst.extend_from_slice(item);
     dst.extend_from_slice(b"\r\n");
 }
 

@@ -442,30 +442,31 @@ async fn serve_hyper<I>(
         let peer = p.clone();
         Box::pin(async move { gw.handle(req.map(Some), &peer).await })
     });
-    if let Some(mut drain) = http1_only {
-        // Without hyper-util's look for HTTP/2's preface, which waits on no timer; drained
-        // as `watcher` would (which the drain waits for until it is dropped).
-        let conn = public_http1(limits)
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        let ended = tokio::select! {
-            ended = conn.as_mut() => ended,
-            _ = wait_true(&mut drain) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        drop(watcher);
-        if let Err(e) = ended {
-            tracing::debug!(peer = %peer.addr, error = %e, "client connection ended with an error");
-            gateway.record_unread(&peer, &e);
+    let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = match http1_only {
+        Some(mut drain) => {
+            // Without hyper-util's look for HTTP/2's preface, which waits on no timer; drained
+            // as `watcher` would (which the drain waits for until it is dropped).
+            let conn = public_http1(limits)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = wait_true(&mut drain) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            drop(watcher);
+            ended.map_err(Into::into)
         }
-        return;
-    }
-    let builder = public_builder(limits);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
+        None => {
+            let builder = public_builder(limits);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            watcher.watch(conn).await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(peer = %peer.addr, error = %e, "client connection ended with an error");
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             gateway.record_unread(&peer, e);
