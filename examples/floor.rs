@@ -1,17 +1,20 @@
-//! The floor of the peer benchmark: the same hyper server and pooled hyper client
-//! connections as the gateway, with no feature at all (no routing, rewriting, metrics or
+//! The floor of the peer benchmark: hyper's HTTP/1 server and the gateway's upstream pool
+//! (with its own HTTP/1.1 client), with no feature at all (no routing, rewriting, metrics or
 //! log): `/` split at random between 127.0.0.1:18081 and :18082, listening on :18092.
 //! Comparing it with the gateway in one run of the peer benchmark shows what the features
 //! cost: `python3 benches/peer/peer_bench.py --gateway floor=target/release/examples/floor
 //! --gateway strangler='target/release/strangler serve --config RUNDIR/strangler.yaml'`.
 
 use http::uri::Authority;
+use http_body::{Body, Frame};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use strangler::floor::{self as pool, PoolKey};
+use strangler::floor::{self as pool, Conn, PoolKey, UpstreamBody};
 
 // The same allocator as the gateway binary, so the comparison is of features only.
 #[global_allocator]
@@ -61,7 +64,6 @@ fn main() {
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co
                             .conn
-                            .sender
                             .send(http::Request::from_parts(
                                 parts,
                                 pool::RequestBody::new(
@@ -70,11 +72,17 @@ fn main() {
                                 ),
                             ))
                             .await
-                            .map_err(|e| e.into_error())
+                            .map_err(|e| e.to_string())
                             .unwrap();
-                        // Given back at once (the gateway waits for the body's end); the next
-                        // checkout waits until the connection is ready again.
-                        pool::checkin(k, co.conn, now);
+                        // The connection goes back to the pool at the body's end, as the
+                        // gateway's does.
+                        let mut conn = Some((k, co.conn, now));
+                        let resp = resp.map(|mut body| {
+                            if body.is_end_stream() {
+                                give_back(&mut conn, &mut body);
+                            }
+                            Returning { body, conn }
+                        });
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -84,4 +92,38 @@ fn main() {
             });
         }
     });
+}
+
+/// An answer's body that gives its connection back to the pool at its end.
+struct Returning {
+    body: UpstreamBody,
+    conn: Option<(PoolKey, Conn, Instant)>,
+}
+
+fn give_back(conn: &mut Option<(PoolKey, Conn, Instant)>, body: &mut UpstreamBody) {
+    if let Some((key, mut conn, since)) = conn.take() {
+        conn.reclaim(body);
+        pool::checkin(key, conn, since);
+    }
+}
+
+impl Body for Returning {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            give_back(&mut this.conn, &mut this.body);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
 }

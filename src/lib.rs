@@ -39,10 +39,11 @@ pub use routing::{
 };
 
 /// The per-thread upstream connection pool and the request body it sends, for
-/// `examples/floor.rs`, which measures hyper and the pool with none of the gateway's
-/// features.
+/// `examples/floor.rs`, which measures hyper's server and the upstream pool with none of
+/// the gateway's features.
 pub mod floor {
     pub use crate::config::Protocol;
     pub use crate::proxy::RequestBody;
-    pub use crate::proxy::pool::{Dial, Limit, PoolKey, checkin, checkout};
+    pub use crate::proxy::h1client::UpstreamBody;
+    pub use crate::proxy::pool::{Conn, Dial, Limit, PoolKey, checkin, checkout};
 }

@@ -34,6 +34,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
+use crate::proxy::headers::has_token;
 use crate::proxy::{Gateway, Peer, ResponseBody};
 
 /// The largest request head this server reads; a larger one goes to hyper (which takes
@@ -504,7 +505,7 @@ fn encode_head(
                 wrote_len = true;
             }
             header::CONNECTION => {
-                closes |= all.iter().any(has_close);
+                closes |= all.iter().any(|v| has_token(v, "close"));
                 joined(dst, b"connection", all.iter());
                 if !keep_alive && !closes {
                     // As hyper, which adds `close` to the answer's own `Connection`.
@@ -591,12 +592,6 @@ fn add_to_line(dst: &mut Vec<u8>, item: &[u8]) {
     dst.extend_from_slice(b", ");
     dst.extend_from_slice(item);
     dst.extend_from_slice(b"\r\n");
-}
-
-fn has_close(v: &HeaderValue) -> bool {
-    v.as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 fn content_length(v: &HeaderValue) -> Option<u64> {

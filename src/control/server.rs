@@ -127,7 +127,9 @@ pub struct Dependencies {
     /// Threads serving the public listener, each with a single-threaded runtime, as nginx
     /// runs a process per core: the listener's connections are handed to them in turn, and
     /// a connection and everything its requests do stay on its thread. 0 or 1: the public
-    /// listener is served on the runtime `start_with` runs in.
+    /// listener is served on the runtime `start_with` runs in when that runtime has one
+    /// thread, and on one thread of its own otherwise (a thread's upstream pool and its
+    /// sweep must run on that thread: `proxy::pool`).
     pub public_threads: usize,
 }
 
@@ -200,7 +202,10 @@ pub async fn start_with(
     // those of the others' connections too).
     let cutting = Arc::new(AtomicBool::new(false));
 
-    if threads == 1 {
+    let on_caller = threads == 1
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
+    if on_caller {
         tokio::spawn(serve_public(
             Incoming::Socket(public),
             gateway.clone(),

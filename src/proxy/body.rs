@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::error::{Failure, Stage};
+use super::h1client::UpstreamBody;
 use super::pool::{self, Conn, PoolKey};
 use super::record::Trail;
 use super::upload::Upload;
@@ -40,7 +40,7 @@ impl Held {
 }
 
 /// Errors of a response body, for hyper's server.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use super::h1client::BodyError;
 
 /// A response body: the upstream's, streamed, or one the gateway made. Dropped before its
 /// end, it was abandoned by the client: its upstream connection closes with it, and the
@@ -76,7 +76,7 @@ struct Taking {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -84,7 +84,7 @@ impl ResponseBody {
     /// The upstream's body, carried by `conn`; each wait for more is bounded by
     /// `read_timeout`.
     pub(crate) fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         trail: Trail,
         conn: Held,
         read_timeout: Duration,
@@ -186,7 +186,10 @@ impl ResponseBody {
         if let Some(t) = &self.taking {
             t.ended.store(true, Ordering::Relaxed);
         }
-        if let Some(held) = self.conn.take() {
+        if let Some(mut held) = self.conn.take() {
+            if let Inner::Upstream(body) = &mut self.inner {
+                held.conn.reclaim(body);
+            }
             held.release();
         }
         if let Some(trail) = self.trail.take() {
@@ -294,7 +297,7 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.upstream_failed(UpstreamErrorKind::Reset);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
                 let timeout = this.read_timeout;

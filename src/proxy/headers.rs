@@ -138,6 +138,14 @@ pub fn ask_upgrade(h: &mut HeaderMap, proto: HeaderValue) {
     h.insert(header::UPGRADE, proto);
 }
 
+/// Whether a list-valued header's value (`Connection: keep-alive, close`) has `token`, in
+/// any case.
+pub fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// A gRPC answer's status (`grpc-status`, in its trailers or, for an answer without a
 /// body, in its head).
 pub fn grpc_status(h: &HeaderMap) -> Option<u32> {

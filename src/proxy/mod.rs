@@ -26,6 +26,7 @@ pub mod connection;
 pub mod decide;
 pub mod error;
 pub mod fleet;
+pub mod h1client;
 pub mod headers;
 pub mod overrides;
 pub mod pool;

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::h1client::{self, UpstreamBody};
 use super::upload::RequestBody;
 use crate::config::Protocol;
 
@@ -52,6 +52,10 @@ pub enum Sender {
     H1(http1::SendRequest<RequestBody>),
     /// A handle on a connection its thread shares: each request is a stream of it.
     H2(http2::SendRequest<RequestBody>),
+    /// An HTTP/1.1 connection in clear that the gateway's own client writes and reads
+    /// (`proxy::h1client`): its stream while it waits in the pool, `None` while an exchange
+    /// has it (or once it closed).
+    Own(Option<TcpStream>),
 }
 
 impl Sender {
@@ -59,19 +63,76 @@ impl Sender {
         match self {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
+            Sender::Own(io) => io.is_none(),
+        }
+    }
+}
+
+/// A request that failed, with the request when none of it was sent.
+pub enum SendError {
+    Hyper(TrySendError<Request<RequestBody>>),
+    Own(h1client::Error, Option<Request<RequestBody>>),
+}
+
+impl SendError {
+    /// The request, if none of it went out (it may be sent again, anywhere).
+    pub fn take_unsent(&mut self) -> Option<Request<RequestBody>> {
+        match self {
+            SendError::Hyper(e) => e.take_message(),
+            SendError::Own(_, unsent) => unsent.take(),
         }
     }
 
-    /// Sends a request; a request the connection could not take comes back in the error.
-    pub async fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    /// The client's request body failed (it left or stalled mid-upload): nothing the
+    /// upstream did.
+    pub fn is_client_body(&self) -> bool {
+        matches!(self, SendError::Hyper(e) if e.error().is_user())
+    }
+
+    /// The answer did not parse.
+    pub fn is_malformed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            SendError::Hyper(e) => e.error().is_parse() || e.error().is_parse_status(),
+            SendError::Own(e, _) => e.is_malformed(),
         }
     }
+
+    /// The connection ended under the request without any answer: EOF or reset.
+    pub fn closed_under_us(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => hyper_closed_under_us(e.error()),
+            SendError::Own(e, _) => e.closed(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Hyper(e) => e.error().fmt(f),
+            SendError::Own(e, _) => e.fmt(f),
+        }
+    }
+}
+
+fn hyper_closed_under_us(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// How to reach an upstream: its address, protocol and TLS.
@@ -209,8 +270,50 @@ impl Conn {
         }
     }
 
-    /// A handle that closes this connection, for an HTTP/1 one (an HTTP/2 connection
-    /// carries other requests too).
+    /// Sends a request and waits for its answer's head. A connection of the gateway's own
+    /// client is handed to hyper's, for good, when the request needs hyper
+    /// ([`h1client::needs_hyper`]).
+    pub async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        if let Sender::Own(io) = &mut self.sender {
+            let Some(io) = io.take() else {
+                return Err(SendError::Own(h1client::Error::Closed, Some(req)));
+            };
+            if !h1client::needs_hyper(&req) {
+                // Boxed apart from the request's future: moved with it, it would be copied
+                // at every level of the send path (docs/performance.md).
+                return Box::pin(h1client::send(io, req))
+                    .await
+                    .map_err(|e| SendError::Own(e, None));
+            }
+            // Boxed: few requests need it, and every request's future would carry it.
+            match Box::pin(handshake(io, Protocol::Http1, &self.clock)).await {
+                Ok(sender) => self.sender = sender,
+                Err(e) => return Err(SendError::Own(e.into(), Some(req))),
+            }
+        }
+        match &mut self.sender {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::Own(_) => unreachable!("handed to hyper above"),
+        }
+        .map(|r| r.map(UpstreamBody::Hyper))
+        .map_err(SendError::Hyper)
+    }
+
+    /// Takes the connection's stream back from an answer's body read to its end by the
+    /// gateway's own client (it closes otherwise).
+    pub fn reclaim(&mut self, body: &mut UpstreamBody) {
+        if let Sender::Own(slot) = &mut self.sender {
+            *slot = body.reusable();
+        }
+    }
+
+    /// A handle that closes this connection, for an HTTP/1 one of hyper's (an HTTP/2
+    /// connection carries other requests too; the gateway's own client's is closed by
+    /// whoever reads its answer).
     pub fn aborter(&self) -> Option<Aborter> {
         matches!(self.sender, Sender::H1(_)).then(|| Aborter(self.clock.clone()))
     }
@@ -278,8 +381,15 @@ pub async fn checkout(
         return Ok(Checkout { conn, fresh: true });
     }
     while let Some(mut conn) = pop_idle(key, now) {
-        let Sender::H1(sender) = &mut conn.sender else {
-            continue;
+        let sender = match &mut conn.sender {
+            Sender::H1(sender) => sender,
+            Sender::Own(Some(io)) => {
+                if h1client::alive(io) {
+                    return Ok(Checkout { conn, fresh: false });
+                }
+                continue;
+            }
+            _ => continue,
         };
         // A connection is given back only once its exchange is complete, so it is nearly
         // always ready at the first look; one that is not gets a short grace, then is closed.
@@ -382,9 +492,74 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
         }
         if list.len() < MAX_IDLE_PER_THREAD {
             conn.clock.idle_since(since);
+            let own = matches!(conn.sender, Sender::Own(_));
+            let due = since + conn.clock.timeout;
             list.push((conn, since));
+            drop(idle);
+            if own {
+                sweep_by(due);
+            }
         }
     });
+}
+
+thread_local! {
+    /// When this thread's sweep of idle connections of the gateway's own client is due, and
+    /// the sweep that is (an earlier one replaces it).
+    static SWEEP: std::cell::Cell<(Option<Instant>, u64)> = const { std::cell::Cell::new((None, 0)) };
+}
+
+/// Makes sure this thread's idle connections of the gateway's own client are swept by
+/// `due`: they have no task of their own to close them after their idle timeout.
+fn sweep_by(due: Instant) {
+    let (at, generation) = SWEEP.get();
+    if at.is_some_and(|at| at <= due) {
+        return;
+    }
+    let generation = generation + 1;
+    SWEEP.set((Some(due), generation));
+    tokio::spawn(async move {
+        let mut at = due;
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            if SWEEP.get().1 != generation {
+                // An earlier sweep took over.
+                return;
+            }
+            match sweep(Instant::now()) {
+                Some(next) => {
+                    SWEEP.set((Some(next), generation));
+                    at = next;
+                }
+                None => {
+                    SWEEP.set((None, generation));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Closes this thread's idle connections of the gateway's own client that have been idle
+/// for their timeout (or that closed); when the next one is due.
+fn sweep(now: Instant) -> Option<Instant> {
+    IDLE.with(|idle| {
+        let mut next: Option<Instant> = None;
+        for list in idle.borrow_mut().iter_mut() {
+            list.retain_mut(|(conn, since)| {
+                let Sender::Own(Some(io)) = &mut conn.sender else {
+                    return true;
+                };
+                let due = *since + conn.clock.timeout;
+                let keep = due > now && h1client::alive(io);
+                if keep {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+                keep
+            });
+        }
+        next
+    })
 }
 
 /// A new connection, within `limit`. Boxed: connecting (and a TLS handshake) takes a
@@ -433,6 +608,9 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Conn> {
         max_streams: AtomicUsize::new(100),
     });
     let sender = match &dial.tls {
+        // The gateway's own client, where this thread's pool has a sweep of its own: on a
+        // runtime of one thread (every public thread's).
+        None if !dial.protocol.is_http2() && own_client_here() => Sender::Own(Some(stream)),
         None => handshake(stream, dial.protocol, &clock).await?,
         Some((config, name, _)) => {
             let tls = tokio_rustls::TlsConnector::from(config.clone())
@@ -447,6 +625,13 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Conn> {
     })
 }
 
+/// Whether connections made on this thread use the gateway's own HTTP/1.1 client: when its
+/// runtime runs on this thread alone, so that a task it spawns (the idle sweep) runs here.
+fn own_client_here() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 /// Sends one request on a new connection of its own (a health check), which is closed once
 /// the answer's head has come.
 pub async fn probe(
@@ -456,11 +641,10 @@ pub async fn probe(
 ) -> std::io::Result<http::StatusCode> {
     let mut conn = connect(dial, limit).await?;
     let answer = conn
-        .sender
         .send(req)
         .await
         .map(|r| r.status())
-        .map_err(|e| std::io::Error::other(e.into_error()));
+        .map_err(|e| std::io::Error::other(e.to_string()));
     conn.abort();
     answer
 }

@@ -171,6 +171,9 @@ pub fn rewrite(
     // and many servers read only the first (RFC 9113 §8.2.3: join them with "; ").
     if head.version == Version::HTTP_2 {
         join_cookies(&mut head.headers);
+        // Its answer is watched for a client that stops taking it, which closes the
+        // upstream connection from outside the exchange (`ResponseBody::watch_client`).
+        head.extensions.insert(super::h1client::Abortable);
     }
     // hyper sends no body for a GET, HEAD or CONNECT whose length it does not know unless
     // told: a body that arrived chunked goes on chunked, whatever the method.

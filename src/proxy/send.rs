@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::error::{Failure, Stage};
-use super::pool::{self, Conn, Dial, PoolKey};
+use super::h1client::{Abortable, UpstreamBody};
+use super::pool::{self, Conn, Dial, PoolKey, SendError};
 use super::upload::{RequestBody, Upload};
 use crate::observe::{ClientErrorKind, UpstreamErrorKind};
 
@@ -27,7 +27,7 @@ pub struct Exchange {
     pub conn: Conn,
     /// The pool the connection goes back to.
     pub key: PoolKey,
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// The upload's state (`None`: the request had no body).
     pub uploaded: Option<Arc<Upload>>,
 }
@@ -104,7 +104,7 @@ async fn exchange(
     now: Instant,
     deadline: Instant,
     upload: Option<&Upload>,
-) -> Result<(Conn, Response<Incoming>), Failed> {
+) -> Result<(Conn, Response<UpstreamBody>), Failed> {
     // A connection not made by then is a connect failure (the request comes back unsent),
     // which must come before the head's own deadline.
     let limit = pool::Limit {
@@ -139,29 +139,32 @@ async fn exchange(
         // From here the connection carries the request: if this future is dropped before
         // the head arrives (the head timeout), the connection is closed with it.
         let mut carrying = Carrying(Some(co.conn));
-        let sending = carrying.conn().sender.send(req).await;
+        let sending = carrying.conn().send(req).await;
         match sending {
             Ok(resp) => return Ok((carrying.keep(), resp)),
-            Err(mut e) => match e.take_message() {
+            Err(mut e) => match e.take_unsent() {
                 Some(unsent) if !co.fresh => req = unsent,
-                None if !co.fresh && replay.is_some() && closed_under_us(e.error()) => {
-                    tracing::debug!(error = %e.error(), "a reused upstream connection was closed: replaying on a new one");
+                None if !co.fresh && replay.is_some() && e.closed_under_us() => {
+                    tracing::debug!(error = %e, "a reused upstream connection was closed: replaying on a new one");
                     req = replay.take().expect("checked is_some");
                     new_only = true;
                 }
-                unsent => return Err((failure_of(target, upload, e.error()), unsent)),
+                unsent => return Err((failure_of(target, upload, &e), unsent)),
             },
         }
     }
 }
 
-/// A copy of a request's head (its extensions aside).
+/// A copy of a request's head (its extensions aside, but for [`Abortable`]).
 pub fn head_of<B>(req: &Request<B>) -> Parts {
     let mut r = Request::new(());
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();
     *r.version_mut() = req.version();
     *r.headers_mut() = req.headers().clone();
+    if req.extensions().get::<Abortable>().is_some() {
+        r.extensions_mut().insert(Abortable);
+    }
     r.into_parts().0
 }
 
@@ -198,10 +201,10 @@ impl Drop for Carrying {
 }
 
 /// The side and kind of a failed exchange.
-fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &hyper::Error) -> Failure {
+fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &SendError) -> Failure {
     // The client's request body failed (it left or stalled mid-upload): nothing the
     // upstream did.
-    if e.is_user() {
+    if e.is_client_body() {
         return Failure::Client(if upload.is_some_and(Upload::timed_out) {
             ClientErrorKind::BodyTimeout
         } else {
@@ -209,7 +212,7 @@ fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &hyper::Error) ->
         });
     }
     tracing::debug!(upstream = %target.dial.authority, error = %e, "upstream exchange failed");
-    let kind = if e.is_parse() || e.is_parse_status() {
+    let kind = if e.is_malformed() {
         UpstreamErrorKind::Protocol
     } else {
         UpstreamErrorKind::Reset
@@ -218,25 +221,4 @@ fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &hyper::Error) ->
         kind,
         during: Stage::Head,
     }
-}
-
-/// The connection ended under a request without any answer: EOF or reset.
-fn closed_under_us(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = s.source();
-    }
-    false
 }

@@ -541,7 +541,9 @@ async fn fetch(
         .await
         .map_err(|_| Fetch::Failed)??;
     if !over && exchange.uploaded.as_ref().is_none_or(|u| u.done()) {
-        pool::checkin(exchange.key, exchange.conn, start);
+        let mut conn = exchange.conn;
+        conn.reclaim(&mut incoming);
+        pool::checkin(exchange.key, conn, start);
     }
     Ok(Answer {
         status: parts.status.as_u16(),
