@@ -31,6 +31,7 @@ mod errors;
 mod forwarding;
 mod grpc;
 mod hardening;
+mod http1_client;
 mod http1_server;
 mod http2;
 mod inventory;
