@@ -31,7 +31,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::headers::has_token;
@@ -44,8 +44,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub const MAX_HEADERS: usize = 100;
 /// The largest answer head (hyper's client's buffer limit).
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// The longest line of a chunk's size (with its extensions), and the largest trailer
-/// section (hyper's limits, 16 KiB each).
+/// The longest line of a chunk's size, the most bytes of chunk extensions in a body, and
+/// the largest trailer section (hyper's limits, 16 KiB each).
 const MAX_CHUNK_LINE: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Room made for each read: the first, and at most (a body read in larger parts as it
@@ -103,13 +103,12 @@ pub fn needs_hyper(req: &Request<RequestBody>) -> bool {
 pub struct Abortable;
 
 /// Whether an idle connection is still open: nothing to read, and not closed. Never
-/// waits: a socket with nothing new costs no system call (its readiness is known).
-pub fn alive(io: &mut TcpStream) -> bool {
+/// waits, and costs no system call unless the socket was reported readable since (its
+/// readiness is known without one).
+pub fn alive(io: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
     // Anything read (an answer nobody asked for) or the end of the stream: not usable.
-    Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
+    matches!(io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Sends a request without a body on `io` and reads its answer's head. The request is not
@@ -136,6 +135,7 @@ pub async fn send(
                 buf,
                 framing,
                 keep_alive,
+                extensions: 0,
                 reusable: None,
             };
             if matches!(body.framing, Framing::Length(0)) {
@@ -225,9 +225,14 @@ fn parse_head(
     head_only: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(buf) {
+        // Left uninitialised: httparse writes those it parses (no 3 KiB cleared per answer).
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -355,24 +360,26 @@ fn digits(s: &[u8]) -> Option<u64> {
 }
 
 /// A chunk's size line, `1a;ext=x` (extensions ignored, spaces and tabs before them or
-/// the line's end allowed, as hyper allows them).
-fn chunk_size(line: &[u8]) -> Option<u64> {
+/// the line's end allowed, as hyper allows them; a CR or LF within it is not): the size,
+/// and how many bytes its extensions take.
+fn chunk_size(line: &[u8]) -> Option<(u64, usize)> {
+    if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return None;
+    }
     let end = line
         .iter()
         .position(|&b| b == b';' || b == b' ' || b == b'\t')
         .unwrap_or(line.len());
     let (hex, rest) = line.split_at(end);
-    if hex.is_empty() || hex.len() > 16 {
-        return None;
-    }
     let rest = rest.trim_ascii_start();
-    if !(rest.is_empty() || rest[0] == b';') {
+    if hex.is_empty() || !(rest.is_empty() || rest[0] == b';') {
         return None;
     }
-    hex.iter().try_fold(0u64, |n, &b| {
+    let size = hex.iter().try_fold(0u64, |n, &b| {
         let d = (b as char).to_digit(16)?;
         n.checked_mul(16)?.checked_add(u64::from(d))
-    })
+    })?;
+    Some((size, rest.len()))
 }
 
 /// An answer's body as the upstream sends it, read by whoever takes it.
@@ -435,6 +442,8 @@ pub struct OwnBody {
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
+    /// Bytes of chunk extensions read so far.
+    extensions: usize,
     /// The stream, once the body ended with the connection fit for another request.
     reusable: Option<TcpStream>,
 }
@@ -502,7 +511,13 @@ impl OwnBody {
                     Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                     Ok(None) if self.framing == Framing::Done => return Poll::Ready(None),
                     Ok(None) => {
-                        if !ready!(self.poll_more(cx, FIRST_READ))? {
+                        let want = match self.framing {
+                            Framing::Chunked(Chunk::Data(left)) => {
+                                usize::try_from(left).unwrap_or(MAX_READ)
+                            }
+                            _ => FIRST_READ,
+                        };
+                        if !ready!(self.poll_more(cx, want))? {
                             return self.failed(
                                 "the upstream closed the connection before the body's end",
                             );
@@ -543,7 +558,12 @@ impl OwnBody {
                         }
                         return Ok(None);
                     };
-                    let size = chunk_size(&self.buf[..end]).ok_or("invalid chunk size")?;
+                    let (size, extensions) =
+                        chunk_size(&self.buf[..end]).ok_or("invalid chunk size")?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_CHUNK_LINE {
+                        return Err("chunk extensions too large");
+                    }
                     let _ = self.buf.split_to(end + 2);
                     at = if size == 0 {
                         Chunk::Trailers
@@ -704,11 +724,22 @@ mod tests {
 
     #[test]
     fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a"), Some(26));
-        assert_eq!(chunk_size(b"1A;name=value"), Some(26));
-        assert_eq!(chunk_size(b"0 ;x"), Some(0));
-        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
-        for bad in [&b""[..], b"x", b"-1", b"1 2", b"10000000000000000", b";x"] {
+        assert_eq!(chunk_size(b"1a"), Some((26, 0)));
+        assert_eq!(chunk_size(b"1A;name=value"), Some((26, 11)));
+        assert_eq!(chunk_size(b"0 ;x"), Some((0, 2)));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some((u64::MAX, 0)));
+        assert_eq!(chunk_size(b"00000000000000005"), Some((5, 0)));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"-1",
+            b"1 2",
+            b"10000000000000000",
+            b";x",
+            b"5 \n;x",
+            b"5;a\nb",
+            b"5;a\rb",
+        ] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
         }
     }

@@ -491,12 +491,18 @@ pub fn checkin(key: PoolKey, conn: Conn, since: Instant) {
             list.retain(|(c, _)| !c.sender.is_closed());
         }
         if list.len() < MAX_IDLE_PER_THREAD {
-            conn.clock.idle_since(since);
             let own = matches!(conn.sender, Sender::Own(_));
             let due = since + conn.clock.timeout;
+            // One of the gateway's own client that would be due before the sweep planned
+            // may be due already (an exchange longer than its idle timeout): closed now.
+            let sooner = own && SWEEP.get().0.is_none_or(|at| due < at);
+            if sooner && due <= Instant::now() {
+                return;
+            }
+            conn.clock.idle_since(since);
             list.push((conn, since));
             drop(idle);
-            if own {
+            if sooner {
                 sweep_by(due);
             }
         }
@@ -518,7 +524,18 @@ fn sweep_by(due: Instant) {
     }
     let generation = generation + 1;
     SWEEP.set((Some(due), generation));
+    /// Says the sweep is over when its task ends, whichever way (its runtime may shut
+    /// down before it is due): the next check-in starts another.
+    struct Over(u64);
+    impl Drop for Over {
+        fn drop(&mut self) {
+            if SWEEP.get().1 == self.0 {
+                SWEEP.set((None, self.0));
+            }
+        }
+    }
     tokio::spawn(async move {
+        let _over = Over(generation);
         let mut at = due;
         loop {
             tokio::time::sleep_until(at.into()).await;
@@ -531,10 +548,7 @@ fn sweep_by(due: Instant) {
                     SWEEP.set((Some(next), generation));
                     at = next;
                 }
-                None => {
-                    SWEEP.set((None, generation));
-                    return;
-                }
+                None => return,
             }
         }
     });

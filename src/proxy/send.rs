@@ -157,24 +157,42 @@ async fn exchange(
 
 /// A copy of a request's head (its extensions aside, but for [`Abortable`]).
 pub fn head_of<B>(req: &Request<B>) -> Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    if req.extensions().get::<Abortable>().is_some() {
-        r.extensions_mut().insert(Abortable);
-    }
-    r.into_parts().0
+    copy(
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers(),
+        req.extensions(),
+    )
 }
 
-/// A copy of a head (its extensions aside).
+/// A copy of a head (its extensions aside, but for [`Abortable`]: a copy sent again must
+/// go where the first could be closed from outside too).
 pub fn copy_head(head: &Parts) -> Parts {
+    copy(
+        &head.method,
+        &head.uri,
+        head.version,
+        &head.headers,
+        &head.extensions,
+    )
+}
+
+fn copy(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Parts {
     let mut r = Request::new(());
-    *r.method_mut() = head.method.clone();
-    *r.uri_mut() = head.uri.clone();
-    *r.version_mut() = head.version;
-    *r.headers_mut() = head.headers.clone();
+    *r.method_mut() = method.clone();
+    *r.uri_mut() = uri.clone();
+    *r.version_mut() = version;
+    *r.headers_mut() = headers.clone();
+    if extensions.get::<Abortable>().is_some() {
+        r.extensions_mut().insert(Abortable);
+    }
     r.into_parts().0
 }
 
@@ -220,5 +238,27 @@ fn failure_of(target: &Target<'_>, upload: Option<&Upload>, e: &SendError) -> Fa
     Failure::Upstream {
         kind,
         during: Stage::Head,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request of an HTTP/2 client keeps its mark in every copy made to send it again
+    /// (a replay, a retry), so that each goes where its answer can be cut from outside.
+    #[test]
+    fn copies_keep_the_abortable_mark() {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(Abortable);
+        let first = head_of(&req);
+        assert!(first.extensions.get::<Abortable>().is_some());
+        assert!(copy_head(&first).extensions.get::<Abortable>().is_some());
+        assert!(
+            head_of(&Request::new(()))
+                .extensions
+                .get::<Abortable>()
+                .is_none()
+        );
     }
 }
