@@ -111,25 +111,43 @@ pub fn alive(io: &TcpStream) -> bool {
     matches!(io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// Sends a request without a body on `io` and reads its answer's head. The request is not
-/// kept: one that could not be written is not given back (as with hyper's client, whose
-/// request is given back only when its connection closed before it began to write it).
+/// Sends a request without a body on `io` and reads its answer's head. When nothing of an
+/// answer came (the connection failed or closed under it), the request comes back with the
+/// error, and whether any of it was written.
 pub async fn send(
     mut io: TcpStream,
     req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, Error> {
+) -> Result<Response<UpstreamBody>, Failed> {
     let mut head = Vec::with_capacity(64 + req.headers().len() * 40);
     encode_request(&req, &mut head);
     let head_only = req.method() == Method::HEAD;
-    drop(req);
-    io.write_all(&head).await?;
+    let mut req = Some(req);
+    let mut written = 0;
+    while written < head.len() {
+        match io.write(&head[written..]).await {
+            Ok(n) if n > 0 => written += n,
+            Ok(_) => return Err(Failed::unanswered(Error::Closed, req, written > 0)),
+            Err(e) => return Err(Failed::unanswered(e.into(), req, written > 0)),
+        }
+    }
     drop(head);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
-        if read(&mut io, &mut buf, FIRST_READ).await? == 0 {
-            return Err(Error::Closed);
+        let read = read(&mut io, &mut buf, FIRST_READ).await;
+        if buf.is_empty() {
+            match read {
+                Ok(_) => return Err(Failed::unanswered(Error::Closed, req, true)),
+                Err(e) => return Err(Failed::unanswered(e.into(), req, true)),
+            }
         }
-        if let Some((response, framing, keep_alive)) = parse_head(&mut buf, head_only)? {
+        // An answer began: the request is not needed again.
+        req = None;
+        if read.map_err(Failed::answered)? == 0 {
+            return Err(Failed::answered(Error::Closed));
+        }
+        if let Some((response, framing, keep_alive)) =
+            parse_head(&mut buf, head_only).map_err(Failed::answered)?
+        {
             let mut body = OwnBody {
                 io: Some(io),
                 buf,
@@ -144,7 +162,34 @@ pub async fn send(
             return Ok(response.map(|()| UpstreamBody::Own(body)));
         }
         if buf.len() > MAX_HEAD {
-            return Err(Error::Malformed("answer head too large"));
+            return Err(Failed::answered(Error::Malformed("answer head too large")));
+        }
+    }
+}
+
+/// A failed exchange.
+pub struct Failed {
+    pub error: Error,
+    /// The request, when nothing of an answer came.
+    pub request: Option<Request<RequestBody>>,
+    /// Some of the request was written.
+    pub sent: bool,
+}
+
+impl Failed {
+    fn unanswered(error: Error, request: Option<Request<RequestBody>>, sent: bool) -> Failed {
+        Failed {
+            error,
+            request,
+            sent,
+        }
+    }
+
+    fn answered(error: impl Into<Error>) -> Failed {
+        Failed {
+            error: error.into(),
+            request: None,
+            sent: true,
         }
     }
 }

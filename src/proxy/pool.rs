@@ -71,7 +71,7 @@ impl Sender {
 /// A request that failed, with the request when none of it was sent.
 pub enum SendError {
     Hyper(TrySendError<Request<RequestBody>>),
-    Own(h1client::Error, Option<Request<RequestBody>>),
+    Own(h1client::Failed),
 }
 
 impl SendError {
@@ -79,7 +79,17 @@ impl SendError {
     pub fn take_unsent(&mut self) -> Option<Request<RequestBody>> {
         match self {
             SendError::Hyper(e) => e.take_message(),
-            SendError::Own(_, unsent) => unsent.take(),
+            SendError::Own(f) if !f.sent => f.request.take(),
+            SendError::Own(_) => None,
+        }
+    }
+
+    /// The request, if it went out and nothing of an answer came (the gateway's own client
+    /// gives it back; hyper's does not).
+    pub fn take_unanswered(&mut self) -> Option<Request<RequestBody>> {
+        match self {
+            SendError::Own(f) if f.sent => f.request.take(),
+            _ => None,
         }
     }
 
@@ -93,7 +103,7 @@ impl SendError {
     pub fn is_malformed(&self) -> bool {
         match self {
             SendError::Hyper(e) => e.error().is_parse() || e.error().is_parse_status(),
-            SendError::Own(e, _) => e.is_malformed(),
+            SendError::Own(f) => f.error.is_malformed(),
         }
     }
 
@@ -101,7 +111,7 @@ impl SendError {
     pub fn closed_under_us(&self) -> bool {
         match self {
             SendError::Hyper(e) => hyper_closed_under_us(e.error()),
-            SendError::Own(e, _) => e.closed(),
+            SendError::Own(f) => f.error.closed(),
         }
     }
 }
@@ -110,7 +120,7 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Hyper(e) => e.error().fmt(f),
-            SendError::Own(e, _) => e.fmt(f),
+            SendError::Own(failed) => failed.error.fmt(f),
         }
     }
 }
@@ -279,19 +289,29 @@ impl Conn {
     ) -> Result<Response<UpstreamBody>, SendError> {
         if let Sender::Own(io) = &mut self.sender {
             let Some(io) = io.take() else {
-                return Err(SendError::Own(h1client::Error::Closed, Some(req)));
+                return Err(SendError::Own(h1client::Failed {
+                    error: h1client::Error::Closed,
+                    request: Some(req),
+                    sent: false,
+                }));
             };
             if !h1client::needs_hyper(&req) {
                 // Boxed apart from the request's future: moved with it, it would be copied
                 // at every level of the send path (docs/performance.md).
                 return Box::pin(h1client::send(io, req))
                     .await
-                    .map_err(|e| SendError::Own(e, None));
+                    .map_err(SendError::Own);
             }
             // Boxed: few requests need it, and every request's future would carry it.
             match Box::pin(handshake(io, Protocol::Http1, &self.clock)).await {
                 Ok(sender) => self.sender = sender,
-                Err(e) => return Err(SendError::Own(e.into(), Some(req))),
+                Err(e) => {
+                    return Err(SendError::Own(h1client::Failed {
+                        error: e.into(),
+                        request: Some(req),
+                        sent: false,
+                    }));
+                }
             }
         }
         match &mut self.sender {
@@ -301,6 +321,12 @@ impl Conn {
         }
         .map(|r| r.map(UpstreamBody::Hyper))
         .map_err(SendError::Hyper)
+    }
+
+    /// Whether this connection's own client takes `req` (and gives it back when nothing
+    /// of an answer came).
+    pub fn answers_itself(&self, req: &Request<RequestBody>) -> bool {
+        matches!(self.sender, Sender::Own(Some(_))) && !h1client::needs_hyper(req)
     }
 
     /// Takes the connection's stream back from an answer's body read to its end by the

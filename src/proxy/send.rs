@@ -115,9 +115,9 @@ async fn exchange(
     };
     // A bodiless idempotent request may go out once more, on a new connection, when a
     // reused connection fails before any answer: the upstream closed it (its idle timeout)
-    // just as the request went out. That needs a copy of the head, made before sending.
-    let mut replay = (!req.body().has_body() && req.method().is_idempotent())
-        .then(|| Request::from_parts(head_of(&req), RequestBody::empty()));
+    // just as the request went out. hyper's client keeps no such request: for it, a copy
+    // of the head is made before sending.
+    let may_replay = !req.body().has_body() && req.method().is_idempotent();
     let mut new_only = false;
     loop {
         let checkout = if new_only {
@@ -138,19 +138,26 @@ async fn exchange(
         };
         // From here the connection carries the request: if this future is dropped before
         // the head arrives (the head timeout), the connection is closed with it.
+        let replayable = may_replay && !co.fresh;
+        let mut replay = (replayable && !co.conn.answers_itself(&req))
+            .then(|| Request::from_parts(head_of(&req), RequestBody::empty()));
         let mut carrying = Carrying(Some(co.conn));
         let sending = carrying.conn().send(req).await;
-        match sending {
+        let mut e = match sending {
             Ok(resp) => return Ok((carrying.keep(), resp)),
-            Err(mut e) => match e.take_unsent() {
-                Some(unsent) if !co.fresh => req = unsent,
-                None if !co.fresh && replay.is_some() && e.closed_under_us() => {
-                    tracing::debug!(error = %e, "a reused upstream connection was closed: replaying on a new one");
-                    req = replay.take().expect("checked is_some");
-                    new_only = true;
-                }
-                unsent => return Err((failure_of(target, upload, &e), unsent)),
-            },
+            Err(e) => e,
+        };
+        match e.take_unsent() {
+            Some(unsent) if !co.fresh => req = unsent,
+            None if replayable && e.closed_under_us() => {
+                let Some(again) = e.take_unanswered().or_else(|| replay.take()) else {
+                    return Err((failure_of(target, upload, &e), None));
+                };
+                tracing::debug!(error = %e, "a reused upstream connection was closed: replaying on a new one");
+                req = again;
+                new_only = true;
+            }
+            unsent => return Err((failure_of(target, upload, &e), unsent)),
         }
     }
 }
