@@ -57,6 +57,7 @@ fn main() {
                             &d,
                             now,
                             pool::Limit::of(std::time::Duration::from_secs(5)),
+                            false,
                         )
                         .await
                         .unwrap();

@@ -228,7 +228,7 @@ mod tests {
         let size = future_size(Gateway::handle);
         assert!(size <= 9 * 1024, "Gateway::handle's future is {size} bytes");
         fn checkout_size<'a, F: std::future::Future>(
-            _checkout: impl Fn(pool::PoolKey, &'a pool::Dial, Instant, pool::Limit) -> F,
+            _checkout: impl Fn(pool::PoolKey, &'a pool::Dial, Instant, pool::Limit, bool) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }

@@ -392,11 +392,16 @@ pub struct Checkout {
 
 /// Takes an idle connection to the upstream (or its thread's HTTP/2 connection), or opens
 /// one. `now` is a recent instant (the request's start), which spares a clock read.
+/// `hyper`: the request needs hyper's client (`h1client::needs_hyper`), and takes one of
+/// its connections when one is among the newest idle ones; a request that does not takes
+/// one of the gateway's own client likewise, so that requests with a body do not turn, one
+/// by one, every connection of the pool into hyper's.
 pub async fn checkout(
     key: PoolKey,
     dial: &Dial,
     now: Instant,
     limit: Limit,
+    hyper: bool,
 ) -> std::io::Result<Checkout> {
     if dial.protocol.is_http2() {
         if let Some(conn) = shared(key) {
@@ -406,7 +411,7 @@ pub async fn checkout(
         share(key, &conn);
         return Ok(Checkout { conn, fresh: true });
     }
-    while let Some(mut conn) = pop_idle(key, now) {
+    while let Some(mut conn) = pop_idle(key, now, hyper) {
         let sender = match &mut conn.sender {
             Sender::H1(sender) => sender,
             Sender::Own(Some(io)) => {
@@ -484,11 +489,21 @@ fn share(key: PoolKey, conn: &Conn) {
     });
 }
 
-fn pop_idle(key: PoolKey, now: Instant) -> Option<Conn> {
+/// How many of the newest idle connections a checkout looks through for one of the kind
+/// it prefers.
+const PREFER_AMONG: usize = 4;
+
+fn pop_idle(key: PoolKey, now: Instant, hyper: bool) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(key.0)?;
-        while let Some((conn, since)) = list.pop() {
+        while !list.is_empty() {
+            let newest = list.len() - 1;
+            let at = (list.len().saturating_sub(PREFER_AMONG)..list.len())
+                .rev()
+                .find(|&i| matches!(list[i].0.sender, Sender::Own(_)) != hyper)
+                .unwrap_or(newest);
+            let (conn, since) = list.remove(at);
             if !conn.sender.is_closed() && now.duration_since(since) < conn.clock.timeout {
                 conn.clock.in_use();
                 return Some(conn);
@@ -754,4 +769,68 @@ where
         }
     });
     Ok(Sender::H1(sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_clock() -> Arc<IdleClock> {
+        Arc::new(IdleClock {
+            since: AtomicU64::new(0),
+            timeout: Duration::from_secs(60),
+            abort: tokio::sync::Notify::new(),
+            streams: AtomicUsize::new(0),
+            max_streams: AtomicUsize::new(100),
+        })
+    }
+
+    /// A request takes an idle connection of the client it needs when one is among the
+    /// newest: requests with a body (hyper's) and without (the own client's) each keep
+    /// their own connections, and the one that finds none of its kind takes the newest.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_checkout_prefers_the_kind_of_connection_its_request_needs() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let mut conn = async || {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            accepted.push(listener.accept().await.unwrap().0);
+            stream
+        };
+        let own = Conn {
+            sender: Sender::Own(Some(conn().await)),
+            clock: idle_clock(),
+        };
+        let clock = idle_clock();
+        let hyper = Conn {
+            sender: handshake(conn().await, Protocol::Http1, &clock)
+                .await
+                .unwrap(),
+            clock,
+        };
+        let key = PoolKey(7);
+        let now = Instant::now();
+        // The own client's connection first, hyper's the newest.
+        checkin(key, own, now);
+        checkin(key, hyper, now);
+        let is_own = |c: &Conn| matches!(c.sender, Sender::Own(_));
+        let first = pop_idle(key, now, false).expect("an idle connection");
+        assert!(
+            is_own(&first),
+            "a request without a body took hyper's connection"
+        );
+        let second = pop_idle(key, now, false).expect("an idle connection");
+        assert!(
+            !is_own(&second),
+            "the newest, of the other kind, when none is left"
+        );
+        checkin(key, first, now);
+        checkin(key, second, now);
+        let third = pop_idle(key, now, true).expect("an idle connection");
+        assert!(
+            !is_own(&third),
+            "a request with a body took the own client's connection"
+        );
+    }
 }

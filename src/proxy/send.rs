@@ -17,7 +17,7 @@ use http::request::Parts;
 use http::{Request, Response};
 
 use super::error::{Failure, Stage};
-use super::h1client::{Abortable, UpstreamBody};
+use super::h1client::{self, Abortable, UpstreamBody};
 use super::pool::{self, Conn, Dial, PoolKey, SendError};
 use super::upload::{RequestBody, Upload};
 use crate::observe::{ClientErrorKind, UpstreamErrorKind};
@@ -118,12 +118,13 @@ async fn exchange(
     // just as the request went out. hyper's client keeps no such request: for it, a copy
     // of the head is made before sending.
     let may_replay = !req.body().has_body() && req.method().is_idempotent();
+    let hyper = h1client::needs_hyper(&req);
     let mut new_only = false;
     loop {
         let checkout = if new_only {
             pool::open(target.key, target.dial, limit).await
         } else {
-            pool::checkout(target.key, target.dial, now, limit).await
+            pool::checkout(target.key, target.dial, now, limit, hyper).await
         };
         let co = match checkout {
             Ok(co) => co,
