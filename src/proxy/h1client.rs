@@ -1,5 +1,5 @@
 //! The gateway's own HTTP/1.1 client, for the common exchange: a request without a body to
-//! an upstream in clear, from a client that speaks HTTP/1 (docs/performance.md, "The
+//! an upstream over HTTP/1.1 (in clear or over TLS), from a client that speaks HTTP/1 (docs/performance.md, "The
 //! HTTP/1.1 client"). The connection's stream is written and read by the request itself:
 //! no connection task, no channel between the two, no buffers kept while the connection
 //! waits in the pool.
@@ -7,7 +7,7 @@
 //! Everything else goes through hyper's client, on the same connection (the pool hands the
 //! stream over for good, `pool::Conn::send`): a request with a body, an upgrade, a request
 //! whose answer may be cut from elsewhere while it streams (an HTTP/2 client's stall
-//! watchdog), TLS, HTTP/2.
+//! watchdog), HTTP/2.
 //!
 //! It reads answers as hyper's client does (hyper 1.x `role::Client::parse` and `decoder`):
 //! at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes, 1xx answers other than 101
@@ -31,7 +31,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::headers::has_token;
@@ -105,19 +105,89 @@ pub struct Abortable;
 /// Whether an idle connection is still open: nothing to read, and not closed. Never
 /// waits, and costs no system call unless the socket was reported readable since (its
 /// readiness is known without one).
-pub fn alive(io: &TcpStream) -> bool {
+pub fn alive(io: &mut Io) -> bool {
     let mut byte = [0u8; 1];
+    let idle = |r: io::Result<usize>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
     // Anything read (an answer nobody asked for) or the end of the stream: not usable.
-    matches!(io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    match io {
+        Io::Plain(tcp) => idle(tcp.try_read(&mut byte)),
+        // Over TLS, the socket itself (an alert, a record nobody asked for, its end), and
+        // what TLS read of it that nobody took (plaintext, or `close_notify`).
+        Io::Tls(tls) => {
+            let (tcp, session) = tls.get_mut();
+            idle(tcp.try_read(&mut byte)) && idle(io::Read::read(&mut session.reader(), &mut byte))
+        }
+    }
+}
+
+/// A connection's stream: in clear, or over TLS.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 /// Sends a request without a body on `io` and reads its answer's head. When nothing of an
 /// answer came (the connection failed or closed under it), the request comes back with the
 /// error, and whether any of it was written.
-pub async fn send(
-    mut io: TcpStream,
-    req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, Failed> {
+pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failed> {
     let mut head = Vec::with_capacity(64 + req.headers().len() * 40);
     encode_request(&req, &mut head);
     let head_only = req.method() == Method::HEAD;
@@ -129,6 +199,10 @@ pub async fn send(
             Ok(_) => return Err(Failed::unanswered(Error::Closed, req, written > 0)),
             Err(e) => return Err(Failed::unanswered(e.into(), req, written > 0)),
         }
+    }
+    // Over TLS, what the session holds goes out now (in clear, nothing is held).
+    if let Err(e) = io.flush().await {
+        return Err(Failed::unanswered(e.into(), req, true));
     }
     drop(head);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
@@ -195,13 +269,13 @@ impl Failed {
 }
 
 /// Reads what the stream has into `buf`, with room for `want` more; 0 at its end.
-async fn read(io: &mut TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+async fn read(io: &mut Io, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     buf.reserve(want);
     io.read_buf(buf).await
 }
 
 fn poll_read(
-    io: &mut TcpStream,
+    io: &mut Io,
     buf: &mut BytesMut,
     want: usize,
     cx: &mut Context<'_>,
@@ -436,7 +510,7 @@ pub enum UpstreamBody {
 impl UpstreamBody {
     /// The connection's stream, when the body was read to its end and the connection may
     /// carry another request.
-    pub fn reusable(&mut self) -> Option<TcpStream> {
+    pub fn reusable(&mut self) -> Option<Io> {
         match self {
             UpstreamBody::Own(b) => b.reusable.take(),
             UpstreamBody::Hyper(_) => None,
@@ -482,7 +556,7 @@ impl Body for UpstreamBody {
 /// A body read by this client from the connection's stream.
 pub struct OwnBody {
     /// The stream, until the body ends (or fails).
-    io: Option<TcpStream>,
+    io: Option<Io>,
     /// Read and not yet given out.
     buf: BytesMut,
     framing: Framing,
@@ -490,7 +564,7 @@ pub struct OwnBody {
     /// Bytes of chunk extensions read so far.
     extensions: usize,
     /// The stream, once the body ended with the connection fit for another request.
-    reusable: Option<TcpStream>,
+    reusable: Option<Io>,
 }
 
 impl OwnBody {

@@ -52,10 +52,10 @@ pub enum Sender {
     H1(http1::SendRequest<RequestBody>),
     /// A handle on a connection its thread shares: each request is a stream of it.
     H2(http2::SendRequest<RequestBody>),
-    /// An HTTP/1.1 connection in clear that the gateway's own client writes and reads
-    /// (`proxy::h1client`): its stream while it waits in the pool, `None` while an exchange
-    /// has it (or once it closed).
-    Own(Option<TcpStream>),
+    /// An HTTP/1.1 connection (in clear or over TLS) that the gateway's own client writes
+    /// and reads (`proxy::h1client`): its stream while it waits in the pool, `None` while an
+    /// exchange has it (or once it closed).
+    Own(Option<h1client::Io>),
 }
 
 impl Sender {
@@ -323,10 +323,10 @@ impl Conn {
         .map_err(SendError::Hyper)
     }
 
-    /// Whether this connection's own client takes `req` (and gives it back when nothing
-    /// of an answer came).
-    pub fn answers_itself(&self, req: &Request<RequestBody>) -> bool {
-        matches!(self.sender, Sender::Own(Some(_))) && !h1client::needs_hyper(req)
+    /// Whether this connection's own client takes a request (one that does not need
+    /// hyper's, `h1client::needs_hyper`), and gives it back when nothing of an answer came.
+    pub fn answers_itself(&self, needs_hyper: bool) -> bool {
+        matches!(self.sender, Sender::Own(Some(_))) && !needs_hyper
     }
 
     /// Takes the connection's stream back from an answer's body read to its end by the
@@ -662,16 +662,21 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Conn> {
         // Until the service's SETTINGS are read: the common default.
         max_streams: AtomicUsize::new(100),
     });
+    // The gateway's own client, where this thread's pool has a sweep of its own: on a
+    // runtime of one thread (every public thread's).
+    let own = !dial.protocol.is_http2() && own_client_here();
     let sender = match &dial.tls {
-        // The gateway's own client, where this thread's pool has a sweep of its own: on a
-        // runtime of one thread (every public thread's).
-        None if !dial.protocol.is_http2() && own_client_here() => Sender::Own(Some(stream)),
+        None if own => Sender::Own(Some(h1client::Io::Plain(stream))),
         None => handshake(stream, dial.protocol, &clock).await?,
         Some((config, name, _)) => {
             let tls = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name.clone(), stream)
                 .await?;
-            handshake(tls, dial.protocol, &clock).await?
+            if own {
+                Sender::Own(Some(h1client::Io::Tls(Box::new(tls))))
+            } else {
+                handshake(tls, dial.protocol, &clock).await?
+            }
         }
     };
     Ok(match sender {
@@ -799,7 +804,7 @@ mod tests {
             stream
         };
         let own = Conn {
-            sender: Sender::Own(Some(conn().await)),
+            sender: Sender::Own(Some(h1client::Io::Plain(conn().await))),
             clock: idle_clock(),
         };
         let clock = idle_clock();

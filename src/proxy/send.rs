@@ -134,13 +134,15 @@ async fn exchange(
                     kind: UpstreamErrorKind::Connect,
                     during: Stage::Head,
                 };
-                return Err((failure, Some(req)));
+                // A request replayed was written once already: not "never sent", which a
+                // retry policy for connect failures would send once more.
+                return Err((failure, (!new_only).then_some(req)));
             }
         };
         // From here the connection carries the request: if this future is dropped before
         // the head arrives (the head timeout), the connection is closed with it.
         let replayable = may_replay && !co.fresh;
-        let mut replay = (replayable && !co.conn.answers_itself(&req))
+        let mut replay = (replayable && !co.conn.answers_itself(hyper))
             .then(|| Request::from_parts(head_of(&req), RequestBody::empty()));
         let mut carrying = Carrying(Some(co.conn));
         let sending = carrying.conn().send(req).await;

@@ -241,3 +241,92 @@ async fn malformed_and_short_answers_are_not_relayed_as_whole() {
     assert_eq!(conns[1], conns[2]);
     assert_ne!(conns[2], conns[3], "a connection cut short was kept");
 }
+
+/// An HTTP/1.1 service over TLS (`https://`, its own CA) that answers each request on a
+/// connection with the number of that connection; `close_after_one`: it ends each
+/// connection with TLS's `close_notify` after its first answer, without saying so in the
+/// answer (as a service whose idle timeout fired would).
+async fn tls_upstream(leaf: &support::tls::Leaf, close_after_one: bool) -> u16 {
+    let config = support::tls::server(leaf, &[b"http/1.1"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        for conn in 0u32.. {
+            let Ok((s, _)) = l.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    let body = format!("connection {conn}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if close_after_one {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Over TLS too, answers are read by the gateway's own client, and a connection is kept
+/// for the next request; one the service closed with `close_notify` while it waited is not
+/// used again (the request goes out on a new connection and succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_service_is_served_on_kept_connections() {
+    let ca = support::tls::Ca::new("services CA");
+    let leaf = ca.leaf("orders");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    for close_after_one in [false, true] {
+        let port = tls_upstream(&leaf, close_after_one).await;
+        let gw = Gateway::start(&format!(
+            "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: 'https://localhost:{port}', ca: '{}'}}\nroutes: []\n",
+            ca_file.display()
+        ))
+        .await;
+        let c = client();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let r = c.get(gw.url("/x")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "close_after_one {close_after_one}");
+            seen.push(r.text().await.unwrap());
+            if close_after_one {
+                // Time for the service's close_notify and FIN to arrive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let distinct: std::collections::HashSet<_> = seen.iter().collect();
+        if close_after_one {
+            assert_eq!(distinct.len(), 10, "{seen:?}");
+        } else {
+            assert_eq!(
+                distinct.len(),
+                1,
+                "a kept TLS connection was not reused: {seen:?}"
+            );
+        }
+    }
+}
