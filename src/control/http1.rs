@@ -34,7 +34,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
-use crate::proxy::headers::has_token;
+use crate::proxy::headers::{decimal, has_token};
 use crate::proxy::{Gateway, Peer, ResponseBody};
 
 /// The largest request head this server reads; a larger one goes to hyper (which takes
@@ -595,11 +595,7 @@ fn add_to_line(dst: &mut Vec<u8>, item: &[u8]) {
 }
 
 fn content_length(v: &HeaderValue) -> Option<u64> {
-    let s = v.to_str().ok()?.trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    decimal(v.as_bytes().trim_ascii())
 }
 
 /// Writes the head and the body after it: the head with the body's first part when that

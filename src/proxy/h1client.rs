@@ -34,7 +34,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::headers::has_token;
+use super::headers::{decimal, has_token};
 use super::upload::RequestBody;
 
 /// An error of a body, as hyper's server takes it.
@@ -456,7 +456,7 @@ fn framing(
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|&b| b == b',') {
-            let n = digits(item.trim_ascii()).ok_or(Error::Malformed("invalid Content-Length"))?;
+            let n = decimal(item.trim_ascii()).ok_or(Error::Malformed("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Malformed("Content-Length values differ"));
             }
@@ -464,18 +464,6 @@ fn framing(
         }
     }
     Ok(length.map_or(Framing::Eof, Framing::Length))
-}
-
-/// A decimal number of digits only (no sign, no space), if it fits.
-fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-            .flatten()
-    })
 }
 
 /// A chunk's size line, `1a;ext=x` (extensions ignored, spaces and tabs before them or
@@ -860,22 +848,6 @@ mod tests {
             b"5;a\rb",
         ] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn digits_are_digits_only() {
-        assert_eq!(digits(b"0"), Some(0));
-        assert_eq!(digits(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b"-1",
-            b"1 ",
-            b"18446744073709551616",
-            b"0x1",
-        ] {
-            assert_eq!(digits(bad), None, "{bad:?}");
         }
     }
 }

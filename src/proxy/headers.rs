@@ -146,6 +146,18 @@ pub fn has_token(v: &HeaderValue, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// A decimal number of digits only (no sign, no space), if it fits.
+pub fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
 /// A gRPC answer's status (`grpc-status`, in its trailers or, for an answer without a
 /// body, in its head).
 pub fn grpc_status(h: &HeaderMap) -> Option<u32> {
@@ -484,5 +496,21 @@ mod tests {
         );
         assert!(via_names(&port, "strangler"));
         assert!(!via_names(&port, "strangler-2"));
+    }
+
+    #[test]
+    fn digits_are_digits_only() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 ",
+            b"18446744073709551616",
+            b"0x1",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
     }
 }
