@@ -52,26 +52,25 @@ fn main() {
                     async move {
                         let (k, d) = if fastrand::bool() { (k1, d1) } else { (k2, d2) };
                         let now = Instant::now();
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
+                        let req = http::Request::from_parts(
+                            parts,
+                            pool::RequestBody::new(Some(body), std::time::Duration::from_secs(60)),
+                        );
+                        let hyper = pool::needs_hyper(&req);
                         let mut co = pool::checkout(
                             k,
                             &d,
                             now,
                             pool::Limit::of(std::time::Duration::from_secs(5)),
-                            false,
+                            hyper,
                         )
                         .await
                         .unwrap();
-                        let (mut parts, body) = req.into_parts();
-                        parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let resp = co
                             .conn
-                            .send(http::Request::from_parts(
-                                parts,
-                                pool::RequestBody::new(
-                                    Some(body),
-                                    std::time::Duration::from_secs(60),
-                                ),
-                            ))
+                            .send(req, hyper)
                             .await
                             .map_err(|e| e.to_string())
                             .unwrap();

@@ -44,6 +44,6 @@ pub use routing::{
 pub mod floor {
     pub use crate::config::Protocol;
     pub use crate::proxy::RequestBody;
-    pub use crate::proxy::h1client::UpstreamBody;
+    pub use crate::proxy::h1client::{UpstreamBody, needs_hyper};
     pub use crate::proxy::pool::{Conn, Dial, Limit, PoolKey, checkin, checkout};
 }

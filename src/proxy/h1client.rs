@@ -20,7 +20,7 @@
 //! next request when the answer said so (HTTP/1.1 unless `Connection: close`; HTTP/1.0 with
 //! `keep-alive`), its body was read to its end, and nothing came after it.
 
-use std::future::Future as _;
+use std::future::{Future as _, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
@@ -73,19 +73,25 @@ impl Error {
         match self {
             Error::Closed => true,
             Error::Malformed(_) => false,
-            Error::Io(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            ),
+            Error::Io(e) => closed_under(e),
         }
     }
 
     pub fn is_malformed(&self) -> bool {
         matches!(self, Error::Malformed(_))
     }
+}
+
+/// Whether an I/O error says the connection ended under an exchange (reset, or closed),
+/// whichever client met it.
+pub fn closed_under(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Whether a request must go through hyper's client rather than this one.
@@ -207,7 +213,7 @@ pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<Upst
     drop(head);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
-        let read = read(&mut io, &mut buf, FIRST_READ).await;
+        let read = poll_fn(|cx| poll_read(&mut io, &mut buf, FIRST_READ, cx)).await;
         if buf.is_empty() {
             match read {
                 Ok(_) => return Err(Failed::unanswered(Error::Closed, req, true)),
@@ -251,6 +257,15 @@ pub struct Failed {
 }
 
 impl Failed {
+    /// A request that went nowhere: none of it was written.
+    pub fn unsent(error: Error, request: Request<RequestBody>) -> Failed {
+        Failed {
+            error,
+            request: Some(request),
+            sent: false,
+        }
+    }
+
     fn unanswered(error: Error, request: Option<Request<RequestBody>>, sent: bool) -> Failed {
         Failed {
             error,
@@ -269,11 +284,6 @@ impl Failed {
 }
 
 /// Reads what the stream has into `buf`, with room for `want` more; 0 at its end.
-async fn read(io: &mut Io, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-    buf.reserve(want);
-    io.read_buf(buf).await
-}
-
 fn poll_read(
     io: &mut Io,
     buf: &mut BytesMut,

@@ -132,13 +132,7 @@ fn hyper_closed_under_us(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return h1client::closed_under(io);
         }
         source = s.source();
     }
@@ -281,21 +275,19 @@ impl Conn {
     }
 
     /// Sends a request and waits for its answer's head. A connection of the gateway's own
-    /// client is handed to hyper's, for good, when the request needs hyper
-    /// ([`h1client::needs_hyper`]).
+    /// client is handed to hyper's, for good, when the request needs hyper (`needs_hyper`:
+    /// [`h1client::needs_hyper`] of it, as its caller chose its connection by).
     pub async fn send(
         &mut self,
         req: Request<RequestBody>,
+        needs_hyper: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
         if let Sender::Own(io) = &mut self.sender {
             let Some(io) = io.take() else {
-                return Err(SendError::Own(h1client::Failed {
-                    error: h1client::Error::Closed,
-                    request: Some(req),
-                    sent: false,
-                }));
+                let closed = h1client::Error::Closed;
+                return Err(SendError::Own(h1client::Failed::unsent(closed, req)));
             };
-            if !h1client::needs_hyper(&req) {
+            if !needs_hyper {
                 // Boxed apart from the request's future: moved with it, it would be copied
                 // at every level of the send path (docs/performance.md).
                 return Box::pin(h1client::send(io, req))
@@ -306,11 +298,7 @@ impl Conn {
             match Box::pin(handshake(io, Protocol::Http1, &self.clock)).await {
                 Ok(sender) => self.sender = sender,
                 Err(e) => {
-                    return Err(SendError::Own(h1client::Failed {
-                        error: e.into(),
-                        request: Some(req),
-                        sent: false,
-                    }));
+                    return Err(SendError::Own(h1client::Failed::unsent(e.into(), req)));
                 }
             }
         }
@@ -699,9 +687,10 @@ pub async fn probe(
     req: Request<RequestBody>,
     limit: Limit,
 ) -> std::io::Result<http::StatusCode> {
+    let needs_hyper = h1client::needs_hyper(&req);
     let mut conn = connect(dial, limit).await?;
     let answer = conn
-        .send(req)
+        .send(req, needs_hyper)
         .await
         .map(|r| r.status())
         .map_err(|e| std::io::Error::other(e.to_string()));

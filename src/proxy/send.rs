@@ -145,7 +145,7 @@ async fn exchange(
         let mut replay = (replayable && !co.conn.answers_itself(hyper))
             .then(|| Request::from_parts(head_of(&req), RequestBody::empty()));
         let mut carrying = Carrying(Some(co.conn));
-        let sending = carrying.conn().send(req).await;
+        let sending = carrying.conn().send(req, hyper).await;
         let mut e = match sending {
             Ok(resp) => return Ok((carrying.keep(), resp)),
             Err(e) => e,
