@@ -56,7 +56,10 @@ fn main() {
                         parts.uri = http::Uri::from(parts.uri.path_and_query().unwrap().clone());
                         let req = http::Request::from_parts(
                             parts,
-                            pool::RequestBody::new(Some(body), std::time::Duration::from_secs(60)),
+                            pool::RequestBody::new(
+                                Some(body.into()),
+                                std::time::Duration::from_secs(60),
+                            ),
                         );
                         let hyper = pool::needs_hyper(&req);
                         let mut co = pool::checkout(

@@ -47,3 +47,11 @@ pub mod floor {
     pub use crate::proxy::h1client::{UpstreamBody, needs_hyper};
     pub use crate::proxy::pool::{Conn, Dial, Limit, PoolKey, checkin, checkout};
 }
+
+/// The public listener's own HTTP/1.1 server, for tests that serve one connection with it
+/// and see whether it hands the connection to hyper.
+#[doc(hidden)]
+pub mod http1 {
+    pub use crate::control::http1::serve;
+    pub use crate::proxy::Peer;
+}

@@ -38,6 +38,9 @@ certificate every TLS listener uses (cert.pem, key.pem: ECDSA P-256, made by ope
 --protocol says what clients speak to the proxies: h1 (wrk, the default), h2c, h2 (over
 TLS) or h1-tls, the last three with h2load (Debian: nghttp2-client), 10 concurrent streams
 per connection for HTTP/2. The upstreams always speak HTTP/1.1.
+
+--body N makes every request a POST with a body of N bytes (a Content-Length one; h1
+only), which every proxy forwards and the upstreams read and discard.
 """
 import argparse
 import os
@@ -173,15 +176,15 @@ def h2load(port, path, seconds, conns, protocol):
     )
 
 
-def load(port, path, seconds, conns, protocol):
+def load(port, path, seconds, conns, protocol, script=None):
     if protocol == "h1":
-        return wrk(port, path, seconds, conns)
+        return wrk(port, path, seconds, conns, script)
     return h2load(port, path, seconds, conns, protocol)
 
 
-def wrk(port, path, seconds, conns):
+def wrk(port, path, seconds, conns, script=None):
     cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
-           f"http://127.0.0.1:{port}{path}"]
+           *(["-s", script] if script else []), f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     if "Requests/sec" not in out or "99%" not in out:
         sys.exit(f"wrk against port {port} gave no figures:\n{out}")
@@ -215,7 +218,11 @@ def main():
     ap.add_argument("--only", help="comma list of targets, in order: direct, nginx, haproxy, caddy, "
                                    "envoy, traefik and gateway names (default: direct,nginx,haproxy "
                                    "and every gateway)")
+    ap.add_argument("--body", type=int, metavar="BYTES",
+                    help="send POSTs with a body of this many bytes (h1 only)")
     args = ap.parse_args()
+    if args.body is not None and args.protocol != "h1":
+        sys.exit("--body: with --protocol h1 only")
 
     gateways = {}
     for spec in args.gateway or [DEFAULT_GATEWAY]:
@@ -244,6 +251,12 @@ def main():
     os.makedirs(os.path.join(rundir, "files"))
     with open(os.path.join(rundir, "files", "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    script = None
+    if args.body is not None:
+        script = os.path.join(rundir, "post.lua")
+        with open(script, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {args.body})\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
     procs = []
     # One certificate for every TLS listener (ECDSA P-256), and the gateway's routes file.
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
@@ -304,9 +317,9 @@ def main():
             if not wait_port(port):
                 stop(p)
                 sys.exit(f"{t} did not listen on {port}; see {rundir}/stderr.log")
-        load(port, args.path, 2, args.conns, args.protocol)  # warm-up: pools, caches
+        load(port, args.path, 2, args.conns, args.protocol, script)  # warm-up: pools, caches
         t0 = cpu_ticks(p.pid) if p else 0
-        r = load(port, args.path, args.seconds, args.conns, args.protocol)
+        r = load(port, args.path, args.seconds, args.conns, args.protocol, script)
         t1 = cpu_ticks(p.pid) if p else 0
         r["cpu_us"] = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / r["total"] if p else float("nan")
         if p:
@@ -340,6 +353,7 @@ def main():
           f"{'errors':>7} {'rps/nginx':>9} {'cpu/nginx':>9}"
           + (f"   (medians of {args.rounds} interleaved rounds)" if args.rounds > 1 else "")
           + f"   clients: {PROTOCOLS[args.protocol]}"
+          + (f", POST of {args.body} bytes" if args.body is not None else "")
           + ("; p50/p99 columns: h2load's mean/max" if args.protocol != "h1" else ""))
     for t in targets:
         rs = [results[(t, r)] for r in range(args.rounds)]

@@ -1,40 +1,50 @@
 //! The public listener's own HTTP/1.1 server, for the common request: an HTTP/1.1 request
-//! without a body (no `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`, and no
-//! `Content-Length` but one `Content-Length: 0`),
-//! in origin form, with at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes.
-//! Everything else (a body, an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not
-//! parse, a read that fails midway through a head) hands the connection to hyper, with the
-//! bytes read so far, at the start of that request: hyper then serves the connection to
-//! its end, with every limit and answer it has (docs/performance.md, "The HTTP/1.1
-//! server").
+//! without a body or with one of a known length (one `Content-Length` of digits only; no
+//! `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`), in origin form, with at most
+//! [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes. Everything else (a chunked body,
+//! an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not parse, a read that fails
+//! midway through a head) hands the connection to hyper, with the bytes read so far, at the
+//! start of that request: hyper then serves the connection to its end, with every limit and
+//! answer it has (docs/performance.md, "The HTTP/1.1 server").
 //!
 //! What it buys: a kept-alive connection holds no buffer between its requests (a head is
 //! read into the thread's own buffer and copied out once, into the `Bytes` its header
 //! values share), and a request costs one parse, one allocation for its head and one
 //! `writev` for an answer whose body is ready with its head.
 //!
+//! A body is read as the request takes it, a part at a time, beside the request while it
+//! runs and beside its answer while that is written (an upstream may answer as it reads);
+//! when the answer has been written before the body was read to its end, or the request
+//! let its body go, the connection is closed (with `Connection: close` when that was known
+//! before the answer's head went out), so that the rest of the body is never read as a
+//! request.
+//!
 //! It answers as hyper does (hyper 1.x `role::Server::encode`): the same status line,
 //! `Content-Length` from the body's length when the answer has none, `Transfer-Encoding:
 //! chunked` for a body of unknown length, no body for `HEAD`, 204 and 304, `Connection:
 //! close` added when the client asked for it or a drain began, the connection closed after
 //! an answer that says `close`, after a body that ended short of its length and when the
-//! client's connection ends while its request is under way (which cancels the request).
+//! client's connection ends while its request is under way (which cancels the request; one
+//! that ends within the request's body fails the body, and the request ends as an upload
+//! the client left).
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
 use crate::proxy::headers::{decimal, has_token};
+use crate::proxy::inbound::{self, Feeder};
 use crate::proxy::{Gateway, Peer, ResponseBody};
 
 /// The largest request head this server reads; a larger one goes to hyper (which takes
@@ -121,6 +131,8 @@ struct Head {
     parts: http::request::Parts,
     /// The client asked to close the connection after this request.
     close: bool,
+    /// The body's length (`Content-Length`; 0 without one).
+    length: u64,
 }
 
 // Returned and matched at once, never stored: boxing the head would cost an allocation per
@@ -279,13 +291,13 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     let uri = Uri::from_maybe_shared(shared(target.as_bytes())).ok()?;
     let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
-    let mut length_zero = false;
+    let mut length = None;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         match name {
-            // An empty body said so (as many clients say it of a bodiless `POST`): once, as
-            // `0` exactly; any other length is a body, for hyper.
-            header::CONTENT_LENGTH if h.value == b"0" && !length_zero => length_zero = true,
+            // One length, of digits only: anything else (a second one above all, even an
+            // equal one) is hyper's to judge.
+            header::CONTENT_LENGTH if length.is_none() => length = Some(decimal(h.value)?),
             header::CONTENT_LENGTH
             | header::TRANSFER_ENCODING
             | header::EXPECT
@@ -312,7 +324,11 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = map;
-    Some(Head { parts, close })
+    Some(Head {
+        parts,
+        close,
+        length: length.unwrap_or(0),
+    })
 }
 
 /// Serves one request: the gateway's answer, written. `Ok(true)`: the connection stays
@@ -328,40 +344,211 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Head { parts, close } = head;
+    if head.length > 0 {
+        // Boxed: a connection holds no room for a body's exchange between requests.
+        return Box::pin(exchange_with_body(io, read, gateway, peer, head, drain)).await;
+    }
+    let Head { parts, close, .. } = head;
     let head_request = parts.method == Method::HEAD;
     let request = Request::from_parts(parts, None);
     let response = {
         // The request's future is boxed on its own and freed with its answer: the
         // connection keeps a pointer, not room for it, between requests.
         let mut handling = Box::pin(gateway.handle(request, peer));
-        loop {
-            if !read.is_empty() {
-                // A next request is waiting already: nothing more is read until this one is
-                // answered.
-                break handling.await;
-            }
-            // While the request is under way the client's side is watched: its end cancels
-            // the request (as hyper does), what it sends is the next request.
-            tokio::select! {
-                biased;
-                response = &mut handling => break response,
-                got = poll_fn(|cx| poll_read_more(io, cx, read)) => match got {
-                    Ok(true) => {}
-                    Ok(false) => return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed its connection while its request was under way",
-                    )),
-                    Err(e) => return Err(e),
-                },
-            }
-        }
+        under_way(handling.as_mut(), io, read).await?
     };
-    let Ok(response) = response;
     let keep_alive = !close && !*drain.borrow();
     // Boxed as the request's future is: the connection holds neither between requests.
     let complete = Box::pin(answer(io, response, head_request, keep_alive)).await?;
     Ok(complete && !*drain.borrow())
+}
+
+/// The request's answer, the client's side watched while the request is under way: its
+/// end cancels the request (as hyper does), what it sends is the next request.
+async fn under_way<I, F>(
+    mut handling: Pin<&mut F>,
+    io: &mut I,
+    read: &mut Vec<u8>,
+) -> io::Result<http::Response<ResponseBody>>
+where
+    I: AsyncRead + Unpin,
+    F: Future<Output = Result<http::Response<ResponseBody>, Infallible>>,
+{
+    loop {
+        if !read.is_empty() {
+            // A next request is waiting already: nothing more is read until this one is
+            // answered.
+            let Ok(response) = handling.await;
+            return Ok(response);
+        }
+        tokio::select! {
+            biased;
+            Ok(response) = &mut handling => return Ok(response),
+            got = poll_fn(|cx| poll_read_more(io, cx, read)) => match got {
+                Ok(true) => {}
+                Ok(false) => return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed its connection while its request was under way",
+                )),
+                Err(e) => return Err(e),
+            },
+        }
+    }
+}
+
+/// Serves one request with a body of a known length: the body read as the request takes
+/// it, beside the request while it runs and beside its answer while that is written.
+async fn exchange_with_body<I>(
+    io: &mut I,
+    read: &mut Vec<u8>,
+    gateway: &Arc<Gateway>,
+    peer: &Arc<Peer>,
+    head: Head,
+    drain: &watch::Receiver<bool>,
+) -> io::Result<bool>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Head {
+        parts,
+        close,
+        length,
+    } = head;
+    let head_request = parts.method == Method::HEAD;
+    let (feeder, body) = inbound::fed(length);
+    let mut upload = Upload {
+        feeder,
+        left: length,
+        ended: false,
+    };
+    let request = Request::from_parts(parts, Some(body));
+    let mut handling = Box::pin(gateway.handle(request, peer));
+    let answered = tokio::select! {
+        biased;
+        Ok(response) = &mut handling => Some(response),
+        () = upload.feed(io, read) => None,
+    };
+    let response = match answered {
+        Some(response) => response,
+        None if upload.whole() => under_way(handling.as_mut(), io, read).await?,
+        // The request let its body go, or the client's side ended or failed within it
+        // (the request was told): nothing more is read of the connection.
+        None => {
+            let Ok(response) = handling.await;
+            response
+        }
+    };
+    let keep_alive = !close && !*drain.borrow();
+    let complete = if upload.whole() {
+        answer(io, response, head_request, keep_alive).await?
+    } else if upload.ended || upload.feeder.let_go() {
+        // What is left of the body will not be read: the connection carries no other
+        // request, and the answer says so.
+        answer(io, response, head_request, false).await?;
+        false
+    } else {
+        // The request still takes its body as its answer goes out (an upstream that
+        // answers as it reads): both at once; the connection is kept only if the body
+        // was read to its end by the time the answer was written.
+        answer_beside(io, read, &mut upload, response, head_request, keep_alive).await?
+    };
+    Ok(complete && !*drain.borrow())
+}
+
+/// Writes the answer while the request still takes its body: `Ok(true)` when the answer
+/// was written whole, the connection may be kept, and the body was read to its end by then.
+async fn answer_beside<I>(
+    io: &mut I,
+    read: &mut Vec<u8>,
+    upload: &mut Upload,
+    response: http::Response<ResponseBody>,
+    head_request: bool,
+    keep_alive: bool,
+) -> io::Result<bool>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let complete = {
+        let mut answering = std::pin::pin!(answer(&mut writer, response, head_request, keep_alive));
+        let mut feeding = std::pin::pin!(upload.feed(&mut reader, read));
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                biased;
+                complete = &mut answering => break complete?,
+                () = &mut feeding, if !fed => fed = true,
+            }
+        }
+    };
+    Ok(complete && upload.whole())
+}
+
+/// The most of a request body read at once (a part the request takes).
+const MAX_PART: u64 = 64 * 1024;
+
+/// A request's body on its way from the connection to the request.
+struct Upload {
+    feeder: Feeder,
+    /// Bytes of it not yet read.
+    left: u64,
+    /// The request let its body go, or the client's side ended or failed within it.
+    ended: bool,
+}
+
+impl Upload {
+    fn whole(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Feeds the request its body (what came with its head first, then from the
+    /// connection), a part at a time as the request takes them, until its end, until the
+    /// request lets it go, or until the client's side ends or fails (the request is told).
+    /// Nothing is lost if it is dropped midway: it can be called again.
+    async fn feed<R>(&mut self, io: &mut R, read: &mut Vec<u8>)
+    where
+        R: AsyncRead + Unpin,
+    {
+        while self.left > 0 && !self.ended {
+            if !self.feeder.taken().await {
+                self.ended = true;
+                return;
+            }
+            let part = if read.is_empty() {
+                let mut buf = BytesMut::with_capacity(self.left.min(MAX_PART) as usize);
+                match (&mut *io).take(self.left).read_buf(&mut buf).await {
+                    Ok(0) => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed its connection before the end of its body",
+                    )),
+                    Ok(_) => Ok(buf.freeze()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                // What came with the head: the body's share of it (the rest is the next
+                // request).
+                let n = read
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                let part = Bytes::copy_from_slice(&read[..n]);
+                read.drain(..n);
+                if read.is_empty() {
+                    *read = Vec::new();
+                }
+                Ok(part)
+            };
+            match part {
+                Ok(part) => {
+                    self.left -= part.len() as u64;
+                    self.feeder.give(Ok(part));
+                }
+                Err(e) => {
+                    self.ended = true;
+                    self.feeder.give(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// Writes the gateway's answer. `Ok(true)`: the connection stays open for the next
@@ -753,14 +940,24 @@ mod tests {
         let (head, _) =
             parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(head.parts.headers["content-length"], "0");
+        assert_eq!(head.length, 0);
+        // A body of a known length is this server's too; what follows its head is left to
+        // the body (here, all of it).
+        let raw = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 012\r\n\r\nhello";
+        let (head, len) = parsed(raw).unwrap();
+        assert_eq!(head.length, 12);
+        assert_eq!(head.parts.headers["content-length"], "012");
+        assert_eq!(len, raw.len() - b"hello".len());
     }
 
     #[test]
     fn what_hyper_must_serve_is_not_taken() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"[..],
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",

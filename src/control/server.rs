@@ -445,7 +445,7 @@ async fn serve_hyper<I>(
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let peer = p.clone();
-        Box::pin(async move { gw.handle(req.map(Some), &peer).await })
+        Box::pin(async move { gw.handle(req.map(|body| Some(body.into())), &peer).await })
     });
     let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = match http1_only {
         Some(mut drain) => {

@@ -28,6 +28,7 @@ pub mod error;
 pub mod fleet;
 pub mod h1client;
 pub mod headers;
+pub mod inbound;
 pub mod overrides;
 pub mod pool;
 pub mod record;
@@ -46,7 +47,6 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 pub use body::ResponseBody;
 pub use connection::{ClientIo, Peer};
@@ -58,10 +58,9 @@ pub use upload::RequestBody;
 use crate::observe::AccessLog;
 use record::Trail;
 
-/// A client's request body as the request path takes it: hyper's (HTTP/2, and HTTP/1.x
-/// requests hyper parsed), or `None` for a request without one (the gateway's own HTTP/1.1
-/// server reads only those).
-pub type ClientBody = Option<Incoming>;
+/// A client's request body as the request path takes it (hyper's, or one the gateway's own
+/// HTTP/1.1 server feeds), or `None` for a request without one.
+pub type ClientBody = Option<inbound::Inbound>;
 
 /// The shared state of the request path.
 pub struct Gateway {

@@ -15,13 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::admit::Rules;
 use super::headers::strip_trailers;
+use super::inbound::{Inbound, UploadError};
 
-/// Errors of a request body, for hyper's client.
-pub type UploadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the other phases know of an upload in progress.
 #[derive(Default)]
@@ -180,7 +178,7 @@ impl Drop for Tee {
 /// The client's request body on its way upstream.
 pub struct RequestBody {
     /// `None`: an empty body (a replayed bodiless request).
-    inner: Option<Incoming>,
+    inner: Option<Inbound>,
     /// `None` for a request without a body (nothing to wait for).
     upload: Option<Arc<Upload>>,
     /// Each wait for more of the client's body.
@@ -200,7 +198,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// The body of a request (`None`: it has none); each wait for more of it is bounded by
     /// `timeout`.
-    pub fn new(inner: Option<Incoming>, timeout: Duration) -> RequestBody {
+    pub fn new(inner: Option<Inbound>, timeout: Duration) -> RequestBody {
         let has_body = inner.as_ref().is_some_and(|b| !b.is_end_stream());
         RequestBody {
             inner,
@@ -347,7 +345,7 @@ impl Body for RequestBody {
         if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             this.mark_done();
         }
-        polled.map(|p| p.map(|r| r.map_err(Into::into)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

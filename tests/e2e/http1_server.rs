@@ -332,3 +332,192 @@ async fn a_head_left_unfinished_after_a_request_is_cut_after_one_head_timeout() 
     );
     assert_eq!(errors, Some(1.0));
 }
+
+/// Serves one connection with the gateway's own HTTP/1.1 server, as the public listener
+/// does: the client's end, and whether the server handed the connection to hyper.
+async fn own_server(gw: &Gateway) -> (TcpStream, tokio::task::JoinHandle<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, addr) = listener.accept().await.unwrap();
+    let gateway = gw.running.gateway.clone();
+    let served = tokio::spawn(async move {
+        let (_drain, draining) = tokio::sync::watch::channel(false);
+        let peer =
+            std::sync::Arc::new(strangler::http1::Peer::new(addr, Default::default(), false));
+        strangler::http1::serve(server, &gateway, &peer, draining)
+            .await
+            .is_some()
+    });
+    (client, served)
+}
+
+/// Requests with a `Content-Length` body are the own server's too (a connection that
+/// carried one keeps holding nothing between requests): a body that comes after its head,
+/// one that came with it, a pipelined request after a body; each body reaches the
+/// upstream whole and the connection is never handed to hyper.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_with_a_length_are_served_by_the_own_server() {
+    let up =
+        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
+            .await;
+    let gw = gateway(&up).await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhel")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"lo ").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(
+        b"world\
+          PUT /d HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc\
+          GET /e HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection closes after `Connection: close`")
+        .unwrap();
+    assert!(
+        !tokio::time::timeout(Duration::from_secs(10), handed)
+            .await
+            .unwrap()
+            .unwrap(),
+        "the connection was handed to hyper"
+    );
+    let got = answers(&buf, &[false, false, false]);
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|a| String::from_utf8(a.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["POST /c 11", "PUT /d 3", "GET /e 0"]);
+    let seen: Vec<_> = up
+        .seen()
+        .iter()
+        .map(|r| r.body.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(seen, [&b"hello world"[..], b"abc", b""]);
+}
+
+/// An answer that comes before the client's body has been read (a dead upstream here) says
+/// `Connection: close` and closes the connection: what is left of the body is never read
+/// as a request.
+#[tokio::test(flavor = "current_thread")]
+async fn an_answer_before_the_whole_body_closes_the_connection() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let gw = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
+    ))
+    .await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+}
+
+/// An upstream that answers as it reads (an echo, chunk by chunk): the client's body keeps
+/// flowing while the answer goes out, and the connection, whose body was read to its end,
+/// is kept for the next request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_keeps_flowing_while_its_answer_goes_out() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = echo.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One request per connection: its head, then its body echoed as it comes.
+                    let head_end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let n = c.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    };
+                    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    got.drain(..head_end);
+                    c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut left = length;
+                    while left > 0 {
+                        if got.is_empty() {
+                            let n = c.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        let n = got.len().min(left);
+                        let part: Vec<u8> = got.drain(..n).collect();
+                        left -= n;
+                        c.write_all(format!("{n:x}\r\n").as_bytes()).await.unwrap();
+                        c.write_all(&part).await.unwrap();
+                        c.write_all(b"\r\n").await.unwrap();
+                    }
+                    c.write_all(b"0\r\n\r\n").await.unwrap();
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
+    ))
+    .await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nfirst")
+        .await
+        .unwrap();
+    // The first half comes back before the second is sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&got).contains("first") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first half of the body is echoed while the second is still to come");
+    s.write_all(b"half.GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the connection closes after `Connection: close`")
+        .unwrap();
+    let got = answers(&got, &[false, false]);
+    assert_eq!(got[0].body, b"firsthalf.");
+    assert_eq!(got[1].status, 200, "{:?}", got[1]);
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+}
