@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::watch;
 
 use crate::proxy::headers::{decimal, has_token};
-use crate::proxy::inbound::{self, Feeder};
+use crate::proxy::inbound::{self, Feeder, Inbound};
 use crate::proxy::{Gateway, Peer, ResponseBody};
 
 /// The largest request head this server reads; a larger one goes to hyper (which takes
@@ -344,13 +344,23 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    if head.length > 0 {
+    let body = match usize::try_from(head.length) {
+        Ok(0) => None,
+        // The whole body came with its head: the request takes it from memory.
+        Ok(length) if read.len() >= length => {
+            let body = Bytes::copy_from_slice(&read[..length]);
+            read.drain(..length);
+            if read.is_empty() {
+                *read = Vec::new();
+            }
+            Some(Inbound::Whole(Some(body)))
+        }
         // Boxed: a connection holds no room for a body's exchange between requests.
-        return Box::pin(exchange_with_body(io, read, gateway, peer, head, drain)).await;
-    }
+        _ => return Box::pin(exchange_with_body(io, read, gateway, peer, head, drain)).await,
+    };
     let Head { parts, close, .. } = head;
     let head_request = parts.method == Method::HEAD;
-    let request = Request::from_parts(parts, None);
+    let request = Request::from_parts(parts, body);
     let response = {
         // The request's future is boxed on its own and freed with its answer: the
         // connection keeps a pointer, not room for it, between requests.

@@ -1,11 +1,12 @@
-//! The gateway's own HTTP/1.1 client, for the common exchange: a request without a body to
-//! an upstream over HTTP/1.1 (in clear or over TLS), from a client that speaks HTTP/1 (docs/performance.md, "The
-//! HTTP/1.1 client"). The connection's stream is written and read by the request itself:
-//! no connection task, no channel between the two, no buffers kept while the connection
-//! waits in the pool.
+//! The gateway's own HTTP/1.1 client, for the common exchange: a request without a body,
+//! or with a body in memory whole (one that came with its head to the own HTTP/1.1 server,
+//! framed by its one `Content-Length`), to an upstream over HTTP/1.1 (in clear or over
+//! TLS), from a client that speaks HTTP/1 (docs/performance.md, "The HTTP/1.1 client"). The
+//! connection's stream is written and read by the request itself: no connection task, no
+//! channel between the two, no buffers kept while the connection waits in the pool.
 //!
 //! Everything else goes through hyper's client, on the same connection (the pool hands the
-//! stream over for good, `pool::Conn::send`): a request with a body, an upgrade, a request
+//! stream over for good, `pool::Conn::send`): a body that streams, an upgrade, a request
 //! whose answer may be cut from elsewhere while it streams (an HTTP/2 client's stall
 //! watchdog), HTTP/2.
 //!
@@ -16,7 +17,8 @@
 //! `Content-Length` agrees on, else one that ends when the upstream closes; `Transfer-Encoding`
 //! on HTTP/1.0, a `Content-Length` that does not parse and an unasked-for 101 are malformed.
 //! It writes requests as hyper's does: the method, the target, `HTTP/1.1`, the headers as
-//! they are, without `Transfer-Encoding` (there is no body). The connection is kept for the
+//! they are (a body's framing is its `Content-Length`; a request with `Transfer-Encoding`
+//! is hyper's), then the body in the same write. The connection is kept for the
 //! next request when the answer said so (HTTP/1.1 unless `Connection: close`; HTTP/1.0 with
 //! `keep-alive`), its body was read to its end, and nothing came after it.
 
@@ -96,10 +98,23 @@ pub fn closed_under(e: &io::Error) -> bool {
 
 /// Whether a request must go through hyper's client rather than this one.
 pub fn needs_hyper(req: &Request<RequestBody>) -> bool {
-    req.body().has_body()
+    (req.body().has_body() && !goes_with_head(req))
         || req.method() == Method::CONNECT
         || req.headers().contains_key(header::UPGRADE)
         || req.extensions().get::<Abortable>().is_some()
+}
+
+/// Whether the request's body is in memory whole, framed by one `Content-Length` of its
+/// length and nothing else: it is written with the head.
+fn goes_with_head(req: &Request<RequestBody>) -> bool {
+    let Some(body) = req.body().whole() else {
+        return false;
+    };
+    let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next().and_then(|l| decimal(l.as_bytes()));
+    length == Some(body.len() as u64)
+        && lengths.next().is_none()
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Marks an outbound request whose answer may be cut while it streams by something other
@@ -190,12 +205,17 @@ impl AsyncWrite for Io {
     }
 }
 
-/// Sends a request without a body on `io` and reads its answer's head. When nothing of an
-/// answer came (the connection failed or closed under it), the request comes back with the
-/// error, and whether any of it was written.
+/// Sends a request on `io` (without a body, or with one in memory whole, written with its
+/// head) and reads its answer's head. When nothing of an answer came (the connection
+/// failed or closed under it), the request comes back with the error, and whether any of it
+/// was written (its body is taken only once all of it was).
 pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failed> {
-    let mut head = Vec::with_capacity(64 + req.headers().len() * 40);
+    let whole = req.body().whole();
+    let mut head = Vec::with_capacity(64 + req.headers().len() * 40 + whole.map_or(0, |b| b.len()));
     encode_request(&req, &mut head);
+    if let Some(body) = whole {
+        head.extend_from_slice(body);
+    }
     let head_only = req.method() == Method::HEAD;
     let mut req = Some(req);
     let mut written = 0;
@@ -211,6 +231,9 @@ pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<Upst
         return Err(Failed::unanswered(e.into(), req, true));
     }
     drop(head);
+    if let Some(req) = req.as_mut() {
+        req.body_mut().take_whole();
+    }
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         let read = poll_fn(|cx| poll_read(&mut io, &mut buf, FIRST_READ, cx)).await;
@@ -294,7 +317,8 @@ fn poll_read(
     pin!(io.read_buf(buf)).poll(cx)
 }
 
-/// The request's head, as hyper's client writes it for a request without a body.
+/// The request's head, as hyper's client writes it (its body's framing is its one
+/// `Content-Length`, or none).
 fn encode_request(req: &Request<RequestBody>, dst: &mut Vec<u8>) {
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');

@@ -1,6 +1,6 @@
 //! A client's request body as the request path takes it: hyper's, or one the gateway's
-//! own HTTP/1.1 server feeds from the connection, a part at a time, as the request takes
-//! it.
+//! own HTTP/1.1 server read whole with its head, or feeds from the connection a part at a
+//! time as the request takes it.
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +20,8 @@ pub enum Inbound {
     Hyper(Incoming),
     /// Fed by the own HTTP/1.1 server.
     Fed(Fed),
+    /// Read whole with its head by the own HTTP/1.1 server (`None` once taken).
+    Whole(Option<Bytes>),
 }
 
 impl From<Incoming> for Inbound {
@@ -41,6 +43,7 @@ impl Body for Inbound {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
             Inbound::Fed(body) => Pin::new(body).poll_frame(cx),
+            Inbound::Whole(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -48,6 +51,7 @@ impl Body for Inbound {
         match self {
             Inbound::Hyper(body) => body.is_end_stream(),
             Inbound::Fed(body) => body.left == 0,
+            Inbound::Whole(body) => body.is_none(),
         }
     }
 
@@ -55,6 +59,9 @@ impl Body for Inbound {
         match self {
             Inbound::Hyper(body) => body.size_hint(),
             Inbound::Fed(body) => SizeHint::with_exact(body.left),
+            Inbound::Whole(body) => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -20,7 +20,6 @@ use super::admit::Rules;
 use super::headers::strip_trailers;
 use super::inbound::{Inbound, UploadError};
 
-
 /// What the other phases know of an upload in progress.
 #[derive(Default)]
 pub struct Upload {
@@ -259,6 +258,22 @@ impl RequestBody {
     /// Whether the request has a body to send.
     pub(crate) fn has_body(&self) -> bool {
         self.upload.is_some() || !self.replay.is_empty()
+    }
+
+    /// The body, when it is in memory whole and not yet taken (the own HTTP/1.1 server
+    /// read it with its head): it can be written with the head.
+    pub(crate) fn whole(&self) -> Option<&Bytes> {
+        match &self.inner {
+            Some(Inbound::Whole(body)) => body.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Takes the body kept [`whole`](Self::whole) once it has been written with the head:
+    /// the upload is done, and a copy kept for a replay or a shadow has it.
+    pub(crate) fn take_whole(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while let Poll::Ready(Some(_)) = Pin::new(&mut *self).poll_frame(&mut cx) {}
     }
 
     /// The upload's state; `None` for a request without a body.

@@ -330,3 +330,103 @@ async fn an_https_service_is_served_on_kept_connections() {
         }
     }
 }
+
+/// A request body that came whole with its head goes upstream with the head: framed by its
+/// `Content-Length`, whole, and the upstream connection kept for the requests after it.
+#[tokio::test(flavor = "current_thread")]
+async fn bodies_that_came_with_their_head_go_whole_on_kept_connections() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // (connection number, head, body) of each request.
+    type Log = Arc<Mutex<Vec<(usize, String, Vec<u8>)>>>;
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..length).collect();
+                    seen.lock().unwrap().push((conn, head, body));
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://{addr}}}\nroutes: []\n"
+    ))
+    .await;
+    let mut c = TcpStream::connect(gw.running.public_addr).await.unwrap();
+    c.write_all(
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          PUT /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz\
+          GET /c HTTP/1.1\r\nHost: h\r\n\r\n\
+          PATCH /d HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes after `Connection: close`")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+    let log = log.lock().unwrap().clone();
+    let seen: Vec<(usize, &str, &[u8])> = log
+        .iter()
+        .map(|(conn, head, body)| (*conn, head.lines().next().unwrap(), &body[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "post /a http/1.1", &b"hello"[..]),
+            (0, "put /b http/1.1", b"xyz"),
+            (0, "get /c http/1.1", b""),
+            (0, "patch /d http/1.1", b"{}"),
+        ]
+    );
+    for (_, head, body) in &log {
+        let lengths: Vec<_> = head
+            .lines()
+            .filter(|l| l.starts_with("content-length:") || l.starts_with("transfer-encoding:"))
+            .collect();
+        let want = format!("content-length: {}", body.len());
+        assert!(
+            lengths.is_empty() && body.is_empty() || lengths == [want.as_str()],
+            "{head}"
+        );
+    }
+}
