@@ -36,6 +36,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::chunked::{Chunked, Decoded};
 use super::headers::{decimal, has_token};
 use super::upload::RequestBody;
 
@@ -46,10 +47,6 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub const MAX_HEADERS: usize = 100;
 /// The largest answer head (hyper's client's buffer limit).
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// The longest line of a chunk's size, the most bytes of chunk extensions in a body, and
-/// the largest trailer section (hyper's limits, 16 KiB each).
-const MAX_CHUNK_LINE: usize = 16 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// Room made for each read: the first, and at most (a body read in larger parts as it
 /// keeps coming).
 const FIRST_READ: usize = 8 * 1024;
@@ -256,7 +253,6 @@ pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<Upst
                 buf,
                 framing,
                 keep_alive,
-                extensions: 0,
                 reusable: None,
             };
             if matches!(body.framing, Framing::Length(0)) {
@@ -352,23 +348,10 @@ fn encode_request(req: &Request<RequestBody>, dst: &mut Vec<u8>) {
 enum Framing {
     /// After this many more bytes.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     /// When the upstream closes the connection.
     Eof,
     Done,
-}
-
-/// Where a chunked body's reading stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// At a chunk's size line.
-    Size,
-    /// In a chunk's data, this many bytes from its end.
-    Data(u64),
-    /// At the line end after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailers, if any, then an empty line.
-    Trailers,
 }
 
 /// Parses an answer's head at the start of `buf` (which it takes off), skipping 1xx
@@ -482,7 +465,7 @@ fn framing(
             .next()
             .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunked::new())
         } else {
             Framing::Eof
         });
@@ -498,29 +481,6 @@ fn framing(
         }
     }
     Ok(length.map_or(Framing::Eof, Framing::Length))
-}
-
-/// A chunk's size line, `1a;ext=x` (extensions ignored, spaces and tabs before them or
-/// the line's end allowed, as hyper allows them; a CR or LF within it is not): the size,
-/// and how many bytes its extensions take.
-fn chunk_size(line: &[u8]) -> Option<(u64, usize)> {
-    if line.iter().any(|&b| b == b'\r' || b == b'\n') {
-        return None;
-    }
-    let end = line
-        .iter()
-        .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .unwrap_or(line.len());
-    let (hex, rest) = line.split_at(end);
-    let rest = rest.trim_ascii_start();
-    if hex.is_empty() || !(rest.is_empty() || rest[0] == b';') {
-        return None;
-    }
-    let size = hex.iter().try_fold(0u64, |n, &b| {
-        let d = (b as char).to_digit(16)?;
-        n.checked_mul(16)?.checked_add(u64::from(d))
-    })?;
-    Some((size, rest.len()))
 }
 
 /// An answer's body as the upstream sends it, read by whoever takes it.
@@ -583,8 +543,6 @@ pub struct OwnBody {
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
-    /// Bytes of chunk extensions read so far.
-    extensions: usize,
     /// The stream, once the body ended with the connection fit for another request.
     reusable: Option<Io>,
 }
@@ -648,31 +606,39 @@ impl OwnBody {
                         return Poll::Ready(None);
                     }
                 }
-                Framing::Chunked(at) => match self.chunked(at) {
-                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                    Ok(None) if self.framing == Framing::Done => return Poll::Ready(None),
-                    Ok(None) => {
-                        let want = match self.framing {
-                            Framing::Chunked(Chunk::Data(left)) => {
+                Framing::Chunked(mut chunked) => {
+                    let decoded = chunked.decode(&mut self.buf);
+                    self.framing = Framing::Chunked(chunked);
+                    match decoded {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Decoded::Trailers(trailers)) => {
+                            self.ended();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(Decoded::End) => {
+                            self.ended();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::More) => {
+                            let want = chunked.data_left().map_or(FIRST_READ, |left| {
                                 usize::try_from(left).unwrap_or(MAX_READ)
+                            });
+                            if !ready!(self.poll_more(cx, want))? {
+                                return self.failed(
+                                    "the upstream closed the connection before the body's end",
+                                );
                             }
-                            _ => FIRST_READ,
-                        };
-                        if !ready!(self.poll_more(cx, want))? {
-                            return self.failed(
-                                "the upstream closed the connection before the body's end",
-                            );
+                        }
+                        Err(why) => {
+                            self.framing = Framing::Done;
+                            self.io = None;
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                why,
+                            ))));
                         }
                     }
-                    Err(why) => {
-                        self.framing = Framing::Done;
-                        self.io = None;
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            why,
-                        ))));
-                    }
-                },
+                }
             }
         }
     }
@@ -685,91 +651,6 @@ impl OwnBody {
         let n = usize::try_from(left).map_or(self.buf.len(), |l| l.min(self.buf.len()));
         Some(self.buf.split_to(n).freeze())
     }
-
-    /// Reads a chunked body from what the buffer holds: a frame, or `None` when more must
-    /// be read first (or the body has ended, its framing then `Done`).
-    fn chunked(&mut self, mut at: Chunk) -> Result<Option<Frame<Bytes>>, &'static str> {
-        loop {
-            self.framing = Framing::Chunked(at);
-            match at {
-                Chunk::Size => {
-                    let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                        if self.buf.len() > MAX_CHUNK_LINE {
-                            return Err("chunk size line too long");
-                        }
-                        return Ok(None);
-                    };
-                    let (size, extensions) =
-                        chunk_size(&self.buf[..end]).ok_or("invalid chunk size")?;
-                    self.extensions += extensions;
-                    if self.extensions > MAX_CHUNK_LINE {
-                        return Err("chunk extensions too large");
-                    }
-                    let _ = self.buf.split_to(end + 2);
-                    at = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Chunk::Data(left) => {
-                    let Some(data) = self.take(left) else {
-                        return Ok(None);
-                    };
-                    let left = left - data.len() as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(Frame::data(data)));
-                }
-                Chunk::DataEnd => {
-                    if self.buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &self.buf[..2] != b"\r\n" {
-                        return Err("chunk data not followed by a line end");
-                    }
-                    let _ = self.buf.split_to(2);
-                    at = Chunk::Size;
-                }
-                Chunk::Trailers => {
-                    if self.buf.starts_with(b"\r\n") {
-                        let _ = self.buf.split_to(2);
-                        self.ended();
-                        return Ok(None);
-                    }
-                    let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if self.buf.len() > MAX_TRAILERS {
-                            return Err("trailers too large");
-                        }
-                        return Ok(None);
-                    };
-                    let section = self.buf.split_to(end + 4).freeze();
-                    let trailers = parse_trailers(&section)?;
-                    self.ended();
-                    return Ok(Some(Frame::trailers(trailers)));
-                }
-            }
-        }
-    }
-}
-
-/// A trailer section (its fields, then an empty line).
-fn parse_trailers(section: &Bytes) -> Result<HeaderMap, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
-    else {
-        return Err("trailers do not parse");
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid trailer name")?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 #[cfg(test)]
@@ -798,7 +679,7 @@ mod tests {
             framing_of(
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n"
             ),
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunked::new())
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
@@ -861,27 +742,5 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a"), Some((26, 0)));
-        assert_eq!(chunk_size(b"1A;name=value"), Some((26, 11)));
-        assert_eq!(chunk_size(b"0 ;x"), Some((0, 2)));
-        assert_eq!(chunk_size(b"ffffffffffffffff"), Some((u64::MAX, 0)));
-        assert_eq!(chunk_size(b"00000000000000005"), Some((5, 0)));
-        for bad in [
-            &b""[..],
-            b"x",
-            b"-1",
-            b"1 2",
-            b"10000000000000000",
-            b";x",
-            b"5 \n;x",
-            b"5;a\nb",
-            b"5;a\rb",
-        ] {
-            assert_eq!(chunk_size(bad), None, "{bad:?}");
-        }
     }
 }

@@ -22,6 +22,7 @@ pub mod admit;
 pub mod attempt;
 pub mod body;
 pub mod carried;
+pub mod chunked;
 pub mod connection;
 pub mod decide;
 pub mod error;
