@@ -1,9 +1,10 @@
 //! The public listener's own HTTP/1.1 server, for the common request: an HTTP/1.1 request
-//! without a body or with one of a known length (one `Content-Length` of digits only; no
-//! `Transfer-Encoding`, `Expect`, `Upgrade` or `TE`), in origin form, with at most
-//! [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes. Everything else (a chunked body,
-//! an upgrade, HTTP/1.0, HTTP/2's preface, a head that does not parse, a read that fails
-//! midway through a head) hands the connection to hyper, with the bytes read so far, at the
+//! without a body, or with one framed by one `Content-Length` of digits only or by
+//! `Transfer-Encoding: chunked` alone (no `Expect`, `Upgrade` or `TE`), in origin form, with
+//! at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes. Everything else (another
+//! coding, both framings, `Expect: 100-continue`, an upgrade, HTTP/1.0, HTTP/2's preface, a
+//! head that does not parse, a read that fails midway through a head) hands the connection
+//! to hyper, with the bytes read so far, at the
 //! start of that request: hyper then serves the connection to its end, with every limit and
 //! answer it has (docs/performance.md, "The HTTP/1.1 server").
 //!
@@ -12,8 +13,9 @@
 //! values share), and a request costs one parse, one allocation for its head and one
 //! `writev` for an answer whose body is ready with its head.
 //!
-//! A body is read as the request takes it, a part at a time, beside the request while it
-//! runs and beside its answer while that is written (an upstream may answer as it reads);
+//! A body that came whole with its head is given to the request from memory. Any other
+//! is read as the request takes it (a chunked one as hyper reads it, `proxy::chunked`), a
+//! part at a time, beside the request while it runs and beside its answer while that is written (an upstream may answer as it reads);
 //! when the answer has been written before the body was read to its end, or the request
 //! let its body go, the connection is closed (with `Connection: close` when that was known
 //! before the answer's head went out), so that the rest of the body is never read as a
@@ -39,10 +41,11 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
+use crate::proxy::chunked::{Chunked, Decoded};
 use crate::proxy::headers::{decimal, has_token};
 use crate::proxy::inbound::{self, Feeder, Inbound};
 use crate::proxy::{Gateway, Peer, ResponseBody};
@@ -131,8 +134,16 @@ struct Head {
     parts: http::request::Parts,
     /// The client asked to close the connection after this request.
     close: bool,
-    /// The body's length (`Content-Length`; 0 without one).
-    length: u64,
+    body: BodyFraming,
+}
+
+/// How a request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BodyFraming {
+    /// `Content-Length` (0 without one).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 // Returned and matched at once, never stored: boxing the head would cost an allocation per
@@ -292,12 +303,20 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
     let mut length = None;
+    let mut chunked = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         match name {
             // One length, of digits only: anything else (a second one above all, even an
             // equal one) is hyper's to judge.
             header::CONTENT_LENGTH if length.is_none() => length = Some(decimal(h.value)?),
+            // `chunked`, once and alone: another coding, or a second line, is hyper's to
+            // judge (the gateway refuses them there).
+            header::TRANSFER_ENCODING
+                if !chunked && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") =>
+            {
+                chunked = true;
+            }
             header::CONTENT_LENGTH
             | header::TRANSFER_ENCODING
             | header::EXPECT
@@ -324,11 +343,13 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = map;
-    Some(Head {
-        parts,
-        close,
-        length: length.unwrap_or(0),
-    })
+    let body = match (length, chunked) {
+        (None, true) => BodyFraming::Chunked,
+        // Both: hyper frames it by the coding and drops the length.
+        (Some(_), true) => return None,
+        (length, false) => BodyFraming::Length(length.unwrap_or(0)),
+    };
+    Some(Head { parts, close, body })
 }
 
 /// Serves one request: the gateway's answer, written. `Ok(true)`: the connection stays
@@ -344,10 +365,11 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let body = match usize::try_from(head.length) {
-        Ok(0) => None,
+    let body = match head.body {
+        BodyFraming::Length(0) => None,
         // The whole body came with its head: the request takes it from memory.
-        Ok(length) if read.len() >= length => {
+        BodyFraming::Length(length) if read.len() as u64 >= length => {
+            let length = length as usize;
             let body = Bytes::copy_from_slice(&read[..length]);
             read.drain(..length);
             if read.is_empty() {
@@ -406,8 +428,8 @@ where
     }
 }
 
-/// Serves one request with a body of a known length: the body read as the request takes
-/// it, beside the request while it runs and beside its answer while that is written.
+/// Serves one request with a body to read: the body read as the request takes it, beside
+/// the request while it runs and beside its answer while that is written.
 async fn exchange_with_body<I>(
     io: &mut I,
     read: &mut Vec<u8>,
@@ -419,19 +441,14 @@ async fn exchange_with_body<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Head {
-        parts,
-        close,
-        length,
-    } = head;
+    let Head { parts, close, body } = head;
     let head_request = parts.method == Method::HEAD;
-    let (feeder, body) = inbound::fed(length);
-    let mut upload = Upload {
-        feeder,
-        left: length,
-        ended: false,
-    };
-    let request = Request::from_parts(parts, Some(body));
+    let (feeder, inbound) = inbound::fed(match body {
+        BodyFraming::Length(length) => Some(length),
+        BodyFraming::Chunked => None,
+    });
+    let mut upload = Upload::new(feeder, body, read);
+    let request = Request::from_parts(parts, Some(inbound));
     let mut handling = Box::pin(gateway.handle(request, peer));
     let answered = tokio::select! {
         biased;
@@ -494,21 +511,49 @@ where
     Ok(complete && upload.whole())
 }
 
-/// The most of a request body read at once (a part the request takes).
+/// The room made for a read of a request body: the first, and at most (a part the request
+/// takes).
+const FIRST_PART: u64 = 8 * 1024;
 const MAX_PART: u64 = 64 * 1024;
 
 /// A request's body on its way from the connection to the request.
 struct Upload {
     feeder: Feeder,
-    /// Bytes of it not yet read.
-    left: u64,
+    reading: Reading,
+    /// The body was read to its end.
+    whole: bool,
     /// The request let its body go, or the client's side ended or failed within it.
     ended: bool,
 }
 
+/// Where the reading of a body stands.
+enum Reading {
+    /// Bytes of it not yet read.
+    Length(u64),
+    /// Its reader, and what was read of the connection and not yet taken: the body's
+    /// bytes, and once it ended what came after it (given back to the connection).
+    Chunked(Chunked, BytesMut),
+}
+
 impl Upload {
+    /// The upload of a body framed so; what came with the head is in `read`.
+    fn new(feeder: Feeder, framing: BodyFraming, read: &mut Vec<u8>) -> Upload {
+        let reading = match framing {
+            BodyFraming::Length(length) => Reading::Length(length),
+            BodyFraming::Chunked => {
+                Reading::Chunked(Chunked::new(), BytesMut::from(&std::mem::take(read)[..]))
+            }
+        };
+        Upload {
+            feeder,
+            reading,
+            whole: false,
+            ended: false,
+        }
+    }
+
     fn whole(&self) -> bool {
-        self.left == 0
+        self.whole
     }
 
     /// Feeds the request its body (what came with its head first, then from the
@@ -519,37 +564,24 @@ impl Upload {
     where
         R: AsyncRead + Unpin,
     {
-        while self.left > 0 && !self.ended {
+        while !self.whole && !self.ended {
             if !self.feeder.taken().await {
                 self.ended = true;
                 return;
             }
-            let part = if read.is_empty() {
-                let mut buf = BytesMut::with_capacity(self.left.min(MAX_PART) as usize);
-                match (&mut *io).take(self.left).read_buf(&mut buf).await {
-                    Ok(0) => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed its connection before the end of its body",
-                    )),
-                    Ok(_) => Ok(buf.freeze()),
-                    Err(e) => Err(e),
-                }
-            } else {
-                // What came with the head: the body's share of it (the rest is the next
-                // request).
-                let n = read
-                    .len()
-                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-                let part = Bytes::copy_from_slice(&read[..n]);
-                read.drain(..n);
-                if read.is_empty() {
-                    *read = Vec::new();
-                }
-                Ok(part)
+            let part = match &mut self.reading {
+                Reading::Length(left) => length_part(left, io, read)
+                    .await
+                    .map(|data| Some(Frame::data(data))),
+                Reading::Chunked(chunked, buf) => chunked_part(chunked, buf, io, read).await,
             };
             match part {
                 Ok(part) => {
-                    self.left -= part.len() as u64;
+                    self.whole = match (&self.reading, &part) {
+                        (Reading::Length(left), _) => *left == 0,
+                        (Reading::Chunked(..), Some(frame)) => frame.is_trailers(),
+                        (Reading::Chunked(..), None) => true,
+                    };
                     self.feeder.give(Ok(part));
                 }
                 Err(e) => {
@@ -559,6 +591,73 @@ impl Upload {
             }
         }
     }
+}
+
+/// The next part of a body of `left` more bytes (taken off `left`): what came with the
+/// head first, then from the connection.
+async fn length_part<R>(left: &mut u64, io: &mut R, read: &mut Vec<u8>) -> io::Result<Bytes>
+where
+    R: AsyncRead + Unpin,
+{
+    let part = if read.is_empty() {
+        let mut buf = BytesMut::with_capacity((*left).min(MAX_PART) as usize);
+        if (&mut *io).take(*left).read_buf(&mut buf).await? == 0 {
+            return Err(closed_within_body());
+        }
+        buf.freeze()
+    } else {
+        // What came with the head: the body's share of it (the rest is the next request).
+        let n = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        let part = Bytes::copy_from_slice(&read[..n]);
+        read.drain(..n);
+        if read.is_empty() {
+            *read = Vec::new();
+        }
+        part
+    };
+    *left -= part.len() as u64;
+    Ok(part)
+}
+
+/// The next part of a chunked body: a frame (its trailers are the last), or its end
+/// (`None`). At the end, what came after the body goes back to `read`.
+async fn chunked_part<R>(
+    chunked: &mut Chunked,
+    buf: &mut BytesMut,
+    io: &mut R,
+    read: &mut Vec<u8>,
+) -> io::Result<Option<Frame<Bytes>>>
+where
+    R: AsyncRead + Unpin,
+{
+    loop {
+        let end = match chunked.decode(buf) {
+            Ok(Decoded::Data(data)) => return Ok(Some(Frame::data(data))),
+            Ok(Decoded::Trailers(trailers)) => Some(Frame::trailers(trailers)),
+            Ok(Decoded::End) => None,
+            Ok(Decoded::More) => {
+                let want = chunked
+                    .data_left()
+                    .map_or(FIRST_PART, |left| left.clamp(FIRST_PART, MAX_PART));
+                buf.reserve(want as usize);
+                if io.read_buf(buf).await? == 0 {
+                    return Err(closed_within_body());
+                }
+                continue;
+            }
+            Err(why) => return Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+        };
+        read.extend_from_slice(buf);
+        *buf = BytesMut::new();
+        return Ok(end);
+    }
+}
+
+fn closed_within_body() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the client closed its connection before the end of its body",
+    )
 }
 
 /// Writes the gateway's answer. `Ok(true)`: the connection stays open for the next
@@ -950,14 +1049,18 @@ mod tests {
         let (head, _) =
             parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(head.parts.headers["content-length"], "0");
-        assert_eq!(head.length, 0);
+        assert_eq!(head.body, BodyFraming::Length(0));
         // A body of a known length is this server's too; what follows its head is left to
         // the body (here, all of it).
         let raw = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 012\r\n\r\nhello";
         let (head, len) = parsed(raw).unwrap();
-        assert_eq!(head.length, 12);
+        assert_eq!(head.body, BodyFraming::Length(12));
         assert_eq!(head.parts.headers["content-length"], "012");
         assert_eq!(len, raw.len() - b"hello".len());
+        // So is a chunked one.
+        let (head, _) =
+            parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        assert_eq!(head.body, BodyFraming::Chunked);
     }
 
     #[test]
@@ -970,7 +1073,10 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",

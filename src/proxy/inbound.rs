@@ -18,7 +18,7 @@ pub type UploadError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Inbound {
     /// Read by hyper's server (HTTP/2, and HTTP/1.x connections hyper serves).
     Hyper(Incoming),
-    /// Fed by the own HTTP/1.1 server.
+    /// Fed by the own HTTP/1.1 server as the request takes it.
     Fed(Fed),
     /// Read whole with its head by the own HTTP/1.1 server (`None` once taken).
     Whole(Option<Bytes>),
@@ -50,7 +50,7 @@ impl Body for Inbound {
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(body) => body.is_end_stream(),
-            Inbound::Fed(body) => body.left == 0,
+            Inbound::Fed(body) => body.is_end_stream(),
             Inbound::Whole(body) => body.is_none(),
         }
     }
@@ -58,7 +58,7 @@ impl Body for Inbound {
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(body) => body.size_hint(),
-            Inbound::Fed(body) => SizeHint::with_exact(body.left),
+            Inbound::Fed(body) => body.size_hint(),
             Inbound::Whole(body) => {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -66,27 +66,31 @@ impl Body for Inbound {
     }
 }
 
-/// A body of a known length (`Content-Length`), fed by the own server.
+/// A body fed by the own server: of a known length (`Content-Length`), or chunked.
 pub struct Fed {
-    parts: mpsc::Receiver<io::Result<Bytes>>,
-    /// Bytes still to come.
-    left: u64,
+    parts: mpsc::Receiver<io::Result<Option<Frame<Bytes>>>>,
+    /// Bytes still to come, when the length is known.
+    left: Option<u64>,
+    /// The end was given (a chunked body's, or its trailers).
+    done: bool,
 }
 
 /// The own server's end of a [`Fed`] body.
 pub struct Feeder {
-    parts: mpsc::Sender<io::Result<Bytes>>,
+    parts: mpsc::Sender<io::Result<Option<Frame<Bytes>>>>,
 }
 
-/// A body of `length` bytes, and the end that feeds it. One part waits at most between
-/// them: the server reads the next when the request has taken the last.
-pub fn fed(length: u64) -> (Feeder, Inbound) {
+/// A body of `length` bytes (`None`: chunked, its end given by the feeder), and the end
+/// that feeds it. One part waits at most between them: the server reads the next when the
+/// request has taken the last.
+pub fn fed(length: Option<u64>) -> (Feeder, Inbound) {
     let (tx, rx) = mpsc::channel(1);
     (
         Feeder { parts: tx },
         Inbound::Fed(Fed {
             parts: rx,
             left: length,
+            done: false,
         }),
     )
 }
@@ -103,9 +107,10 @@ impl Feeder {
         self.parts.is_closed()
     }
 
-    /// Gives the request the next part of its body, or the error that ends it (after
-    /// [`Feeder::taken`]).
-    pub fn give(&self, part: io::Result<Bytes>) {
+    /// Gives the request the next part of its body (after [`Feeder::taken`]): a frame
+    /// (trailers are the last), the end of a chunked body (`None`), or the error that ends
+    /// it.
+    pub fn give(&self, part: io::Result<Option<Frame<Bytes>>>) {
         let _ = self.parts.try_send(part);
     }
 }
@@ -118,28 +123,36 @@ impl Body for Fed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
-        if self.left == 0 {
+        if self.is_end_stream() {
             return Poll::Ready(None);
         }
-        Poll::Ready(Some(match ready!(self.parts.poll_recv(cx)) {
-            Some(Ok(part)) => {
-                self.left = self.left.saturating_sub(part.len() as u64);
-                Ok(Frame::data(part))
+        Poll::Ready(match ready!(self.parts.poll_recv(cx)) {
+            Some(Ok(Some(frame))) => {
+                if let (Some(left), Some(data)) = (self.left.as_mut(), frame.data_ref()) {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                self.done |= frame.is_trailers();
+                Some(Ok(frame))
             }
-            Some(Err(e)) => Err(e.into()),
-            None => Err(io::Error::new(
+            Some(Ok(None)) => {
+                self.done = true;
+                None
+            }
+            Some(Err(e)) => Some(Err(e.into())),
+            None => Some(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "the client's body ended short of its Content-Length",
+                "the client's body ended short",
             )
-            .into()),
-        }))
+            .into())),
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == 0
+        self.done || self.left == Some(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
+        self.left
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

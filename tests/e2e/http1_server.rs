@@ -521,3 +521,70 @@ async fn a_body_keeps_flowing_while_its_answer_goes_out() {
     assert_eq!(got[1].status, 200, "{:?}", got[1]);
     assert!(!handed.await.unwrap(), "the connection was handed to hyper");
 }
+
+/// A chunked body is the own server's too: sizes, extensions and trailers read as hyper
+/// reads them, the body whole upstream, the request after it served on the same
+/// connection; a malformed chunk fails the request (400) and closes the connection.
+#[tokio::test(flavor = "current_thread")]
+async fn chunked_bodies_are_served_by_the_own_server() {
+    let up =
+        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
+            .await;
+    let gw = gateway(&up).await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"lo\r\n6;name=value\r\n world\r\n0\r\nx-sum: 1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(
+        b"PUT /d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /e HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection closes after `Connection: close`")
+        .unwrap();
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+    let got = answers(&buf, &[false, false, false]);
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|a| String::from_utf8(a.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["POST /c 11", "PUT /d 3", "GET /e 0"]);
+    let seen: Vec<_> = up
+        .seen()
+        .iter()
+        .map(|r| r.body.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(seen, [&b"hello world"[..], b"abc", b""]);
+
+    // A chunk whose data runs past its size: the request fails, and the connection is
+    // closed (what follows cannot be read as a request).
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(
+        b"POST /bad HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n\
+          GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+    assert!(
+        up.seen().iter().all(|r| r.path() != "/smuggled"),
+        "{:?}",
+        up.seen()
+    );
+}
