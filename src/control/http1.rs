@@ -55,6 +55,9 @@ use crate::proxy::{Gateway, Peer, ResponseBody};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The most request headers this server parses; more go to hyper.
 pub const MAX_HEADERS: usize = 64;
+/// The largest `Content-Length` this server takes; a larger one goes to hyper, which
+/// refuses it (hyper 1.x's limit).
+const MAX_LENGTH: u64 = u64::MAX - 2;
 
 thread_local! {
     /// Each public thread reads into this buffer: a connection waiting for its next request
@@ -309,7 +312,9 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
         match name {
             // One length, of digits only: anything else (a second one above all, even an
             // equal one) is hyper's to judge.
-            header::CONTENT_LENGTH if length.is_none() => length = Some(decimal(h.value)?),
+            header::CONTENT_LENGTH if length.is_none() => {
+                length = Some(decimal(h.value).filter(|&n| n <= MAX_LENGTH)?);
+            }
             // `chunked`, once and alone: another coding, or a second line, is hyper's to
             // judge (the gateway refuses them there).
             header::TRANSFER_ENCODING
@@ -511,10 +516,14 @@ where
     Ok(complete && upload.whole())
 }
 
-/// The room made for a read of a request body: the first, and at most (a part the request
+/// The room made for a read of a request body: at least, and at most (a part the request
 /// takes).
 const FIRST_PART: u64 = 8 * 1024;
 const MAX_PART: u64 = 64 * 1024;
+/// A part smaller than this is copied out of the buffer it was read into: a part kept for a
+/// replay or a shadow holds about its own size, not a buffer (a body that trickles in a
+/// byte at a time would otherwise hold a buffer per byte).
+const SHARED_PART: usize = 16 * 1024;
 
 /// A request's body on its way from the connection to the request.
 struct Upload {
@@ -526,12 +535,12 @@ struct Upload {
     ended: bool,
 }
 
-/// Where the reading of a body stands.
+/// Where the reading of a body stands, and what was read of the connection and not yet
+/// taken (a chunked body's bytes, and once it ended what came after it, given back to the
+/// connection).
 enum Reading {
     /// Bytes of it not yet read.
-    Length(u64),
-    /// Its reader, and what was read of the connection and not yet taken: the body's
-    /// bytes, and once it ended what came after it (given back to the connection).
+    Length(u64, BytesMut),
     Chunked(Chunked, BytesMut),
 }
 
@@ -539,7 +548,7 @@ impl Upload {
     /// The upload of a body framed so; what came with the head is in `read`.
     fn new(feeder: Feeder, framing: BodyFraming, read: &mut Vec<u8>) -> Upload {
         let reading = match framing {
-            BodyFraming::Length(length) => Reading::Length(length),
+            BodyFraming::Length(length) => Reading::Length(length, BytesMut::new()),
             BodyFraming::Chunked => {
                 Reading::Chunked(Chunked::new(), BytesMut::from(&std::mem::take(read)[..]))
             }
@@ -570,7 +579,7 @@ impl Upload {
                 return;
             }
             let part = match &mut self.reading {
-                Reading::Length(left) => length_part(left, io, read)
+                Reading::Length(left, buf) => length_part(left, buf, io, read)
                     .await
                     .map(|data| Some(Frame::data(data))),
                 Reading::Chunked(chunked, buf) => chunked_part(chunked, buf, io, read).await,
@@ -578,7 +587,7 @@ impl Upload {
             match part {
                 Ok(part) => {
                     self.whole = match (&self.reading, &part) {
-                        (Reading::Length(left), _) => *left == 0,
+                        (Reading::Length(left, _), _) => *left == 0,
                         (Reading::Chunked(..), Some(frame)) => frame.is_trailers(),
                         (Reading::Chunked(..), None) => true,
                     };
@@ -595,16 +604,21 @@ impl Upload {
 
 /// The next part of a body of `left` more bytes (taken off `left`): what came with the
 /// head first, then from the connection.
-async fn length_part<R>(left: &mut u64, io: &mut R, read: &mut Vec<u8>) -> io::Result<Bytes>
+async fn length_part<R>(
+    left: &mut u64,
+    buf: &mut BytesMut,
+    io: &mut R,
+    read: &mut Vec<u8>,
+) -> io::Result<Bytes>
 where
     R: AsyncRead + Unpin,
 {
     let part = if read.is_empty() {
-        let mut buf = BytesMut::with_capacity((*left).min(MAX_PART) as usize);
-        if (&mut *io).take(*left).read_buf(&mut buf).await? == 0 {
+        buf.reserve((*left).clamp(FIRST_PART, MAX_PART) as usize);
+        if (&mut *io).take(*left).read_buf(buf).await? == 0 {
             return Err(closed_within_body());
         }
-        buf.freeze()
+        kept(buf.split().freeze())
     } else {
         // What came with the head: the body's share of it (the rest is the next request).
         let n = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
@@ -632,7 +646,7 @@ where
 {
     loop {
         let end = match chunked.decode(buf) {
-            Ok(Decoded::Data(data)) => return Ok(Some(Frame::data(data))),
+            Ok(Decoded::Data(data)) => return Ok(Some(Frame::data(kept(data)))),
             Ok(Decoded::Trailers(trailers)) => Some(Frame::trailers(trailers)),
             Ok(Decoded::End) => None,
             Ok(Decoded::More) => {
@@ -650,6 +664,16 @@ where
         read.extend_from_slice(buf);
         *buf = BytesMut::new();
         return Ok(end);
+    }
+}
+
+/// A part as the request keeps it: a copy of its own when it is small (see
+/// [`SHARED_PART`]), the buffer's bytes otherwise.
+fn kept(part: Bytes) -> Bytes {
+    if part.len() < SHARED_PART {
+        Bytes::copy_from_slice(&part)
+    } else {
+        part
     }
 }
 
@@ -1071,6 +1095,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\na",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551614\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",

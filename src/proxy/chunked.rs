@@ -33,6 +33,9 @@ pub struct Chunked {
     at: Chunk,
     /// Bytes of chunk extensions read so far.
     extensions: usize,
+    /// How much of the buffer was searched for the end of a size line or trailer section
+    /// already: each byte is looked at about once, however the line comes in.
+    searched: usize,
 }
 
 /// What a chunked body's reader found in its buffer.
@@ -52,6 +55,7 @@ impl Chunked {
         Chunked {
             at: Chunk::Size,
             extensions: 0,
+            searched: 0,
         }
     }
 
@@ -63,13 +67,29 @@ impl Chunked {
         }
     }
 
+    /// Where `end` starts in `buf`, searching only what was not searched before (and the
+    /// bytes an `end` cut short by the buffer's end may have begun with).
+    fn find(&mut self, buf: &[u8], end: &[u8]) -> Option<usize> {
+        let from = self.searched.saturating_sub(end.len() - 1).min(buf.len());
+        match buf[from..].windows(end.len()).position(|w| w == end) {
+            Some(at) => {
+                self.searched = 0;
+                Some(from + at)
+            }
+            None => {
+                self.searched = buf.len();
+                None
+            }
+        }
+    }
+
     /// Reads the body from what `buf` holds, taking off what it reads; after `Trailers` or
     /// `End`, what is left in `buf` comes after the body.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
         loop {
             match self.at {
                 Chunk::Size => {
-                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    let Some(end) = self.find(buf, b"\r\n") else {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err("chunk size line too long");
                         }
@@ -116,7 +136,7 @@ impl Chunked {
                         buf.advance(2);
                         return Ok(Decoded::End);
                     }
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    let Some(end) = self.find(buf, b"\r\n\r\n") else {
                         if buf.len() > MAX_TRAILERS {
                             return Err("trailers too large");
                         }
@@ -232,6 +252,10 @@ mod tests {
             assert_eq!(trailers.unwrap()["x-sum"], "1");
             assert_eq!(after, b"NEXT");
         }
+        // Spaces after a size are allowed (and are not extensions), whatever their number
+        // below the line's limit.
+        let padded = [&b"5"[..], &[b' '; 2000][..], b"\r\nhello\r\n0\r\n\r\n"].concat();
+        assert_eq!(read(&padded, 1).unwrap().0, b"hello");
         let (data, trailers, after) = read(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
         assert_eq!(
             (&data[..], trailers, &after[..]),

@@ -205,7 +205,8 @@ impl AsyncWrite for Io {
 /// Sends a request on `io` (without a body, or with one in memory whole, written with its
 /// head) and reads its answer's head. When nothing of an answer came (the connection
 /// failed or closed under it), the request comes back with the error, and whether any of it
-/// was written (its body is taken only once all of it was).
+/// was written; a request with a body comes back only if none of it was (see
+/// [`given_back`]).
 pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failed> {
     let whole = req.body().whole();
     let mut head = Vec::with_capacity(64 + req.headers().len() * 40 + whole.map_or(0, |b| b.len()));
@@ -214,23 +215,26 @@ pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<Upst
         head.extend_from_slice(body);
     }
     let head_only = req.method() == Method::HEAD;
-    let mut req = Some(req);
+    let req = Some(req);
     let mut written = 0;
     while written < head.len() {
-        match io.write(&head[written..]).await {
-            Ok(n) if n > 0 => written += n,
-            Ok(_) => return Err(Failed::unanswered(Error::Closed, req, written > 0)),
-            Err(e) => return Err(Failed::unanswered(e.into(), req, written > 0)),
-        }
+        let error = match io.write(&head[written..]).await {
+            Ok(n) if n > 0 => {
+                written += n;
+                continue;
+            }
+            Ok(_) => Error::Closed,
+            Err(e) => e.into(),
+        };
+        let sent = written > 0;
+        return Err(Failed::unanswered(error, given_back(req, sent), sent));
     }
     // Over TLS, what the session holds goes out now (in clear, nothing is held).
     if let Err(e) = io.flush().await {
-        return Err(Failed::unanswered(e.into(), req, true));
+        return Err(Failed::unanswered(e.into(), given_back(req, true), true));
     }
     drop(head);
-    if let Some(req) = req.as_mut() {
-        req.body_mut().take_whole();
-    }
+    let mut req = given_back(req, true);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         let read = poll_fn(|cx| poll_read(&mut io, &mut buf, FIRST_READ, cx)).await;
@@ -263,6 +267,20 @@ pub async fn send(mut io: Io, req: Request<RequestBody>) -> Result<Response<Upst
         if buf.len() > MAX_HEAD {
             return Err(Failed::answered(Error::Malformed("answer head too large")));
         }
+    }
+}
+
+/// The request a failure gives back, once `sent` (some of it was written): one whose body
+/// went out is not. Its body is taken off it first, so that a copy kept for a retry or a
+/// shadow has the body whole; the request itself cannot go out again (its head says the
+/// body's length, and the body is gone).
+fn given_back(req: Option<Request<RequestBody>>, sent: bool) -> Option<Request<RequestBody>> {
+    match req {
+        Some(mut req) if sent && req.body().whole().is_some() => {
+            req.body_mut().take_whole();
+            None
+        }
+        req => req,
     }
 }
 
