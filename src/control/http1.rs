@@ -1,10 +1,10 @@
 //! The public listener's own HTTP/1.1 server, for the common request: an HTTP/1.1 request
 //! without a body, or with one framed by one `Content-Length` of digits only or by
-//! `Transfer-Encoding: chunked` alone (no `Expect`, `Upgrade` or `TE`), in origin form, with
-//! at most [`MAX_HEADERS`] headers in at most [`MAX_HEAD`] bytes. Everything else (another
-//! coding, both framings, `Expect: 100-continue`, an upgrade, HTTP/1.0, HTTP/2's preface, a
-//! head that does not parse, a read that fails midway through a head) hands the connection
-//! to hyper, with the bytes read so far, at the
+//! `Transfer-Encoding: chunked` alone, perhaps with `Expect: 100-continue` (no other
+//! expectation, no `Upgrade` or `TE`), in origin form, with at most [`MAX_HEADERS`] headers
+//! in at most [`MAX_HEAD`] bytes. Everything else (another coding, both framings, an
+//! upgrade, HTTP/1.0, HTTP/2's preface, a head that does not parse, a read that fails
+//! midway through a head) hands the connection to hyper, with the bytes read so far, at the
 //! start of that request: hyper then serves the connection to its end, with every limit and
 //! answer it has (docs/performance.md, "The HTTP/1.1 server").
 //!
@@ -13,7 +13,9 @@
 //! values share), and a request costs one parse, one allocation for its head and one
 //! `writev` for an answer whose body is ready with its head.
 //!
-//! A body that came whole with its head is given to the request from memory. Any other
+//! A body that came whole with its head is given to the request from memory. A client
+//! that expects `100 Continue` and sent none of its body is told to send it when the
+//! request first wants it (as hyper does), not if the request is answered first. Any other
 //! is read as the request takes it (a chunked one as hyper reads it, `proxy::chunked`), a
 //! part at a time, beside the request while it runs and beside its answer while that is written (an upstream may answer as it reads);
 //! when the answer has been written before the body was read to its end, or the request
@@ -138,6 +140,8 @@ struct Head {
     /// The client asked to close the connection after this request.
     close: bool,
     body: BodyFraming,
+    /// `Expect: 100-continue`: the client waits to be told to send its body.
+    expects_continue: bool,
 }
 
 /// How a request's body is framed.
@@ -307,6 +311,7 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
     let mut close = false;
     let mut length = None;
     let mut chunked = false;
+    let mut expects_continue = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         match name {
@@ -321,6 +326,12 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
                 if !chunked && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") =>
             {
                 chunked = true;
+            }
+            // One expectation, the only one there is; another is hyper's to judge.
+            header::EXPECT
+                if !expects_continue && h.value.eq_ignore_ascii_case(b"100-continue") =>
+            {
+                expects_continue = true;
             }
             header::CONTENT_LENGTH
             | header::TRANSFER_ENCODING
@@ -354,7 +365,12 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
         (Some(_), true) => return None,
         (length, false) => BodyFraming::Length(length.unwrap_or(0)),
     };
-    Some(Head { parts, close, body })
+    Some(Head {
+        parts,
+        close,
+        body,
+        expects_continue,
+    })
 }
 
 /// Serves one request: the gateway's answer, written. `Ok(true)`: the connection stays
@@ -446,19 +462,48 @@ async fn exchange_with_body<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Head { parts, close, body } = head;
+    let Head {
+        parts,
+        close,
+        body,
+        expects_continue,
+    } = head;
     let head_request = parts.method == Method::HEAD;
-    let (feeder, inbound) = inbound::fed(match body {
-        BodyFraming::Length(length) => Some(length),
-        BodyFraming::Chunked => None,
-    });
+    // A client that waits to be told to send its body (and sent none of it yet) is told so
+    // once the request wants it (as hyper does); not if the request is answered first.
+    let mut owed_continue = expects_continue && read.is_empty();
+    let (feeder, inbound) = inbound::fed(
+        match body {
+            BodyFraming::Length(length) => Some(length),
+            BodyFraming::Chunked => None,
+        },
+        owed_continue,
+    );
     let mut upload = Upload::new(feeder, body, read);
     let request = Request::from_parts(parts, Some(inbound));
     let mut handling = Box::pin(gateway.handle(request, peer));
-    let answered = tokio::select! {
-        biased;
-        Ok(response) = &mut handling => Some(response),
-        () = upload.feed(io, read) => None,
+    let answered = loop {
+        if owed_continue {
+            tokio::select! {
+                biased;
+                Ok(response) = &mut handling => break Some(response),
+                wanted = upload.feeder.wanted() => {
+                    owed_continue = false;
+                    if wanted {
+                        // Written whole before anything else happens: the answer's head
+                        // cannot come in the middle of it.
+                        io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        io.flush().await?;
+                    }
+                }
+            }
+            continue;
+        }
+        break tokio::select! {
+            biased;
+            Ok(response) = &mut handling => Some(response),
+            () = upload.feed(io, read) => None,
+        };
     };
     let response = match answered {
         Some(response) => response,
@@ -1085,6 +1130,12 @@ mod tests {
         let (head, _) =
             parsed(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
         assert_eq!(head.body, BodyFraming::Chunked);
+        assert!(!head.expects_continue);
+        let (head, _) = parsed(
+            b"PUT /p HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap();
+        assert!(head.expects_continue);
     }
 
     #[test]
@@ -1103,7 +1154,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
             b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",

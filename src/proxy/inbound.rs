@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Errors of a request body, for hyper's client.
 pub type UploadError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,29 +73,50 @@ pub struct Fed {
     left: Option<u64>,
     /// The end was given (a chunked body's, or its trailers).
     done: bool,
+    /// Told when the body is first wanted (its first poll), if the feeder asked.
+    wanted: Option<oneshot::Sender<()>>,
 }
 
 /// The own server's end of a [`Fed`] body.
 pub struct Feeder {
     parts: mpsc::Sender<io::Result<Option<Frame<Bytes>>>>,
+    /// Told when the body is first wanted, until it was.
+    wanted: Option<oneshot::Receiver<()>>,
 }
 
 /// A body of `length` bytes (`None`: chunked, its end given by the feeder), and the end
 /// that feeds it. One part waits at most between them: the server reads the next when the
-/// request has taken the last.
-pub fn fed(length: Option<u64>) -> (Feeder, Inbound) {
+/// request has taken the last. With `ask`, the feeder can wait for the body to be first
+/// wanted ([`Feeder::wanted`]).
+pub fn fed(length: Option<u64>, ask: bool) -> (Feeder, Inbound) {
     let (tx, rx) = mpsc::channel(1);
+    let (wanted_tx, wanted_rx) = ask.then(oneshot::channel).unzip();
     (
-        Feeder { parts: tx },
+        Feeder {
+            parts: tx,
+            wanted: wanted_rx,
+        },
         Inbound::Fed(Fed {
             parts: rx,
             left: length,
             done: false,
+            wanted: wanted_tx,
         }),
     )
 }
 
 impl Feeder {
+    /// Waits until the request first wants its body (`true`), or lets it go unwanted
+    /// (`false`); at once if it was wanted before, or the feeder did not ask.
+    pub async fn wanted(&mut self) -> bool {
+        let Some(wanted) = self.wanted.as_mut() else {
+            return true;
+        };
+        let wanted = wanted.await.is_ok();
+        self.wanted = None;
+        wanted
+    }
+
     /// Waits until the request has taken the part given last: `false` if it will take no
     /// more (it ended, or it let its body go).
     pub async fn taken(&self) -> bool {
@@ -123,6 +144,9 @@ impl Body for Fed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
+        if let Some(wanted) = self.wanted.take() {
+            let _ = wanted.send(());
+        }
         if self.is_end_stream() {
             return Poll::Ready(None);
         }

@@ -588,3 +588,59 @@ async fn chunked_bodies_are_served_by_the_own_server() {
         up.seen()
     );
 }
+
+/// `Expect: 100-continue`: the client is told to send its body once the request wants it,
+/// and the connection goes on; a request answered before it wants its body (a service
+/// that is down) gets no `100 Continue`, and its connection is closed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
+    let up =
+        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
+            .await;
+    let gw = gateway(&up).await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"PUT /c HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+        .await
+        .expect("a 100 Continue")
+        .unwrap();
+    assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(
+        b"hello\
+          GET /e HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection closes after `Connection: close`")
+        .unwrap();
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+    let got = answers(&buf, &[false, false]);
+    assert_eq!(got[0].body, b"PUT /c 5");
+    assert_eq!(got[1].body, b"GET /e 0");
+    assert_eq!(up.last().body.as_deref(), Some(&b""[..]));
+
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let gw = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
+    ))
+    .await;
+    let (mut s, handed) = own_server(&gw).await;
+    s.write_all(b"PUT /c HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(!handed.await.unwrap(), "the connection was handed to hyper");
+}
