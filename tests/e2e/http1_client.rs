@@ -2,7 +2,8 @@
 //! framing (a length, chunked with extensions and trailers, none for 204 and `HEAD`, 1xx
 //! before the answer, until the connection closes) relayed whole; an upstream connection
 //! kept for the next request only when its answer was read to its end and nothing came
-//! after it; malformed answers refused with a 502.
+//! after it; malformed answers refused with a 502; bodies that came with their head
+//! written with it, framed by their length.
 
 use crate::support;
 
@@ -13,12 +14,16 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The head (lower case) and body of each request an upstream read, in order.
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An upstream that answers each request with the canned answer its path names, and
 /// records which of its connections carried each request.
 struct Canned {
     addr: std::net::SocketAddr,
     /// (connection number, method and path) of each request, in order.
     log: Arc<Mutex<Vec<(usize, String)>>>,
+    requests: Requests,
 }
 
 /// The answer to a path; `true`: the upstream closes the connection after it.
@@ -54,13 +59,14 @@ impl Canned {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let log: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-        let seen = log.clone();
+        let requests: Requests = Arc::default();
+        let (seen, read) = (log.clone(), requests.clone());
         tokio::spawn(async move {
             for conn in 0.. {
                 let Ok((mut s, _)) = l.accept().await else {
                     return;
                 };
-                let seen = seen.clone();
+                let (seen, read) = (seen.clone(), read.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -76,12 +82,26 @@ impl Canned {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end);
+                        // A body, by its length.
+                        let length: usize = head
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < length {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..length).collect();
                         let mut line = head.split(' ');
                         let method = line.next().unwrap_or_default().to_string();
                         let path = line.next().unwrap_or_default().to_string();
                         seen.lock()
                             .unwrap()
                             .push((conn, format!("{method} {path}")));
+                        read.lock().unwrap().push((head.to_ascii_lowercase(), body));
                         let (answer, close) = answer_for(&path);
                         if s.write_all(answer).await.is_err() || close {
                             let _ = s.shutdown().await;
@@ -91,7 +111,11 @@ impl Canned {
                 });
             }
         });
-        Canned { addr, log }
+        Canned {
+            addr,
+            log,
+            requests,
+        }
     }
 
     /// The connection that carried each request, in order.
@@ -335,65 +359,14 @@ async fn an_https_service_is_served_on_kept_connections() {
 /// `Content-Length`, whole, and the upstream connection kept for the requests after it.
 #[tokio::test(flavor = "current_thread")]
 async fn bodies_that_came_with_their_head_go_whole_on_kept_connections() {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    // (connection number, head, body) of each request.
-    type Log = Arc<Mutex<Vec<(usize, String, Vec<u8>)>>>;
-    let log: Log = Arc::default();
-    let seen = log.clone();
-    tokio::spawn(async move {
-        for conn in 0.. {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    buf.drain(..end);
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < length {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body: Vec<u8> = buf.drain(..length).collect();
-                    seen.lock().unwrap().push((conn, head, body));
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    let gw = Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://{addr}}}\nroutes: []\n"
-    ))
-    .await;
+    let up = Canned::start().await;
+    let gw = gateway(&up).await;
     let mut c = TcpStream::connect(gw.running.public_addr).await.unwrap();
     c.write_all(
-        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
-          PUT /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz\
-          GET /c HTTP/1.1\r\nHost: h\r\n\r\n\
-          PATCH /d HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        b"POST /length HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          PUT /length HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz\
+          GET /length HTTP/1.1\r\nHost: h\r\n\r\n\
+          PATCH /length HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
     )
     .await
     .unwrap();
@@ -404,21 +377,22 @@ async fn bodies_that_came_with_their_head_go_whole_on_kept_connections() {
         .unwrap();
     let text = String::from_utf8_lossy(&got);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
-    let log = log.lock().unwrap().clone();
-    let seen: Vec<(usize, &str, &[u8])> = log
+    assert_eq!(up.connections(), [0, 0, 0, 0]);
+    let requests = up.requests.lock().unwrap().clone();
+    let seen: Vec<(&str, &[u8])> = requests
         .iter()
-        .map(|(conn, head, body)| (*conn, head.lines().next().unwrap(), &body[..]))
+        .map(|(head, body)| (head.lines().next().unwrap(), &body[..]))
         .collect();
     assert_eq!(
         seen,
         [
-            (0, "post /a http/1.1", &b"hello"[..]),
-            (0, "put /b http/1.1", b"xyz"),
-            (0, "get /c http/1.1", b""),
-            (0, "patch /d http/1.1", b"{}"),
+            ("post /length http/1.1", &b"hello"[..]),
+            ("put /length http/1.1", b"xyz"),
+            ("get /length http/1.1", b""),
+            ("patch /length http/1.1", b"{}"),
         ]
     );
-    for (_, head, body) in &log {
+    for (head, body) in &requests {
         let lengths: Vec<_> = head
             .lines()
             .filter(|l| l.starts_with("content-length:") || l.starts_with("transfer-encoding:"))

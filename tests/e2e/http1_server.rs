@@ -76,11 +76,43 @@ fn answers(mut buf: &[u8], head_of: &[bool]) -> Vec<Answer> {
 }
 
 async fn gateway(up: &Upstream) -> Gateway {
+    gateway_to(&up.url()).await
+}
+
+/// A gateway whose legacy is at `url`.
+async fn gateway_to(url: &str) -> Gateway {
     Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: {}}}\nroutes: []\n",
-        up.url()
+        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: {url}}}\nroutes: []\n"
     ))
     .await
+}
+
+/// A gateway whose legacy is down (nothing listens at its address).
+async fn gateway_to_a_dead_upstream() -> Gateway {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    gateway_to(&url).await
+}
+
+/// An upstream that answers each request with its method, target and body length.
+async fn telling() -> Upstream {
+    Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len))).await
+}
+
+/// The bodies of the answers, as text.
+fn bodies(got: &[Answer]) -> Vec<String> {
+    got.iter()
+        .map(|a| String::from_utf8(a.body.clone()).unwrap())
+        .collect()
+}
+
+/// The bodies the upstream received, in order.
+fn bodies_seen(up: &Upstream) -> Vec<bytes::Bytes> {
+    up.seen()
+        .iter()
+        .map(|r| r.body.clone().unwrap_or_default())
+        .collect()
 }
 
 /// Six requests in one write: bodiless ones (one saying `Content-Length: 0`), a `HEAD`,
@@ -359,9 +391,7 @@ async fn own_server(gw: &Gateway) -> (TcpStream, tokio::task::JoinHandle<bool>) 
 /// upstream whole and the connection is never handed to hyper.
 #[tokio::test(flavor = "current_thread")]
 async fn requests_with_a_length_are_served_by_the_own_server() {
-    let up =
-        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
-            .await;
+    let up = telling().await;
     let gw = gateway(&up).await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhel")
@@ -390,17 +420,8 @@ async fn requests_with_a_length_are_served_by_the_own_server() {
         "the connection was handed to hyper"
     );
     let got = answers(&buf, &[false, false, false]);
-    let bodies: Vec<String> = got
-        .iter()
-        .map(|a| String::from_utf8(a.body.clone()).unwrap())
-        .collect();
-    assert_eq!(bodies, ["POST /c 11", "PUT /d 3", "GET /e 0"]);
-    let seen: Vec<_> = up
-        .seen()
-        .iter()
-        .map(|r| r.body.clone().unwrap_or_default())
-        .collect();
-    assert_eq!(seen, [&b"hello world"[..], b"abc", b""]);
+    assert_eq!(bodies(&got), ["POST /c 11", "PUT /d 3", "GET /e 0"]);
+    assert_eq!(bodies_seen(&up), [&b"hello world"[..], b"abc", b""]);
 }
 
 /// An answer that comes before the client's body has been read (a dead upstream here) says
@@ -408,13 +429,7 @@ async fn requests_with_a_length_are_served_by_the_own_server() {
 /// as a request.
 #[tokio::test(flavor = "current_thread")]
 async fn an_answer_before_the_whole_body_closes_the_connection() {
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = dead.local_addr().unwrap().port();
-    drop(dead);
-    let gw = Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
-    ))
-    .await;
+    let gw = gateway_to_a_dead_upstream().await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n0123456789")
         .await
@@ -489,10 +504,7 @@ async fn a_body_keeps_flowing_while_its_answer_goes_out() {
             });
         }
     });
-    let gw = Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
-    ))
-    .await;
+    let gw = gateway_to(&format!("http://127.0.0.1:{port}")).await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nfirst")
         .await
@@ -527,9 +539,7 @@ async fn a_body_keeps_flowing_while_its_answer_goes_out() {
 /// connection; a malformed chunk fails the request (400) and closes the connection.
 #[tokio::test(flavor = "current_thread")]
 async fn chunked_bodies_are_served_by_the_own_server() {
-    let up =
-        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
-            .await;
+    let up = telling().await;
     let gw = gateway(&up).await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
@@ -553,17 +563,8 @@ async fn chunked_bodies_are_served_by_the_own_server() {
         .unwrap();
     assert!(!handed.await.unwrap(), "the connection was handed to hyper");
     let got = answers(&buf, &[false, false, false]);
-    let bodies: Vec<String> = got
-        .iter()
-        .map(|a| String::from_utf8(a.body.clone()).unwrap())
-        .collect();
-    assert_eq!(bodies, ["POST /c 11", "PUT /d 3", "GET /e 0"]);
-    let seen: Vec<_> = up
-        .seen()
-        .iter()
-        .map(|r| r.body.clone().unwrap_or_default())
-        .collect();
-    assert_eq!(seen, [&b"hello world"[..], b"abc", b""]);
+    assert_eq!(bodies(&got), ["POST /c 11", "PUT /d 3", "GET /e 0"]);
+    assert_eq!(bodies_seen(&up), [&b"hello world"[..], b"abc", b""]);
 
     // A chunk whose data runs past its size: the request fails, and the connection is
     // closed (what follows cannot be read as a request).
@@ -594,9 +595,7 @@ async fn chunked_bodies_are_served_by_the_own_server() {
 /// that is down) gets no `100 Continue`, and its connection is closed.
 #[tokio::test(flavor = "current_thread")]
 async fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
-    let up =
-        Upstream::scripted(|r| Reply::plain(format!("{} {} {}", r.method, r.target, r.body_len)))
-            .await;
+    let up = telling().await;
     let gw = gateway(&up).await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"PUT /c HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
@@ -625,13 +624,7 @@ async fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
     assert_eq!(got[1].body, b"GET /e 0");
     assert_eq!(up.last().body.as_deref(), Some(&b""[..]));
 
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = dead.local_addr().unwrap().port();
-    drop(dead);
-    let gw = Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlegacy: {{url: http://127.0.0.1:{port}}}\nroutes: []\n"
-    ))
-    .await;
+    let gw = gateway_to_a_dead_upstream().await;
     let (mut s, handed) = own_server(&gw).await;
     s.write_all(b"PUT /c HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         .await
