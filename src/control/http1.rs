@@ -57,6 +57,8 @@ use crate::proxy::{Gateway, Peer, ResponseBody};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The most request headers this server parses; more go to hyper.
 pub const MAX_HEADERS: usize = 64;
+/// How many headers the gateway may add to a request on its way upstream.
+const ADDED_UPSTREAM: usize = 6;
 /// The largest `Content-Length` this server takes; a larger one goes to hyper, which
 /// refuses it (hyper 1.x's limit).
 const MAX_LENGTH: u64 = u64::MAX - 2;
@@ -307,7 +309,9 @@ fn own_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Option<Head> {
         bytes.slice(at..at + part.len())
     };
     let uri = Uri::from_maybe_shared(shared(target.as_bytes())).ok()?;
-    let mut map = HeaderMap::with_capacity(req.headers.len());
+    // Room for the headers the gateway adds on the way upstream (the request id, the
+    // forwarding headers, `Via`): the map is not grown, and rehashed, on the way.
+    let mut map = HeaderMap::with_capacity(req.headers.len() + ADDED_UPSTREAM);
     let mut close = false;
     let mut length = None;
     let mut chunked = false;

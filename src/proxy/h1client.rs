@@ -427,7 +427,8 @@ fn parse_head(
             .filter(|r| Some(*r) != status.canonical_reason())
             .map(|r| at(r.as_bytes()));
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(places.len());
+        // Room for the headers the gateway adds to an answer (the request id, `Via`).
+        let mut map = HeaderMap::with_capacity(places.len() + 2);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
         for (name, value) in places {
