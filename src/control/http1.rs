@@ -177,11 +177,7 @@ where
         if !read.is_empty() {
             match parse(read) {
                 Parsed::Head(head, len) => {
-                    read.drain(..len);
-                    if read.is_empty() {
-                        // Let the buffer go: the connection holds nothing while it waits.
-                        *read = Vec::new();
-                    }
+                    drop_front(read, len);
                     return Next::Head(head);
                 }
                 Parsed::Partial if read.len() < MAX_HEAD => {}
@@ -394,13 +390,7 @@ where
         BodyFraming::Length(0) => None,
         // The whole body came with its head: the request takes it from memory.
         BodyFraming::Length(length) if read.len() as u64 >= length => {
-            let length = length as usize;
-            let body = Bytes::copy_from_slice(&read[..length]);
-            read.drain(..length);
-            if read.is_empty() {
-                *read = Vec::new();
-            }
-            Some(Inbound::Whole(Some(body)))
+            Some(Inbound::Whole(Some(take_front(read, length as usize))))
         }
         // Boxed: a connection holds no room for a body's exchange between requests.
         _ => return Box::pin(exchange_with_body(io, read, gateway, peer, head, drain)).await,
@@ -670,13 +660,10 @@ where
         kept(buf.split().freeze())
     } else {
         // What came with the head: the body's share of it (the rest is the next request).
-        let n = read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-        let part = Bytes::copy_from_slice(&read[..n]);
-        read.drain(..n);
-        if read.is_empty() {
-            *read = Vec::new();
-        }
-        part
+        take_front(
+            read,
+            read.len().min(usize::try_from(*left).unwrap_or(usize::MAX)),
+        )
     };
     *left -= part.len() as u64;
     Ok(part)
@@ -713,6 +700,22 @@ where
         read.extend_from_slice(buf);
         *buf = BytesMut::new();
         return Ok(end);
+    }
+}
+
+/// Takes the first `n` bytes of what was read.
+fn take_front(read: &mut Vec<u8>, n: usize) -> Bytes {
+    let taken = Bytes::copy_from_slice(&read[..n]);
+    drop_front(read, n);
+    taken
+}
+
+/// Drops the first `n` bytes of what was read; the buffer is let go when nothing is left
+/// (a connection holds nothing while it waits).
+fn drop_front(read: &mut Vec<u8>, n: usize) {
+    read.drain(..n);
+    if read.is_empty() {
+        *read = Vec::new();
     }
 }
 
