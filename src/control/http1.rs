@@ -705,6 +705,10 @@ where
 
 /// Takes the first `n` bytes of what was read.
 fn take_front(read: &mut Vec<u8>, n: usize) -> Bytes {
+    if n == read.len() {
+        // All of it (a body that came alone after its head): the buffer itself, uncopied.
+        return Bytes::from(std::mem::take(read));
+    }
     let taken = Bytes::copy_from_slice(&read[..n]);
     drop_front(read, n);
     taken
